@@ -1,0 +1,1 @@
+"""The ``covseg`` command line (typer + rich). Heavy imports happen inside commands."""

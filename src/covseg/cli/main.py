@@ -1,0 +1,73 @@
+"""Entry point: ``covseg <command>``. Errors in user input print one line, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from covseg import __version__
+from covseg.cli import data_cmd, demo_cmd, evaluate_cmd, predict_cmd, train_cmd
+
+app = typer.Typer(
+    name="covseg",
+    help="COVID-19 lung-infection segmentation on CT and chest X-ray: data checks, training, prediction, evaluation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_cmd.app, name="data", help="Check and convert datasets.")
+app.command("demo")(demo_cmd.demo)
+app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("train")(train_cmd.train)
+app.command("predict")(predict_cmd.predict)
+app.command("models")(train_cmd.list_models)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"covseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Show the version."),
+) -> None:
+    """COVID-19 lung-infection segmentation toolkit."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; user-input errors become one red line and exit code 2."""
+    from covseg.errors import CovsegError
+
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except CovsegError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted", code=130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        _fail("aborted", code=1)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+    if isinstance(rc, int) and rc != 0:
+        sys.exit(rc)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Small helpers shared across the package (atomic writes, paths, seeding, progress)."""

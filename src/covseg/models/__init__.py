@@ -1,0 +1,1 @@
+"""Segmentation models, registered by name (see ``covseg.models.registry``)."""

@@ -1,0 +1,1 @@
+"""Inference: run folders to predictions at the input's original size, TTA, postprocessing."""

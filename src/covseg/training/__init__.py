@@ -1,0 +1,1 @@
+"""Training: validated configs, the supervised trainer, run folders, checkpoints."""

@@ -1,0 +1,186 @@
+"""Training configuration: YAML files validated by pydantic, with ``a.b=value`` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from covseg.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(_Strict):
+    """Where the cases come from and how validation cases are chosen."""
+
+    root: str
+    layout: str = "auto"
+    split: str | None = None
+    val_root: str | None = Field(None, description="Separate validation dataset; otherwise k-fold on root.")
+    val_split: str | None = None
+    folds: int = Field(5, ge=2)
+    fold: int = Field(0, ge=0)
+    mask: Literal["mask", "multiclass"] = "mask"
+    num_classes: int = Field(1, ge=1, description="1 = binary (sigmoid); K >= 2 = K classes incl. background.")
+    class_names: list[str] | None = None
+    edges: bool = False
+    limit: int | None = Field(None, ge=1, description="Use only this many training cases (label budget).")
+    val_limit: int | None = Field(None, ge=1)
+    prompt: str | None = None
+
+
+class PreprocessConfig(_Strict):
+    channels: int = 1
+    size: tuple[int, int] | None = (352, 352)
+    scale: float = 255.0
+    mean: list[float] = [0.5]
+    std: list[float] = [0.25]
+    window: tuple[float, float] | None = None
+
+
+class AugmentSettings(_Strict):
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rotate_deg: float = 15.0
+    scale: tuple[float, float] = (0.85, 1.15)
+    elastic: float = 0.0
+    elastic_grid: int = 6
+    brightness: float = 0.1
+    contrast: float = 0.15
+    gamma: float = 0.0
+    noise_std: float = 0.0
+    p_spatial: float = 0.8
+
+
+class ModelConfig(_Strict):
+    name: str
+    params: dict[str, Any] = {}
+
+
+class LossConfig(_Strict):
+    main: str = "dice_bce"
+    aux_weight: float | list[float] = 0.0
+    edge_weight: float = 0.0
+    edge_loss: str = "edge"
+    params: dict[str, Any] = {}
+
+
+class OptimConfig(_Strict):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    grad_clip: float | None = 1.0
+
+
+class ScheduleConfig(_Strict):
+    name: Literal["poly", "cosine", "constant"] = "poly"
+    warmup_epochs: float = 0.0
+    power: float = 0.9
+    min_lr: float = 0.0
+
+
+class TrainSettings(_Strict):
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+    deterministic: bool = True
+    threads: int | None = None
+    val_every: int = Field(1, ge=1)
+    monitor: str = "dice"
+    threshold: float = 0.5
+    val_batch_size: int = 8
+
+
+class TrainConfig(_Strict):
+    """The whole run: data, preprocessing, augmentation, model, loss, optimiser, schedule."""
+
+    name: str = "run"
+    trainer: str = "supervised"
+    data: DataConfig
+    preprocess: PreprocessConfig = PreprocessConfig()
+    augment: AugmentSettings = AugmentSettings()
+    model: ModelConfig
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainSettings = TrainSettings()
+    extra: dict[str, Any] = Field(default_factory=dict, description="Settings of specialised trainers.")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.epochs=3"`` → (["train", "epochs"], 3); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key.path=value")
+    key, value = text.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return keys, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set nested keys in a raw config dict from ``key.path=value`` strings."""
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[keys[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, raw: dict | None = None) -> TrainConfig:
+    """Load and validate a YAML config (a name like ``unet_covid_semiseg`` finds a shipped one)."""
+    if raw is None:
+        if path is None:
+            raise ConfigError("no config given")
+        p = resolve_config_path(path)
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"invalid YAML ({exc.__class__.__name__}: {str(exc).splitlines()[0]})", p) from None
+        if not isinstance(raw, dict):
+            raise ConfigError("config must be a mapping", p)
+    else:
+        p = None
+    raw = apply_overrides(raw, list(overrides or []))
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ConfigError(f"{loc}: {err['msg']}{more}", p) from None
+
+
+def shipped_configs_dir() -> Path:
+    """The ``configs/`` folder shipped inside the package."""
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file path, or the name of a shipped config (with or without ``.yaml``)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    for candidate in (shipped_configs_dir() / p.name, shipped_configs_dir() / f"{p.name}.yaml"):
+        if candidate.exists():
+            return candidate
+    raise ConfigError("config file not found (nor a shipped config of that name)", p)
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """The resolved config as YAML, for the run folder."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,173 @@
+"""Cases for training: splits (k-fold or a separate validation set) and in-memory tensors.
+
+Small 2D datasets of the field (50 to a few thousand slices) fit in memory once resized to
+the network size, so each case is read and preprocessed once and batches are sliced from
+tensors; augmentation then runs batched in torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from covseg.data.sample import CaseRecord
+from covseg.errors import ConfigError, DataError
+from covseg.training.config import DataConfig
+from covseg.transforms.preprocess import Preprocessing
+from covseg.utils.paths import expand
+
+SPLIT_SEED = 20200401  # folds depend on the case ids alone, so every model sees the same folds
+
+
+@dataclass
+class CaseTensors:
+    """Preprocessed cases: network-size tensors plus original-size labels for validation."""
+
+    ids: list[str]
+    images: Any  # torch.Tensor (N, C, H, W)
+    masks: Any | None = None  # (N, 1, H, W) float for binary, (N, H, W) long for K classes
+    edges: Any | None = None  # (N, 1, H, W) float
+    texts: list[str | None] = field(default_factory=list)
+    original_masks: list[np.ndarray] = field(default_factory=list)
+    original_images: list[np.ndarray] = field(default_factory=list)
+    spacings: list[tuple[float, ...] | None] = field(default_factory=list)
+    shapes: list[tuple[int, ...]] = field(default_factory=list)
+    foreground: list[float] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def open_records(root: str, layout: str = "auto", split: str | None = None, prompt: str | None = None) -> list[CaseRecord]:
+    """Records of a dataset folder via the data layer's layout readers."""
+    from covseg.data import open_dataset
+
+    path = expand(root)
+    if not path.exists():
+        raise DataError("dataset folder not found", path)
+    kwargs: dict[str, Any] = {"layout": layout, "split": split}
+    if prompt is not None:
+        kwargs["prompt"] = prompt
+    return list(open_dataset(path, **kwargs).records)
+
+
+def kfold_split(ids: list[str], folds: int, fold: int) -> tuple[list[str], list[str]]:
+    """Deterministic k-fold split of case ids (sorted, then shuffled with a fixed seed)."""
+    if fold >= folds:
+        raise ConfigError(f"data.fold={fold} but data.folds={folds}")
+    if len(ids) < folds:
+        raise ConfigError(f"{len(ids)} cases cannot make {folds} folds")
+    order = sorted(ids)
+    perm = np.random.default_rng(SPLIT_SEED).permutation(len(order))
+    chunks = np.array_split(np.array(order, dtype=object)[perm], folds)
+    val = sorted(chunks[fold].tolist())
+    train = sorted(i for k, c in enumerate(chunks) if k != fold for i in c.tolist())
+    return train, val
+
+
+def split_records(cfg: DataConfig, seed: int = 0) -> tuple[list[CaseRecord], list[CaseRecord], dict[str, Any]]:
+    """Training and validation records plus a description for ``splits.json``."""
+    records = [r for r in open_records(cfg.root, cfg.layout, cfg.split, cfg.prompt) if _has_label(r, cfg)]
+    if not records:
+        raise DataError("no labelled cases found", expand(cfg.root))
+    by_id = {r.case_id: r for r in records}
+    if cfg.val_root:
+        val = [r for r in open_records(cfg.val_root, cfg.layout, cfg.val_split, cfg.prompt) if _has_label(r, cfg)]
+        train_ids, val_ids = sorted(by_id), [r.case_id for r in val]
+        info: dict[str, Any] = {"scheme": "separate", "val_root": cfg.val_root, "val_split": cfg.val_split}
+    else:
+        train_ids, val_ids = kfold_split(list(by_id), cfg.folds, cfg.fold)
+        val = [by_id[i] for i in val_ids]
+        info = {"scheme": "kfold", "folds": cfg.folds, "fold": cfg.fold, "split_seed": SPLIT_SEED}
+    if cfg.limit is not None and cfg.limit < len(train_ids):
+        keep = np.random.default_rng(SPLIT_SEED + 1).permutation(len(train_ids))[: cfg.limit]
+        train_ids = sorted(train_ids[k] for k in keep)
+        info["limit"] = cfg.limit
+    if cfg.val_limit is not None and cfg.val_limit < len(val):
+        val = val[: cfg.val_limit]
+        val_ids = [r.case_id for r in val]
+    train = [by_id[i] for i in train_ids]
+    info.update({"train": train_ids, "val": val_ids})
+    return train, val, info
+
+
+def _has_label(record: CaseRecord, cfg: DataConfig) -> bool:
+    return (record.masks.get("multiclass") if cfg.mask == "multiclass" else record.mask) is not None
+
+
+def build_tensors(records: list[CaseRecord], pre: Preprocessing, cfg: DataConfig, keep_originals: bool = False, progress: Any = None):
+    """Read, normalise and resize every case once."""
+    import torch
+
+    from covseg.data import load_sample
+    from covseg.transforms.preprocess import resize_tensor
+
+    images, masks, edges, texts, ids = [], [], [], [], []
+    orig_masks, orig_images, spacings, shapes, foreground = [], [], [], [], []
+    for rec in records:
+        sample = load_sample(rec, channels=None)
+        label = sample.masks.get("multiclass") if cfg.mask == "multiclass" else sample.mask
+        if label is None:
+            raise DataError(f"no {cfg.mask} mask for case {rec.case_id}", rec.image)
+        if cfg.num_classes == 1:
+            label = (label > 0).astype(np.uint8)
+        elif label.max() >= cfg.num_classes:
+            raise DataError(f"mask has label {int(label.max())} but data.num_classes={cfg.num_classes}", rec.mask or rec.image)
+        x = torch.from_numpy(pre.normalise(sample.image))[None]
+        size = pre.size or tuple(x.shape[-2:])
+        images.append(resize_tensor(x, size)[0])
+        lab = torch.from_numpy(label.astype(np.float32))[None, None]
+        lab = resize_tensor(lab, size, mode="nearest")[0]
+        masks.append(lab if cfg.num_classes == 1 else lab[0].long())
+        if cfg.edges:
+            edge = sample.edge if sample.edge is not None else _edge_from_mask(label)
+            e = torch.from_numpy((edge > 0).astype(np.float32))[None, None]
+            edges.append((resize_tensor(e, size, mode="bilinear")[0] > 0.25).float())
+        texts.append(sample.text)
+        ids.append(rec.case_id)
+        shapes.append(tuple(int(v) for v in label.shape))
+        foreground.append(float((label > 0).mean()))
+        if keep_originals:
+            orig_masks.append(label)
+            orig_images.append(sample.image)
+            spacings.append(sample.spacing)
+        if progress is not None:
+            progress()
+    return CaseTensors(
+        ids=ids,
+        images=torch.stack(images),
+        masks=torch.stack(masks),
+        edges=torch.stack(edges) if edges else None,
+        texts=texts,
+        original_masks=orig_masks,
+        original_images=orig_images,
+        spacings=spacings,
+        shapes=shapes,
+        foreground=foreground,
+    )
+
+
+def _edge_from_mask(mask: np.ndarray) -> np.ndarray:
+    from covseg.transforms.edges import mask_to_edge
+
+    return mask_to_edge(mask)
+
+
+def dataset_summary(records: list[CaseRecord], tensors: CaseTensors, cfg: DataConfig) -> dict[str, Any]:
+    """What a run was trained on, for ``dataset.json``."""
+    shapes, fg = tensors.shapes, tensors.foreground
+    return {
+        "root": cfg.root,
+        "resolved_root": str(expand(cfg.root)),
+        "layout": cfg.layout,
+        "split": cfg.split,
+        "mask": cfg.mask,
+        "num_classes": cfg.num_classes,
+        "cases": len(records),
+        "original_shape_min": [int(min(s[i] for s in shapes)) for i in range(2)] if shapes else None,
+        "original_shape_max": [int(max(s[i] for s in shapes)) for i in range(2)] if shapes else None,
+        "foreground_fraction_mean": float(np.mean(fg)) if fg else None,
+        "with_text": sum(t is not None for t in tensors.texts),
+    }

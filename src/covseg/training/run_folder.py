@@ -1,0 +1,85 @@
+"""Self-describing run folders (the nnU-Net idea): everything needed to predict lies beside the checkpoint.
+
+Layout::
+
+    RUN/
+      config.yaml        resolved training config
+      model.json         model name, init args, preprocessing, classes, threshold
+      dataset.json       what was trained on: root, layout, counts, sizes, foreground share
+      splits.json        case ids of the training and validation sets (and the fold)
+      history.csv        one row per epoch: losses, validation metrics, learning rate, time
+      curves.png         training curves
+      checkpoints/       last.pt (every epoch) and best.pt (best validation metric)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from covseg.errors import CovsegError
+from covseg.utils.atomic import write_json, write_text
+
+
+class RunFolder:
+    """Paths and readers/writers of one run folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def checkpoint(self, which: str = "best") -> Path:
+        """``best``/``last``, or a file name inside ``checkpoints/``."""
+        name = which if which.endswith(".pt") else f"{which}.pt"
+        return self.checkpoints / name
+
+    def write_config(self, text: str) -> None:
+        write_text(self.path / "config.yaml", text)
+
+    def write_json(self, name: str, obj: Any) -> None:
+        write_json(self.path / name, obj)
+
+    def read_json(self, name: str) -> Any:
+        p = self.path / name
+        if not p.exists():
+            raise CovsegError(f"not a covseg run folder (no {name})", self.path)
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise CovsegError(f"corrupt JSON ({exc.msg} at line {exc.lineno})", p) from None
+
+    def write_history(self, rows: list[dict[str, Any]]) -> None:
+        """Rewrite ``history.csv`` atomically from all epoch rows so far."""
+        if not rows:
+            return
+        keys: list[str] = []
+        for r in rows:
+            keys.extend(k for k in r if k not in keys)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: _fmt(r.get(k)) for k in keys})
+        write_text(self.path / "history.csv", buf.getvalue())
+
+    def read_history(self) -> list[dict[str, str]]:
+        p = self.path / "history.csv"
+        if not p.exists():
+            return []
+        with p.open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
+    def is_run(self) -> bool:
+        return (self.path / "model.json").exists()
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else v

@@ -1,0 +1,73 @@
+"""Preprocessing shared by training and inference, so a run folder can replay it exactly."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Preprocessing:
+    """How an image becomes a network input: channels, size, intensity scaling.
+
+    ``scale`` divides raw values first (255 for 8-bit images); then ``(x - mean) / std``
+    per channel. ``size`` is ``(H, W)`` of the network input; ``None`` keeps the image size.
+    ``window`` (CT only, HU) clips and rescales volumes to 0..1 before ``mean``/``std``.
+    """
+
+    channels: int = 1
+    size: tuple[int, int] | None = (352, 352)
+    scale: float = 255.0
+    mean: list[float] = field(default_factory=lambda: [0.5])
+    std: list[float] = field(default_factory=lambda: [0.25])
+    window: tuple[float, float] | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["size"] = list(self.size) if self.size else None
+        d["window"] = list(self.window) if self.window else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        d = dict(d)
+        if d.get("size") is not None:
+            d["size"] = tuple(d["size"])
+        if d.get("window") is not None:
+            d["window"] = tuple(d["window"])
+        return cls(**d)
+
+    def normalise(self, image: np.ndarray) -> np.ndarray:
+        """Raw image (H, W) or (H, W, C) → float32 (C, H, W), intensity-normalised, original size."""
+        x = np.asarray(image, dtype=np.float32)
+        if self.window is not None:
+            lo, hi = self.window
+            x = (np.clip(x, lo, hi) - lo) / (hi - lo)
+        else:
+            x = x / self.scale
+        if x.ndim == 2:
+            x = x[None]
+        else:
+            x = np.moveaxis(x, -1, 0)
+        if x.shape[0] != self.channels:
+            if self.channels == 1:
+                x = x[:3].mean(axis=0, keepdims=True)
+            elif x.shape[0] == 1:
+                x = np.repeat(x, self.channels, axis=0)
+            else:
+                x = x[: self.channels]
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(-1, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(-1, 1, 1)
+        return ((x - mean) / std).astype(np.float32)
+
+
+def resize_tensor(x, size: tuple[int, int], mode: str = "bilinear"):
+    """Resize a (B, C, H, W) tensor; ``nearest`` for label maps."""
+    import torch.nn.functional as F
+
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest-exact")
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=mode == "bilinear")

@@ -1,7 +1,71 @@
-"""``covseg predict``."""
+"""``covseg predict``: segment images or NIfTI volumes with a trained run folder."""
 
 from __future__ import annotations
 
+from pathlib import Path
 
-def predict() -> None:
-    """Predict masks with a trained run folder."""
+import typer
+
+
+def _window(text: str | None) -> tuple[float, float] | None:
+    if not text:
+        return None
+    from covseg.errors import CovsegError
+
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise CovsegError(f"--window expects LOW,HIGH in HU, got {text!r}") from None
+    return lo, hi
+
+
+def predict(
+    model: Path = typer.Option(..., "--model", "-m", help="Run folder written by covseg train."),
+    input: Path = typer.Option(..., "--input", "-i", help="Image/NIfTI file or a folder of them."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output folder (masks/, probs/, overlays/)."),
+    checkpoint: str = typer.Option("best", help="best or last."),
+    tta: bool = typer.Option(False, "--tta", help="Average with a horizontally flipped pass."),
+    largest: int = typer.Option(0, help="Keep only the N largest components per class (0 = all)."),
+    min_size: int = typer.Option(0, help="Drop components smaller than this many pixels/voxels."),
+    window: str = typer.Option(None, help="HU window LOW,HIGH for NIfTI input (default -1250,250)."),
+    text: str = typer.Option(None, "--text", help="Text prompt for text-guided models (all inputs)."),
+    text_file: Path = typer.Option(None, "--text-file", help="Per-image text: CSV/xlsx/JSON mapping image → text."),
+    missing_text: str = typer.Option("error", "--missing-text", help="error or image-only, for inputs without text."),
+    no_overlays: bool = typer.Option(False, "--no-overlays", help="Skip overlay PNGs."),
+    batch_size: int = typer.Option(8, help="Slices per forward pass."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first bad input."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Predict masks, soft maps and overlays at each input's original size."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from covseg.inference.batch import predict_files
+    from covseg.inference.predictor import PostprocessOptions, list_inputs
+    from covseg.inference.text_inputs import load_predictor, text_resolver
+
+    console = Console(stderr=True, highlight=False)
+    predictor = load_predictor(model, checkpoint)
+    files = list_inputs(input)
+    extra_for = text_resolver(predictor, files, text, text_file, missing_text)
+    post = PostprocessOptions(largest=largest, min_size=min_size)
+    with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, disable=quiet) as prog:
+        task = prog.add_task("predict", total=len(files))
+        report = predict_files(
+            predictor,
+            files,
+            output,
+            tta_flip=tta,
+            post=post,
+            window=_window(window),
+            strict=strict,
+            overlays=not no_overlays,
+            extra_for=extra_for,
+            on_done=lambda: prog.advance(task),
+        )
+    console.print(f"[bold green]{len(report.written)}[/] predicted into {output}")
+    if report.failed:
+        console.print(f"[bold red]{len(report.failed)} failed[/] (listed in {output / 'failed.txt'}):")
+        for path, msg in report.failed:
+            console.print(f"  {path}: {msg}")
+        raise typer.Exit(1)

@@ -1,0 +1,140 @@
+"""Predict a folder of files: masks, soft maps, overlays; bad files are listed, not fatal."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from covseg.errors import CovsegError
+from covseg.inference.predictor import PostprocessOptions, Predictor
+from covseg.utils.atomic import write_text
+
+
+@dataclass
+class BatchReport:
+    """What a batch run wrote and which inputs failed (with their one-line reasons)."""
+
+    written: list[dict] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def output_paths(out_dir: Path, stem: str, volume: bool) -> dict[str, Path]:
+    """Where one input's outputs go: ``masks/``, ``probs/``, ``overlays/`` under ``out_dir``."""
+    suffix = ".nii.gz" if volume else ".png"
+    return {
+        "mask": out_dir / "masks" / f"{stem}{suffix}",
+        "prob": out_dir / "probs" / f"{stem}{suffix}",
+        "overlay": out_dir / "overlays" / f"{stem}.png",
+    }
+
+
+def predict_files(
+    predictor: Predictor,
+    files: list[Path],
+    out_dir: Path,
+    tta_flip: bool = False,
+    post: PostprocessOptions | None = None,
+    window: tuple[float, float] | None = None,
+    strict: bool = False,
+    overlays: bool = True,
+    extra_for: Callable[[Path], dict] | None = None,
+    on_done: Callable[[], None] | None = None,
+) -> BatchReport:
+    """Predict each file; a bad file is recorded and skipped unless ``strict``."""
+    from covseg.data.imageio import is_volume, stem_of
+
+    report = BatchReport()
+    for path in files:
+        t0 = time.perf_counter()
+        try:
+            extra = extra_for(path) if extra_for else {}
+            if is_volume(path):
+                row = _predict_volume(predictor, path, out_dir, tta_flip, post, window, overlays, extra)
+            else:
+                row = _predict_image(predictor, path, out_dir, tta_flip, post, overlays, extra)
+            row["seconds"] = round(time.perf_counter() - t0, 4)
+            report.written.append(row)
+        except CovsegError as exc:
+            if strict:
+                raise
+            report.failed.append((str(path), exc.problem if exc.path else str(exc)))
+        if on_done:
+            on_done()
+    _write_index(out_dir, report)
+    _ = stem_of
+    return report
+
+
+def _predict_image(predictor: Predictor, path: Path, out_dir: Path, tta, post, overlays, extra) -> dict:
+    from covseg.data.imageio import read_image, stem_of, write_image, write_mask
+
+    image = read_image(path)
+    pred = predictor.predict_image(image, tta_flip=tta, post=post, **extra)
+    paths = output_paths(out_dir, stem_of(path), volume=False)
+    write_mask(paths["mask"], pred.labels, scale_binary=predictor.num_classes == 1)
+    if pred.probs.ndim == 2:
+        write_image(paths["prob"], np.round(pred.probs * 255.0))
+    else:
+        from covseg.utils.atomic import write_with
+
+        paths["prob"] = paths["prob"].with_suffix(".npy")
+        write_with(paths["prob"], lambda p: np.save(p, pred.probs.astype(np.float16), allow_pickle=False))
+    if overlays:
+        from covseg.viz.overlay import overlay
+
+        write_image(paths["overlay"], overlay(image, None, pred.labels))
+    return {
+        "input": str(path),
+        "mask": str(paths["mask"]),
+        "prob": str(paths["prob"]),
+        "foreground_fraction": float((pred.labels > 0).mean()),
+    }
+
+
+def _predict_volume(predictor: Predictor, path: Path, out_dir: Path, tta, post, window, overlays, extra) -> dict:
+    from covseg.data.imageio import read_volume, stem_of, write_image, write_volume
+    from covseg.transforms.orientation import volume_to_slices
+
+    volume, spacing, affine = read_volume(path)
+    pred = predictor.predict_volume(volume, affine, tta_flip=tta, post=post, window=window, **extra)
+    paths = output_paths(out_dir, stem_of(path), volume=True)
+    write_volume(paths["mask"], pred.labels, affine, dtype="uint8")
+    probs = pred.probs if pred.probs.ndim == 3 else np.moveaxis(pred.probs, 0, -1)
+    write_volume(paths["prob"], probs, affine, dtype="float32")
+    if overlays:
+        from covseg.viz.overlay import overlay
+
+        slices = volume_to_slices(volume, affine)
+        label_slices = volume_to_slices(pred.labels, affine)
+        z = int(np.argmax((label_slices > 0).sum(axis=(1, 2)))) if label_slices.any() else len(slices) // 2
+        lo, hi = window or (-1250.0, 250.0)
+        shown = np.clip((slices[z] - lo) / (hi - lo), 0, 1) * 255.0
+        write_image(paths["overlay"], overlay(shown, None, label_slices[z]))
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    return {
+        "input": str(path),
+        "mask": str(paths["mask"]),
+        "prob": str(paths["prob"]),
+        "foreground_fraction": float((pred.labels > 0).mean()),
+        "foreground_ml": float((pred.labels > 0).sum() * voxel_ml),
+    }
+
+
+def _write_index(out_dir: Path, report: BatchReport) -> None:
+    if not report.written and not report.failed:
+        return
+    buf = io.StringIO()
+    keys = ["input", "mask", "prob", "foreground_fraction", "foreground_ml", "seconds"]
+    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    writer.writeheader()
+    for row in report.written:
+        writer.writerow(row)
+    write_text(out_dir / "predictions.csv", buf.getvalue())
+    if report.failed:
+        write_text(out_dir / "failed.txt", "".join(f"{p}: {m}\n" for p, m in report.failed))

@@ -1,0 +1,54 @@
+"""Choosing the predictor for a run folder and the text each input gets (text-guided models)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from covseg.errors import CovsegError
+from covseg.inference.predictor import Predictor
+from covseg.training.run_folder import RunFolder
+
+
+def load_predictor(run_dir: Path, checkpoint: str = "best") -> Predictor:
+    """The right predictor class for the run folder's model (image-only or text-guided)."""
+    description = RunFolder(run_dir).read_json("model.json")
+    if description.get("text"):
+        from covseg.text.predictor import TextPredictor
+
+        return TextPredictor.from_run(run_dir, checkpoint)
+    return Predictor.from_run(run_dir, checkpoint)
+
+
+def text_resolver(
+    predictor: Predictor,
+    files: list[Path],
+    text: str | None,
+    text_file: Path | None,
+    missing_text: str = "error",
+) -> Callable[[Path], dict] | None:
+    """A function giving each input file's extra model inputs (``{"text": ...}``), or None."""
+    needs_text = bool(predictor.description.get("text"))
+    if not needs_text:
+        if text or text_file:
+            raise CovsegError("this model is not text-guided; --text/--text-file do not apply", predictor.run_dir)
+        return None
+    if missing_text not in ("error", "image-only"):
+        raise CovsegError(f"--missing-text must be 'error' or 'image-only', got {missing_text!r}")
+    mapping: dict[str, str] = {}
+    if text_file is not None:
+        from covseg.data.text_sources import read_text_mapping
+
+        mapping = read_text_mapping(text_file)
+
+    def extra_for(path: Path) -> dict:
+        from covseg.data.imageio import stem_of
+
+        found = text if text is not None else mapping.get(path.name, mapping.get(stem_of(path)))
+        if found is None or not str(found).strip():
+            if missing_text == "image-only":
+                return {"text": None}
+            raise CovsegError("no text for this image (give --text, --text-file, or --missing-text image-only)", path)
+        return {"text": str(found)}
+
+    return extra_for

@@ -97,6 +97,63 @@ class TrainSettings(_Strict):
     val_batch_size: int = 8
 
 
+class UnlabeledConfig(_Strict):
+    """Unlabelled images for semi-supervised trainers (masks, if any, are ignored)."""
+
+    root: str
+    layout: str = "auto"
+    split: str | None = None
+    limit: int | None = Field(None, ge=1)
+
+
+class UIFConfig(_Strict):
+    """Uncertainty-based image filtering: train only on the most certain unlabelled images."""
+
+    enabled: bool = False
+    keep_fraction: float = Field(0.5, gt=0, le=1)
+    score: Literal["disagreement", "entropy"] = "disagreement"
+    rescore_every: int = Field(1, ge=1)
+
+
+class CPSConfig(_Strict):
+    """Cross pseudo supervision between two networks of the same architecture."""
+
+    weight: float = Field(1.0, ge=0)
+    rampup_epochs: float = Field(5.0, ge=0)
+    unlabeled_batch_size: int | None = Field(None, ge=1)
+    uif: UIFConfig = UIFConfig()
+
+
+class PseudoSourceConfig(_Strict):
+    """A pseudo-labelled folder (from ``covseg pseudo-label``) used as a second source."""
+
+    root: str
+    layout: str = "auto"
+    split: str | None = None
+    weight: float = Field(0.5, ge=0)
+    min_confidence: float = Field(0.0, ge=0, le=1)
+
+
+class SemiInfNetConfig(_Strict):
+    """Semi-Inf-Net's schedule: labelled start, grouped pseudo-labelling, pre-train, fine-tune."""
+
+    group_size: int = Field(5, ge=1)
+    max_groups: int | None = Field(None, ge=1)
+    initial_epochs: int = Field(10, ge=1)
+    epochs_per_group: int = Field(1, ge=1)
+    pretrain_epochs: int = Field(10, ge=0)
+    finetune_epochs: int = Field(10, ge=0)
+    finetune_lr_scale: float = Field(0.1, gt=0)
+    pseudo_weight: float = Field(1.0, ge=0)
+
+
+class SemiConfig(_Strict):
+    unlabeled: UnlabeledConfig | None = None
+    pseudo: PseudoSourceConfig | None = None
+    cps: CPSConfig = CPSConfig()
+    semi_infnet: SemiInfNetConfig = SemiInfNetConfig()
+
+
 class TrainConfig(_Strict):
     """The whole run: data, preprocessing, augmentation, model, loss, optimiser, schedule."""
 
@@ -110,6 +167,7 @@ class TrainConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainSettings = TrainSettings()
+    semi: SemiConfig = SemiConfig()
     extra: dict[str, Any] = Field(default_factory=dict, description="Settings of specialised trainers.")
 
 

@@ -171,3 +171,26 @@ def dataset_summary(records: list[CaseRecord], tensors: CaseTensors, cfg: DataCo
         "foreground_fraction_mean": float(np.mean(fg)) if fg else None,
         "with_text": sum(t is not None for t in tensors.texts),
     }
+
+
+def build_image_tensors(records: list[CaseRecord], pre: Preprocessing, progress: Any = None) -> CaseTensors:
+    """Images only (unlabelled data for semi-supervised training), at the network size."""
+    import torch
+
+    from covseg.data.imageio import read_image
+    from covseg.transforms.preprocess import resize_tensor
+
+    images, ids, texts, shapes = [], [], [], []
+    for rec in records:
+        image = read_image(rec.image)
+        x = torch.from_numpy(pre.normalise(image))[None]
+        size = pre.size or tuple(x.shape[-2:])
+        images.append(resize_tensor(x, size)[0])
+        ids.append(rec.case_id)
+        texts.append(rec.text)
+        shapes.append(tuple(int(v) for v in image.shape[:2]))
+        if progress is not None:
+            progress()
+    if not images:
+        raise DataError("no unlabelled images found", records[0].image.parent if records else None)
+    return CaseTensors(ids=ids, images=torch.stack(images), texts=texts, shapes=shapes)

@@ -36,6 +36,7 @@ def register_trainer(name: str):
 
 def build_trainer(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False) -> Trainer:
     """The trainer class named by ``cfg.trainer``."""
+    import covseg.training.semi  # noqa: F401  (registers the semi-supervised trainers)
     if cfg.trainer not in TRAINERS:
         raise ConfigError(f"trainer: unknown {cfg.trainer!r}; known: {', '.join(sorted(TRAINERS))}")
     return TRAINERS[cfg.trainer](cfg, run_dir, resume=resume, quiet=quiet)
@@ -102,7 +103,8 @@ class Trainer:
     def setup_optimisation(self) -> None:
         self.optimizer = self.make_optimizer(self.model.parameters())
         self.steps_per_epoch = max(1, math.ceil(len(self.train_data) / self.cfg.train.batch_size))
-        self.total_steps = self.cfg.train.epochs * self.steps_per_epoch
+        self.total_epochs = self.cfg.train.epochs
+        self.total_steps = self.total_epochs * self.steps_per_epoch
 
     def make_optimizer(self, params):
         import torch
@@ -173,17 +175,17 @@ class Trainer:
 
         self.setup()
         cfg = self.cfg.train
-        if self.start_epoch >= cfg.epochs:
-            self.log(f"already trained for {cfg.epochs} epochs")
+        if self.start_epoch >= self.total_epochs:
+            self.log(f"already trained for {self.total_epochs} epochs")
         with self._progress() as prog:
-            task = prog.add_task("training", total=cfg.epochs * self.steps_per_epoch, info="")
+            task = prog.add_task("training", total=self.total_epochs * self.steps_per_epoch, info="")
             prog.update(task, completed=self.start_epoch * self.steps_per_epoch)
-            for epoch in range(self.start_epoch, cfg.epochs):
+            for epoch in range(self.start_epoch, self.total_epochs):
                 t0 = time.perf_counter()
                 parts = self.train_epoch(epoch, lambda info: prog.update(task, advance=1, info=info))
                 row: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v for k, v in parts.items()}}
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
-                if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+                if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == self.total_epochs:
                     metrics = self.validate()
                     row.update({f"val_{k}": v for k, v in metrics.items()})
                     value = metrics.get(cfg.monitor, float("nan"))
@@ -225,16 +227,17 @@ class Trainer:
 
         return torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + epoch * 101 + stream)
 
-    def lr_at(self, step: int) -> float:
+    def lr_at(self, step: int, total: int | None = None) -> float:
         from covseg.training.schedule import lr_factor
 
         s = self.cfg.schedule
         warm = int(s.warmup_epochs * self.steps_per_epoch)
         base = self.cfg.optim.lr
-        return base * lr_factor(s.name, step, self.total_steps, warm, s.power, s.min_lr / base if base else 0.0)
+        total = self.total_steps if total is None else total
+        return base * lr_factor(s.name, step, total, warm, s.power, s.min_lr / base if base else 0.0)
 
-    def set_lr(self, step: int) -> None:
-        lr = self.lr_at(step)
+    def set_lr(self, step: int, total: int | None = None) -> None:
+        lr = self.lr_at(step, total)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
 
@@ -339,7 +342,7 @@ class Trainer:
         keys = [k for k in row if k.startswith("val_") and isinstance(row[k], float)][:4]
         vals = " ".join(f"{k[4:]} {row[k]:.4f}" for k in keys)
         star = " *" if row.get("best") else ""
-        return f"epoch {row['epoch'] + 1}/{self.cfg.train.epochs}  loss {row.get('train_loss', float('nan')):.4f}  {vals}  {row['time_s']:.1f}s{star}"
+        return f"epoch {row['epoch'] + 1}/{self.total_epochs}  loss {row.get('train_loss', float('nan')):.4f}  {vals}  {row['time_s']:.1f}s{star}"
 
     def _progress(self):
         from rich.console import Console

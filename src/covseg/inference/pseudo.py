@@ -1,0 +1,94 @@
+"""Pseudo-labelling a folder of unlabelled images (Semi-Inf-Net's data step).
+
+The output is an ordinary dataset folder (``images/ masks/ edges/``) that any trainer reads,
+plus ``confidence.csv``: per image, 1 − the mean normalised entropy of the predicted
+probabilities (1 = every pixel predicted with certainty, 0 = every pixel at p = 0.5).
+Images are hard-linked (or copied) into ``images/``; the inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from covseg.errors import CovsegError
+from covseg.inference.batch import BatchReport
+from covseg.inference.predictor import Predictor
+from covseg.utils.atomic import atomic_path, write_text
+
+
+def prediction_confidence(probs: np.ndarray) -> float:
+    """1 − mean normalised entropy of a binary ``(H, W)`` or K-class ``(K, H, W)`` probability map."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim == 2:
+        p = np.stack([1.0 - p, p])
+    p = np.clip(p, 1e-8, 1.0)
+    entropy = -(p * np.log(p)).sum(axis=0)
+    return float(1.0 - entropy.mean() / math.log(p.shape[0]))
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        dst.unlink()
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+
+
+def pseudo_label_files(
+    predictor: Predictor,
+    files: list[Path],
+    out_dir: Path,
+    tta_flip: bool = False,
+    edge_width: int = 1,
+    strict: bool = False,
+    on_done: Callable[[], None] | None = None,
+) -> BatchReport:
+    """Write ``images/``, ``masks/``, ``edges/`` and ``confidence.csv`` for each readable image."""
+    from covseg.data.imageio import read_image, stem_of, write_mask
+    from covseg.transforms.edges import mask_to_edge
+
+    report = BatchReport()
+    for path in files:
+        try:
+            image = read_image(path)
+            pred = predictor.predict_image(image, tta_flip=tta_flip)
+            stem = stem_of(path)
+            _link_or_copy(path, out_dir / "images" / path.name)
+            write_mask(out_dir / "masks" / f"{stem}.png", pred.labels, scale_binary=predictor.num_classes == 1)
+            binary = (pred.labels > 0).astype(np.uint8)
+            write_mask(out_dir / "edges" / f"{stem}.png", mask_to_edge(binary, width=edge_width))
+            report.written.append(
+                {
+                    "case_id": stem,
+                    "image": path.name,
+                    "confidence": prediction_confidence(pred.probs),
+                    "foreground_fraction": float(binary.mean()),
+                }
+            )
+        except CovsegError as exc:
+            if strict:
+                raise
+            report.failed.append((str(path), exc.problem if exc.path else str(exc)))
+        if on_done:
+            on_done()
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["case_id", "image", "confidence", "foreground_fraction"])
+    writer.writeheader()
+    for row in report.written:
+        writer.writerow({**row, "confidence": f"{row['confidence']:.6f}", "foreground_fraction": f"{row['foreground_fraction']:.6f}"})
+    write_text(out_dir / "confidence.csv", buf.getvalue())
+    if report.failed:
+        write_text(out_dir / "failed.txt", "".join(f"{p}: {m}\n" for p, m in report.failed))
+    return report

@@ -1,0 +1,92 @@
+"""Overlap metrics of two binary masks: Dice, IoU, precision, sensitivity, specificity.
+
+All are ratios of confusion counts. A ratio whose denominator is 0 is undefined; the ``empty``
+policy says what it becomes:
+
+* ``"nan"``  – NaN (left out of a ``nanmean``; the MONAI / nnU-Net convention for Dice);
+* ``"one"``  – 1.0 (an empty prediction of an empty structure counts as perfect);
+* ``"zero"`` – 0.0 (counts as a failure; what pysodmetrics' safe division returns).
+
+Denominators that can be 0: Dice and IoU when gt and prediction are both empty; precision when
+the prediction is empty; sensitivity when the gt is empty; specificity when the gt covers the
+whole image. Dice and IoU are 0 (not undefined) when exactly one side is empty.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+EmptyPolicy = Literal["nan", "one", "zero"]
+EMPTY_POLICIES: tuple[str, ...] = ("nan", "one", "zero")
+OVERLAP_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "sensitivity", "specificity")
+
+
+def empty_value(empty: EmptyPolicy) -> float:
+    """The value an undefined (0/0) ratio takes under an ``empty`` policy."""
+    try:
+        return {"nan": float("nan"), "one": 1.0, "zero": 0.0}[empty]
+    except KeyError:
+        raise ValueError(f"empty must be one of {EMPTY_POLICIES}, got {empty!r}") from None
+
+
+def confusion_counts(pred: np.ndarray, gt: np.ndarray) -> dict[str, int]:
+    """True/false positive/negative counts of two boolean masks of the same shape."""
+    pred = np.asarray(pred, dtype=bool)
+    gt = np.asarray(gt, dtype=bool)
+    if pred.shape != gt.shape:
+        raise ValueError(f"shapes differ: prediction {pred.shape}, ground truth {gt.shape}")
+    tp = int(np.count_nonzero(pred & gt))
+    pred_count = int(np.count_nonzero(pred))
+    gt_count = int(np.count_nonzero(gt))
+    fp = pred_count - tp
+    fn = gt_count - tp
+    tn = int(gt.size) - tp - fp - fn
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def _ratio(numerator: float, denominator: float, empty: EmptyPolicy) -> float:
+    return float(numerator) / float(denominator) if denominator else empty_value(empty)
+
+
+def overlap_from_counts(tp: int, fp: int, fn: int, tn: int, empty: EmptyPolicy = "nan") -> dict[str, float]:
+    """Dice, IoU, precision, sensitivity (recall) and specificity from confusion counts."""
+    empty_value(empty)  # validate even when no ratio is undefined
+    return {
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn, empty),
+        "iou": _ratio(tp, tp + fp + fn, empty),
+        "precision": _ratio(tp, tp + fp, empty),
+        "sensitivity": _ratio(tp, tp + fn, empty),
+        "specificity": _ratio(tn, tn + fp, empty),
+    }
+
+
+def overlap_metrics(pred: np.ndarray, gt: np.ndarray, empty: EmptyPolicy = "nan") -> dict[str, float]:
+    """All overlap metrics of two boolean masks (see the module docstring for ``empty``)."""
+    return overlap_from_counts(**confusion_counts(pred, gt), empty=empty)
+
+
+def dice(pred: np.ndarray, gt: np.ndarray, empty: EmptyPolicy = "nan") -> float:
+    """Dice = 2|P∩G| / (|P| + |G|)."""
+    return overlap_metrics(pred, gt, empty)["dice"]
+
+
+def iou(pred: np.ndarray, gt: np.ndarray, empty: EmptyPolicy = "nan") -> float:
+    """IoU (Jaccard) = |P∩G| / |P∪G|."""
+    return overlap_metrics(pred, gt, empty)["iou"]
+
+
+def precision(pred: np.ndarray, gt: np.ndarray, empty: EmptyPolicy = "nan") -> float:
+    """Precision = TP / (TP + FP)."""
+    return overlap_metrics(pred, gt, empty)["precision"]
+
+
+def sensitivity(pred: np.ndarray, gt: np.ndarray, empty: EmptyPolicy = "nan") -> float:
+    """Sensitivity (recall) = TP / (TP + FN)."""
+    return overlap_metrics(pred, gt, empty)["sensitivity"]
+
+
+def specificity(pred: np.ndarray, gt: np.ndarray, empty: EmptyPolicy = "nan") -> float:
+    """Specificity = TN / (TN + FP)."""
+    return overlap_metrics(pred, gt, empty)["specificity"]

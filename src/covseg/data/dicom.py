@@ -9,16 +9,27 @@ import numpy as np
 from covseg.errors import DataError
 
 
+def series_files(folder: str | Path) -> list[Path]:
+    """The DICOM files of a series folder (``.dcm`` or ``DICM`` preamble; ``DICOMDIR`` skipped)."""
+    from covseg.data.imageio import is_dicom_file
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError("not a folder", folder)
+    return sorted(p for p in folder.iterdir() if is_dicom_file(p) and p.name.upper() != "DICOMDIR")
+
+
 def read_dicom_series(folder: str | Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
     """Read one series: ``(array (X, Y, Z) float32 HU, spacing mm, RAS 4×4 affine)``.
 
     The affine maps voxel indices to RAS millimetres (DICOM's LPS with x and y negated),
-    matching what nibabel gives for the same scan stored as NIfTI.
+    matching what nibabel gives for the same scan stored as NIfTI. Slices are ordered by
+    their position along the slice normal, not by file name.
     """
     import pydicom
 
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = series_files(folder)
     if not files:
         raise DataError("no DICOM files in folder", folder)
     slices = []
@@ -30,25 +41,33 @@ def read_dicom_series(folder: str | Path) -> tuple[np.ndarray, tuple[float, ...]
             raise DataError(f"unreadable DICOM ({type(exc).__name__}: {exc})", f) from None
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
             raise DataError("DICOM slice without ImagePositionPatient/ImageOrientationPatient", f)
-        slices.append(ds)
-    uids = {getattr(ds, "SeriesInstanceUID", None) for ds in slices}
+        if "PixelSpacing" not in ds:
+            raise DataError("DICOM slice without PixelSpacing", f)
+        slices.append((f, ds))
+    uids = {getattr(ds, "SeriesInstanceUID", None) for _, ds in slices}
     if len(uids) > 1:
         raise DataError(f"folder mixes {len(uids)} series; give one series per folder", folder)
-    orient = np.array(slices[0].ImageOrientationPatient, dtype=np.float64)
+    orient = np.array(slices[0][1].ImageOrientationPatient, dtype=np.float64)
+    shape = (int(slices[0][1].Rows), int(slices[0][1].Columns))
+    for f, ds in slices[1:]:
+        if not np.allclose(np.array(ds.ImageOrientationPatient, dtype=np.float64), orient, atol=1e-4):
+            raise DataError("slice orientation differs from the rest of the series", f)
+        if (int(ds.Rows), int(ds.Columns)) != shape:
+            raise DataError(f"slice size {int(ds.Rows)}×{int(ds.Columns)} differs from {shape[0]}×{shape[1]}", f)
     row_dir, col_dir = orient[:3], orient[3:]
     normal = np.cross(row_dir, col_dir)
-    slices.sort(key=lambda ds: float(np.dot(np.array(ds.ImagePositionPatient, dtype=np.float64), normal)))
-    positions = np.array([ds.ImagePositionPatient for ds in slices], dtype=np.float64)
-    pixel = [float(v) for v in slices[0].PixelSpacing]  # (row spacing, column spacing)
+    slices.sort(key=lambda item: float(np.dot(np.array(item[1].ImagePositionPatient, dtype=np.float64), normal)))
+    positions = np.array([ds.ImagePositionPatient for _, ds in slices], dtype=np.float64)
+    pixel = [float(v) for v in slices[0][1].PixelSpacing]  # (row spacing, column spacing)
     if len(slices) > 1:
         gaps = np.diff(positions @ normal)
         dz = float(np.median(gaps))
         if dz <= 0 or np.any(np.abs(gaps - dz) > 0.01 * max(dz, 1e-6) + 1e-3):
             raise DataError("DICOM slices are not evenly spaced (missing or duplicate slice?)", folder)
     else:
-        dz = float(getattr(slices[0], "SliceThickness", 1.0) or 1.0)
+        dz = float(getattr(slices[0][1], "SliceThickness", 1.0) or 1.0)
     vol = []
-    for ds in slices:
+    for _, ds in slices:
         arr = ds.pixel_array.astype(np.float32)
         slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
         intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)

@@ -1,11 +1,16 @@
 """Reading and writing images, masks and volumes, with one-line errors naming the file.
 
-2D: PNG/JPG/TIF/BMP through Pillow (tifffile for multi-page or float TIFF).
-3D: NIfTI through nibabel, DICOM series through pydicom; spacing and affine are kept.
+2D: PNG/JPG/TIF/BMP through Pillow (tifffile for multi-page or float TIFF), single-frame
+DICOM through pydicom, ``.npy`` arrays. 3D: NIfTI through nibabel, DICOM series through
+pydicom; spacing and affine are kept.
+
+Masks are decoded once by :func:`analyse_mask`, which both the loader (:func:`read_mask`)
+and ``covseg data check`` use, so a mask is never read one way and checked another.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +20,11 @@ from covseg.utils.atomic import write_with
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".npy")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# PNG text key under which covseg stores the pixel spacing "row_mm,col_mm" of 2D slices.
+SPACING_KEY = "covseg:spacing"
+# Grey values below this count as class indices (0, 1, 2, ...) rather than intensities.
+MAX_CLASS_INDEX = 31
 
 
 def suffix_of(path: str | Path) -> str:
@@ -30,30 +40,67 @@ def stem_of(path: str | Path) -> str:
     return name[: -len(suf)] if suf and name.lower().endswith(suf) else name
 
 
+def is_dicom_file(path: str | Path) -> bool:
+    """True for ``.dcm`` files and extension-less files carrying the ``DICM`` preamble."""
+    p = Path(path)
+    if not p.is_file() or p.name.startswith("."):
+        return False
+    if suffix_of(p) == ".dcm":
+        return True
+    if p.suffix:
+        return False
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def is_dicom_series(path: str | Path) -> bool:
+    """True for a folder holding DICOM slices."""
+    p = Path(path)
+    return p.is_dir() and any(is_dicom_file(f) for f in p.iterdir())
+
+
 def is_volume(path: str | Path) -> bool:
     """True for NIfTI files and DICOM series folders."""
     p = Path(path)
-    return suffix_of(p) in (".nii", ".nii.gz") or (p.is_dir() and any(p.glob("*.dcm")))
+    return suffix_of(p) in NIFTI_SUFFIXES or is_dicom_series(p)
 
 
-def _open_pil(path: Path):
+def _open_pil(path: Path, load: bool = True):
     from PIL import Image, UnidentifiedImageError
 
     if not path.exists():
         raise DataError("file not found", path)
     try:
         im = Image.open(path)
-        im.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        if load:
+            im.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DataError(f"unreadable image ({type(exc).__name__}: {exc})", path) from None
     return im
 
 
-def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of a 2D image from its header, without decoding the pixels."""
+    path = Path(path)
+    suf = suffix_of(path)
+    if suf in (".npy", ".dcm", ".tif", ".tiff"):
+        arr = read_image(path)
+        return int(arr.shape[0]), int(arr.shape[1])
+    im = _open_pil(path, load=False)
+    return int(im.size[1]), int(im.size[0])
+
+
+def read_image(path: str | Path, channels: int | None = None, *, check_finite: bool = True) -> np.ndarray:
     """Read a 2D image as float32, ``(H, W)`` for one channel or ``(H, W, C)``.
 
     ``channels=1`` converts to grey, ``channels=3`` to RGB; ``None`` keeps grey images grey
-    and drops alpha from colour ones.
+    (also RGB files whose three channels are equal) and drops alpha from colour ones.
+    DICOM files give rescaled values (HU for CT). With ``check_finite`` (default) float
+    images holding NaN or infinity are refused.
     """
     path = Path(path)
     suf = suffix_of(path)
@@ -61,23 +108,25 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
         arr = _read_tiff(path)
     elif suf == ".npy":
         arr = _read_npy(path)
+    elif suf == ".dcm":
+        arr = _read_dicom_2d(path)[0]
     else:
         im = _open_pil(path)
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             arr = np.asarray(im).astype(np.float32)
-        elif im.mode in ("L", "1"):
-            arr = np.asarray(im.convert("L"), dtype=np.float32)
-        elif im.mode == "LA":
+        elif im.mode in ("L", "1", "LA"):
             arr = np.asarray(im.convert("L"), dtype=np.float32)
         else:
             arr = np.asarray(im.convert("RGB"), dtype=np.float32)
     arr = np.asarray(arr, dtype=np.float32)
+    if arr.ndim not in (2, 3):
+        raise DataError(f"expected a 2D image, got shape {arr.shape}", path)
     if arr.ndim == 3 and arr.shape[-1] == 4:
         arr = arr[..., :3]
     if arr.ndim == 3 and arr.shape[-1] == 3 and channels is None and _is_grey(arr):
         arr = arr[..., 0]
-    if not np.isfinite(arr).all():
-        raise DataError("image contains NaN or infinite values", path)
+    if check_finite and not np.isfinite(arr).all():
+        raise DataError(f"image contains {int((~np.isfinite(arr)).sum())} NaN or infinite values", path)
     return _to_channels(arr, channels, path)
 
 
@@ -125,90 +174,265 @@ def _read_npy(path: Path) -> np.ndarray:
         raise DataError(f"unreadable .npy ({type(exc).__name__})", path) from None
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a 2D mask as a uint8 label map (0 = background).
+def _read_dicom_2d(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """One DICOM frame (e.g. a chest X-ray), rescaled; MONOCHROME1 is inverted to MONOCHROME2."""
+    import pydicom
 
-    Palette images give their indices; 1-bit, 0/1 and 0/255 images give 0/1; grey images
-    whose values are small integers (< 32) are multi-class indices; any other grey image
-    (anti-aliased 0..255) is binarised at 128; RGB(A) masks are foreground wherever a colour
-    channel is non-zero.
+    if not path.exists():
+        raise DataError("file not found", path)
+    try:
+        ds = pydicom.dcmread(str(path), force=True)
+        arr = ds.pixel_array.astype(np.float32)
+    except Exception as exc:
+        raise DataError(f"unreadable DICOM ({type(exc).__name__}: {exc})", path) from None
+    if arr.ndim == 3 and int(getattr(ds, "SamplesPerPixel", 1) or 1) == 1:
+        if arr.shape[0] != 1:
+            raise DataError(f"DICOM file holds {arr.shape[0]} frames; give a series folder for volumes", path)
+        arr = arr[0]
+    arr = arr * float(getattr(ds, "RescaleSlope", 1.0) or 1.0) + float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
+        arr = arr.max() + arr.min() - arr
+    spacing = None
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        if tag in ds:
+            spacing = (float(ds[tag].value[0]), float(ds[tag].value[1]))
+            break
+    return arr, spacing
+
+
+def read_spacing_2d(path: str | Path) -> tuple[float, float] | None:
+    """Pixel spacing ``(row_mm, col_mm)`` of a 2D image when its file states one, else None.
+
+    Sources, in order: the PNG text chunk ``covseg:spacing`` (written by ``covseg data
+    convert``), DICOM ``PixelSpacing``, TIFF resolution in centimetres (scanner output).
+    PNG/JPEG dots-per-inch are screen settings (matplotlib writes 100 dpi) and are ignored.
     """
     path = Path(path)
     suf = suffix_of(path)
-    if suf in (".nii", ".nii.gz"):
-        return read_volume(path)[0].astype(np.uint8)
-    if suf in (".tif", ".tiff", ".npy"):
-        arr = _read_tiff(path) if suf != ".npy" else _read_npy(path)
-        return _labels_from_grey(np.asarray(arr) if arr.ndim == 2 else np.asarray(arr).max(axis=-1))
+    if suf == ".dcm":
+        return _read_dicom_2d(path)[1]
+    if suf in (".tif", ".tiff"):
+        return _tiff_spacing(path)
+    if suf != ".png":
+        return None
+    im = _open_pil(path, load=False)
+    text = im.info.get(SPACING_KEY)
+    if not text:
+        return None
+    try:
+        row, col = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise DataError(f"bad {SPACING_KEY} text chunk {text!r} (expected 'row_mm,col_mm')", path) from None
+    return row, col
+
+
+def _tiff_spacing(path: Path) -> tuple[float, float] | None:
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(str(path)) as tif:
+            tags = tif.pages[0].tags
+            unit = tags.get("ResolutionUnit")
+            xres, yres = tags.get("XResolution"), tags.get("YResolution")
+            if unit is None or xres is None or yres is None or int(unit.value) != 3:
+                return None
+            xr = xres.value[0] / xres.value[1]
+            yr = yres.value[0] / yres.value[1]
+    except Exception as exc:
+        raise DataError(f"unreadable TIFF ({type(exc).__name__}: {exc})", path) from None
+    if xr <= 0 or yr <= 0:
+        return None
+    return 10.0 / yr, 10.0 / xr  # pixels per cm → mm per pixel
+
+
+@dataclass
+class MaskInfo:
+    """A decoded 2D mask: the label map and what the file stored.
+
+    ``kind`` is ``binary`` (two values, one of them 0), ``labels`` (palette indices or small
+    integers 0..31: a multi-class map), ``ambiguous`` (grey levels such as anti-aliased or
+    JPEG-compressed edges: binarised at half range, which ``data check`` reports) or
+    ``colour`` (several RGB colours: read as foreground wherever a colour is present).
+    """
+
+    labels: np.ndarray
+    kind: str
+    stored_values: tuple[int | float, ...]
+    mode: str
+
+    @property
+    def is_empty(self) -> bool:
+        return not bool(self.labels.any())
+
+
+def analyse_mask(path: str | Path) -> MaskInfo:
+    """Decode a 2D mask file into a uint8 label map and classify how it was stored."""
+    path = Path(path)
+    suf = suffix_of(path)
+    if suf in (".tif", ".tiff", ".npy", ".dcm"):
+        if suf == ".dcm":
+            arr = _read_dicom_2d(path)[0]
+        else:
+            arr = _read_tiff(path) if suf != ".npy" else _read_npy(path)
+        arr = np.asarray(arr)
+        if arr.ndim == 3:
+            return _from_colour(arr[..., :3] if arr.shape[-1] >= 3 else arr[..., :1], "array", path)
+        return _from_grey(arr, "array", path)
     im = _open_pil(path)
     if im.mode == "P":
-        return np.asarray(im, dtype=np.uint8).copy()
+        idx = np.asarray(im, dtype=np.uint8)
+        values = tuple(int(v) for v in np.unique(idx))
+        kind = "binary" if len(values) < 2 or (len(values) == 2 and values[0] == 0) else "labels"
+        return MaskInfo(idx.copy(), kind, values, "P")
     if im.mode == "1":
-        return np.asarray(im, dtype=np.uint8)
-    if im.mode in ("RGB", "RGBA"):
-        rgb = np.asarray(im.convert("RGB"))
-        return (rgb.max(axis=-1) > 0).astype(np.uint8)
+        arr = np.asarray(im, dtype=np.uint8)
+        return MaskInfo(arr, "binary", tuple(int(v) for v in np.unique(arr)), "1")
+    if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "PA"):
+        rgba = np.asarray(im.convert("RGBA"))
+        rgb, alpha = rgba[..., :3], rgba[..., 3]
+        if not rgb.any() and alpha.min() != alpha.max():
+            return _from_grey(alpha, im.mode + ":alpha", path)  # foreground painted in alpha only
+        return _from_colour(rgb, im.mode, path)
     if im.mode == "LA":
         im = im.convert("L")
-    return _labels_from_grey(np.asarray(im))
+    return _from_grey(np.asarray(im), im.mode, path)
 
 
-def _labels_from_grey(arr: np.ndarray) -> np.ndarray:
+def _from_colour(rgb: np.ndarray, mode: str, path: Path) -> MaskInfo:
+    if rgb.shape[-1] == 1 or (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+        return _from_grey(rgb[..., 0], mode, path)
+    rgb = rgb.astype(np.uint32) if rgb.dtype.itemsize <= 4 else rgb
+    packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]  # 0xRRGGBB for 8-bit colour
+    colours = np.unique(packed)
+    labels = (packed > 0).astype(np.uint8)
+    values = tuple(int(c) for c in colours[:64])
+    kind = "binary" if colours.size <= 2 and (colours[0] == 0 or colours.size == 1) else "colour"
+    return MaskInfo(labels, kind, values, mode)
+
+
+def _from_grey(arr: np.ndarray, mode: str, path: Path) -> MaskInfo:
     arr = np.asarray(arr)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise DataError("mask contains NaN or infinite values", path)
     values = np.unique(arr)
-    if values.size <= 2 and set(values.tolist()) <= {0, 1, 255, 65535}:
-        return (arr > 0).astype(np.uint8)
-    if values.max(initial=0) < 32 and np.all(values == np.round(values)):
-        return arr.astype(np.uint8)
-    return (arr >= 128).astype(np.uint8) if arr.dtype == np.uint8 else (arr > 0).astype(np.uint8)
+    stored = tuple(v.item() for v in values[:64])
+    if values.size == 1:
+        return MaskInfo((arr > 0).astype(np.uint8), "binary", stored, mode)
+    if values.size == 2 and values[0] == 0:
+        return MaskInfo((arr > 0).astype(np.uint8), "binary", stored, mode)
+    integral = bool(np.all(values == np.round(values)))
+    if integral and values.min() >= 0 and values.max() <= MAX_CLASS_INDEX:
+        return MaskInfo(arr.astype(np.uint8), "labels", stored, mode)
+    if arr.dtype == np.uint8:
+        labels = (arr >= 128).astype(np.uint8)
+    elif arr.dtype.kind in "ui":
+        labels = (arr >= (np.iinfo(arr.dtype).max + 1) // 2).astype(np.uint8)
+    else:
+        labels = (arr >= 0.5 * float(values.max())).astype(np.uint8)
+    return MaskInfo(labels, "ambiguous", stored, mode)
 
 
-def read_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
-    """Read a NIfTI file or DICOM series: ``(array (X, Y, Z) float32, spacing mm, 4×4 affine)``."""
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a mask as a uint8 label map (0 = background); NIfTI masks give ``(X, Y, Z)``.
+
+    Palette images give their indices; 1-bit, 0/1 and 0/255 images give 0/1; grey images
+    whose values are small integers (0..31) are multi-class indices; any other grey image
+    (anti-aliased 0..255) is binarised at half range; RGB(A) masks are foreground wherever a
+    colour channel is non-zero (or, for black images, wherever alpha is non-zero).
+    """
+    path = Path(path)
+    if is_volume(path):
+        return read_label_volume(path)[0]
+    return analyse_mask(path).labels
+
+
+def read_label_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
+    """Read a 3D label volume as uint8 (values must be whole numbers 0..255)."""
+    arr, spacing, affine = read_volume(path)
+    if arr.size and (arr.min() < 0 or arr.max() > 255 or not np.all(arr == np.round(arr))):
+        raise DataError(
+            f"label volume values must be whole numbers 0..255 (found {arr.min():g}..{arr.max():g})", path
+        )
+    return arr.astype(np.uint8), spacing, affine
+
+
+def read_volume(
+    path: str | Path, *, check_finite: bool = True
+) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
+    """Read a NIfTI file or DICOM series: ``(array (X, Y, Z) float32, spacing mm, 4×4 affine)``.
+
+    With ``check_finite`` (default) a volume holding NaN or infinite voxels is refused.
+    """
     path = Path(path)
     if path.is_dir():
         from covseg.data.dicom import read_dicom_series
 
-        return read_dicom_series(path)
-    if not path.exists():
-        raise DataError("file not found", path)
-    try:
-        import nibabel as nib
+        arr, spacing, affine = read_dicom_series(path)
+    else:
+        if not path.exists():
+            raise DataError("file not found", path)
+        try:
+            import nibabel as nib
 
-        img = nib.load(str(path))
-        arr = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as exc:
-        raise DataError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path) from None
-    if arr.ndim == 4 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 3:
-        raise DataError(f"expected a 3D volume, got shape {arr.shape}", path)
-    if not np.isfinite(arr).all():
+            img = nib.load(str(path))
+            arr = np.asarray(img.dataobj, dtype=np.float32)
+            affine = np.asarray(img.affine, dtype=np.float64)
+            spacing = tuple(float(s) for s in img.header.get_zooms()[:3])
+        except Exception as exc:
+            raise DataError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path) from None
+        if arr.ndim == 4 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim != 3:
+            raise DataError(f"expected a 3D volume, got shape {arr.shape}", path)
+    if check_finite and not np.isfinite(arr).all():
         raise DataError(f"volume contains {int((~np.isfinite(arr)).sum())} NaN or infinite voxels", path)
-    spacing = tuple(float(s) for s in img.header.get_zooms()[:3])
-    return arr, spacing, np.asarray(img.affine, dtype=np.float64)
+    return arr, spacing, affine
 
 
-def write_mask(path: str | Path, mask: np.ndarray, scale_binary: bool = True) -> Path:
-    """Write a 2D label map as PNG atomically; binary masks as 0/255 when ``scale_binary``."""
+def _png_info(spacing: tuple[float, float] | None):
+    if spacing is None:
+        return None
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text(SPACING_KEY, f"{float(spacing[0]):.6g},{float(spacing[1]):.6g}")
+    return info
+
+
+def write_mask(
+    path: str | Path, mask: np.ndarray, scale_binary: bool = True, *, spacing: tuple[float, float] | None = None
+) -> Path:
+    """Write a 2D label map as PNG atomically; binary masks as 0/255 when ``scale_binary``.
+
+    ``spacing`` (row_mm, col_mm) is stored in a PNG text chunk that :func:`read_spacing_2d` reads.
+    """
     from PIL import Image
 
     m = np.asarray(mask)
+    if m.ndim != 2:
+        raise DataError(f"a 2D mask is needed, got shape {m.shape}", path)
     if m.dtype == bool:
         m = m.astype(np.uint8)
+    if m.size and (m.min() < 0 or m.max() > 255):
+        raise DataError(f"mask values {m.min()}..{m.max()} do not fit an 8-bit PNG", path)
     if scale_binary and m.max(initial=0) <= 1:
         m = (m * 255).astype(np.uint8)
     m = m.astype(np.uint8)
-    return write_with(path, lambda p: Image.fromarray(m).save(p, format="PNG"))
+    info = _png_info(spacing)
+    return write_with(path, lambda p: Image.fromarray(m).save(p, format="PNG", pnginfo=info))
 
 
-def write_image(path: str | Path, image: np.ndarray) -> Path:
-    """Write an 8-bit grey or RGB image atomically (format from the suffix)."""
+def write_image(path: str | Path, image: np.ndarray, *, spacing: tuple[float, float] | None = None) -> Path:
+    """Write an 8-bit grey or RGB image atomically (format from the suffix; PNG by default).
+
+    ``spacing`` is stored in PNG files only (see :func:`write_mask`).
+    """
     from PIL import Image
 
-    arr = np.clip(np.asarray(image), 0, 255).astype(np.uint8)
+    arr = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(suffix_of(path), "PNG")
-    return write_with(path, lambda p: Image.fromarray(arr).save(p, format=fmt))
+    extra = {"pnginfo": _png_info(spacing)} if fmt == "PNG" else {}
+    return write_with(path, lambda p: Image.fromarray(arr).save(p, format=fmt, **extra))
 
 
 def write_volume(path: str | Path, volume: np.ndarray, affine: np.ndarray, dtype: str | None = None) -> Path:

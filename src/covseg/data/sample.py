@@ -57,4 +57,6 @@ class Sample:
         """Shape without the channel axis."""
         if self.image.ndim == 3 and self.affine is None and self.image.shape[-1] in (3, 4):
             return tuple(self.image.shape[:2])
+        if self.image.ndim == 4 and self.affine is not None:
+            return tuple(self.image.shape[:3])  # multi-channel volume (X, Y, Z, C)
         return tuple(self.image.shape)

@@ -1,0 +1,220 @@
+"""Shared model test class: every registered model configuration passes the same checks.
+
+The segmentation_models_pytorch idea: one parametrised class over ``MODEL_CASES``; a new model
+is covered by adding a case (``test_every_registered_model_has_a_case`` fails until one exists).
+Configurations are small (narrow widths) so the class stays fast on two CPU cores; the real
+defaults are exercised by ``test_default_configurations_build``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from covseg.models import MODELS, build_model
+from covseg.models.export import ONNX_INPUT, export_onnx
+
+SIZES = [(64, 64), (67, 93), (128, 96)]
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    name: str
+    kwargs: dict[str, Any]
+    train_keys: frozenset[str]
+    num_aux: int = 0
+    #: parameters allowed to get no gradient from a loss over all outputs (documented why)
+    no_grad_ok: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def id(self) -> str:
+        extra = ",".join(
+            f"{k}={v}" for k, v in self.kwargs.items() if k in ("encoder", "esm", "prior_channel")
+        )
+        return f"{self.name}[{extra}]" if extra else self.name
+
+
+SMALL_RESNET = {"widths": [8, 8, 16, 16, 32], "depths": [0, 1, 1, 1, 1]}
+
+MODEL_CASES = [
+    ModelCase("unet", {"base_width": 8, "depth": 3}, frozenset({"logits"})),
+    ModelCase(
+        "unet",
+        {"encoder": "resnet", "encoder_kwargs": SMALL_RESNET, "decoder_widths": [16, 16, 8, 8]},
+        frozenset({"logits"}),
+    ),
+    ModelCase(
+        "unet_multiclass",
+        {"out_channels": 3, "prior_channel": True, "base_width": 8, "depth": 3},
+        frozenset({"logits"}),
+    ),
+    ModelCase(
+        "resunet",
+        {"widths": [8, 8, 16, 16, 32], "edge_channels": 8, "fusion_channels": 8},
+        frozenset({"logits", "aux", "edge"}),
+        num_aux=2,
+    ),
+    ModelCase(
+        "resunet",
+        {"widths": [8, 8, 16, 16, 32], "esm": False, "assm": False, "afm": False},
+        frozenset({"logits"}),
+    ),
+    ModelCase(
+        "infnet",
+        {"encoder_kwargs": SMALL_RESNET, "channel": 8, "ra_channels": 16, "edge_channels": 8},
+        frozenset({"logits", "aux", "edge"}),
+        num_aux=3,
+    ),
+    ModelCase(
+        "infnet",
+        {"encoder": "efficientnet-lite0", "channel": 8, "ra_channels": 16, "edge_channels": 8},
+        frozenset({"logits", "aux", "edge"}),
+        num_aux=3,
+    ),
+]
+
+
+def make(case: ModelCase, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    kwargs = {"in_channels": 1, **case.kwargs}
+    return build_model(case.name, **kwargs)
+
+
+def make_input(model, batch: int, h: int, w: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, model.input_channels, h, w, generator=g)
+
+
+def test_every_registered_model_has_a_case():
+    assert set(MODELS.names()) <= {c.name for c in MODEL_CASES}
+    assert {"unet", "resunet", "infnet", "unet_multiclass"} <= set(MODELS.names())
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "expected_params"),
+    [
+        ("unet", {}, 1_963_809),
+        ("unet_multiclass", {"out_channels": 3, "prior_channel": True}, 1_963_987),
+        ("resunet", {}, 2_280_036),
+        ("infnet", {}, 2_453_685),
+    ],
+)
+def test_default_configurations_build(name, kwargs, expected_params, record_property):
+    """The defaults build, run once, and keep their (reported) size; a change here is deliberate."""
+    model = build_model(name, in_channels=1, **kwargs).eval()
+    n = model.num_parameters()
+    record_property("parameters", n)
+    print(f"{name} {kwargs}: {n:,} trainable parameters")
+    assert n == expected_params
+    with torch.no_grad():
+        y = model(torch.randn(1, model.input_channels, 64, 64))
+    assert y.shape == (1, model.out_channels, 64, 64)
+
+
+@pytest.mark.parametrize("case", MODEL_CASES, ids=lambda c: c.id)
+class TestSegmentationModel:
+    def test_forward_shapes(self, case: ModelCase):
+        model = make(case).eval()
+        for batch, (h, w) in zip((1, 2, 1), SIZES):
+            with torch.no_grad():
+                y = model(make_input(model, batch, h, w))
+            assert y.shape == (batch, model.out_channels, h, w)
+            assert torch.isfinite(y).all()
+
+    def test_forward_train_outputs(self, case: ModelCase):
+        model = make(case).train()
+        assert set(model.train_outputs) == case.train_keys
+        assert model.num_aux == case.num_aux
+        for h, w in ((64, 64), (67, 93)):
+            out = model.forward_train(make_input(model, 2, h, w))
+            assert set(out) == case.train_keys
+            assert out["logits"].shape == (2, model.out_channels, h, w)
+            aux = out.get("aux", [])
+            assert len(aux) == case.num_aux
+            for a in aux:
+                assert a.shape[:2] == (2, model.out_channels)
+                assert a.shape[-2] <= h and a.shape[-1] <= w
+                assert torch.isfinite(a).all()
+            if "edge" in out:
+                assert out["edge"].shape[:2] == (2, 1)
+                assert out["edge"].shape[-2] <= h and out["edge"].shape[-1] <= w
+            if (h, w) == (67, 93):  # padded input: side outputs are cropped to the input's frame
+                for a in [*aux, *([out["edge"]] if "edge" in out else [])]:
+                    assert a.shape[-2:] == (h, w)
+
+    def test_backward_reaches_every_parameter(self, case: ModelCase):
+        model = make(case).train()
+        out = model.forward_train(make_input(model, 2, 64, 64))
+        loss = out["logits"].square().mean()
+        for a in out.get("aux", []):
+            loss = loss + a.square().mean()
+        if "edge" in out:
+            loss = loss + out["edge"].square().mean()
+        loss.backward()
+        missing, zero = [], []
+        for name, p in model.named_parameters():
+            if not p.requires_grad or name in case.no_grad_ok:
+                continue
+            if p.grad is None:
+                missing.append(name)
+            else:
+                assert torch.isfinite(p.grad).all(), name
+                if not p.grad.abs().sum() > 0:
+                    zero.append(name)
+        assert not missing, f"parameters without gradient: {missing}"
+        assert not zero, f"parameters with all-zero gradient: {zero}"
+
+    def test_eval_is_deterministic(self, case: ModelCase):
+        model = make(case).eval()
+        x = make_input(model, 2, 67, 93)
+        with torch.no_grad():
+            assert torch.equal(model(x), model(x))
+            assert torch.equal(model(x), model.forward_train(x)["logits"])
+
+    def test_rebuild_from_init_args(self, case: ModelCase):
+        model = make(case, seed=0).train()
+        with torch.no_grad():  # move the BatchNorm statistics away from their defaults
+            model.forward_train(make_input(model, 2, 64, 64))
+        init_args = json.loads(json.dumps(model.init_args))  # what a checkpoint can store
+        rebuilt = build_model(case.name, **init_args)
+        assert rebuilt.init_args == model.init_args
+        rebuilt.load_state_dict(model.state_dict(), strict=True)
+        model.eval()
+        rebuilt.eval()
+        x = make_input(model, 1, 67, 93)
+        with torch.no_grad():
+            assert torch.equal(model(x), rebuilt(x))
+
+    def test_parameter_count(self, case: ModelCase, record_property):
+        model = make(case)
+        n = model.num_parameters()
+        record_property("parameters", n)
+        assert n == sum(p.numel() for p in model.parameters())
+        assert 1_000 < n < 10_000_000
+
+    def test_onnx_export_matches_onnxruntime(self, case: ModelCase, tmp_path):
+        self._check_onnx(case, tmp_path, "torchscript")
+
+    @pytest.mark.slow
+    def test_onnx_export_dynamo(self, case: ModelCase, tmp_path):
+        self._check_onnx(case, tmp_path, "dynamo")
+
+    @staticmethod
+    def _check_onnx(case: ModelCase, tmp_path, method: str) -> None:
+        ort = pytest.importorskip("onnxruntime")
+        model = make(case).eval()
+        path = export_onnx(model, tmp_path / "model.onnx", method=method)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no external data file
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for batch, (h, w) in ((1, (64, 64)), (2, (67, 93))):
+            x = make_input(model, batch, h, w)
+            with torch.no_grad():
+                expected = model(x).numpy()
+            (got,) = session.run(None, {ONNX_INPUT: x.numpy()})
+            assert got.shape == expected.shape
+            np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)

@@ -1,4 +1,8 @@
-"""``covseg evaluate``: score predicted masks against ground truth."""
+"""``covseg evaluate``: score predicted masks or soft maps against ground truth.
+
+Heavy imports (numpy, scipy, matplotlib, rich progress) happen inside the command so that
+``covseg --help`` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,219 @@ from pathlib import Path
 
 import typer
 
+from covseg.errors import ConfigError
+
+_PROTOCOLS = ("medical", "sod")
+_EMPTY = ("nan", "one", "zero")
+_PRED_TYPES = ("auto", "soft", "mask")
+_SPEC_RULES = ("pysodmetrics", "infnet")
+_REDUCTIONS = ("nanmean", "mean")
+
+
+def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{option}: {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def parse_spacing(text: str | None) -> tuple[float, ...] | None:
+    """``"0.7"`` → ``(0.7,)``; ``"0.7,0.7,3"`` (or ``x`` / space separated) → a tuple of floats."""
+    if text is None or not text.strip():
+        return None
+    parts = [p for p in text.replace("x", ",").replace(" ", ",").split(",") if p]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"--spacing: {text!r} is not a list of numbers") from None
+    if not values or any(not (v > 0) for v in values) or len(values) > 3:
+        raise ConfigError(f"--spacing: {text!r}: give 1 to 3 positive numbers (mm)")
+    return values
+
+
+def parse_empty_distance(text: str) -> str | float:
+    """``nan`` | ``max`` | a non-negative number (``inf`` reproduces MONAI)."""
+    if text in ("nan", "max"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--empty-distance: {text!r}: use nan, max or a number") from None
+    if not value >= 0:
+        raise ConfigError(f"--empty-distance: {text!r} must be non-negative")
+    return value
+
 
 def evaluate(
-    pred: Path = typer.Option(..., "--pred", help="Folder of predicted masks or soft maps."),
-    gt: Path = typer.Option(..., "--gt", help="Folder of ground-truth masks (or a dataset folder)."),
+    pred: Path = typer.Option(
+        ..., "--pred", help="Folder of predictions: PNG/JPG/TIFF soft maps (0..255) or masks, .npy, NIfTI."
+    ),
+    gt: Path = typer.Option(
+        ..., "--gt", help="Folder of ground-truth masks, or a dataset folder with masks/ (and images/)."
+    ),
+    images: Path | None = typer.Option(
+        None,
+        "--images",
+        help="Folder of the original images, for overlays (default: <gt>/images if present).",
+    ),
+    protocol: str = typer.Option(
+        "medical",
+        "--protocol",
+        help="medical (thresholded masks, distances in mm) or sod (Inf-Net toolbox on soft maps).",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output folder (default: outputs/evaluate/<pred folder>-<protocol>)."
+    ),
+    threshold: float = typer.Option(
+        0.5, "--threshold", help="medical: soft maps are foreground where p >= threshold."
+    ),
+    tolerance: float = typer.Option(
+        1.0, "--tolerance", help="medical: NSD tolerance τ, in mm (pixels when no spacing is known)."
+    ),
+    spacing: str | None = typer.Option(
+        None,
+        "--spacing",
+        help="Pixel/voxel spacing in mm, e.g. 0.7 or 0.7,0.7 or 0.8,0.8,3 (default: NIfTI header, else pixels).",
+    ),
+    num_classes: int = typer.Option(
+        1, "--num-classes", help="medical: number of foreground classes K (labels 1..K)."
+    ),
+    empty: str = typer.Option(
+        "nan", "--empty", help="Undefined ratios / both-empty cases: nan, one (perfect) or zero (failure)."
+    ),
+    empty_distance: str = typer.Option(
+        "nan",
+        "--empty-distance",
+        help="HD95/ASSD when one side is empty: nan, max (image diagonal) or a number in mm.",
+    ),
+    pred_type: str = typer.Option(
+        "auto",
+        "--pred-type",
+        help="How to read predictions: auto, soft (probability maps) or mask (label maps).",
+    ),
+    specificity_rule: str = typer.Option(
+        "pysodmetrics",
+        "--specificity-rule",
+        help="sod: pysodmetrics, or infnet (specificity 0 where TP = 0, as Inf-Net's MATLAB code).",
+    ),
+    reduction: str = typer.Option(
+        "nanmean",
+        "--reduction",
+        help="NaN cases in the summary: nanmean (leave out, counted) or mean (NaN propagates).",
+    ),
+    show: int = typer.Option(6, "--show", help="Worst and best cases shown as overlays in the report."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Stop at the first bad case (non-zero exit) instead of skipping it."
+    ),
 ) -> None:
-    """Evaluate predictions against ground truth (medical or sod protocol)."""
-    raise NotImplementedError
+    """Evaluate predictions against ground truth; writes per_case.csv, summary.json and report.html."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from covseg.errors import DataError
+    from covseg.metrics import evaluation as ev
+
+    protocol = _choice(protocol, _PROTOCOLS, "--protocol")
+    empty = _choice(empty, _EMPTY, "--empty")
+    pred_type = _choice(pred_type, _PRED_TYPES, "--pred-type")
+    specificity_rule = _choice(specificity_rule, _SPEC_RULES, "--specificity-rule")
+    reduction = _choice(reduction, _REDUCTIONS, "--reduction")
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"--threshold: {threshold} must lie in [0, 1]")
+    if not tolerance >= 0:
+        raise ConfigError(f"--tolerance: {tolerance} must be non-negative")
+    if num_classes < 1:
+        raise ConfigError(f"--num-classes: {num_classes} must be at least 1")
+    if show < 0:
+        raise ConfigError(f"--show: {show} must be non-negative")
+    spacing_values = parse_spacing(spacing)
+    empty_dist = parse_empty_distance(empty_distance)
+
+    out_dir = out if out is not None else Path("outputs") / "evaluate" / f"{pred.resolve().name}-{protocol}"
+    cases, bad, image_dir = ev.pair_cases(pred, gt, images)
+    inputs = {p.resolve() for p in (pred, gt, *(p for p in (image_dir,) if p is not None))}
+    if out_dir.resolve() in inputs or out_dir.resolve() == (gt / "masks").resolve():
+        raise DataError("the output folder is an input folder; choose another --out", out_dir)
+    if strict and bad:
+        raise DataError(bad[0].problem, bad[0].path)
+
+    accumulator = ev.make_accumulator(
+        protocol,
+        threshold=threshold,
+        tolerance=tolerance,
+        num_classes=num_classes,
+        empty=empty,
+        empty_distance=empty_dist,
+        pred_type=pred_type,  # type: ignore[arg-type]
+        specificity_rule=specificity_rule,  # type: ignore[arg-type]
+    )
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    for b in bad:
+        err.print(f"[yellow]skipped[/] {b}")
+    progress = Progress(
+        TextColumn("[bold]evaluate[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        console=err,
+    )
+    with progress:
+        task = progress.add_task("", total=len(cases))
+
+        def on_case(case: ev.Case, problem: ev.BadCase | None) -> None:
+            if problem is not None:
+                progress.console.print(f"[yellow]skipped[/] {problem}", highlight=False)
+            progress.update(task, advance=1, description=case.case_id)
+
+        run = ev.evaluate_cases(
+            cases,
+            accumulator,
+            num_classes=num_classes,
+            pred_type=pred_type,  # type: ignore[arg-type]
+            spacing=spacing_values,
+            strict=strict,
+            on_case=on_case,
+        )
+    run.bad = bad + run.bad
+    run.options = {
+        "pred": str(pred),
+        "gt": str(gt),
+        "images": str(image_dir) if image_dir else None,
+        "spacing": list(spacing_values) if spacing_values else None,
+        "strict": strict,
+    }
+
+    if not run.cases:
+        summary_path = ev.write_outputs(run, out_dir, reduction=reduction, report=False)["summary"]  # type: ignore[arg-type]
+        raise DataError(
+            f"no case could be scored ({len(run.bad)} problem(s), listed in {summary_path})", pred
+        )
+
+    paths = ev.write_outputs(run, out_dir, reduction=reduction, report=report, show=show)  # type: ignore[arg-type]
+    summary = accumulator.aggregate(reduction)  # type: ignore[arg-type]
+    console = Console(highlight=False, soft_wrap=True)
+    table = Table(
+        title=f"{protocol} protocol: {len(run.cases)} cases, {len(run.bad)} skipped, {run.seconds:.1f} s"
+    )
+    for col in ("metric", "mean ± std", "median", "n", "NaN"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for name, s in summary["metrics"].items():
+        table.add_row(
+            name, f"{s['mean']:.4f} ± {s['std']:.4f}", f"{s['median']:.4f}", str(s["n"]), str(s["n_nan"])
+        )
+    console.print(table)
+    if protocol == "sod":
+        console.print("toolbox numbers: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["toolbox"].items()))
+    if run.resized:
+        console.print(
+            f"[yellow]note[/] {len(run.resized)} prediction(s) resized to their ground truth's size "
+            "(scored at the ground truth's resolution)"
+        )
+    if run.bad:
+        console.print(f"[yellow]{len(run.bad)} case(s) skipped:[/]")
+        for b in run.bad:
+            console.print(f"  {b}")
+    for kind, path in paths.items():
+        console.print(f"{kind}: {path}")

@@ -1,0 +1,576 @@
+"""Folder evaluation behind ``covseg evaluate``: pair files by stem, read, resize, score, write outputs.
+
+Predictions: PNG/JPG/TIFF/BMP soft maps (0..255 or 0..65535) or masks (palette, 1-bit, 0/1, 0/255),
+``.npy`` soft maps or label maps (``(H, W)``, ``(C, H, W)`` probabilities, or 3D), NIfTI soft maps
+or label maps. Ground truth: a folder of masks, or a dataset folder with a ``masks/`` subfolder
+(its ``images/`` subfolder is then used for overlays unless ``images_dir`` is given).
+
+A 2D prediction whose size differs from its ground truth is resized to the ground truth's size
+(soft maps and probability channels bilinearly, masks by nearest neighbour) and the case records
+``resized_from``; metrics are always computed at the ground truth's original resolution. 3D
+predictions are never resampled: a shape mismatch there is a bad case. A bad case (unreadable
+file, missing partner, unresolvable mismatch) is recorded with a one-line problem naming the file
+and the batch continues, unless ``strict``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covseg.data.imageio import IMAGE_SUFFIXES, read_mask, read_volume, stem_of, suffix_of
+from covseg.errors import DataError
+from covseg.metrics._arrays import PredType, gt_labels, guess_pred_type, prediction_labels, soft_map
+from covseg.metrics.base import MetricAccumulator, Reduction
+from covseg.metrics.medical import MedicalMetrics
+from covseg.metrics.sod import SodMetrics, SpecificityRule, prepare_sod_inputs
+from covseg.utils.atomic import write_json, write_with
+
+PROTOCOLS: tuple[str, ...] = ("medical", "sod")
+VOLUME_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+FILE_SUFFIXES: tuple[str, ...] = (*IMAGE_SUFFIXES, ".npy", *VOLUME_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One prediction / ground-truth pair (and the image, when known)."""
+
+    case_id: str
+    pred_path: Path
+    gt_path: Path
+    image_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class BadCase:
+    """A case that could not be scored: the file to look at and why."""
+
+    path: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+@dataclass
+class LoadedCase:
+    """Arrays ready for an accumulator: prediction at the ground truth's shape, labels, spacing."""
+
+    pred: np.ndarray
+    gt: np.ndarray
+    spacing: tuple[float, ...] | None
+    resized_from: tuple[int, ...] | None = None
+
+
+@dataclass
+class EvaluationRun:
+    """Everything a report needs: the filled accumulator, scored and bad cases, resizes, timing."""
+
+    accumulator: MetricAccumulator
+    cases: list[Case] = field(default_factory=list)
+    bad: list[BadCase] = field(default_factory=list)
+    resized: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    spacing_source: str = "none"
+    seconds: float = 0.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def make_accumulator(
+    protocol: str,
+    *,
+    threshold: float = 0.5,
+    tolerance: float = 1.0,
+    num_classes: int = 1,
+    empty: str = "nan",
+    empty_distance: str | float = "nan",
+    pred_type: PredType = "auto",
+    specificity_rule: SpecificityRule = "pysodmetrics",
+) -> MetricAccumulator:
+    """The accumulator of a protocol by name."""
+    if protocol == "medical":
+        return MedicalMetrics(
+            num_classes=num_classes,
+            threshold=threshold,
+            tolerance=tolerance,
+            empty=empty,  # type: ignore[arg-type]
+            empty_distance=empty_distance,
+            pred_type=pred_type,
+        )
+    if protocol == "sod":
+        if num_classes != 1:
+            raise DataError("the sod protocol is binary (num_classes=1); score each class folder separately")
+        return SodMetrics(specificity_rule=specificity_rule)
+    raise DataError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+
+
+# ------------------------------------------------------------------------------------------ pairing
+def natural_key(text: str) -> list[Any]:
+    """Sort key that orders ``2`` before ``10``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+def _files_by_stem(folder: Path, suffixes: Sequence[str]) -> dict[str, list[Path]]:
+    found: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or suffix_of(path) not in suffixes:
+            continue
+        found.setdefault(stem_of(path), []).append(path)
+    return found
+
+
+def resolve_gt_folder(gt_dir: Path) -> tuple[Path, Path | None]:
+    """``(mask folder, image folder or None)`` for a mask folder or a dataset folder with ``masks/``."""
+    gt_dir = Path(gt_dir)
+    if not gt_dir.is_dir():
+        raise DataError("ground-truth folder not found", gt_dir)
+    if (gt_dir / "masks").is_dir():
+        images = gt_dir / "images"
+        return gt_dir / "masks", images if images.is_dir() else None
+    return gt_dir, None
+
+
+def pair_cases(
+    pred_dir: Path, gt_dir: Path, images_dir: Path | None = None
+) -> tuple[list[Case], list[BadCase], Path | None]:
+    """Pair predictions and ground truth by file stem.
+
+    Returns the pairs (natural order of stems), the bad ones (missing partner, ambiguous stem) and
+    the image folder used for overlays.
+    """
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise DataError("prediction folder not found", pred_dir)
+    mask_dir, dataset_images = resolve_gt_folder(gt_dir)
+    if images_dir is not None and not Path(images_dir).is_dir():
+        raise DataError("image folder not found", images_dir)
+    image_folder = Path(images_dir) if images_dir is not None else dataset_images
+    preds = _files_by_stem(pred_dir, FILE_SUFFIXES)
+    gts = _files_by_stem(mask_dir, FILE_SUFFIXES)
+    images = _files_by_stem(image_folder, (*IMAGE_SUFFIXES, *VOLUME_SUFFIXES)) if image_folder else {}
+    cases: list[Case] = []
+    bad: list[BadCase] = []
+    for stem in sorted(set(preds) | set(gts), key=natural_key):
+        p, g = preds.get(stem, []), gts.get(stem, [])
+        if len(p) > 1:
+            bad.append(
+                BadCase(str(p[0]), f"several predictions share the stem {stem!r}: {[x.name for x in p]}")
+            )
+        elif len(g) > 1:
+            bad.append(
+                BadCase(
+                    str(g[0]), f"several ground-truth files share the stem {stem!r}: {[x.name for x in g]}"
+                )
+            )
+        elif not p:
+            bad.append(BadCase(str(g[0]), f"no prediction with this stem in {pred_dir}"))
+        elif not g:
+            bad.append(BadCase(str(p[0]), f"no ground truth with this stem in {mask_dir}"))
+        else:
+            img = images.get(stem, [None])[0]
+            cases.append(Case(stem, p[0], g[0], img))
+    return cases, bad, image_folder
+
+
+# ------------------------------------------------------------------------------------------ reading
+def read_prediction(path: Path) -> tuple[np.ndarray, bool]:
+    """Raw prediction array and whether the file format says it is a mask (palette or 1-bit image).
+
+    Colour images give their first channel (as the Inf-Net MATLAB toolbox does: ``resmap(:,:,1)``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", path)
+    suf = suffix_of(path)
+    if suf in VOLUME_SUFFIXES:
+        return read_volume(path)[0], False
+    if suf == ".npy":
+        try:
+            return np.load(path, allow_pickle=False), False
+        except Exception as exc:
+            raise DataError(f"unreadable .npy ({type(exc).__name__}: {exc})", path) from None
+    if suf in (".tif", ".tiff"):
+        try:
+            import tifffile
+
+            arr = np.asarray(tifffile.imread(str(path)))
+        except Exception as exc:
+            raise DataError(f"unreadable TIFF ({type(exc).__name__}: {exc})", path) from None
+        return (arr[..., 0] if arr.ndim == 3 and arr.shape[-1] in (3, 4) else arr), False
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode == "P":
+                return np.asarray(im, dtype=np.uint8).copy(), True
+            if mode == "1":
+                return np.asarray(im, dtype=bool).copy(), True
+            arr = np.asarray(im).copy()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"unreadable image ({type(exc).__name__}: {exc})", path) from None
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    return arr, False
+
+
+def read_ground_truth(path: Path, num_classes: int = 1) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    """Ground-truth label map and the spacing its file states (NIfTI header, PNG ``covseg:spacing``
+    text chunk, TIFF resolution), or None."""
+    from covseg.data.imageio import read_label_volume, read_spacing_2d
+
+    path = Path(path)
+    suf = suffix_of(path)
+    spacing: tuple[float, ...] | None = None
+    if suf in VOLUME_SUFFIXES:
+        arr, spacing, _ = read_label_volume(path)
+    else:
+        arr = read_mask(path)
+        if suf in (".png", ".tif", ".tiff"):
+            spacing = read_spacing_2d(path)
+    try:
+        return gt_labels(arr, num_classes), spacing
+    except ValueError as exc:
+        raise DataError(str(exc), path) from None
+
+
+def _resize_2d(arr: np.ndarray, shape: tuple[int, int], nearest: bool) -> np.ndarray:
+    from PIL import Image
+
+    if nearest:
+        # Sample each output pixel's centre, as PIL's NEAREST does.
+        rows = (
+            ((np.arange(shape[0]) + 0.5) * arr.shape[0] / shape[0]).astype(np.int64).clip(0, arr.shape[0] - 1)
+        )
+        cols = (
+            ((np.arange(shape[1]) + 0.5) * arr.shape[1] / shape[1]).astype(np.int64).clip(0, arr.shape[1] - 1)
+        )
+        return arr[np.ix_(rows, cols)]
+    im = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32), mode="F")
+    out = np.asarray(im.resize((shape[1], shape[0]), Image.Resampling.BILINEAR), dtype=np.float64)
+    return np.clip(out, 0.0, 1.0)
+
+
+def fit_prediction(
+    raw: np.ndarray,
+    is_mask_file: bool,
+    gt_shape: tuple[int, ...],
+    *,
+    protocol: str,
+    num_classes: int = 1,
+    pred_type: PredType = "auto",
+) -> tuple[np.ndarray, tuple[int, ...] | None]:
+    """Prediction brought to ``gt_shape`` (2D only) and the original spatial shape if it was resized.
+
+    Raises ``ValueError`` when the shapes cannot be reconciled.
+    """
+    ndim = len(gt_shape)
+    channels = raw.ndim == ndim + 1 and not (raw.ndim == 3 and ndim == 2 and raw.shape[-1] in (3, 4))
+    spatial = tuple(raw.shape[1:]) if channels else tuple(raw.shape)
+    if len(spatial) != ndim:
+        raise ValueError(f"prediction has shape {raw.shape}; ground truth is {ndim}D {gt_shape}")
+    kind = "channels" if channels else ("mask" if is_mask_file and pred_type == "auto" else pred_type)
+    if kind == "auto":
+        kind = guess_pred_type(raw, num_classes)
+    if protocol == "sod":
+        if kind == "channels":
+            raise ValueError("the sod protocol needs a single-channel soft map, got channels")
+        values = raw > 0 if kind == "mask" else raw
+        if spatial == gt_shape:
+            return values, None
+        prepared = soft_map(values)
+    elif kind == "mask":
+        prepared = prediction_labels(raw, spatial, num_classes=num_classes, pred_type="mask")
+    elif kind == "soft":
+        prepared = soft_map(raw)
+        if spatial == gt_shape:
+            return (raw if pred_type == "auto" else prepared), None
+    else:
+        prepared = raw
+    if spatial == gt_shape:
+        return prepared, None
+    if ndim != 2:
+        raise ValueError(
+            f"prediction shape {spatial} differs from ground truth {gt_shape}; 3D volumes are not resampled "
+            "(resample the prediction into the ground truth's grid first)"
+        )
+    if kind == "channels":
+        chans = np.asarray(raw, dtype=np.float64)
+        if np.all(np.isfinite(chans)) and chans.min() >= 0 and chans.max() <= 1:
+            return np.stack([_resize_2d(c, gt_shape, nearest=False) for c in chans]), spatial
+        raise ValueError("probability channels to resize must lie in [0, 1] (softmax them first)")
+    return _resize_2d(prepared, gt_shape, nearest=(kind == "mask" and protocol != "sod")), spatial  # type: ignore[arg-type]
+
+
+def load_case(
+    case: Case,
+    *,
+    protocol: str,
+    num_classes: int = 1,
+    pred_type: PredType = "auto",
+    spacing: tuple[float, ...] | None = None,
+) -> LoadedCase:
+    """Read and reconcile one pair; every problem becomes a ``DataError`` naming the file at fault."""
+    gt, gt_spacing = read_ground_truth(case.gt_path, num_classes)
+    raw, is_mask_file = read_prediction(case.pred_path)
+    try:
+        pred, resized_from = fit_prediction(
+            raw, is_mask_file, gt.shape, protocol=protocol, num_classes=num_classes, pred_type=pred_type
+        )
+    except ValueError as exc:
+        raise DataError(str(exc), case.pred_path) from None
+    sp = spacing if spacing is not None else gt_spacing
+    if sp is not None and len(sp) == 1:
+        sp = sp * gt.ndim
+    if sp is not None and len(sp) != gt.ndim:
+        raise DataError(f"spacing {sp} has {len(sp)} values for a {gt.ndim}D ground truth", case.gt_path)
+    return LoadedCase(pred, gt, sp, resized_from)
+
+
+# ------------------------------------------------------------------------------------------ scoring
+def evaluate_cases(
+    cases: Sequence[Case],
+    accumulator: MetricAccumulator,
+    *,
+    num_classes: int = 1,
+    pred_type: PredType = "auto",
+    spacing: tuple[float, ...] | None = None,
+    strict: bool = False,
+    on_case: Callable[[Case, BadCase | None], None] | None = None,
+) -> EvaluationRun:
+    """Score every case into ``accumulator``; bad cases are collected (or raised at once when ``strict``)."""
+    run = EvaluationRun(accumulator=accumulator)
+    start = time.perf_counter()
+    header_spacing = False
+    for case in cases:
+        problem: BadCase | None = None
+        try:
+            loaded = load_case(
+                case,
+                protocol=accumulator.protocol,
+                num_classes=num_classes,
+                pred_type=pred_type,
+                spacing=spacing,
+            )
+            try:
+                accumulator.update(loaded.pred, loaded.gt, spacing=loaded.spacing, case_id=case.case_id)
+            except ValueError as exc:
+                raise DataError(str(exc), case.pred_path) from None
+            run.cases.append(case)
+            if loaded.resized_from is not None:
+                run.resized[case.case_id] = loaded.resized_from
+            header_spacing = header_spacing or (spacing is None and loaded.spacing is not None)
+        except DataError as exc:
+            if strict:
+                raise
+            problem = BadCase(exc.path or str(case.pred_path), exc.problem)
+            run.bad.append(problem)
+        if on_case is not None:
+            on_case(case, problem)
+    run.seconds = time.perf_counter() - start
+    if spacing is not None:
+        run.spacing_source = f"--spacing {'x'.join(format(v, 'g') for v in spacing)}"
+    elif header_spacing:
+        run.spacing_source = "ground-truth file metadata (NIfTI header, PNG covseg:spacing, TIFF resolution)"
+    else:
+        run.spacing_source = "none: distances are in pixels/voxels"
+    return run
+
+
+# ------------------------------------------------------------------------------------------ outputs
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages that shape the numbers (None when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("covseg", "numpy", "scipy", "pillow", "nibabel", "torch", "monai", "matplotlib"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """JSON-safe copy: NaN becomes null, ±inf the strings "inf" / "-inf", tuples lists."""
+    if isinstance(obj, dict):
+        return {str(k): _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _format_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return "nan" if math.isnan(value) else format(float(value), ".10g")
+    if isinstance(value, tuple):
+        return "x".join(format(float(v), "g") for v in value)
+    return str(value)
+
+
+def per_case_rows(run: EvaluationRun) -> list[dict[str, Any]]:
+    """Accumulator records joined with file names and resize information."""
+    by_id = {c.case_id: c for c in run.cases}
+    rows = []
+    for rec in run.accumulator.per_case():
+        case = by_id.get(rec["case_id"])
+        resized = run.resized.get(rec["case_id"])
+        rows.append(
+            {
+                **rec,
+                "pred_file": case.pred_path.name if case else "",
+                "gt_file": case.gt_path.name if case else "",
+                "resized_from": "x".join(map(str, resized)) if resized else "",
+            }
+        )
+    return rows
+
+
+def csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    """CSV of the rows (columns in first-seen order; NaN as ``nan``)."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_format_cell(row.get(c)) for c in columns])
+    return buf.getvalue()
+
+
+def build_summary(run: EvaluationRun, reduction: Reduction = "nanmean") -> dict[str, Any]:
+    """Summary dict: protocol, parameters, statistics, counts, bad cases, resizes, versions."""
+    agg = run.accumulator.aggregate(reduction)
+    agg.pop("curves", None)  # long; kept in the report's plot and available from the accumulator
+    return {
+        **agg,
+        "num_bad": len(run.bad),
+        "bad_cases": [{"path": b.path, "problem": b.problem} for b in run.bad],
+        "resized_cases": {cid: list(shape) for cid, shape in run.resized.items()},
+        "resize_note": (
+            "predictions whose size differs from the ground truth were resized to it "
+            "(soft maps bilinear, masks nearest) and scored at the ground truth's resolution"
+        ),
+        "spacing_source": run.spacing_source,
+        "options": run.options,
+        "seconds": round(run.seconds, 3),
+        "versions": package_versions(),
+        "surface_distances": "scipy KD-tree reproducing monai.metrics (monai itself is not imported)",
+    }
+
+
+def write_outputs(
+    run: EvaluationRun,
+    out_dir: Path,
+    *,
+    reduction: Reduction = "nanmean",
+    report: bool = True,
+    show: int = 6,
+) -> dict[str, Path]:
+    """Write ``per_case.csv``, ``summary.json`` and (optionally) ``report.html``, each atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = per_case_rows(run)
+    summary = build_summary(run, reduction)
+    paths = {
+        "csv": write_with(out_dir / "per_case.csv", lambda p: p.write_text(csv_text(rows), encoding="utf-8")),
+        "summary": write_json(out_dir / "summary.json", _finite_or_none(summary)),
+    }
+    if report:
+        from covseg.viz.evaluation_report import build_evaluation_report
+
+        html = build_evaluation_report(run, summary, show=show)
+        paths["report"] = html.write(out_dir / "report.html")
+    return paths
+
+
+def summary_json_text(summary: dict[str, Any]) -> str:
+    """The JSON text ``write_outputs`` writes for a summary (strict JSON: no NaN)."""
+    return json.dumps(_finite_or_none(summary), indent=2)
+
+
+# ------------------------------------------------------------------------------------------ overlays
+def case_display_arrays(
+    case: Case, run: EvaluationRun
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, str]:
+    """``(image or None, gt mask, predicted mask, note)`` of one scored case, 2D (3D: the slice with most gt).
+
+    The prediction is binarised as the protocol scored it (medical: threshold / argmax;
+    sod: min-max normalised map >= 0.5, for display only).
+    """
+    acc = run.accumulator
+    num_classes = getattr(acc, "num_classes", 1)
+    pred_type = getattr(acc, "pred_type", "auto")
+    loaded = load_case(case, protocol=acc.protocol, num_classes=num_classes, pred_type=pred_type)
+    gt = loaded.gt
+    if acc.protocol == "sod":
+        p, _ = prepare_sod_inputs(loaded.pred, gt)
+        pred = (p >= 0.5).astype(np.uint8)
+        note = "prediction shown at min-max normalised p >= 0.5"
+    else:
+        pred = prediction_labels(
+            loaded.pred,
+            gt.shape,
+            num_classes=num_classes,
+            threshold=acc.threshold,
+            pred_type=pred_type,  # type: ignore[attr-defined]
+        )
+        note = ""
+    image = _read_display_image(case.image_path, gt.shape) if case.image_path else None
+    if gt.ndim == 3:
+        area = (gt > 0).sum(axis=(0, 1)) + (pred > 0).sum(axis=(0, 1)) * 1e-6
+        z = int(np.argmax(area))
+        note = (note + "; " if note else "") + f"slice {z} of {gt.shape[2]} (most ground truth)"
+        gt, pred = np.rot90(gt[:, :, z]), np.rot90(pred[:, :, z])
+        image = np.rot90(image[:, :, z]) if image is not None and image.ndim == 3 else None
+    return image, gt, pred, note
+
+
+def _read_display_image(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The case's image for an overlay, resized to the mask's shape; None when it cannot be used."""
+    from covseg.data.imageio import read_image
+
+    try:
+        if suffix_of(path) in VOLUME_SUFFIXES:
+            arr = read_volume(path)[0]
+            return arr if arr.shape == tuple(shape) else None
+        arr = read_image(path)
+    except DataError:
+        return None
+    if arr.shape[:2] == tuple(shape):
+        return arr
+    if len(shape) != 2:
+        return None
+    from PIL import Image
+
+    chans = [arr] if arr.ndim == 2 else [arr[..., i] for i in range(arr.shape[-1])]
+    resized = [
+        np.asarray(Image.fromarray(c.astype(np.float32), mode="F").resize((shape[1], shape[0])))
+        for c in chans
+    ]
+    return resized[0] if arr.ndim == 2 else np.stack(resized, axis=-1)

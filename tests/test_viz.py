@@ -1,0 +1,105 @@
+"""Overlays, PNG figures and the HTML report writer."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covseg.viz import HtmlReport, overlay, png_bytes, thumbnail, to_display_rgb
+from covseg.viz.overlay import BACKGROUND_GREY, GT_COLOUR, OVERLAP_COLOUR, PRED_COLOUR, outline
+from covseg.viz.plots import curves_png, histogram_png
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _masks() -> tuple[np.ndarray, np.ndarray]:
+    gt = np.zeros((40, 40), dtype=np.uint8)
+    gt[5:25, 5:25] = 1
+    pred = np.zeros((40, 40), dtype=np.uint8)
+    pred[15:35, 15:35] = 1
+    return gt, pred
+
+
+def test_overlay_colours_on_grey_background():
+    gt, pred = _masks()
+    rgb = overlay(None, gt, pred, alpha=0.5)
+    assert rgb.dtype == np.uint8 and rgb.shape == (40, 40, 3)
+    grey = np.array([BACKGROUND_GREY] * 3, dtype=float)
+
+    def tint(colour):
+        return np.round(0.5 * grey + 0.5 * np.array(colour)).astype(np.uint8).tolist()
+
+    assert rgb[0, 0].tolist() == [BACKGROUND_GREY] * 3  # background untouched
+    assert rgb[10, 10].tolist() == tint(GT_COLOUR)  # gt only: green tint
+    assert rgb[30, 30].tolist() == tint(PRED_COLOUR)  # prediction only: red tint
+    assert rgb[20, 20].tolist() == tint(OVERLAP_COLOUR)  # overlap: yellow tint
+    assert rgb[5, 10].tolist() == list(GT_COLOUR)  # gt outline, opaque
+    assert rgb[34, 30].tolist() == list(PRED_COLOUR)  # prediction outline, opaque
+    assert rgb[15, 15].tolist() == list(PRED_COLOUR)  # prediction outline inside the gt
+    assert rgb[24, 15].tolist() == list(OVERLAP_COLOUR)  # where both outlines cross
+
+
+def test_overlay_on_image_and_single_mask():
+    gt, pred = _masks()
+    ct = np.linspace(-1000, 400, 40 * 40).reshape(40, 40)  # HU: stretched for display
+    rgb = overlay(ct, pred=pred)
+    assert rgb.shape == (40, 40, 3)
+    assert rgb[0, 0, 0] == rgb[0, 0, 1] == rgb[0, 0, 2]  # grey where nothing is drawn
+    assert not np.any(np.all(rgb == np.array(GT_COLOUR, np.uint8), axis=-1))  # no gt given, no green
+    colour = np.stack([ct, ct, ct], axis=-1).clip(0, 255).astype(np.uint8)
+    assert overlay(colour, gt, pred).shape == (40, 40, 3)
+    with pytest.raises(ValueError, match="differs from image shape"):
+        overlay(ct, gt[:30])
+    with pytest.raises(ValueError, match="needs an image"):
+        overlay(None)
+
+
+def test_display_rgb_keeps_8bit_and_stretches_others():
+    u8 = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    assert np.array_equal(to_display_rgb(u8)[..., 0], u8)
+    stretched = to_display_rgb(np.linspace(0, 1, 256).reshape(16, 16))
+    assert stretched.min() == 0 and stretched.max() == 255
+
+
+def test_outline_and_thumbnail():
+    gt, _ = _masks()
+    line = outline(gt)
+    assert line[5, 5] and line[24, 10] and not line[10, 10]
+    big = np.zeros((600, 300, 3), dtype=np.uint8)
+    assert thumbnail(big, 320).shape == (320, 160, 3)
+    assert thumbnail(big[:100, :100], 320).shape == (100, 100, 3)  # never upscales
+
+
+def test_plots_are_png():
+    png = histogram_png([0.1, 0.5, float("nan"), 0.9], title="dice", xlabel="dice", value_range=(0, 1))
+    assert png.startswith(PNG_SIGNATURE)
+    assert histogram_png([float("nan")], title="none").startswith(PNG_SIGNATURE)
+    curves = curves_png(np.linspace(0, 1, 5), {"dice": [0, 0.5, 0.7, 0.6, 0.2]}, title="t")
+    assert Image.open(io.BytesIO(curves)).format == "PNG"
+
+
+def test_report_embeds_images_and_escapes_text(tmp_path):
+    gt, pred = _masks()
+    rgb = overlay(None, gt, pred)
+    report = HtmlReport("Title <x>", subtitle="a & b")
+    report.heading("Numbers").table(
+        [{"metric": "dice", "mean": 0.81234, "n": 3}, {"metric": "<b>", "mean": float("nan")}]
+    )
+    report.table([["a", 1.5]], ["name", "value"], caption="list rows")
+    report.image(rgb, caption="overlay").gallery([(rgb, "one"), (png_bytes(rgb), "two")])
+    report.note("careful").bullet_list(["x", "y<"]).preformatted('{"k": 1}')
+    path = report.write(tmp_path / "sub" / "r.html")
+    html = path.read_text(encoding="utf-8")
+    assert "Title &lt;x&gt;" in html and "a &amp; b" in html and "&lt;b&gt;" in html
+    assert "0.8123" in html and "<td>–</td>" in html and "list rows" in html
+    uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(uris) == 3
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(uris[0]))))
+    assert np.array_equal(decoded, rgb)  # lossless round trip
+    assert not list(tmp_path.rglob("*.tmp*"))
+    assert "<script" not in html  # self-contained, nothing to fetch or run

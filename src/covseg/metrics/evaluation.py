@@ -465,8 +465,7 @@ def csv_text(rows: Sequence[dict[str, Any]]) -> str:
 
 def build_summary(run: EvaluationRun, reduction: Reduction = "nanmean") -> dict[str, Any]:
     """Summary dict: protocol, parameters, statistics, counts, bad cases, resizes, versions."""
-    agg = run.accumulator.aggregate(reduction)
-    agg.pop("curves", None)  # long; kept in the report's plot and available from the accumulator
+    agg = run.accumulator.aggregate(reduction)  # sod: includes the 256-point image-averaged curves
     return {
         **agg,
         "num_bad": len(run.bad),

@@ -23,6 +23,9 @@ It scores the *soft* map, 2D only, and matches ``py_sod_metrics`` 1.6 (pysodmetr
   per-image ``mean_dice``), ``maxDic = max_t mean_i Dice(i, t)`` (a single threshold for the whole
   data set, *not* the mean of per-image maxima). ``SodMetrics.aggregate()`` reports the toolbox
   numbers under ``toolbox`` and the per-image distributions under ``metrics``;
+* **resizing** – the MATLAB script resizes a map of the wrong size with ``imresize`` (bicubic) and
+  writes it back over the prediction file; ``covseg evaluate`` resizes bilinearly in memory and
+  never modifies its inputs;
 * **S-measure** (Fan et al. ICCV'17, α = 0.5), **E-measure** (Fan et al. IJCAI'18: curve over the
   256 thresholds, and adaptive with threshold ``min(2·mean(p), 1)`` on the continuous map),
   **weighted F-measure** (Margolin et al. CVPR'14, β² = 1, MATLAB ``fspecial('gaussian', 7, 5)``),

@@ -81,7 +81,7 @@ def evaluate(
     spacing: str | None = typer.Option(
         None,
         "--spacing",
-        help="Pixel/voxel spacing in mm, e.g. 0.7 or 0.7,0.7 or 0.8,0.8,3 (default: NIfTI header, else pixels).",
+        help="Pixel/voxel spacing in mm, e.g. 0.7 or 0.7,0.7 or 0.8,0.8,3 (default: the ground truth file's own: NIfTI header, PNG covseg:spacing, TIFF resolution; else pixels).",
     ),
     num_classes: int = typer.Option(
         1, "--num-classes", help="medical: number of foreground classes K (labels 1..K)."

@@ -310,11 +310,18 @@ def _from_colour(rgb: np.ndarray, mode: str, path: Path) -> MaskInfo:
     return MaskInfo(labels, kind, values, mode)
 
 
+def _distinct(arr: np.ndarray) -> np.ndarray:
+    """Sorted distinct values; a histogram for 8/16-bit data (linear time, masks are large)."""
+    if arr.dtype in (np.uint8, np.uint16):
+        return np.flatnonzero(np.bincount(arr.ravel(), minlength=1)).astype(arr.dtype)
+    return np.unique(arr)
+
+
 def _from_grey(arr: np.ndarray, mode: str, path: Path) -> MaskInfo:
     arr = np.asarray(arr)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise DataError("mask contains NaN or infinite values", path)
-    values = np.unique(arr)
+    values = _distinct(arr)
     stored = tuple(v.item() for v in values[:64])
     if values.size == 1:
         return MaskInfo((arr > 0).astype(np.uint8), "binary", stored, mode)

@@ -40,6 +40,17 @@ def test_load_sample_keeps_text_label_meta_and_spacing(tmp_path):
     assert load_sample(rec).spacing == (1.5, 1.5)
 
 
+def test_dicom_chest_xray_in_a_folder_gets_its_pixel_spacing(tmp_path):
+    from test_imageio import write_dicom_2d
+
+    (tmp_path / "ds" / "images").mkdir(parents=True)
+    write_dicom_2d(tmp_path / "ds" / "images" / "cxr1.dcm", (picture(24, 2).astype(np.uint16) * 16), spacing=(0.139, 0.139))
+    save_png(tmp_path / "ds" / "masks" / "cxr1.png", blob(24) * 255)
+    [rec] = open_dataset(tmp_path / "ds").records
+    sample = load_sample(rec)
+    assert sample.spacing == (0.139, 0.139) and sample.image.shape == (24, 24) and sample.mask.sum() == blob(24).sum()
+
+
 def test_size_mismatch_names_both_files(tmp_path):
     root = make_pairs(tmp_path / "ds", ["a"])
     save_png(root / "masks" / "a.png", blob(40) * 255)

@@ -34,6 +34,8 @@ from covseg.data.text_sources import (
 from covseg.errors import DataError
 
 CONTAINER = "splits"
+# 2D files a layout folder may hold: the common image formats and single-frame DICOM (chest X-rays).
+FILE_SUFFIXES = (*IMAGE_SUFFIXES, ".dcm")
 
 
 @dataclass
@@ -73,7 +75,9 @@ def register_layout(layout: Layout, before: str | None = None) -> Layout:
         LAYOUTS[layout.name] = layout
         return layout
     items = list(LAYOUTS.items())
-    at = next(i for i, (name, _) in enumerate(items) if name == before)
+    at = next((i for i, (name, _) in enumerate(items) if name == before), None)
+    if at is None:
+        raise ValueError(f"no layout {before!r} to insert before (known: {', '.join(LAYOUTS)})")
     items.insert(at, (layout.name, layout))
     LAYOUTS.clear()
     LAYOUTS.update(items)
@@ -94,7 +98,7 @@ def natural_key(path: Path | str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
-def list_files(folder: Path, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> list[Path]:
+def list_files(folder: Path, suffixes: Iterable[str] = FILE_SUFFIXES) -> list[Path]:
     """Regular, non-hidden files of ``folder`` with one of ``suffixes``, in natural order."""
     wanted = tuple(suffixes)
     out = []
@@ -297,6 +301,10 @@ def _detect_folder(p: Path) -> bool:
 
 
 def _read_folder(root: Path, split: str | None, opts: ReadOptions) -> DatasetIndex:
+    """Generic ``images/`` + ``masks/`` (or ``labels/``) paired by stem; ``edges/``; every
+    ``masks_<name>/`` becomes ``CaseRecord.masks[name]`` (``masks_multiclass`` → ``"multiclass"``);
+    ``texts.json`` (``{stem: text}``, as ``covseg data convert`` writes it) gives texts. Images
+    without a mask folder are an unlabelled pool (a warning, not an error)."""
     image_dir = child_dir(root, "images")
     if image_dir is None:
         raise DataError("no images/ folder", root)

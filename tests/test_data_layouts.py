@@ -334,6 +334,23 @@ def test_cris_sentences_and_missing_files(tmp_path):
     assert [(f.kind, Path(f.path).name) for f in index.findings] == [("missing_file", "gone.png")]
 
 
+def test_cris_repository_tree(tmp_path):
+    """CRIS.pytorch keeps datasets/anns/<name>/<split>.json beside datasets/images/<name>/ and masks/<name>/."""
+    ds = make_cris(tmp_path / "build")
+    tree = tmp_path / "datasets"
+    (tree / "anns").mkdir(parents=True)
+    (ds / "anns").rename(tree / "anns" / "kvasir")
+    (tree / "images").mkdir()
+    (ds / "images").rename(tree / "images" / "kvasir")
+    (tree / "masks").mkdir()
+    (ds / "masks").rename(tree / "masks" / "kvasir")
+    assert detect_layout(tree / "anns" / "kvasir") == "cris"
+    index = open_dataset(tree / "anns" / "kvasir", split="train")
+    assert index.case_ids == ["img1_lesion", "img1_lung"] and not index.findings
+    assert index[0].image == tree / "images" / "kvasir" / "img1.png"
+    assert open_dataset(tree / "anns" / "kvasir" / "testA.json")[0].mask == tree / "masks" / "kvasir" / "img2_lesion.png"
+
+
 # --- CSV -------------------------------------------------------------------------------------------------------
 
 

@@ -126,7 +126,7 @@ def check_dataset(
         datasets = {folder for folder, _ in find_split_folders(path).values()}
         for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if child not in datasets:
-                report.findings.append(finding("ignored", child, "not a dataset folder (no images found); not checked"))
+                report.findings.append(finding("ignored", child, "no dataset layout recognised here; not checked"))
     report.seconds = time.perf_counter() - start
     return report
 

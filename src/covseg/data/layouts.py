@@ -499,10 +499,23 @@ def _cris_files(p: Path) -> dict[str, Path]:
     return out
 
 
+def _cris_folder(base: Path, ann: Path, kind: str) -> Path | None:
+    """``images``/``masks`` for a CRIS JSON: beside it, above it, or CRIS's own
+    ``datasets/{anns,images,masks}/<name>/`` (``anns/<name>/train.json`` → ``images/<name>/``)."""
+    for folder in (base, ann.parent, ann.parent.parent):
+        if (found := child_dir(folder, kind)) is not None:
+            return found
+    cris_root = ann.parent.parent.parent if ann.parent.parent.name.lower() in ("anns", "annotations") else None
+    if cris_root is not None and (found := child_dir(cris_root, kind)) is not None:
+        return child_dir(found, ann.parent.name)
+    return None
+
+
 def _detect_cris(p: Path) -> bool:
     if p.is_file():
         return suffix_of(p) == ".json" and _looks_like_cris(p)
-    return child_dir(p, "images") is not None and bool(_cris_files(p))
+    files = _cris_files(p)
+    return bool(files) and _cris_folder(p, next(iter(files.values())), "images") is not None
 
 
 def _cris_splits(p: Path) -> list[str]:
@@ -512,7 +525,8 @@ def _cris_splits(p: Path) -> list[str]:
 
 def _read_cris(root: Path, split: str | None, opts: ReadOptions) -> DatasetIndex:
     """CRIS-style JSON lists (``anns/<split>.json``) of ``img_name``, ``mask_name`` and ``prompts``
-    (``p0..pn``) or ``sentences``; images in ``images/``, masks in ``masks/``. One case per mask."""
+    (``p0..pn``, medvlsm) or ``sentences`` (Ref-COCO); images in ``images/``, masks in ``masks/``
+    (or CRIS's ``datasets/images/<name>/`` for ``datasets/anns/<name>/<split>.json``). One case per mask."""
     from covseg.data.text_sources import read_cris_prompts
 
     files = _cris_files(root)
@@ -520,9 +534,8 @@ def _read_cris(root: Path, split: str | None, opts: ReadOptions) -> DatasetIndex
         raise DataError("no CRIS-style JSON (a list of objects with img_name and mask_name)", root)
     ann = _pick_split_file(root, files, split)
     base = root if root.is_dir() else root.parent
-    candidates = [base, ann.parent, ann.parent.parent]
-    image_dir = opts.image_dir or next((d for b in candidates if (d := child_dir(b, "images"))), None)
-    mask_dir = opts.mask_dir or next((d for b in candidates if (d := child_dir(b, "masks"))), None)
+    image_dir = opts.image_dir or _cris_folder(base, ann, "images")
+    mask_dir = opts.mask_dir or _cris_folder(base, ann, "masks")
     if image_dir is None or mask_dir is None:
         raise DataError("images/ and masks/ folders not found beside the JSON (give image_dir and mask_dir)", ann)
     findings: list[Finding] = []

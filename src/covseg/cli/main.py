@@ -39,28 +39,17 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; user-input errors become one red line and exit code 2."""
+    """Run the CLI; user-input errors become one red line and exit code 2.
+
+    Usage errors (a missing option, a bad value) are click's, printed with the usage line
+    in standalone mode; errors in the user's files and configs are ``CovsegError``.
+    """
     from covseg.errors import CovsegError
 
     try:
-        rc = app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="covseg")
     except CovsegError as exc:
         _fail(str(exc))
-    except KeyboardInterrupt:
-        _fail("interrupted", code=130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        _fail("aborted", code=1)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
-    if isinstance(rc, int) and rc != 0:
-        sys.exit(rc)
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -57,8 +57,8 @@ def predict_probabilities(
     return out
 
 
-def probs_to_labels(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Binary probabilities → 0/1 at ``threshold``; K-class probabilities → argmax labels."""
-    if prob.ndim == 2:
+def probs_to_labels(prob: np.ndarray, threshold: float = 0.5, num_classes: int = 1) -> np.ndarray:
+    """Binary probabilities (any shape) → 0/1 at ``p >= threshold``; K-class ``(K, ...)`` → argmax labels."""
+    if num_classes == 1:
         return (prob >= threshold).astype(np.uint8)
     return prob.argmax(axis=0).astype(np.uint8)

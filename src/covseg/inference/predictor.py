@@ -54,6 +54,9 @@ class Predictor:
         self.preprocessing = Preprocessing.from_dict(description["preprocessing"])
         self.num_classes = int(description["num_classes"])
         self.threshold = float(description.get("threshold", 0.5))
+        self.prior: Predictor | None = None
+        if description.get("prior"):
+            self.prior = Predictor.from_run(description["prior"]["run"], description["prior"].get("checkpoint", "last"))
 
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best") -> Predictor:
@@ -77,8 +80,11 @@ class Predictor:
         from covseg.transforms.preprocess import resize_tensor
 
         tensors = []
-        for img in images:
+        priors = self.prior.predict_arrays(images) if self.prior is not None else None
+        for i, img in enumerate(images):
             x = torch.from_numpy(self.preprocessing.normalise(img))[None]
+            if priors is not None:  # cascade: the binary model's infection map as an extra channel
+                x = torch.cat([x, torch.from_numpy(priors[i].astype(np.float32))[None, None]], dim=1)
             size = self.preprocessing.size or _padded_size(x.shape[-2:])
             tensors.append(resize_tensor(x, size)[0])
         shapes = {tuple(t.shape) for t in tensors}
@@ -106,7 +112,7 @@ class Predictor:
         return lambda x, **_: self.model(x)
 
     def to_labels(self, probs: np.ndarray, post: PostprocessOptions | None = None) -> np.ndarray:
-        labels = probs_to_labels(probs, self.threshold)
+        labels = probs_to_labels(probs, self.threshold, self.num_classes)
         return post.apply(labels) if post else labels
 
     def predict_image(self, image: np.ndarray, tta_flip: bool = False, post: PostprocessOptions | None = None, **extra) -> Prediction:

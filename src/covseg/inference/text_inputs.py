@@ -12,6 +12,8 @@ from covseg.training.run_folder import RunFolder
 
 def load_predictor(run_dir: Path, checkpoint: str = "best") -> Predictor:
     """The right predictor class for the run folder's model (image-only or text-guided)."""
+    if not Path(run_dir).is_dir():
+        raise CovsegError("run folder not found", run_dir)
     description = RunFolder(run_dir).read_json("model.json")
     if description.get("text"):
         from covseg.text.predictor import TextPredictor
@@ -35,16 +37,18 @@ def text_resolver(
         return None
     if missing_text not in ("error", "image-only"):
         raise CovsegError(f"--missing-text must be 'error' or 'image-only', got {missing_text!r}")
-    mapping: dict[str, str] = {}
+    table = None
     if text_file is not None:
-        from covseg.data.text_sources import read_text_mapping
+        from covseg.data.text_sources import load_texts
 
-        mapping = read_text_mapping(text_file)
+        # any text source: LViT xlsx, QaTa captions.csv / annotation.json, CRIS JSON, prompt CSV, name<TAB>text
+        table = load_texts(text_file, prompt=(predictor.description.get("text") or {}).get("prompt"))
 
     def extra_for(path: Path) -> dict:
-        from covseg.data.imageio import stem_of
-
-        found = text if text is not None else mapping.get(path.name, mapping.get(stem_of(path)))
+        found = text
+        if found is None and table is not None:
+            entry = table.lookup(path)
+            found = entry.text if entry is not None else None
         if found is None or not str(found).strip():
             if missing_text == "image-only":
                 return {"text": None}

@@ -124,7 +124,7 @@ class _SemiBase(Trainer):
         out = self.forward_train(model, joint)
         out_p, out_s = _split_outputs(out, n)
         loss_p, parts = self.criterion(out_p, primary)
-        loss_s, parts_s = self.criterion(out_s, secondary)
+        loss_s, _ = self.criterion(out_s, secondary)
         parts = {**parts, "pseudo": float(loss_s.detach())}
         return loss_p + weight * loss_s, parts
 
@@ -399,7 +399,7 @@ class SemiInfNetTrainer(_SemiBase):
                 [self.model(self.unlabeled.images[indices[s : s + 8]]) for s in range(0, len(indices), 8)]
             )
         labels = hard_targets(logits)
-        return labels.to(torch.uint8) if labels.ndim == 4 else labels.to(torch.uint8)
+        return labels.to(torch.uint8)
 
     def _pool_data(self):
         from covseg.training.data import CaseTensors

@@ -36,6 +36,7 @@ def register_trainer(name: str):
 
 def build_trainer(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False) -> Trainer:
     """The trainer class named by ``cfg.trainer``."""
+    import covseg.text.trainer
     import covseg.training.semi  # noqa: F401  (registers the semi-supervised trainers)
     if cfg.trainer not in TRAINERS:
         raise ConfigError(f"trainer: unknown {cfg.trainer!r}; known: {', '.join(sorted(TRAINERS))}")
@@ -89,6 +90,32 @@ class Trainer:
             step = lambda: prog.advance(task)  # noqa: E731
             self.train_data = build_tensors(self.train_records, self.preprocessing, self.cfg.data, progress=step)
             self.val_data = build_tensors(self.val_records, self.preprocessing, self.cfg.data, keep_originals=True, progress=step)
+        if self.cfg.data.prior_run:
+            self.add_prior_channel()
+
+    def prior_run_dir(self) -> Path:
+        from covseg.utils.paths import expand
+
+        return expand(self.cfg.data.prior_run.replace("{fold}", str(self.cfg.data.fold)))
+
+    def add_prior_channel(self) -> None:
+        """Append a binary run's infection probability as an extra input channel (cascade input)."""
+        import torch
+
+        from covseg.inference.predictor import Predictor
+        from covseg.transforms.preprocess import resize_tensor
+
+        if not self.cfg.model.params.get("prior_channel"):
+            raise ConfigError("data.prior_run needs a model taking the prior as input (model.params.prior_channel: true)")
+        prior = Predictor.from_run(self.prior_run_dir(), checkpoint="last")
+        for records, data in ((self.train_records, self.train_data), (self.val_records, self.val_data)):
+            from covseg.data import load_sample
+
+            maps = []
+            for rec in records:
+                probs = prior.predict_arrays([load_sample(rec).image])[0]
+                maps.append(resize_tensor(torch.from_numpy(probs)[None, None], tuple(data.images.shape[-2:]))[0])
+            data.images = torch.cat([data.images, torch.stack(maps)], dim=1)
 
     def setup_model(self) -> None:
         from covseg.losses import build_criterion
@@ -137,6 +164,7 @@ class Trainer:
             "class_names": self.cfg.data.class_names or (["infection"] if self.num_classes == 1 else None),
             "threshold": self.cfg.train.threshold,
             "trainer": self.cfg.trainer,
+            "prior": {"run": str(self.prior_run_dir().resolve()), "checkpoint": "last"} if self.cfg.data.prior_run else None,
             "covseg_version": __version__,
         }
 
@@ -169,8 +197,12 @@ class Trainer:
         self.history = list(ckpt["history"])
 
     # ----------------------------------------------------------------- loop
-    def fit(self) -> dict[str, Any]:
-        """Train for the configured epochs; returns the best validation metrics."""
+    def fit(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Train for the configured epochs; returns the best validation metrics.
+
+        ``stop_after`` ends this session after that many epochs (the schedule stays that of
+        the full run), for training in time slices with ``resume``.
+        """
         from covseg.training.checkpoint import save_checkpoint
 
         self.setup()
@@ -180,7 +212,8 @@ class Trainer:
         with self._progress() as prog:
             task = prog.add_task("training", total=self.total_epochs * self.steps_per_epoch, info="")
             prog.update(task, completed=self.start_epoch * self.steps_per_epoch)
-            for epoch in range(self.start_epoch, self.total_epochs):
+            end = self.total_epochs if stop_after is None else min(self.total_epochs, self.start_epoch + stop_after)
+            for epoch in range(self.start_epoch, end):
                 t0 = time.perf_counter()
                 parts = self.train_epoch(epoch, lambda info: prog.update(task, advance=1, info=info))
                 row: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v for k, v in parts.items()}}
@@ -346,7 +379,14 @@ class Trainer:
 
     def _progress(self):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         return Progress(
             TextColumn("{task.description}"),

@@ -4,31 +4,31 @@ from __future__ import annotations
 
 import numpy as np
 
-from covseg.inference.core import probs_to_labels
 
+def score_cases(
+    probs: list[np.ndarray],
+    gts: list[np.ndarray],
+    num_classes: int,
+    threshold: float = 0.5,
+    spacings: list | None = None,
+    surface: bool = False,
+) -> dict[str, float]:
+    """Mean Dice and IoU over cases with ``covseg.metrics.MedicalMetrics`` (per class for K > 1).
 
-def score_cases(probs: list[np.ndarray], gts: list[np.ndarray], num_classes: int, threshold: float = 0.5) -> dict[str, float]:
-    """Mean Dice and IoU over cases (foreground classes averaged; per class for K > 1).
-
-    A case whose ground truth and prediction are both empty scores 1 (nothing to find,
-    nothing found), so empty validation slices do not count as failures.
+    ``empty="one"``: a case whose ground truth and prediction are both empty scores 1 (nothing
+    to find, nothing found), so empty validation slices do not count as failures. Surface
+    distances are off by default (they cost more than the rest of validation together).
     """
-    labels = [probs_to_labels(p, threshold) for p in probs]
-    classes = [1] if num_classes == 1 else list(range(1, num_classes))
-    per_class: dict[int, list[tuple[float, float]]] = {c: [] for c in classes}
-    for pred, gt in zip(labels, gts):
-        for c in classes:
-            p, g = pred == c, gt == c
-            inter, total, union = np.logical_and(p, g).sum(), p.sum() + g.sum(), np.logical_or(p, g).sum()
-            dice = 1.0 if total == 0 else 2.0 * inter / total
-            iou = 1.0 if union == 0 else inter / union
-            per_class[c].append((float(dice), float(iou)))
-    out: dict[str, float] = {}
-    for c in classes:
-        arr = np.array(per_class[c])
-        if num_classes > 1:
-            out[f"dice_c{c}"] = float(arr[:, 0].mean())
-            out[f"iou_c{c}"] = float(arr[:, 1].mean())
-    out["dice"] = float(np.mean([np.mean([d for d, _ in v]) for v in per_class.values()]))
-    out["iou"] = float(np.mean([np.mean([i for _, i in v]) for v in per_class.values()]))
+    from covseg.metrics.medical import MedicalMetrics
+
+    classes = max(1, num_classes - 1) if num_classes > 1 else 1
+    acc = MedicalMetrics(num_classes=classes, threshold=threshold, empty="one", surface=surface)
+    for i, (prob, gt) in enumerate(zip(probs, gts)):
+        spacing = spacings[i] if spacings else None
+        acc.update(prob, gt, spacing=spacing, case_id=str(i))
+    agg = acc.aggregate("nanmean")
+    out = {name: float(stats["mean"]) for name, stats in agg["metrics"].items() if name in ("dice", "iou", "hd95", "nsd")}
+    if num_classes > 1:
+        for cls, metrics in agg.get("per_class", {}).items():
+            out[f"dice_c{cls}"] = float(metrics["dice"]["mean"])
     return out

@@ -15,13 +15,14 @@ PROGRESS_MIN_CASES = 200  # show a progress bar from this many cases on
 def layouts() -> None:
     """List the dataset layouts covseg reads, in auto-detection order."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from covseg.data.layouts import LAYOUTS
 
     table = Table("layout", "folder shape", "text", box=None)
     for layout in LAYOUTS.values():
-        table.add_row(layout.name, layout.description, "yes" if layout.has_text else "")
+        table.add_row(layout.name, escape(layout.description), "yes" if layout.has_text else "")
     table.add_row(
         "splits", "a folder whose child folders are datasets of the above (train/, valid/, ...)", ""
     )

@@ -116,6 +116,7 @@ def convert(
     while the rest are converted (exit code 1 when any failed).
     """
     from rich.console import Console
+    from rich.markup import escape
 
     from covseg.data.convert import convert_dataset
     from covseg.errors import DataError
@@ -148,11 +149,12 @@ def convert(
     console.print(
         f"{report.cases} cases → {report.dst} ({report.to}): {report.written} files written{slices}",
         highlight=False,
+        markup=False,
     )
     for note in report.notes:
-        console.print(f"  note: {note}", highlight=False)
+        console.print(f"  note: {note}", highlight=False, markup=False, soft_wrap=True)
     for case, problem in report.failed:
-        console.print(f"  [red]failed[/] {case}: {problem}", highlight=False)
+        console.print(f"  [red]failed[/] {escape(case)}: {escape(problem)}", highlight=False, soft_wrap=True)
     if json_out is not None:
         write_json(json_out, report.to_dict())
     if report.failed:
@@ -202,17 +204,18 @@ class _progress_bar:
 def _print_report(console, report, show: int, strict: bool) -> None:
     from collections import defaultdict
 
+    from rich.markup import escape
     from rich.table import Table
 
     parts = report.parts or [report]
     splits = f" · splits: {', '.join(p.split or '-' for p in report.parts)}" if report.parts else ""
-    console.print(f"[bold]{report.root}[/]  layout: {report.layout}{splits}", highlight=False, soft_wrap=True)
+    console.print(f"[bold]{escape(str(report.root))}[/]  layout: {report.layout}{splits}", highlight=False, soft_wrap=True)
     table = Table(
         "split", "layout", "cases", "pairs", "no mask", "text", "errors", "warnings", "info", "time", box=None
     )
     for p in parts:
         table.add_row(
-            p.split or "-",
+            escape(p.split or "-"),
             p.layout,
             str(p.cases),
             str(p.pairs),

@@ -20,13 +20,17 @@ Inf-Net's ``lateral_map_2``), ``aux`` = ``[S_g, RA(f4), RA(f3)]`` (strides 8, 32
 ``edge`` (stride 4). With a loss on ``logits`` and one per ``aux`` entry every side output is
 supervised exactly once, as in Inf-Net's training loss (four structure losses + edge BCE).
 
-Encoder: the paper uses Res2Net-50 (~25 M encoder parameters, ~13 GMAC at 352²), which runs at a
-few slices per second on two CPU cores. The default here is a small residual encoder trained
-from scratch (widths 16–256, one block per stage), and ``encoder="efficientnet-lite0",
-pretrained=True`` gives an ImageNet-pretrained variant (normalise inputs with mean 127/255,
-std 128/255, see ``covseg.models.encoders``). Other CPU cuts: RA stages use ``ra_channels``
-(64, the paper's RA-4 uses 256 with 5×5 kernels) and 3×3 kernels, the edge branch uses
-``edge_channels`` (32 vs 64), and ``rfb_branches`` can drop the widest RFB branches.
+Encoder: the paper uses Res2Net-50 (~25 M parameters; 4.2 G multiply-adds at 224² as published,
+≈ 10 G at 352² before the Inf-Net heads), several times this module's whole budget on two CPU
+cores. The default here is a small
+residual encoder trained from scratch (``resnet``: widths 16–256, one residual block per stage
+after a stride-2 stem; dense 3×3 convs, which oneDNN ran about three times more efficiently per
+FLOP than depthwise ones on the target machine), and ``encoder="efficientnet-lite0", pretrained=True`` gives an
+ImageNet-pretrained variant (normalise inputs with mean 127/255, std 128/255, see
+``covseg.models.encoders``). Other CPU cuts against the paper: the RA stages use
+``ra_channels`` = 64 (RA-4 had 256; it keeps its three 5×5 convs, cheap at stride 32), the edge
+branch ``edge_channels`` = 32 (was 64), RFB/PPD keep ``channel`` = 32, and ``rfb_branches`` can
+drop the widest RFB branches. The default costs 1.6 G multiply-adds (convolutions) per 352² slice.
 
 Deviations kept on purpose: the original ``BasicConv2d`` never applies its ReLU, which leaves
 the edge branch a purely linear stack; here the edge branch convs have ReLU. RFB and PPD keep

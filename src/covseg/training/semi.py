@@ -137,8 +137,11 @@ class _SemiBase(Trainer):
 
 
 def _file_key(path) -> str:
+    """Content hash of a file: the same image copied or hard-linked elsewhere is still the same image."""
+    import hashlib
+
     try:
-        return str(path.resolve())
+        return hashlib.sha1(path.read_bytes()).hexdigest()
     except OSError:
         return str(path)
 
@@ -159,7 +162,8 @@ def _split_outputs(out: dict[str, Any], n: int) -> tuple[dict[str, Any], dict[st
 
 def _accumulate(sums: dict[str, float], loss, parts: dict[str, float]) -> None:
     for k, v in {"loss": float(loss.detach()), **parts}.items():
-        sums[k] = sums.get(k, 0.0) + float(v)
+        if k != "total":  # the criterion's total is the loss itself
+            sums[k] = sums.get(k, 0.0) + float(v)
 
 
 @register_trainer("pseudo")
@@ -178,7 +182,7 @@ class PseudoLabelTrainer(_SemiBase):
         if src.min_confidence > 0:
             records = [r for r in records if confidence.get(r.case_id, 1.0) >= src.min_confidence]
         val_images = {_file_key(r.image) for r in self.val_records}
-        records = [r for r in records if _file_key(r.image) not in val_images and r.case_id not in set(self.split_info["val"])]
+        records = [r for r in records if _file_key(r.image) not in val_images]
         if not records:
             raise ConfigError("semi.pseudo: no pseudo-labelled cases left after filtering")
         self.pseudo_data = build_tensors(records, self.preprocessing, self.cfg.data)

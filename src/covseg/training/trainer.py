@@ -323,7 +323,8 @@ class Trainer:
             self.optimizer.step()
             n += 1
             for k, v in {"loss": float(loss.detach()), **parts}.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                if k != "total":  # the criterion's total is the loss itself
+                    sums[k] = sums.get(k, 0.0) + float(v)
             on_step(f"loss {sums['loss'] / n:.4f}")
         return {k: v / max(n, 1) for k, v in sums.items()}
 

@@ -1,0 +1,149 @@
+"""Semi-supervised trainers on phantoms: CPS (+UIF), pseudo-label source, Semi-Inf-Net schedule."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from covseg.data import open_dataset
+from covseg.training.config import load_config
+from covseg.training.semi import edges_from_masks, image_uncertainty, sigmoid_rampup
+from covseg.training.trainer import build_trainer
+
+from tests.helpers import phantom_dataset, tiny_config
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> Path:
+    return phantom_dataset(tmp_path_factory.mktemp("semi") / "labelled", n=16, size=48, seed=5)
+
+
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory) -> Path:
+    root = phantom_dataset(tmp_path_factory.mktemp("semi_u") / "unlabelled", n=20, size=48, seed=6)
+    return root / "images"
+
+
+def _semi_config(labelled: Path, unlabelled: Path, trainer: str, epochs: int, **over) -> dict:
+    cfg = tiny_config(labelled, size=48, epochs=epochs, **over)
+    cfg["trainer"] = trainer
+    cfg.setdefault("semi", {})["unlabeled"] = {"root": str(unlabelled.parent), "split": None}
+    return cfg
+
+
+def _history(run: Path) -> list[dict[str, str]]:
+    with (run / "history.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_uncertainty_scores():
+    a = torch.zeros(3, 1, 8, 8)
+    a[:, :, 2:6, 2:6] = 0.9
+    b = a.clone()
+    b[1] = 0.0
+    b[1, :, 0:2, 0:2] = 0.9  # disjoint prediction
+    d = image_uncertainty(a, b, "disagreement")
+    assert d[0] == 0.0 and d[1] == 1.0 and d[2] == 0.0
+    both_empty = image_uncertainty(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+    assert both_empty[0] == 0.0
+    half = torch.full((1, 1, 4, 4), 0.5)
+    assert image_uncertainty(half, half, "entropy")[0] == pytest.approx(1.0)
+    sure = torch.zeros(1, 3, 4, 4)
+    sure[:, 0] = 1.0
+    assert image_uncertainty(sure, sure, "entropy")[0] == pytest.approx(0.0, abs=1e-6)
+    vol = torch.rand(2, 1, 4, 5, 6)  # 3D patches work unchanged
+    assert image_uncertainty(vol, vol).shape == (2,)
+    assert sigmoid_rampup(0, 5) < 0.01 and sigmoid_rampup(5, 5) == 1.0 and sigmoid_rampup(3, 0) == 1.0
+
+
+def test_edges_from_masks_marks_the_boundary():
+    m = torch.zeros(1, 1, 9, 9)
+    m[:, :, 3:6, 3:6] = 1
+    e = edges_from_masks(m)
+    assert e[0, 0, 4, 4] == 0 and e[0, 0, 3, 3] == 1 and e[0, 0, 2, 3] == 1 and e[0, 0, 0, 0] == 0
+
+
+def test_cps_unlabelled_loss_goes_down_and_uif_keeps_the_fraction(labelled, unlabelled, tmp_path):
+    cfg = _semi_config(labelled, unlabelled, "cps", epochs=6, optim__lr=5e-3)
+    cfg["semi"]["cps"] = {"weight": 1.0, "rampup_epochs": 0, "uif": {"enabled": True, "keep_fraction": 0.25, "rescore_every": 2}}
+    run = tmp_path / "cps"
+    build_trainer(load_config(raw=cfg), run, quiet=True).fit()
+    hist = _history(run)
+    cps = [float(r["train_cps"]) for r in hist]
+    assert cps[-1] < cps[0], cps
+    assert all(float(r["train_unlabeled_used"]) == 5 for r in hist)  # 25 % of 20
+    with (run / "uif_scores.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 20 and sum(int(r["kept"]) for r in rows) == 5
+    kept = sorted(float(r["uncertainty"]) for r in rows if r["kept"] == "1")
+    dropped = sorted(float(r["uncertainty"]) for r in rows if r["kept"] == "0")
+    assert kept[-1] <= dropped[0]  # the most certain fifth was kept
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert "model_b_state" in ckpt and len(ckpt["uif_kept"]) == 5
+    a, b = ckpt["model_state"], ckpt["model_b_state"]
+    assert not all(torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+def test_validation_images_are_never_unlabelled(labelled, tmp_path):
+    cfg = _semi_config(labelled, labelled / "images", "cps", epochs=1)
+    run = tmp_path / "leak"
+    build_trainer(load_config(raw=cfg), run, quiet=True).fit()
+    splits = json.loads((run / "splits.json").read_text())
+    assert splits["unlabeled"]["cases"] == 16 - len(splits["val"])
+
+
+def test_pseudo_label_cli_writes_a_dataset_a_trainer_reads(labelled, unlabelled, tmp_path):
+    sup = tmp_path / "sup"
+    build_trainer(load_config(raw=tiny_config(labelled, size=48, epochs=2)), sup, quiet=True).fit()
+    out = tmp_path / "pseudo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "covseg.cli.main", "pseudo-label", "--model", str(sup), "--input", str(unlabelled), "--output", str(out), "-q"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    index = open_dataset(out)
+    assert len(index.records) == 20
+    assert all(r.mask is not None and r.edge is not None for r in index.records)
+    with (out / "confidence.csv").open() as f:
+        conf = {r["case_id"]: float(r["confidence"]) for r in csv.DictReader(f)}
+    assert len(conf) == 20 and all(0.0 <= c <= 1.0 for c in conf.values())
+    cfg = tiny_config(labelled, size=48, epochs=2)
+    cfg["trainer"] = "pseudo"
+    cutoff = sorted(conf.values())[10]
+    cfg["semi"] = {"pseudo": {"root": str(out), "weight": 0.5, "min_confidence": cutoff}}
+    run = tmp_path / "with_pseudo"
+    build_trainer(load_config(raw=cfg), run, quiet=True).fit()
+    splits = json.loads((run / "splits.json").read_text())
+    assert splits["pseudo"]["cases"] == sum(c >= cutoff for c in conf.values())
+    assert "train_pseudo" in _history(run)[0]
+
+
+def test_semi_infnet_schedule_and_exact_resume(labelled, unlabelled, tmp_path):
+    cfg = _semi_config(labelled, unlabelled, "semi_infnet", epochs=1)
+    cfg["semi"]["semi_infnet"] = {
+        "group_size": 5,
+        "max_groups": 2,
+        "initial_epochs": 1,
+        "epochs_per_group": 1,
+        "pretrain_epochs": 1,
+        "finetune_epochs": 1,
+    }
+    full = tmp_path / "full"
+    build_trainer(load_config(raw=cfg), full, quiet=True).fit()
+    hist = _history(full)
+    assert len(hist) == 5
+    assert [float(r["train_pool"]) for r in hist] == [0, 5, 10, 10, 10]
+    part = tmp_path / "part"
+    build_trainer(load_config(raw=cfg), part, quiet=True).fit(stop_after=2)  # stop inside the group phase
+    build_trainer(load_config(raw=cfg), part, resume=True, quiet=True).fit()
+    wf = torch.load(full / "checkpoints" / "last.pt", weights_only=False)
+    wp = torch.load(part / "checkpoints" / "last.pt", weights_only=False)
+    assert wf["pool_index"] == wp["pool_index"]
+    assert all(torch.allclose(wf["model_state"][k].float(), wp["model_state"][k].float(), atol=1e-6) for k in wf["model_state"])

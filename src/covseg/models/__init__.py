@@ -9,3 +9,4 @@ from covseg.models.encoders import ENCODERS, build_encoder
 from covseg.models.registry import MODELS, build_model
 
 __all__ = ["ENCODERS", "MODELS", "SegmentationModel", "build_encoder", "build_model"]
+from covseg.models import c2fvl, clipseg, lvit  # noqa: F401  (text-guided models: lvit, c2fvl, clipseg)

@@ -1,0 +1,150 @@
+"""5-fold cross-validation of the 2D supervised models on COVID-SemiSeg (50 labelled CT slices).
+
+Same folds for every model (``covseg.training.data.kfold_split``: fixed seed, case ids only).
+Each fold trains from the shipped config with the overrides below and is scored on its 10
+held-out slices with the last checkpoint; every slice is held out exactly once, so the table
+pools the 50 held-out predictions. Reported: medical Dice at 0.5 (original resolution) and the
+sod protocol (mean Dice / sensitivity / specificity over 256 thresholds, S-measure, mean
+E-measure, MAE), plus CPU training time per fold.
+
+Usage::
+
+    python bench/bench_covid_semiseg.py --variants all --parallel 2
+    python bench/bench_covid_semiseg.py --report          # table + figure from finished folds
+
+Results: ``bench/results/covid_semiseg/<variant>/fold<k>.json``, ``summary.json``, ``summary.md``,
+``summary.png``. Runs live in ``runs/bench/covid_semiseg/`` (not versioned).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cv_common import ROOT, machine, pooled, run_jobs, score_run, train_fold
+
+COMMON = ["preprocess.size=[256,256]", "train.epochs=40", "train.val_every=10"]
+VARIANTS: dict[str, tuple[str, list[str], int]] = {
+    "unet": ("unet_covid_semiseg", [], 1),
+    "resunet": ("resunet_cosup_covid_semiseg", ["model.params.esm=false", "model.params.assm=false", "model.params.afm=false", "loss.aux_weight=0", "loss.edge_weight=0", "data.edges=false"], 1),
+    "resunet_esm": ("resunet_cosup_covid_semiseg", ["model.params.assm=false", "model.params.afm=false", "loss.aux_weight=0"], 1),
+    "resunet_assm": ("resunet_cosup_covid_semiseg", ["model.params.esm=false", "model.params.afm=false", "loss.edge_weight=0", "data.edges=false"], 1),
+    "resunet_afm": ("resunet_cosup_covid_semiseg", ["model.params.esm=false", "model.params.assm=false", "loss.aux_weight=0", "loss.edge_weight=0", "data.edges=false"], 1),
+    "resunet_all": ("resunet_cosup_covid_semiseg", [], 1),
+    "infnet": ("infnet_covid_semiseg", [], 1),
+    "infnet_pretrained": ("infnet_pretrained_covid_semiseg", [], 1),
+    "multiclass": ("multiclass_covid_semiseg", [], 3),
+}
+PUBLISHED = {  # Inf-Net paper (Fan et al., TMI 2020) on its 48-slice test split, sod protocol (as quoted in the issue)
+    "U-Net (paper)": {"mean_dice": 0.439},
+    "Inf-Net (paper)": {"mean_dice": 0.682, "s_measure": 0.781, "mae": 0.082},
+    "Semi-Inf-Net (paper)": {"mean_dice": 0.739, "s_measure": 0.800, "mae": 0.064},
+}
+OUT = ROOT / "bench" / "results" / "covid_semiseg"
+RUNS = ROOT / "runs" / "bench" / "covid_semiseg"
+
+
+def work(variant: str, fold: int, spec) -> None:
+    config, overrides, num_classes = spec
+    result_file = OUT / variant / f"fold{fold}.json"
+    if result_file.exists():
+        return
+    run_dir = RUNS / variant / f"fold{fold}"
+    wall = train_fold(config, COMMON + overrides, run_dir, fold, RUNS / variant / f"fold{fold}.log")
+    result = score_run(run_dir, num_classes)
+    result.update({"variant": variant, "fold": fold, "config": config, "overrides": COMMON + overrides, "wall_seconds": wall})
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(result, indent=1))
+    print(f"[{variant} fold {fold}] done in {wall:.0f}s", flush=True)
+
+
+def report() -> None:
+    rows = []
+    for variant, (_, _, num_classes) in VARIANTS.items():
+        files = sorted((OUT / variant).glob("fold*.json"))
+        if not files:
+            continue
+        results = [json.loads(f.read_text()) for f in files]
+        med = [r for res in results for r in res["medical_records"]]
+        sod = [r for res in results for r in res["sod_records"]]
+        row = {"variant": variant, "folds": len(results), "cases": len({c for res in results for c in res["cases"]})}
+        row["train_min_per_fold"] = sum(r["train_seconds"] for r in results) / len(results) / 60
+        if num_classes == 1:
+            row["dice@0.5"], row["dice@0.5_std"] = pooled(med, "dice")
+            for m in ("mean_dice", "mean_sensitivity", "mean_specificity", "s_measure", "mean_e_measure", "mae"):
+                row[m], _ = pooled(sod, m)
+        else:
+            for cls, name in ((1, "ggo_dice"), (2, "consolidation_dice")):
+                row[name], row[f"{name}_std"] = pooled([r for r in med if int(r["class"]) == cls], "dice")
+        rows.append(row)
+    summary = {"date": dt.date.today().isoformat(), "machine": machine(), "protocol": COMMON, "rows": rows, "published": PUBLISHED}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
+    lines = [
+        "| model | folds | medical Dice@0.5 | sod mean Dice | sensitivity | specificity | S-measure | mean E-measure | MAE | train min/fold |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "dice@0.5" in r:
+            lines.append(
+                f"| {r['variant']} | {r['folds']} | {r['dice@0.5']:.3f} ± {r['dice@0.5_std']:.3f} | {r['mean_dice']:.3f} | {r['mean_sensitivity']:.3f} | "
+                f"{r['mean_specificity']:.3f} | {r['s_measure']:.3f} | {r['mean_e_measure']:.3f} | {r['mae']:.3f} | {r['train_min_per_fold']:.1f} |"
+            )
+    for name, p in PUBLISHED.items():
+        cell = {k: f"{p[k]:.3f}" if k in p else "–" for k in ("mean_dice", "s_measure", "mae")}
+        lines.append(f"| {name} | 48-slice test split | – | {cell['mean_dice']} | – | – | {cell['s_measure']} | – | {cell['mae']} | – |")
+    mc = [r for r in rows if "ggo_dice" in r]
+    if mc:
+        lines += ["", "| multi-class model | folds | GGO Dice@argmax | consolidation Dice@argmax | train min/fold |", "|---|---|---|---|---|"]
+        for r in mc:
+            lines.append(f"| {r['variant']} | {r['folds']} | {r['ggo_dice']:.3f} ± {r['ggo_dice_std']:.3f} | {r['consolidation_dice']:.3f} ± {r['consolidation_dice_std']:.3f} | {r['train_min_per_fold']:.1f} |")
+        lines.append("| Semi-Inf-Net + multi-class U-Net (paper) | test split | 0.624 | 0.362 | – |")
+    (OUT / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    _figure(rows)
+
+
+def _figure(rows) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    binary = [r for r in rows if "dice@0.5" in r]
+    if not binary:
+        return
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    names = [r["variant"] for r in binary]
+    ax.bar([i - 0.2 for i in range(len(names))], [r["dice@0.5"] for r in binary], 0.4, yerr=[r["dice@0.5_std"] for r in binary], label="medical Dice@0.5")
+    ax.bar([i + 0.2 for i in range(len(names))], [r["mean_dice"] for r in binary], 0.4, label="sod mean Dice")
+    ax.axhline(0.739, ls="--", c="k", lw=1, label="Semi-Inf-Net (paper, test split)")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("COVID-SemiSeg 5-fold CV (50 slices)")
+    fig.tight_layout()
+    fig.savefig(OUT / "summary.png", dpi=100)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", default="all", help="comma list or 'all'")
+    ap.add_argument("--folds", default="0,1,2,3,4")
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--report", action="store_true", help="only write the summary from finished folds")
+    args = ap.parse_args()
+    if not args.report:
+        names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
+        folds = [int(f) for f in args.folds.split(",")]
+        jobs = [(v, f, VARIANTS[v]) for v in names for f in folds]
+        run_jobs(jobs, work, args.parallel)
+    report()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Semi-supervised learning on COVID-SemiSeg: supervised-only vs pseudo-labelling vs CPS vs CPS + UIF.
+
+Same 5 folds as ``bench_covid_semiseg.py``; the fold's validation slices are never used as
+unlabelled data (the trainers drop unlabelled images whose content equals a validation image;
+the 1,600 unlabelled slices come from other CT volumes anyway). Two label budgets: all 40
+training slices of a fold, and 10 of them (a fixed seeded subset). Every method trains the same
+Inf-Net (light residual encoder) at 256² for the same number of optimiser steps per budget, and
+is scored on the fold's 10 held-out slices with its last checkpoint.
+
+Methods:
+  sup       supervised only (trainer ``supervised``)
+  pseudo    Semi-Inf-Net schedule (trainer ``semi_infnet``): labelled start, grouped
+            pseudo-labelling of the unlabelled slices, pre-train on the pool, fine-tune on labels
+  cps       cross pseudo supervision (trainer ``cps``), all unlabelled slices
+  cps_uif   CPS with uncertainty-based image filtering (keep the most certain half, re-scored)
+
+Usage::
+
+    python bench/bench_semi.py --parallel 2
+    python bench/bench_semi.py --report
+
+Results: ``bench/results/semi/<method>_<budget>/fold<k>.json``, ``summary.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cv_common import ROOT, machine, pooled, run_jobs, score_run, train_fold
+
+UNLABELLED = 400
+STEPS = 200  # optimiser steps per run, whatever the budget
+BATCH = 8
+BASE = [
+    "preprocess.size=[256,256]",
+    f"train.batch_size={BATCH}",
+    "semi.unlabeled.root=${COVSEG_DATA}/covid_semiseg_infnet/unlabeled",
+    f"semi.unlabeled.limit={UNLABELLED}",
+]
+OUT = ROOT / "bench" / "results" / "semi"
+RUNS = ROOT / "runs" / "bench" / "semi"
+BUDGETS = {"all": None, "10": 10}
+METHODS = ("sup", "pseudo", "cps", "cps_uif")
+
+
+def epochs_for(labelled: int) -> int:
+    steps_per_epoch = -(-labelled // BATCH)
+    return max(1, round(STEPS / steps_per_epoch))
+
+
+def spec(method: str, budget: str) -> tuple[str, list[str]]:
+    labelled = 40 if BUDGETS[budget] is None else BUDGETS[budget]
+    epochs = epochs_for(labelled)
+    over = list(BASE)
+    if BUDGETS[budget] is not None:
+        over.append(f"data.limit={BUDGETS[budget]}")
+    val_every = max(1, epochs // 4)
+    if method == "sup":
+        return "infnet_covid_semiseg", [*over, f"train.epochs={epochs}", f"train.val_every={val_every}"]
+    if method == "pseudo":
+        # Same optimiser-step budget split over the Semi-Inf-Net phases: 30 % labelled start,
+        # 4 pseudo-labelling rounds of 100 slices (20 %), 30 % pre-training a fresh model on the
+        # pool, 20 % fine-tuning it on the labels.
+        pool_steps = -(-UNLABELLED // BATCH)
+        steps_per_epoch = -(-labelled // BATCH)
+        return "semi_infnet", [
+            *over,
+            f"semi.semi_infnet.initial_epochs={max(1, round(0.3 * STEPS / steps_per_epoch))}",
+            "semi.semi_infnet.group_size=100",
+            f"semi.semi_infnet.epochs_per_group={max(1, round(0.05 * STEPS / steps_per_epoch))}",
+            f"semi.semi_infnet.pretrain_epochs={max(1, round(0.3 * STEPS / pool_steps))}",
+            f"semi.semi_infnet.finetune_epochs={max(1, round(0.2 * STEPS / steps_per_epoch))}",
+            f"train.val_every={val_every}",
+        ]
+    uif = "true" if method == "cps_uif" else "false"
+    return "cps_uif", [*over, f"train.epochs={epochs}", f"train.val_every={val_every}", f"semi.cps.uif.enabled={uif}",
+                       f"semi.cps.rampup_epochs={max(1, epochs // 4)}", f"semi.cps.uif.rescore_every={max(1, epochs // 8)}"]
+
+
+def work(variant: str, fold: int, _spec) -> None:
+    method, budget = variant.rsplit("_", 1)
+    result_file = OUT / variant / f"fold{fold}.json"
+    if result_file.exists():
+        return
+    config, overrides = spec(method, budget)
+    run_dir = RUNS / variant / f"fold{fold}"
+    wall = train_fold(config, overrides, run_dir, fold, RUNS / variant / f"fold{fold}.log")
+    result = score_run(run_dir)
+    result.update({"variant": variant, "fold": fold, "config": config, "overrides": overrides, "wall_seconds": wall})
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(result, indent=1))
+    print(f"[{variant} fold {fold}] done in {wall:.0f}s", flush=True)
+
+
+def report() -> None:
+    rows = []
+    for budget in BUDGETS:
+        for method in METHODS:
+            variant = f"{method}_{budget}"
+            files = sorted((OUT / variant).glob("fold*.json"))
+            if not files:
+                continue
+            results = [json.loads(f.read_text()) for f in files]
+            med = [r for res in results for r in res["medical_records"]]
+            sod = [r for res in results for r in res["sod_records"]]
+            d, dstd = pooled(med, "dice")
+            rows.append({
+                "method": method, "budget": budget, "folds": len(results), "dice@0.5": d, "dice@0.5_std": dstd,
+                "sod_mean_dice": pooled(sod, "mean_dice")[0], "s_measure": pooled(sod, "s_measure")[0],
+                "train_min_per_fold": sum(r["train_seconds"] for r in results) / len(results) / 60,
+            })
+    summary = {"date": dt.date.today().isoformat(), "machine": machine(), "steps": STEPS, "unlabelled": UNLABELLED, "rows": rows}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
+    lines = ["| labels | method | folds | medical Dice@0.5 | Δ vs sup | sod mean Dice | Δ vs sup | S-measure | train min/fold |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        base = next((b for b in rows if b["budget"] == r["budget"] and b["method"] == "sup"), None)
+        dd = f"{100 * (r['dice@0.5'] - base['dice@0.5']):+.1f}" if base else "–"
+        ds = f"{100 * (r['sod_mean_dice'] - base['sod_mean_dice']):+.1f}" if base else "–"
+        labels = "40 (all)" if r["budget"] == "all" else r["budget"]
+        lines.append(f"| {labels} | {r['method']} | {r['folds']} | {r['dice@0.5']:.3f} ± {r['dice@0.5_std']:.3f} | {dd} | {r['sod_mean_dice']:.3f} | {ds} | {r['s_measure']:.3f} | {r['train_min_per_fold']:.1f} |")
+    (OUT / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    _figure(rows)
+
+
+def _figure(rows) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for k, budget in enumerate(BUDGETS):
+        sel = [r for r in rows if r["budget"] == budget]
+        xs = [METHODS.index(r["method"]) + 0.4 * k - 0.2 for r in sel]
+        ax.bar(xs, [r["dice@0.5"] for r in sel], 0.4, yerr=[r["dice@0.5_std"] / max(1, r["folds"]) ** 0.5 for r in sel], label=f"{budget} labels")
+    ax.set_xticks(range(len(METHODS)), METHODS)
+    ax.set_ylabel("medical Dice@0.5 (50 held-out slices)")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "summary.png", dpi=100)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--budgets", default=",".join(BUDGETS))
+    ap.add_argument("--folds", default="0,1,2,3,4")
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--report", action="store_true")
+    args = ap.parse_args()
+    if not args.report:
+        jobs = [(f"{m}_{b}", f, None) for b in args.budgets.split(",") for m in args.methods.split(",") for f in map(int, args.folds.split(","))]
+        run_jobs(jobs, work, args.parallel)
+    report()
+
+
+if __name__ == "__main__":
+    main()

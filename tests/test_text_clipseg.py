@@ -155,3 +155,35 @@ def run_cli(main, *args) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+@pytest.mark.parametrize("model", ["c2fvl", "clipseg"])
+def test_cli_train_and_predict(model, weights, tmp_path):
+    """``covseg train --config`` and ``covseg predict --text`` for the other two text models."""
+    import yaml
+    from PIL import Image
+
+    from covseg.cli.main import main
+
+    root = write_side_task(tmp_path / "side", n=9, size=64)
+    if model == "clipseg":
+        params = {"pretrained_dir": str(weights)}
+        text = {}
+    else:
+        params = {"encoder": "resnet", "encoder_kwargs": {"widths": [8, 8, 8, 16, 16]}, "decoder_widths": [8, 8, 8, 8], "align_dim": 8, "heads": 2}
+        text = {"encoder": "embedding", "embed_dim": 16}
+    cfg = {
+        "name": model,
+        "trainer": "text",
+        "data": {"root": str(root), "folds": 3, "fold": 0},
+        "preprocess": {"channels": 1, "size": [64, 64]},
+        "model": {"name": model, "params": params},
+        "train": {"epochs": 1, "batch_size": 3, "threads": 1},
+        "extra": {"text": text},
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert run_cli(main, "train", "--config", tmp_path / "cfg.yaml", "--output", tmp_path / "run", "--quiet") == 0
+    image = root / "images" / "case_000.png"
+    out = tmp_path / "pred"
+    assert run_cli(main, "predict", "--model", tmp_path / "run", "--input", image, "--output", out, "--text", "opacity in the left lung", "-q") == 0
+    assert np.asarray(Image.open(out / "masks" / "case_000.png")).shape == (64, 64)

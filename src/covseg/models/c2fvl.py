@@ -170,9 +170,6 @@ class C2FVL(TextSegmentationModel):
         )
         return out
 
-    def forward(self, x: torch.Tensor, text_tokens=None, text_mask=None) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(x, text_tokens, text_mask)
-
     def alignment_loss(
         self, tokens: torch.Tensor, fg: torch.Tensor, sentence: torch.Tensor, text_mask
     ) -> torch.Tensor:

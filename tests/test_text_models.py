@@ -52,6 +52,7 @@ def test_contract_shapes_any_size(name):
         out = model.train().forward_train(x, tokens, mask)
         model.eval()
         assert out["logits"].shape == (2, 1, h, w)
+        assert set(out) == set(model.train_outputs)
     if name == "c2fvl":
         assert len(out["aux"]) == 2 and torch.isfinite(out["align_loss"])
 

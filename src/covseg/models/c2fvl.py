@@ -52,6 +52,8 @@ class C2FVL(TextSegmentationModel):
     """Coarse-to-fine text-guided segmentation: text-pixel alignment map → gated decoder → full-res refinement."""
 
     size_divisor = 32
+    train_outputs = ("logits", "aux", "align_loss")
+    num_aux = 2
 
     def __init__(
         self,

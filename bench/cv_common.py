@@ -69,14 +69,17 @@ def score_run(run_dir: Path, num_classes: int = 1) -> dict[str, Any]:
         if sod is not None:
             sod.update(probs, gt, case_id=case_id)
         per_case.append(case_id)
-    history = (run_dir / "history.csv").read_text().splitlines()
-    train_s = sum(float(r.split(",")[-1]) for r in history[1:] if r)
+    import csv
+
+    with (run_dir / "history.csv").open(newline="") as f:
+        history = list(csv.DictReader(f))
+    train_s = sum(float(r["time_s"]) for r in history)
     return {
         "cases": per_case,
         "medical_records": medical.per_case(),
         "sod_records": sod.per_case() if sod is not None else [],
         "train_seconds": train_s,
-        "epochs": len(history) - 1,
+        "epochs": len(history),
     }
 
 

@@ -47,8 +47,11 @@ class Prediction:
 class Predictor:
     """A trained model with its preprocessing, ready to segment arrays and files."""
 
-    def __init__(self, model, description: dict[str, Any], run_dir: Path | None = None) -> None:
-        self.model = model.eval()
+    def __init__(self, model, description: dict[str, Any], run_dir: Path | None = None, channels_last: bool = True) -> None:
+        import torch
+
+        self.channels_last = channels_last
+        self.model = (model.to(memory_format=torch.channels_last) if channels_last else model).eval()
         self.description = description
         self.run_dir = run_dir
         self.preprocessing = Preprocessing.from_dict(description["preprocessing"])
@@ -109,7 +112,13 @@ class Predictor:
 
     def forward_fn(self, **extra):
         """The callable mapping a network-size batch to logits (text models bind their text)."""
-        return lambda x, **_: self.model(x)
+        return lambda x, **_: self.model(self.as_input(x))
+
+    def as_input(self, x):
+        """A network-size batch in the model's memory format (channels-last on CPU by default)."""
+        import torch
+
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 
     def to_labels(self, probs: np.ndarray, post: PostprocessOptions | None = None) -> np.ndarray:
         labels = probs_to_labels(probs, self.threshold, self.num_classes)

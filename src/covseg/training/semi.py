@@ -240,7 +240,7 @@ class CPSTrainer(_SemiBase):
         super().setup_model()
         params = dict(self.model.init_args)
         torch.manual_seed(self.cfg.train.seed + 7_777)  # a different initialisation for the second network
-        self.model_b = build_model(self.cfg.model.name, **params)
+        self.model_b = self.place(build_model(self.cfg.model.name, **params))
 
     def setup_optimisation(self) -> None:
         super().setup_optimisation()
@@ -274,8 +274,8 @@ class CPSTrainer(_SemiBase):
         with torch.inference_mode():
             for start in range(0, len(self.unlabeled), self.cfg.train.val_batch_size):
                 x = self.unlabeled.images[start : start + self.cfg.train.val_batch_size]
-                pa = logits_to_probs(self.model(x), self.num_classes)
-                pb = logits_to_probs(self.model_b(x), self.num_classes)
+                pa = logits_to_probs(self.model(self.as_input(x)), self.num_classes)
+                pb = logits_to_probs(self.model_b(self.as_input(x)), self.num_classes)
                 scores.append(image_uncertainty(pa, pb, self.cfg.semi.cps.uif.score))
         return torch.cat(scores)
 
@@ -400,7 +400,7 @@ class SemiInfNetTrainer(_SemiBase):
         self.model.eval()
         with torch.inference_mode():
             logits = torch.cat(
-                [self.model(self.unlabeled.images[indices[s : s + 8]]) for s in range(0, len(indices), 8)]
+                [self.model(self.as_input(self.unlabeled.images[indices[s : s + 8]])) for s in range(0, len(indices), 8)]
             )
         labels = hard_targets(logits)
         return labels.to(torch.uint8)
@@ -432,7 +432,7 @@ class SemiInfNetTrainer(_SemiBase):
             self.pool_masks = labels if self.pool_masks is None else torch.cat([self.pool_masks, labels])
         if phase == "pretrain" and e_in == 0:
             torch.manual_seed(self.cfg.train.seed + 2_024)
-            self.model = build_model(self.cfg.model.name, **self.model.init_args)
+            self.model = self.place(build_model(self.cfg.model.name, **self.model.init_args))
             self.optimizer = self.make_optimizer(self.model.parameters())
         if phase == "finetune" and e_in == 0:
             self.optimizer = self.make_optimizer(self.model.parameters())

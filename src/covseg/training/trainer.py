@@ -124,8 +124,22 @@ class Trainer:
         params = dict(self.cfg.model.params)
         params.setdefault("in_channels", self.cfg.preprocess.channels)
         params.setdefault("out_channels", self.num_classes)
-        self.model = build_model(self.cfg.model.name, **params)
+        self.model = self.place(build_model(self.cfg.model.name, **params))
         self.criterion = build_criterion(self.cfg.loss.model_dump())
+
+    def place(self, model):
+        """Put a model in the training memory format (channels-last on CPU by default)."""
+        import torch
+
+        return model.to(memory_format=torch.channels_last) if self.cfg.train.channels_last else model
+
+    def as_input(self, x):
+        """An image batch in the training memory format."""
+        import torch
+
+        if self.cfg.train.channels_last and x.ndim == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def setup_optimisation(self) -> None:
         self.optimizer = self.make_optimizer(self.model.parameters())
@@ -302,7 +316,7 @@ class Trainer:
 
     def forward_train(self, model, batch: dict[str, Any]) -> dict[str, Any]:
         """Hook: run a model on a batch (text-guided trainers pass the text too)."""
-        return model.forward_train(batch["image"])
+        return model.forward_train(self.as_input(batch["image"]))
 
     def train_epoch(self, epoch: int, on_step) -> dict[str, float]:
         """Hook: one epoch over the labelled data; returns mean loss parts."""
@@ -353,7 +367,7 @@ class Trainer:
 
     def eval_forward(self, model, data):
         """Hook: the callable ``predict_probabilities`` uses (text models bind text here)."""
-        return lambda x, **_: model(x)
+        return lambda x, **_: model(self.as_input(x))
 
     def eval_extra_inputs(self, data):
         return None

@@ -233,3 +233,52 @@ class TestSegmentationModel:
             (got,) = session.run(None, {ONNX_INPUT: x.numpy()})
             assert got.shape == expected.shape
             np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance", "group", "none"])
+def test_unet_norm_options(norm):
+    model = build_model("unet", in_channels=1, base_width=8, depth=3, norm=norm).train()
+    y = model(torch.randn(2, 1, 40, 48))
+    y.mean().backward()
+    assert y.shape == (2, 1, 40, 48)
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("branches", [1, 2, 3])
+def test_infnet_with_fewer_rfb_branches(branches):
+    model = build_model(
+        "infnet", in_channels=1, encoder_kwargs=SMALL_RESNET, channel=8, rfb_branches=branches
+    ).eval()
+    full = build_model("infnet", in_channels=1, encoder_kwargs=SMALL_RESNET, channel=8).eval()
+    assert len(model.rfb2.branches) == branches
+    assert model.num_parameters() < full.num_parameters()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_invalid_configurations_are_refused():
+    with pytest.raises(ValueError, match="binary"):
+        build_model("infnet", in_channels=1, out_channels=2)
+    with pytest.raises(ValueError, match="out_channels ≥ 2"):
+        build_model("unet_multiclass", in_channels=1, out_channels=1)
+    with pytest.raises(ValueError, match="needs encoder="):
+        build_model("unet", in_channels=1, pretrained=True)
+    with pytest.raises(ValueError, match="unknown norm"):
+        build_model("unet", in_channels=1, norm="layer")
+    with pytest.raises(ValueError, match="rfb_branches"):
+        build_model("infnet", in_channels=1, rfb_branches=5)
+    with pytest.raises(KeyError, match="unknown encoder"):
+        build_model("unet", in_channels=1, encoder="resnet50")
+
+
+def test_multiclass_prior_input():
+    model = build_model(
+        "unet_multiclass", in_channels=1, out_channels=3, prior_channel=True, base_width=8, depth=3
+    )
+    assert model.input_channels == 2 and model.init_args["in_channels"] == 1
+    image, prior = torch.randn(1, 1, 32, 32), torch.rand(1, 1, 16, 16)
+    x = model.with_prior(image, prior)
+    assert x.shape == (1, 2, 32, 32)
+    torch.testing.assert_close(x[:, :1], image)
+    with torch.no_grad():
+        assert model.eval()(x).shape == (1, 3, 32, 32)

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from covseg.errors import ConfigError
+from covseg.transforms.augment import AugmentConfig
 
 
 class _Strict(BaseModel):
@@ -44,20 +45,6 @@ class PreprocessConfig(_Strict):
     mean: list[float] = [0.5]
     std: list[float] = [0.25]
     window: tuple[float, float] | None = None
-
-
-class AugmentSettings(_Strict):
-    hflip: float = 0.5
-    vflip: float = 0.0
-    rotate_deg: float = 15.0
-    scale: tuple[float, float] = (0.85, 1.15)
-    elastic: float = 0.0
-    elastic_grid: int = 6
-    brightness: float = 0.1
-    contrast: float = 0.15
-    gamma: float = 0.0
-    noise_std: float = 0.0
-    p_spatial: float = 0.8
 
 
 class ModelConfig(_Strict):
@@ -165,7 +152,7 @@ class TrainConfig(_Strict):
     trainer: str = "supervised"
     data: DataConfig
     preprocess: PreprocessConfig = PreprocessConfig()
-    augment: AugmentSettings = AugmentSettings()
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     model: ModelConfig
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()

@@ -20,7 +20,6 @@ from covseg import __version__
 from covseg.errors import ConfigError, CovsegError
 from covseg.training.config import TrainConfig, dump_config
 from covseg.training.run_folder import RunFolder
-from covseg.transforms.augment import AugmentConfig
 from covseg.transforms.preprocess import Preprocessing
 
 TRAINERS: dict[str, type[Trainer]] = {}
@@ -56,7 +55,7 @@ class Trainer:
         self.best_metric = -math.inf
         self.best_epoch = -1
         self.preprocessing = Preprocessing.from_dict(cfg.preprocess.model_dump())
-        self.augment_cfg = AugmentConfig(**cfg.augment.model_dump())
+        self.augment_cfg = cfg.augment
         self.num_classes = cfg.data.num_classes
 
     # ----------------------------------------------------------------- setup

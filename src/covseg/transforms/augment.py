@@ -9,15 +9,16 @@ label maps (mask, edge, class map) with nearest sampling, in one grid.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
 
 
-@dataclass
+@dataclass(config=ConfigDict(extra="forbid"))
 class AugmentConfig:
-    """Probabilities and ranges of each augmentation (0 disables)."""
+    """Probabilities and ranges of each augmentation (0 disables); validated when read from a config."""
 
     hflip: float = 0.5
     vflip: float = 0.0

@@ -28,17 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cv_common import ROOT, machine, pooled, run_jobs, score_run, train_fold
 
-COMMON = ["preprocess.size=[256,256]", "train.epochs=40", "train.val_every=10"]
+COMMON = ["preprocess.size=[256,256]", "train.epochs=60", "train.val_every=20"]
 VARIANTS: dict[str, tuple[str, list[str], int]] = {
+    "infnet_pretrained": ("infnet_pretrained_covid_semiseg", [], 1),
+    "infnet": ("infnet_covid_semiseg", [], 1),
     "unet": ("unet_covid_semiseg", [], 1),
+    "resunet_all": ("resunet_cosup_covid_semiseg", [], 1),
     "resunet": ("resunet_cosup_covid_semiseg", ["model.params.esm=false", "model.params.assm=false", "model.params.afm=false", "loss.aux_weight=0", "loss.edge_weight=0", "data.edges=false"], 1),
+    "multiclass": ("multiclass_covid_semiseg", [], 3),
     "resunet_esm": ("resunet_cosup_covid_semiseg", ["model.params.assm=false", "model.params.afm=false", "loss.aux_weight=0"], 1),
     "resunet_assm": ("resunet_cosup_covid_semiseg", ["model.params.esm=false", "model.params.afm=false", "loss.edge_weight=0", "data.edges=false"], 1),
     "resunet_afm": ("resunet_cosup_covid_semiseg", ["model.params.esm=false", "model.params.assm=false", "loss.aux_weight=0", "loss.edge_weight=0", "data.edges=false"], 1),
-    "resunet_all": ("resunet_cosup_covid_semiseg", [], 1),
-    "infnet": ("infnet_covid_semiseg", [], 1),
-    "infnet_pretrained": ("infnet_pretrained_covid_semiseg", [], 1),
-    "multiclass": ("multiclass_covid_semiseg", [], 3),
 }
 PUBLISHED = {  # Inf-Net paper (Fan et al., TMI 2020) on its 48-slice test split, sod protocol (as quoted in the issue)
     "U-Net (paper)": {"mean_dice": 0.439},

@@ -137,8 +137,6 @@ def _mean(summary: dict[str, Any], metric: str) -> float:
 
 
 def _write_report(output: Path, source: str, cfg, train_summary, summaries, timings, records, predictions: Path) -> Path:
-    import numpy as np
-
     from covseg.data.imageio import read_image, read_mask, stem_of
     from covseg.viz.overlay import overlay
     from covseg.viz.report import HtmlReport
@@ -182,5 +180,4 @@ def _write_report(output: Path, source: str, cfg, train_summary, summaries, timi
         pred = read_mask(predictions / "masks" / f"{stem_of(rec.image)}.png")
         items.append((overlay(image, gt, pred), rec.case_id))
     rep.gallery(items, width=220)
-    _ = np
     return rep.write(output / "report.html")

@@ -37,20 +37,16 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Predict masks, soft maps and overlays at each input's original size."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+    from covseg.cli._batch import finish, progress_bar
     from covseg.inference.batch import predict_files
     from covseg.inference.predictor import PostprocessOptions, list_inputs
     from covseg.inference.text_inputs import load_predictor, text_resolver
 
-    console = Console(stderr=True, highlight=False)
     predictor = load_predictor(model, checkpoint)
     files = list_inputs(input)
     extra_for = text_resolver(predictor, files, text, text_file, missing_text)
     post = PostprocessOptions(largest=largest, min_size=min_size)
-    with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, disable=quiet) as prog:
-        task = prog.add_task("predict", total=len(files))
+    with progress_bar("predicting", len(files), quiet) as advance:
         report = predict_files(
             predictor,
             files,
@@ -61,11 +57,6 @@ def predict(
             strict=strict,
             overlays=not no_overlays,
             extra_for=extra_for,
-            on_done=lambda: prog.advance(task),
+            on_done=advance,
         )
-    console.print(f"[bold green]{len(report.written)}[/] predicted into {output}")
-    if report.failed:
-        console.print(f"[bold red]{len(report.failed)} failed[/] (listed in {output / 'failed.txt'}):")
-        for path, msg in report.failed:
-            console.print(f"  {path}: {msg}")
-        raise typer.Exit(1)
+    finish(report, output, f"{len(report.written)} predicted into {output}")

@@ -18,23 +18,13 @@ def pseudo_label(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Pseudo-label unlabelled images so a trainer can use them as a second source."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+    from covseg.cli._batch import finish, progress_bar
     from covseg.inference.predictor import Predictor, list_inputs
     from covseg.inference.pseudo import pseudo_label_files
 
-    console = Console(stderr=True, highlight=False)
     predictor = Predictor.from_run(model, checkpoint)
     files = [f for f in list_inputs(input) if not f.name.endswith((".nii", ".nii.gz"))]
-    with Progress(TextColumn("pseudo-labelling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, disable=quiet) as prog:
-        task = prog.add_task("pseudo", total=len(files))
-        report = pseudo_label_files(predictor, files, output, tta_flip=tta, edge_width=edge_width, strict=strict, on_done=lambda: prog.advance(task))
-    if report.written:
-        conf = sum(r["confidence"] for r in report.written) / len(report.written)
-        console.print(f"[bold green]{len(report.written)}[/] pseudo-labelled into {output} (mean confidence {conf:.3f})")
-    if report.failed:
-        console.print(f"[bold red]{len(report.failed)} failed[/] (listed in {output / 'failed.txt'}):")
-        for path, msg in report.failed:
-            console.print(f"  {path}: {msg}")
-        raise typer.Exit(1)
+    with progress_bar("pseudo-labelling", len(files), quiet) as advance:
+        report = pseudo_label_files(predictor, files, output, tta_flip=tta, edge_width=edge_width, strict=strict, on_done=advance)
+    conf = sum(r["confidence"] for r in report.written) / max(1, len(report.written))
+    finish(report, output, f"{len(report.written)} pseudo-labelled into {output} (mean confidence {conf:.3f})")

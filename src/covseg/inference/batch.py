@@ -47,7 +47,7 @@ def predict_files(
     on_done: Callable[[], None] | None = None,
 ) -> BatchReport:
     """Predict each file; a bad file is recorded and skipped unless ``strict``."""
-    from covseg.data.imageio import is_volume, stem_of
+    from covseg.data.imageio import is_volume
 
     report = BatchReport()
     for path in files:
@@ -67,7 +67,6 @@ def predict_files(
         if on_done:
             on_done()
     _write_index(out_dir, report)
-    _ = stem_of
     return report
 
 

@@ -250,10 +250,11 @@ class Trainer:
         return self.summary()
 
     def finish(self) -> None:
-        from covseg.training.curves import plot_history
+        from covseg.utils.atomic import write_bytes
+        from covseg.viz.plots import training_curves_png
 
         if self.history:
-            plot_history(self.history, self.run.path / "curves.png", monitor=self.cfg.train.monitor)
+            write_bytes(self.run.path / "curves.png", training_curves_png(self.history, monitor=self.cfg.train.monitor))
 
     def summary(self) -> dict[str, Any]:
         best = next((r for r in self.history if r["epoch"] == self.best_epoch), None)

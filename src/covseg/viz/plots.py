@@ -78,3 +78,28 @@ def curves_png(
     if curves:
         ax.legend(fontsize=8)
     return figure_png(fig)
+
+
+def training_curves_png(history: Sequence[Mapping[str, Any]], monitor: str = "dice") -> bytes:
+    """Two panels per epoch: training loss parts (left) and validation metrics (right, 0..1)."""
+    fig = new_figure(width=10.0, height=3.6)
+    ax_loss, ax_val = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    epochs = [int(r["epoch"]) + 1 for r in history]
+    for key in sorted({k for r in history for k in r if k.startswith("train_")}):
+        ax_loss.plot(epochs, [float(r.get(key, "nan") or "nan") for r in history], label=key[6:], linewidth=1.2)
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_title("training loss", fontsize=10)
+    ax_loss.legend(fontsize=7)
+    val_keys = sorted({k for r in history for k in r if k.startswith("val_")})
+    for key in val_keys:
+        pts = [(int(r["epoch"]) + 1, float(r[key])) for r in history if r.get(key) not in (None, "")]
+        if pts:
+            ax_val.plot(*zip(*pts), marker=".", label=key[4:], linewidth=2 if key == f"val_{monitor}" else 1)
+    ax_val.set_xlabel("epoch")
+    ax_val.set_title("validation", fontsize=10)
+    ax_val.set_ylim(0, 1)
+    ax_val.grid(alpha=0.3)
+    if val_keys:
+        ax_val.legend(fontsize=7)
+    fig.tight_layout()
+    return figure_png(fig)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from covseg.utils.atomic import write_json
+from covseg.utils.atomic import write_json, write_text
 from covseg.utils.paths import data_root
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,6 +237,92 @@ def figure(results: dict[str, Any], path: Path, examples: list[dict[str, Any]] |
     plt.close(fig)
 
 
+def examples_figure(run_root: Path, path: Path, n: int = 4, seed: int = 3) -> None:
+    """Valid images with their ground truth and each model's mask (own caption, another caption)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from covseg.data import load_sample, open_dataset
+    from covseg.inference.text_inputs import load_predictor
+
+    records = open_dataset(data_root() / "qata_cov19_sgseg" / "valid").records
+    rng = np.random.default_rng(seed)
+    picks = [records[int(i)] for i in rng.choice(len(records), size=n, replace=False)]
+    texts = [r.text for r in records]
+    others, _ = mismatched_texts(texts, seed=0)
+    other_of = {r.case_id: o for r, o in zip(records, others)}
+    predictors = {m: load_predictor(run_root / m) for m in MODELS if (run_root / m / "model.json").exists()}
+    columns = ["image + ground truth"]
+    for m in predictors:
+        columns.append(m if m == "unet" else f"{m}, own caption")
+        if m != "unet":
+            columns.append(f"{m}, another caption")
+    fig, axes = plt.subplots(n, len(columns), figsize=(2.3 * len(columns), 2.6 * n + 0.6), squeeze=False)
+    for row, rec in enumerate(picks):
+        sample = load_sample(rec)
+        image, gt = sample.image, sample.mask > 0
+        panels = [(gt, None)]
+        for m, pred in predictors.items():
+            if m == "unet":
+                panels.append((pred.predict_image(image).labels > 0, None))
+            else:
+                panels.append((pred.predict_image(image, text=rec.text).labels > 0, rec.text))
+                panels.append((pred.predict_image(image, text=other_of[rec.case_id]).labels > 0, other_of[rec.case_id]))
+        for col, (mask, text) in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(image, cmap="gray")
+            overlay = np.zeros((*mask.shape, 4))
+            overlay[mask] = (1.0, 0.2, 0.1, 0.45) if col else (0.1, 0.9, 0.2, 0.45)
+            ax.imshow(overlay)
+            if col:
+                inter = np.logical_and(mask, gt).sum()
+                d = 2 * inter / max(mask.sum() + gt.sum(), 1)
+                ax.text(3, 14, f"Dice {d:.2f}", color="yellow", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if text is not None and text != rec.text:
+                ax.set_xlabel("\n".join(_wrap(text, 34)), fontsize=6)
+            if row == 0:
+                ax.set_title(columns[col], fontsize=8)
+        axes[row, 0].set_ylabel("\n".join(_wrap(rec.text, 34)), fontsize=6.5)
+    fig.suptitle("QaTa-COV19 valid: caption at left; 'another caption' = a different image's (below)", fontsize=9)
+    fig.tight_layout()
+    from covseg.utils.atomic import write_with
+
+    write_with(path, lambda p: fig.savefig(p, dpi=100, format="png"))
+    plt.close(fig)
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The README table: measured numbers beside the published ones."""
+    rows = [
+        "| model | text | Dice | IoU | Dice, another image's caption | Dice, no text | training wall time | process CPU time (training) | published Dice / IoU (official test split) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in MODELS:
+        r = results["models"].get(m)
+        if not r:
+            continue
+        pub = PUBLISHED[m]
+        other = f"{r['other_caption']['dice']:.4f}" if "other_caption" in r else "–"
+        none = f"{r['no_text']['dice']:.4f}" if "no_text" in r else "–"
+        cpu = r.get("this_invocation_cpu_s")
+        rows.append(
+            f"| `{m}` | {'caption (MiniLM, frozen)' if m != 'unet' else 'none'} | **{r['with_caption']['dice']:.4f}** | "
+            f"{r['with_caption']['iou']:.4f} | {other} | {none} | {r['train_time_s_sum_of_epochs'] / 60:.0f} min | "
+            f"{(cpu or 0) / 60:.0f} min | {pub['dice'] * 100:.2f} / {pub['iou'] * 100:.2f} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text or "", width)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
@@ -248,6 +334,7 @@ def main() -> None:
     parser.add_argument("--val-limit", type=int, default=0, help="validation cases (smoke runs)")
     parser.add_argument("--tag", default="", help="suffix of the result files and run folder")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--figures-only", action="store_true", help="redraw the figures from the JSON and run folders")
     args = parser.parse_args()
     import torch
 
@@ -268,6 +355,11 @@ def main() -> None:
         }
     )
     results.setdefault("models", {})
+    if args.figures_only:
+        write_text(out_json.with_suffix(".md"), markdown_table(results))
+        figure(results, out_json.with_suffix(".png"))
+        examples_figure(run_root, out_json.with_name(out_json.stem + "_examples.png"))
+        return
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         print(f"== {name}", flush=True)
         r = run_model(name, args, run_root)
@@ -290,7 +382,9 @@ def main() -> None:
                 r["dice_gain_vs_unet"] = r["with_caption"]["dice"] - base["with_caption"]["dice"]
                 r["dice_gain_vs_unet_ci95"] = [lo, hi]
     write_json(out_json, results)
+    write_text(out_json.with_suffix(".md"), markdown_table(results))
     figure(results, out_json.with_suffix(".png"))
+    examples_figure(run_root, out_json.with_name(out_json.stem + "_examples.png"))
     print(f"results: {out_json}")
 
 

@@ -22,18 +22,6 @@ from covseg.losses import (
 )
 from covseg.models import build_model
 
-
-@pytest.fixture(autouse=True)
-def _single_torch_thread():
-    """One intra-op thread for these tiny inputs: on a shared two-core machine a busy neighbour stalls
-    every OpenMP barrier of a two-thread run (measured: 8 s with one thread vs 82 s with two for the
-    Inf-Net cases under load), while one thread costs little on such small tensors."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 LN3 = math.log(3.0)
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cv_common import ROOT, machine, pooled, run_jobs, score_run, train_fold
 
-COMMON = ["preprocess.size=[256,256]", "train.epochs=60", "train.val_every=20"]
+COMMON = ["preprocess.size=[256,256]", "train.epochs=40", "train.val_every=20"]
 VARIANTS: dict[str, tuple[str, list[str], int]] = {
     "infnet_pretrained": ("infnet_pretrained_covid_semiseg", [], 1),
     "infnet": ("infnet_covid_semiseg", [], 1),

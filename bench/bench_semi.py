@@ -4,7 +4,8 @@ Same 5 folds as ``bench_covid_semiseg.py``; the fold's validation slices are nev
 unlabelled data (the trainers drop unlabelled images whose content equals a validation image;
 the 1,600 unlabelled slices come from other CT volumes anyway). Two label budgets: all 40
 training slices of a fold, and 10 of them (a fixed seeded subset). Every method trains the same
-Inf-Net (light residual encoder) at 256² for the same number of optimiser steps per budget, and
+Inf-Net (light residual encoder) at 192² for the same number of optimiser steps per budget
+(CPU budget: 150 steps, 300 unlabelled slices, unlabelled batches of 4), and
 is scored on the fold's 10 held-out slices with its last checkpoint.
 
 Methods:
@@ -34,12 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cv_common import ROOT, machine, pooled, run_jobs, score_run, train_fold
 
-UNLABELLED = 400
-STEPS = 200  # optimiser steps per run, whatever the budget
+UNLABELLED = 300
+STEPS = 150  # optimiser steps per run, whatever the budget
 BATCH = 8
 BASE = [
-    "preprocess.size=[256,256]",
+    "preprocess.size=[192,192]",
     f"train.batch_size={BATCH}",
+    "semi.cps.unlabeled_batch_size=4",
     "semi.unlabeled.root=${COVSEG_DATA}/covid_semiseg_infnet/unlabeled",
     f"semi.unlabeled.limit={UNLABELLED}",
 ]
@@ -65,14 +67,14 @@ def spec(method: str, budget: str) -> tuple[str, list[str]]:
         return "infnet_covid_semiseg", [*over, f"train.epochs={epochs}", f"train.val_every={val_every}"]
     if method == "pseudo":
         # Same optimiser-step budget split over the Semi-Inf-Net phases: 30 % labelled start,
-        # 4 pseudo-labelling rounds of 100 slices (20 %), 30 % pre-training a fresh model on the
+        # 4 pseudo-labelling rounds of 75 slices (20 %), 30 % pre-training a fresh model on the
         # pool, 20 % fine-tuning it on the labels.
         pool_steps = -(-UNLABELLED // BATCH)
         steps_per_epoch = -(-labelled // BATCH)
         return "semi_infnet", [
             *over,
             f"semi.semi_infnet.initial_epochs={max(1, round(0.3 * STEPS / steps_per_epoch))}",
-            "semi.semi_infnet.group_size=100",
+            "semi.semi_infnet.group_size=75",
             f"semi.semi_infnet.epochs_per_group={max(1, round(0.05 * STEPS / steps_per_epoch))}",
             f"semi.semi_infnet.pretrain_epochs={max(1, round(0.3 * STEPS / pool_steps))}",
             f"semi.semi_infnet.finetune_epochs={max(1, round(0.2 * STEPS / steps_per_epoch))}",

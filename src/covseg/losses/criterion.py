@@ -78,10 +78,10 @@ class Criterion:
     ) -> None:
         self.main_name = main
         self.main = build_loss(main, **dict(main_kwargs or {}))
-        if aux_kwargs is None:
-            # the aux loss defaults to the main loss, with its settings
-            aux_kwargs = main_kwargs if aux_loss is None else {}
-        self.aux = build_loss(aux_loss or main, **dict(aux_kwargs or {}))
+        if aux_loss is None and aux_kwargs is None:
+            self.aux = self.main  # the same loss object: per-target work (boundary weights) is shared
+        else:
+            self.aux = build_loss(aux_loss or main, **dict(aux_kwargs or {}))
         self.edge = build_loss(edge_loss, **dict(edge_kwargs or {}))
         if isinstance(aux_weight, (int, float)):
             self.aux_weight: float | list[float] = float(aux_weight)

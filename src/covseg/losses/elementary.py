@@ -157,7 +157,11 @@ def boundary_weights(mask: torch.Tensor, kernel_size: int = 31, gain: float = 5.
     The zero padding counts in the average (PyTorch's default, as in the original code), so
     foreground touching the image border also gets weight there.
     """
-    local_mean = F.avg_pool2d(mask, kernel_size=kernel_size, stride=1, padding=kernel_size // 2)
+    pad = kernel_size // 2
+    # The k×k box mean is separable: a k×1 then a 1×k mean (each dividing by k, zero padding
+    # counted) equals the 2D average pool, at 2k instead of k² operations per pixel.
+    rows = F.avg_pool2d(mask, kernel_size=(kernel_size, 1), stride=1, padding=(pad, 0))
+    local_mean = F.avg_pool2d(rows, kernel_size=(1, kernel_size), stride=1, padding=(0, pad))
     return 1.0 + gain * torch.abs(local_mean - mask)
 
 
@@ -168,6 +172,7 @@ def structure_loss(
     gain: float = 5.0,
     bce_weight: float = 1.0,
     iou_weight: float = 1.0,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Inf-Net structure loss: boundary-weighted BCE + weighted IoU, per image and channel, then mean.
 
@@ -177,7 +182,7 @@ def structure_loss(
     averaged to one number first, and the weighting then cancels out (``Σ w·c / Σ w = c``).
     This implements the intended per-pixel weighting.
     """
-    weights = boundary_weights(mask, kernel_size, gain)
+    weights = boundary_weights(mask, kernel_size, gain) if weights is None else weights
     bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
     wbce = (weights * bce).sum(dim=(2, 3)) / weights.sum(dim=(2, 3))
     p = torch.sigmoid(logits)
@@ -198,10 +203,20 @@ class StructureLoss(nn.Module):
             raise ValueError(f"structure: kernel_size must be odd (same-size pooling), got {kernel_size}")
         self.kernel_size, self.gain = kernel_size, gain
         self.bce_weight, self.iou_weight = bce_weight, iou_weight
+        self._cached: tuple[tuple, torch.Tensor] | None = None
+
+    def _weights(self, target: torch.Tensor) -> torch.Tensor:
+        """Boundary weights of ``target``, computed once when deep supervision scores several outputs against it."""
+        key = (target.data_ptr(), tuple(target.shape), target._version, target.dtype)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, boundary_weights(target, self.kernel_size, self.gain))
+        return self._cached[1]
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         check_binary(logits, target, "structure")
-        return structure_loss(logits, target, self.kernel_size, self.gain, self.bce_weight, self.iou_weight)
+        return structure_loss(
+            logits, target, self.kernel_size, self.gain, self.bce_weight, self.iou_weight, weights=self._weights(target)
+        )
 
 
 class EdgeLoss(nn.Module):

@@ -153,6 +153,17 @@ def test_structure_loss_averages_images_and_weights_terms():
     assert bce_only + iou_only == pytest.approx(single[0], abs=1e-10)
 
 
+def test_structure_loss_weight_cache_follows_the_target():
+    """Reused boundary weights never leak into a different or modified target."""
+    logits, mask = tiny_structure_case()
+    loss = build_loss("structure")
+    assert loss(logits, mask).item() == pytest.approx(structure_loss(logits, mask).item(), abs=1e-12)
+    flipped = torch.flip(mask, dims=(-1,)).contiguous()
+    assert loss(logits, flipped).item() == pytest.approx(structure_loss(logits, flipped).item(), abs=1e-12)
+    flipped[..., :2] = 1.0 - flipped[..., :2]  # in place: same tensor, new values
+    assert loss(logits, flipped).item() == pytest.approx(structure_loss(logits, flipped).item(), abs=1e-12)
+
+
 def test_edge_loss_plain_and_balanced_by_hand():
     logits = torch.tensor([[[[0.0, LN3], [-LN3, 0.0]]]])
     target = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])

@@ -203,14 +203,18 @@ class StructureLoss(nn.Module):
             raise ValueError(f"structure: kernel_size must be odd (same-size pooling), got {kernel_size}")
         self.kernel_size, self.gain = kernel_size, gain
         self.bce_weight, self.iou_weight = bce_weight, iou_weight
-        self._cached: tuple[tuple, torch.Tensor] | None = None
+        self._cached: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
     def _weights(self, target: torch.Tensor) -> torch.Tensor:
-        """Boundary weights of ``target``, computed once when deep supervision scores several outputs against it."""
-        key = (target.data_ptr(), tuple(target.shape), target._version, target.dtype)
-        if self._cached is None or self._cached[0] != key:
-            self._cached = (key, boundary_weights(target, self.kernel_size, self.gain))
-        return self._cached[1]
+        """Boundary weights of ``target``, computed once when deep supervision scores several outputs against it.
+
+        The cache holds the target itself and matches by identity and in-place version: a key made
+        of the storage address could match a new batch allocated where a freed one was.
+        """
+        cached = self._cached
+        if cached is None or cached[0] is not target or cached[1] != target._version:
+            cached = self._cached = (target, target._version, boundary_weights(target, self.kernel_size, self.gain))
+        return cached[2]
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         check_binary(logits, target, "structure")

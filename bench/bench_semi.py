@@ -15,6 +15,15 @@ Methods:
   cps       cross pseudo supervision (trainer ``cps``), all unlabelled slices
   cps_uif   CPS with uncertainty-based image filtering (keep the most certain half, re-scored)
 
+Twice the compute (300 steps), compared with each other:
+  sup2x        supervised only, 300 steps
+  pseudo_init  Semi-Inf-Net as published: pseudo-labelling starts from the converged ``sup`` run
+               of the same fold (150 steps), then 150 steps of grouped pseudo-labelling,
+               pre-training a fresh model on the pool and fine-tuning it on the labels
+  pseudo_cont  self-training: the same start, but no fresh model: the ``sup`` run goes on through
+               the pseudo-labelling rounds (labelled + pool batches), then fine-tunes on the labels
+  cps2x        CPS, 300 steps
+
 Usage::
 
     python bench/bench_semi.py --parallel 2
@@ -48,23 +57,56 @@ BASE = [
 OUT = ROOT / "bench" / "results" / "semi"
 RUNS = ROOT / "runs" / "bench" / "semi"
 BUDGETS = {"all": None, "10": 10}
-METHODS = ("sup", "pseudo", "cps", "cps_uif")
+METHODS = ("sup", "pseudo", "cps", "cps_uif", "sup2x", "pseudo_init", "pseudo_cont", "cps2x")
+LONG = ("sup2x", "pseudo_init", "pseudo_cont", "cps2x")  # twice the optimiser steps; compared with sup2x
 
 
-def epochs_for(labelled: int) -> int:
+def epochs_for(labelled: int, steps: int = STEPS) -> int:
     steps_per_epoch = -(-labelled // BATCH)
-    return max(1, round(STEPS / steps_per_epoch))
+    return max(1, round(steps / steps_per_epoch))
 
 
-def spec(method: str, budget: str) -> tuple[str, list[str]]:
+def spec(method: str, budget: str, fold: int = 0) -> tuple[str, list[str]]:
     labelled = 40 if BUDGETS[budget] is None else BUDGETS[budget]
-    epochs = epochs_for(labelled)
+    steps = 2 * STEPS if method.endswith("2x") else STEPS
+    method = method.removesuffix("2x")
+    epochs = epochs_for(labelled, steps)
     over = list(BASE)
     if BUDGETS[budget] is not None:
         over.append(f"data.limit={BUDGETS[budget]}")
     val_every = max(1, epochs // 4)
     if method == "sup":
         return "infnet_covid_semiseg", [*over, f"train.epochs={epochs}", f"train.val_every={val_every}"]
+    if method == "pseudo_init":
+        # Semi-Inf-Net as published: pseudo-labelling starts from a converged labelled model (the
+        # ``sup`` run of the same fold and budget, 150 steps), then 150 more steps: 4 rounds of
+        # 75 slices (20 %), pre-training a fresh model on the pool (40 %), fine-tuning on labels (40 %).
+        pool_steps = -(-UNLABELLED // BATCH)
+        steps_per_epoch = -(-labelled // BATCH)
+        return "semi_infnet", [
+            *over,
+            f"semi.semi_infnet.init_run={RUNS / f'sup_{budget}' / f'fold{fold}'}",
+            "semi.semi_infnet.initial_epochs=0",
+            "semi.semi_infnet.group_size=75",
+            f"semi.semi_infnet.epochs_per_group={max(1, round(0.05 * STEPS / steps_per_epoch))}",
+            f"semi.semi_infnet.pretrain_epochs={max(1, round(0.4 * STEPS / pool_steps))}",
+            f"semi.semi_infnet.finetune_epochs={max(1, round(0.4 * STEPS / steps_per_epoch))}",
+            f"train.val_every={val_every}",
+        ]
+    if method == "pseudo_cont":
+        # Self-training variant: no fresh model; the converged ``sup`` run goes on through 4
+        # pseudo-labelling rounds (labelled + pool batches, 2/3 of 150 steps), then fine-tunes on the labels.
+        steps_per_epoch = -(-labelled // BATCH)
+        return "semi_infnet", [
+            *over,
+            f"semi.semi_infnet.init_run={RUNS / f'sup_{budget}' / f'fold{fold}'}",
+            "semi.semi_infnet.initial_epochs=0",
+            "semi.semi_infnet.group_size=75",
+            f"semi.semi_infnet.epochs_per_group={max(1, round(STEPS / 6 / steps_per_epoch))}",
+            "semi.semi_infnet.pretrain_epochs=0",
+            f"semi.semi_infnet.finetune_epochs={max(1, round(STEPS / 3 / steps_per_epoch))}",
+            f"train.val_every={val_every}",
+        ]
     if method == "pseudo":
         # Same optimiser-step budget split over the Semi-Inf-Net phases: 30 % labelled start,
         # 4 pseudo-labelling rounds of 75 slices (20 %), 30 % pre-training a fresh model on the
@@ -90,7 +132,7 @@ def work(variant: str, fold: int, _spec) -> None:
     result_file = OUT / variant / f"fold{fold}.json"
     if result_file.exists():
         return
-    config, overrides = spec(method, budget)
+    config, overrides = spec(method, budget, fold)
     run_dir = RUNS / variant / f"fold{fold}"
     wall = train_fold(config, overrides, run_dir, fold, RUNS / variant / f"fold{fold}.log")
     result = score_run(run_dir)
@@ -120,13 +162,15 @@ def report() -> None:
     summary = {"date": dt.date.today().isoformat(), "machine": machine(), "steps": STEPS, "unlabelled": UNLABELLED, "rows": rows}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
-    lines = ["| labels | method | folds | medical Dice@0.5 | Δ vs sup | sod mean Dice | Δ vs sup | S-measure | train min/fold |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| labels | method | steps | folds | medical Dice@0.5 | Δ vs sup | sod mean Dice | Δ vs sup | S-measure | train min/fold |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        base = next((b for b in rows if b["budget"] == r["budget"] and b["method"] == "sup"), None)
+        base_method = "sup2x" if r["method"] in LONG else "sup"
+        base = next((b for b in rows if b["budget"] == r["budget"] and b["method"] == base_method), None)
         dd = f"{100 * (r['dice@0.5'] - base['dice@0.5']):+.1f}" if base else "–"
         ds = f"{100 * (r['sod_mean_dice'] - base['sod_mean_dice']):+.1f}" if base else "–"
         labels = "40 (all)" if r["budget"] == "all" else r["budget"]
-        lines.append(f"| {labels} | {r['method']} | {r['folds']} | {r['dice@0.5']:.3f} ± {r['dice@0.5_std']:.3f} | {dd} | {r['sod_mean_dice']:.3f} | {ds} | {r['s_measure']:.3f} | {r['train_min_per_fold']:.1f} |")
+        steps = f"{STEPS} + {STEPS}" if r["method"].startswith("pseudo_") else (2 * STEPS if r["method"] in LONG else STEPS)
+        lines.append(f"| {labels} | {r['method']} | {steps} | {r['folds']} | {r['dice@0.5']:.3f} ± {r['dice@0.5_std']:.3f} | {dd} | {r['sod_mean_dice']:.3f} | {ds} | {r['s_measure']:.3f} | {r['train_min_per_fold']:.1f} |")
     (OUT / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _figure(rows)

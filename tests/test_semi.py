@@ -147,3 +147,36 @@ def test_semi_infnet_schedule_and_exact_resume(labelled, unlabelled, tmp_path):
     wp = torch.load(part / "checkpoints" / "last.pt", weights_only=False)
     assert wf["pool_index"] == wp["pool_index"]
     assert all(torch.allclose(wf["model_state"][k].float(), wp["model_state"][k].float(), atol=1e-6) for k in wf["model_state"])
+
+
+def test_semi_infnet_starts_from_a_trained_run_of_the_same_fold(labelled, unlabelled, tmp_path):
+    from covseg.errors import ConfigError
+
+    sup = tmp_path / "sup"
+    build_trainer(load_config(raw=tiny_config(labelled, size=48, epochs=2)), sup, quiet=True).fit()
+    cfg = _semi_config(labelled, unlabelled, "semi_infnet", epochs=1)
+    cfg["semi"]["semi_infnet"] = {
+        "init_run": str(sup), "initial_epochs": 0, "group_size": 5, "max_groups": 1,
+        "epochs_per_group": 1, "pretrain_epochs": 0, "finetune_epochs": 1,
+    }
+    trainer = build_trainer(load_config(raw=cfg), tmp_path / "semi", quiet=True)
+    trainer.setup()
+    start = torch.load(sup / "checkpoints" / "last.pt", weights_only=False)["model_state"]
+    assert all(torch.equal(v, start[k]) for k, v in trainer.model.state_dict().items())
+    # The first group's pseudo labels are the trained run's hard predictions, not a random model's.
+    sup_model = build_trainer(load_config(raw=tiny_config(labelled, size=48, epochs=2)), sup, resume=True, quiet=True)
+    sup_model.setup()
+    idx = trainer.groups[0]
+    assert torch.equal(trainer.pseudo_label(idx), sup_model.model.eval()(sup_model.as_input(trainer.unlabeled.images[idx])).gt(0).to(torch.uint8))
+    trainer.fit()
+    hist = _history(tmp_path / "semi")
+    assert [float(r["train_pool"]) for r in hist] == [5, 5]  # no labelled start: group, then fine-tune
+    assert json.loads((tmp_path / "semi" / "splits.json").read_text())["semi_infnet_init"]["checkpoint"] == "last"
+
+    other_fold = dict(cfg, data={**cfg["data"], "fold": 1})
+    with pytest.raises(ConfigError, match="validation cases"):
+        build_trainer(load_config(raw=other_fold), tmp_path / "leak", quiet=True).setup()
+    no_start = json.loads(json.dumps(cfg))
+    del no_start["semi"]["semi_infnet"]["init_run"]
+    with pytest.raises(ConfigError, match="needs init_run"):
+        load_config(raw=no_start)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from covseg.errors import ConfigError
 from covseg.transforms.augment import AugmentConfig
@@ -130,12 +130,24 @@ class SemiInfNetConfig(_Strict):
 
     group_size: int = Field(5, ge=1)
     max_groups: int | None = Field(None, ge=1)
-    initial_epochs: int = Field(10, ge=1)
+    init_run: str | None = Field(
+        None,
+        description="Start from this trained run folder's weights (same model and preprocessing); "
+        "'{fold}' is replaced by data.fold. The labelled start then adds initial_epochs (0 allowed).",
+    )
+    init_checkpoint: Literal["best", "last"] = "last"
+    initial_epochs: int = Field(10, ge=0)
     epochs_per_group: int = Field(1, ge=1)
     pretrain_epochs: int = Field(10, ge=0)
     finetune_epochs: int = Field(10, ge=0)
     finetune_lr_scale: float = Field(0.1, gt=0)
     pseudo_weight: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _labelled_start(self) -> SemiInfNetConfig:
+        if self.initial_epochs == 0 and self.init_run is None:
+            raise ValueError("initial_epochs 0 needs init_run (pseudo labels from an untrained model are noise)")
+        return self
 
 
 class SemiConfig(_Strict):

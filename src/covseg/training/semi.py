@@ -375,6 +375,47 @@ class SemiInfNetTrainer(_SemiBase):
         self.pool_masks = None
         self.split_info["semi_infnet_groups"] = [g.tolist() for g in self.groups]
 
+    def setup_model(self) -> None:
+        super().setup_model()
+        if self.cfg.semi.semi_infnet.init_run:
+            self.load_initial_weights()
+
+    def load_initial_weights(self) -> None:
+        """Start from a trained run's weights, as Semi-Inf-Net starts from a converged labelled model."""
+        from covseg.training.checkpoint import load_checkpoint
+        from covseg.utils.paths import expand
+
+        s = self.cfg.semi.semi_infnet
+        run_dir = expand(s.init_run.replace("{fold}", str(self.cfg.data.fold)))
+        path = run_dir / "checkpoints" / f"{s.init_checkpoint}.pt"
+        ckpt = load_checkpoint(path)
+        spec = ckpt.get("model_spec", {})
+        if spec.get("name") != self.cfg.model.name or spec.get("init_args") != self.model.init_args:
+            raise ConfigError(
+                f"semi.semi_infnet.init_run holds model {spec.get('name')!r} with other init args than this config's "
+                f"{self.cfg.model.name!r}", path
+            )
+        if ckpt.get("preprocessing") != self.preprocessing.to_dict():
+            raise ConfigError("semi.semi_infnet.init_run was trained with other preprocessing (size, normalisation)", path)
+        leaked = self._init_run_trained_on_validation(run_dir)
+        if leaked:
+            raise ConfigError(
+                f"semi.semi_infnet.init_run trained on {len(leaked)} of this run's validation cases "
+                f"(e.g. {leaked[0]!r}); use the run of the same fold", run_dir
+            )
+        self.model.load_state_dict(ckpt["model_state"])
+        self.split_info["semi_infnet_init"] = {"run": str(run_dir.resolve()), "checkpoint": s.init_checkpoint, "epoch": ckpt.get("epoch")}
+
+    def _init_run_trained_on_validation(self, run_dir) -> list[str]:
+        """Validation case ids of this run that the init run trained on (its splits.json)."""
+        import json
+
+        splits = run_dir / "splits.json"
+        if not splits.exists():
+            return []
+        trained = set(json.loads(splits.read_text(encoding="utf-8")).get("train", []))
+        return sorted(trained & {str(r.case_id) for r in self.val_records})
+
     def setup_optimisation(self) -> None:
         super().setup_optimisation()
         self.total_epochs = len(self.plan)

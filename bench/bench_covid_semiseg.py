@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cv_common import ROOT, machine, pooled, run_jobs, score_run, train_fold
 
 COMMON = ["preprocess.size=[256,256]", "train.epochs=40", "train.val_every=20"]
+OUT = ROOT / "bench" / "results" / "covid_semiseg"
+RUNS = ROOT / "runs" / "bench" / "covid_semiseg"
 VARIANTS: dict[str, tuple[str, list[str], int]] = {
     "infnet_pretrained": ("infnet_pretrained_covid_semiseg", [], 1),
     "infnet": ("infnet_covid_semiseg", [], 1),
@@ -36,6 +38,9 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
     "resunet_all": ("resunet_cosup_covid_semiseg", [], 1),
     "resunet": ("resunet_cosup_covid_semiseg", ["model.params.esm=false", "model.params.assm=false", "model.params.afm=false", "loss.aux_weight=0", "loss.edge_weight=0", "data.edges=false"], 1),
     "multiclass": ("multiclass_covid_semiseg", [], 3),
+    # The Semi-Inf-Net + multi-class U-Net cascade: the fold's resunet_all run (trained on the same
+    # fold's training slices) gives the infection map as an extra input channel.
+    "multiclass_prior": ("multiclass_covid_semiseg", ["model.params.prior_channel=true", f"data.prior_run={RUNS / 'resunet_all' / 'fold{fold}'}"], 3),
     "resunet_esm": ("resunet_cosup_covid_semiseg", ["model.params.assm=false", "model.params.afm=false", "loss.aux_weight=0"], 1),
     "resunet_assm": ("resunet_cosup_covid_semiseg", ["model.params.esm=false", "model.params.afm=false", "loss.edge_weight=0", "data.edges=false"], 1),
     "resunet_afm": ("resunet_cosup_covid_semiseg", ["model.params.esm=false", "model.params.assm=false", "loss.aux_weight=0", "loss.edge_weight=0", "data.edges=false"], 1),
@@ -45,8 +50,6 @@ PUBLISHED = {  # Inf-Net paper (Fan et al., TMI 2020) on its 48-slice test split
     "Inf-Net (paper)": {"mean_dice": 0.682, "s_measure": 0.781, "mae": 0.082},
     "Semi-Inf-Net (paper)": {"mean_dice": 0.739, "s_measure": 0.800, "mae": 0.064},
 }
-OUT = ROOT / "bench" / "results" / "covid_semiseg"
-RUNS = ROOT / "runs" / "bench" / "covid_semiseg"
 
 
 def work(variant: str, fold: int, spec) -> None:

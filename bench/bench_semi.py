@@ -61,6 +61,41 @@ METHODS = ("sup", "pseudo", "cps", "cps_uif", "sup2x", "pseudo_init", "pseudo_co
 LONG = ("sup2x", "pseudo_init", "pseudo_cont", "cps2x")  # twice the optimiser steps; compared with sup2x
 
 
+# Semi-Inf-Net phases as fractions of STEPS: labelled start (None: start from the ``sup`` run of
+# the same fold and budget), the 4 pseudo-labelling rounds of 75 slices together, pre-training a
+# fresh model on the pool, fine-tuning on the labels.
+SEMI_INFNET_PHASES = {
+    # the same 150 steps as ``sup``, split over every phase
+    "pseudo": (0.3, 0.2, 0.3, 0.2),
+    # as published: start from a converged labelled model, then 150 more steps
+    "pseudo_init": (None, 0.2, 0.4, 0.4),
+    # self-training: the same start, no fresh model (the rounds go on from the ``sup`` weights)
+    "pseudo_cont": (None, 2 / 3, 0.0, 1 / 3),
+}
+
+
+def _semi_infnet_schedule(method: str, labelled: int, budget: str, fold: int) -> list[str]:
+    initial, rounds, pretrain, finetune = SEMI_INFNET_PHASES[method]
+    steps_per_epoch = -(-labelled // BATCH)
+    pool_steps = -(-UNLABELLED // BATCH)
+
+    def epochs(fraction: float, per_epoch: int) -> int:
+        return max(1, round(fraction * STEPS / per_epoch))
+
+    start = (
+        [f"semi.semi_infnet.init_run={RUNS / f'sup_{budget}' / f'fold{fold}'}", "semi.semi_infnet.initial_epochs=0"]
+        if initial is None
+        else [f"semi.semi_infnet.initial_epochs={epochs(initial, steps_per_epoch)}"]
+    )
+    return [
+        *start,
+        "semi.semi_infnet.group_size=75",
+        f"semi.semi_infnet.epochs_per_group={epochs(rounds / 4, steps_per_epoch)}",
+        f"semi.semi_infnet.pretrain_epochs={epochs(pretrain, pool_steps) if pretrain else 0}",
+        f"semi.semi_infnet.finetune_epochs={epochs(finetune, steps_per_epoch)}",
+    ]
+
+
 def epochs_for(labelled: int, steps: int = STEPS) -> int:
     steps_per_epoch = -(-labelled // BATCH)
     return max(1, round(steps / steps_per_epoch))
@@ -77,51 +112,8 @@ def spec(method: str, budget: str, fold: int = 0) -> tuple[str, list[str]]:
     val_every = max(1, epochs // 4)
     if method == "sup":
         return "infnet_covid_semiseg", [*over, f"train.epochs={epochs}", f"train.val_every={val_every}"]
-    if method == "pseudo_init":
-        # Semi-Inf-Net as published: pseudo-labelling starts from a converged labelled model (the
-        # ``sup`` run of the same fold and budget, 150 steps), then 150 more steps: 4 rounds of
-        # 75 slices (20 %), pre-training a fresh model on the pool (40 %), fine-tuning on labels (40 %).
-        pool_steps = -(-UNLABELLED // BATCH)
-        steps_per_epoch = -(-labelled // BATCH)
-        return "semi_infnet", [
-            *over,
-            f"semi.semi_infnet.init_run={RUNS / f'sup_{budget}' / f'fold{fold}'}",
-            "semi.semi_infnet.initial_epochs=0",
-            "semi.semi_infnet.group_size=75",
-            f"semi.semi_infnet.epochs_per_group={max(1, round(0.05 * STEPS / steps_per_epoch))}",
-            f"semi.semi_infnet.pretrain_epochs={max(1, round(0.4 * STEPS / pool_steps))}",
-            f"semi.semi_infnet.finetune_epochs={max(1, round(0.4 * STEPS / steps_per_epoch))}",
-            f"train.val_every={val_every}",
-        ]
-    if method == "pseudo_cont":
-        # Self-training variant: no fresh model; the converged ``sup`` run goes on through 4
-        # pseudo-labelling rounds (labelled + pool batches, 2/3 of 150 steps), then fine-tunes on the labels.
-        steps_per_epoch = -(-labelled // BATCH)
-        return "semi_infnet", [
-            *over,
-            f"semi.semi_infnet.init_run={RUNS / f'sup_{budget}' / f'fold{fold}'}",
-            "semi.semi_infnet.initial_epochs=0",
-            "semi.semi_infnet.group_size=75",
-            f"semi.semi_infnet.epochs_per_group={max(1, round(STEPS / 6 / steps_per_epoch))}",
-            "semi.semi_infnet.pretrain_epochs=0",
-            f"semi.semi_infnet.finetune_epochs={max(1, round(STEPS / 3 / steps_per_epoch))}",
-            f"train.val_every={val_every}",
-        ]
-    if method == "pseudo":
-        # Same optimiser-step budget split over the Semi-Inf-Net phases: 30 % labelled start,
-        # 4 pseudo-labelling rounds of 75 slices (20 %), 30 % pre-training a fresh model on the
-        # pool, 20 % fine-tuning it on the labels.
-        pool_steps = -(-UNLABELLED // BATCH)
-        steps_per_epoch = -(-labelled // BATCH)
-        return "semi_infnet", [
-            *over,
-            f"semi.semi_infnet.initial_epochs={max(1, round(0.3 * STEPS / steps_per_epoch))}",
-            "semi.semi_infnet.group_size=75",
-            f"semi.semi_infnet.epochs_per_group={max(1, round(0.05 * STEPS / steps_per_epoch))}",
-            f"semi.semi_infnet.pretrain_epochs={max(1, round(0.3 * STEPS / pool_steps))}",
-            f"semi.semi_infnet.finetune_epochs={max(1, round(0.2 * STEPS / steps_per_epoch))}",
-            f"train.val_every={val_every}",
-        ]
+    if method in SEMI_INFNET_PHASES:
+        return "semi_infnet", [*over, *_semi_infnet_schedule(method, labelled, budget, fold), f"train.val_every={val_every}"]
     uif = "true" if method == "cps_uif" else "false"
     return "cps_uif", [*over, f"train.epochs={epochs}", f"train.val_every={val_every}", f"semi.cps.uif.enabled={uif}",
                        f"semi.cps.rampup_epochs={max(1, epochs // 4)}", f"semi.cps.uif.rescore_every={max(1, epochs // 8)}"]

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from covseg.data import open_dataset
+from covseg.errors import ConfigError
 from covseg.training.config import load_config
-from covseg.training.semi import edges_from_masks, image_uncertainty, sigmoid_rampup
+from covseg.training.semi import cutmix_boxes, edges_from_masks, image_uncertainty, sigmoid_rampup
 from covseg.training.trainer import build_trainer
 
 from tests.helpers import phantom_dataset, tiny_config
@@ -180,3 +181,49 @@ def test_semi_infnet_starts_from_a_trained_run_of_the_same_fold(labelled, unlabe
     del no_start["semi"]["semi_infnet"]["init_run"]
     with pytest.raises(ConfigError, match="needs init_run"):
         load_config(raw=no_start)
+
+
+def test_cutmix_boxes_cover_the_configured_area_in_2d_and_3d():
+    gen = torch.Generator().manual_seed(0)
+    for shape in ((64, 1, 40, 40), (16, 1, 20, 24, 28)):
+        boxes = cutmix_boxes(shape, (0.25, 0.5), gen)
+        assert boxes.shape == (shape[0], 1, *shape[2:]) and set(boxes.unique().tolist()) == {0.0, 1.0}
+        area = boxes.flatten(1).mean(1)
+        assert area.min() > 0.2 and area.max() < 0.56, area  # rounding of the sides
+        assert area.std() > 0.02  # fractions are drawn, not fixed
+        for b in boxes[:, 0]:  # one axis-aligned box: its bounding box is filled
+            idx = b.nonzero()
+            lo, hi = idx.min(0).values, idx.max(0).values
+            assert int(b.sum()) == int(torch.prod(hi - lo + 1))
+
+
+def test_cps_with_cutmix_learns_from_mixed_unlabelled_images(labelled, unlabelled, tmp_path):
+    cfg = _semi_config(labelled, unlabelled, "cps", epochs=6, optim__lr=5e-3)
+    cfg["semi"]["cps"] = {"weight": 1.0, "rampup_epochs": 0, "cutmix": True, "unlabeled_batch_size": 4}
+    run = tmp_path / "cps_cutmix"
+    build_trainer(load_config(raw=cfg), run, quiet=True).fit()
+    hist = _history(run)
+    cps = [float(r["train_cps"]) for r in hist]
+    assert cps[-1] < cps[0], cps
+    # The mixed image is the first image outside the box and the next one inside, and so are
+    # each network's targets (its logits on the unmixed images).
+    trainer = build_trainer(load_config(raw=cfg), tmp_path / "mix", quiet=True)
+    trainer.setup()
+    xu = trainer.unlabeled.images[:4]
+    mixed, (ta, tb) = trainer.cutmix_unlabeled(xu, torch.Generator().manual_seed(3))
+    inside = cutmix_boxes(xu.shape, (0.25, 0.5), torch.Generator().manual_seed(3)).bool()
+    assert torch.equal(mixed[~inside.expand_as(mixed)], xu[~inside.expand_as(xu)])
+    assert torch.equal(mixed[inside.expand_as(mixed)], xu.roll(1, 0)[inside.expand_as(xu)])
+    with torch.no_grad():
+        la = trainer.forward_train(trainer.model, {"image": xu})["logits"]
+    assert torch.allclose(ta[~inside.expand_as(ta)], la[~inside.expand_as(la)], atol=1e-5)
+    assert torch.allclose(ta[inside.expand_as(ta)], la.roll(1, 0)[inside.expand_as(la)], atol=1e-5)
+    assert not torch.allclose(ta, tb)
+    part = tmp_path / "part"  # resume is exact with the extra random draws of the boxes
+    build_trainer(load_config(raw=cfg), part, quiet=True).fit(stop_after=3)
+    build_trainer(load_config(raw=cfg), part, resume=True, quiet=True).fit()
+    assert _history(part)[-1]["val_dice"] == hist[-1]["val_dice"]
+    bad = json.loads(json.dumps(cfg))
+    bad["semi"]["cps"]["cutmix_area"] = [0.5, 1.0]
+    with pytest.raises(ConfigError, match="cutmix_area"):
+        load_config(raw=bad)

@@ -112,7 +112,20 @@ class CPSConfig(_Strict):
     weight: float = Field(1.0, ge=0)
     rampup_epochs: float = Field(5.0, ge=0)
     unlabeled_batch_size: int | None = Field(None, ge=1)
+    cutmix: bool = Field(
+        False,
+        description="CPS + CutMix: each network learns the other's labels on unlabelled images with a "
+        "box pasted from another image of the batch (labels mixed with the same box).",
+    )
+    cutmix_area: tuple[float, float] = Field((0.25, 0.5), description="Range of the box's area fraction.")
     uif: UIFConfig = UIFConfig()
+
+    @model_validator(mode="after")
+    def _area_range(self) -> CPSConfig:
+        lo, hi = self.cutmix_area
+        if not 0 < lo <= hi < 1:
+            raise ValueError(f"cutmix_area must satisfy 0 < low <= high < 1, got {self.cutmix_area}")
+        return self
 
 
 class PseudoSourceConfig(_Strict):

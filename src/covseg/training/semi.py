@@ -11,6 +11,8 @@
   other, beside the supervised loss on labelled images. With uncertainty-based image
   filtering (UIF), only the most certain fraction of unlabelled images (by the two networks'
   disagreement, or the entropy of their mean prediction) is used, re-scored during training.
+  With CutMix (the CPS paper's strongest setting), the unlabelled images get a box pasted from
+  another image and the cross labels are mixed with the same box.
 
 All three keep the base trainer's guarantees: every epoch is a function of (seed, epoch,
 state at its start), the state needed to resume is in ``last.pt``, progress is shown.
@@ -49,6 +51,25 @@ def sigmoid_rampup(progress: float, length: float) -> float:
         return 1.0
     t = min(max(progress / length, 0.0), 1.0)
     return float(math.exp(-5.0 * (1.0 - t) ** 2))
+
+
+def cutmix_boxes(shape, area: tuple[float, float], generator):
+    """One random box per sample, as a ``(B, 1, *spatial)`` 0/1 mask covering a fraction of the
+    image drawn uniformly from ``area`` (the same fraction along every axis: 2D and 3D alike)."""
+    import torch
+
+    batch, spatial = shape[0], tuple(shape[2:])
+    masks = torch.zeros((batch, 1, *spatial))
+    for b in range(batch):
+        fraction = area[0] + (area[1] - area[0]) * float(torch.rand((), generator=generator))
+        side = fraction ** (1.0 / len(spatial))
+        box = []
+        for size in spatial:
+            length = max(1, round(side * size))
+            start = int(torch.randint(size - length + 1, (), generator=generator))
+            box.append(slice(start, start + length))
+        masks[(b, 0, *box)] = 1.0
+    return masks
 
 
 def image_uncertainty(probs_a, probs_b, score: str = "disagreement"):
@@ -260,7 +281,8 @@ class CPSTrainer(_SemiBase):
         self.model_b.load_state_dict(ckpt["model_b_state"])
         if ckpt.get("uif_kept") is not None:
             self.kept = torch.tensor(ckpt["uif_kept"], dtype=torch.long)
-            self.uncertainty = torch.tensor(ckpt["uif_uncertainty"])
+            scores = ckpt.get("uif_uncertainty")
+            self.uncertainty = None if scores is None else torch.tensor(scores)
 
     def score_unlabeled(self):
         """Uncertainty of every unlabelled image under the two networks (eval mode, no augmentation)."""
@@ -308,6 +330,22 @@ class CPSTrainer(_SemiBase):
             w.writerow([case_id, f"{float(self.uncertainty[i]):.6f}", int(i in kept), epoch])
         write_text(self.run.path / "uif_scores.csv", buf.getvalue())
 
+    def cutmix_unlabeled(self, xu, generator):
+        """Paste a box of the next image of the batch into each image; the two networks' logits on
+        the unmixed images, mixed with the same boxes, are the targets for the mixed images."""
+        import torch
+
+        with torch.no_grad():
+            ta = self.forward_train(self.model, {"image": xu})["logits"]
+            tb = self.forward_train(self.model_b, {"image": xu})["logits"]
+        box = cutmix_boxes(xu.shape, self.cfg.semi.cps.cutmix_area, generator)
+        other = torch.roll(torch.arange(xu.shape[0]), 1)
+
+        def mix(t):
+            return t * (1 - box) + t[other] * box
+
+        return mix(xu), (mix(ta), mix(tb))
+
     def train_epoch(self, epoch: int, on_step) -> dict[str, float]:
         import torch
 
@@ -327,6 +365,9 @@ class CPSTrainer(_SemiBase):
             batch = self.make_batch(self.train_data, idx, gen)
             uidx = self.kept[torch.randint(len(self.kept), (ub,), generator=gen_u)]
             xu, _ = augment_batch(self.unlabeled.images[uidx], {}, self.augment_cfg, gen_u)
+            targets = None
+            if cps.cutmix:
+                xu, targets = self.cutmix_unlabeled(xu, gen_u)
             nl = batch["image"].shape[0]
             joint = {"image": torch.cat([batch["image"], xu])}
             out_a, ua = _split_outputs(self.forward_train(self.model, joint), nl)
@@ -334,7 +375,8 @@ class CPSTrainer(_SemiBase):
             sup_a, parts = self.criterion(out_a, batch)
             sup_b, _ = self.criterion(out_b, batch)
             la, lb = ua["logits"], ubo["logits"]
-            cross = pseudo_supervision_loss(la, hard_targets(lb.detach())) + pseudo_supervision_loss(lb, hard_targets(la.detach()))
+            ta, tb = targets if targets is not None else (la.detach(), lb.detach())
+            cross = pseudo_supervision_loss(la, hard_targets(tb)) + pseudo_supervision_loss(lb, hard_targets(ta))
             w = cps.weight * sigmoid_rampup(epoch + i / self.steps_per_epoch, cps.rampup_epochs)
             loss = sup_a + sup_b + w * cross
             self.step(loss, [self.model, self.model_b])

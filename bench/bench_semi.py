@@ -23,6 +23,7 @@ Twice the compute (300 steps), compared with each other:
   pseudo_cont  self-training: the same start, but no fresh model: the ``sup`` run goes on through
                the pseudo-labelling rounds (labelled + pool batches), then fine-tunes on the labels
   cps2x        CPS, 300 steps
+  cps_cutmix2x CPS + CutMix on the unlabelled images (the CPS paper's best setting), 300 steps
 
 Usage::
 
@@ -57,8 +58,8 @@ BASE = [
 OUT = ROOT / "bench" / "results" / "semi"
 RUNS = ROOT / "runs" / "bench" / "semi"
 BUDGETS = {"all": None, "10": 10}
-METHODS = ("sup", "pseudo", "cps", "cps_uif", "sup2x", "pseudo_init", "pseudo_cont", "cps2x")
-LONG = ("sup2x", "pseudo_init", "pseudo_cont", "cps2x")  # twice the optimiser steps; compared with sup2x
+METHODS = ("sup", "pseudo", "cps", "cps_uif", "sup2x", "pseudo_init", "pseudo_cont", "cps2x", "cps_cutmix2x")
+LONG = ("sup2x", "pseudo_init", "pseudo_cont", "cps2x", "cps_cutmix2x")  # twice the optimiser steps; compared with sup2x
 
 
 # Semi-Inf-Net phases as fractions of STEPS: labelled start (None: start from the ``sup`` run of
@@ -115,8 +116,10 @@ def spec(method: str, budget: str, fold: int = 0) -> tuple[str, list[str]]:
     if method in SEMI_INFNET_PHASES:
         return "semi_infnet", [*over, *_semi_infnet_schedule(method, labelled, budget, fold), f"train.val_every={val_every}"]
     uif = "true" if method == "cps_uif" else "false"
+    cutmix = "true" if method == "cps_cutmix" else "false"
     return "cps_uif", [*over, f"train.epochs={epochs}", f"train.val_every={val_every}", f"semi.cps.uif.enabled={uif}",
-                       f"semi.cps.rampup_epochs={max(1, epochs // 4)}", f"semi.cps.uif.rescore_every={max(1, epochs // 8)}"]
+                       f"semi.cps.rampup_epochs={max(1, epochs // 4)}", f"semi.cps.uif.rescore_every={max(1, epochs // 8)}",
+                       f"semi.cps.cutmix={cutmix}"]
 
 
 def work(variant: str, fold: int, _spec) -> None:

@@ -11,6 +11,7 @@ Usage::
 
     python bench/bench_covid_semiseg.py --variants all --parallel 2
     python bench/bench_covid_semiseg.py --report          # table + figure from finished folds
+    python bench/bench_covid_semiseg.py --variants resunet_all_tta   # re-score a variant's runs with flip TTA
 
 Results: ``bench/results/covid_semiseg/<variant>/fold<k>.json``, ``summary.json``, ``summary.md``,
 ``summary.png``. Runs live in ``runs/bench/covid_semiseg/`` (not versioned).
@@ -45,6 +46,8 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
     "resunet_assm": ("resunet_cosup_covid_semiseg", ["model.params.esm=false", "model.params.afm=false", "loss.edge_weight=0", "data.edges=false"], 1),
     "resunet_afm": ("resunet_cosup_covid_semiseg", ["model.params.esm=false", "model.params.assm=false", "loss.aux_weight=0", "loss.edge_weight=0", "data.edges=false"], 1),
 }
+# The same runs scored with flip test-time augmentation (``covseg predict --tta``): no training.
+TTA_OF = {"resunet_all_tta": "resunet_all", "infnet_pretrained_tta": "infnet_pretrained"}
 PUBLISHED = {  # Inf-Net paper (Fan et al., TMI 2020) on its 48-slice test split, sod protocol (as quoted in the issue)
     "U-Net (paper)": {"mean_dice": 0.439},
     "Inf-Net (paper)": {"mean_dice": 0.682, "s_measure": 0.781, "mae": 0.082},
@@ -57,6 +60,13 @@ def work(variant: str, fold: int, spec) -> None:
     result_file = OUT / variant / f"fold{fold}.json"
     if result_file.exists():
         return
+    if variant in TTA_OF:
+        trained = json.loads((OUT / TTA_OF[variant] / f"fold{fold}.json").read_text())
+        result = score_run(RUNS / TTA_OF[variant] / f"fold{fold}", num_classes, tta_flip=True)
+        result.update({"variant": variant, "fold": fold, "config": config, "overrides": trained["overrides"], "tta_flip": True})
+        result_file.parent.mkdir(parents=True, exist_ok=True)
+        result_file.write_text(json.dumps(result, indent=1))
+        return
     run_dir = RUNS / variant / f"fold{fold}"
     wall = train_fold(config, COMMON + overrides, run_dir, fold, RUNS / variant / f"fold{fold}.log")
     result = score_run(run_dir, num_classes)
@@ -68,7 +78,7 @@ def work(variant: str, fold: int, spec) -> None:
 
 def report() -> None:
     rows = []
-    for variant, (_, _, num_classes) in VARIANTS.items():
+    for variant, (_, _, num_classes) in {**VARIANTS, **{t: VARIANTS[v] for t, v in TTA_OF.items()}}.items():
         files = sorted((OUT / variant).glob("fold*.json"))
         if not files:
             continue
@@ -144,7 +154,7 @@ def main() -> None:
     if not args.report:
         names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
         folds = [int(f) for f in args.folds.split(",")]
-        jobs = [(v, f, VARIANTS[v]) for v in names for f in folds]
+        jobs = [(v, f, VARIANTS[TTA_OF.get(v, v)]) for v in names for f in folds]
         run_jobs(jobs, work, args.parallel)
     report()
 

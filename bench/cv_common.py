@@ -39,7 +39,7 @@ def train_fold(config: str, overrides: list[str], run_dir: Path, fold: int, log:
     return time.perf_counter() - t0
 
 
-def score_run(run_dir: Path, num_classes: int = 1) -> dict[str, Any]:
+def score_run(run_dir: Path, num_classes: int = 1, tta_flip: bool = False) -> dict[str, Any]:
     """Predict the run's validation cases with its last checkpoint and score both protocols."""
     import torch
 
@@ -64,7 +64,7 @@ def score_run(run_dir: Path, num_classes: int = 1) -> dict[str, Any]:
         gt = sample.masks["multiclass"] if cfg.data.mask == "multiclass" else sample.mask
         if num_classes == 1:
             gt = (gt > 0).astype(np.uint8)
-        probs = predictor.predict_image(sample.image).probs
+        probs = predictor.predict_image(sample.image, tta_flip=tta_flip).probs
         medical.update(probs, gt, case_id=case_id)
         if sod is not None:
             sod.update(probs, gt, case_id=case_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,11 @@ def test_multiclass_cascade_with_binary_prior(trained_run, tmp_path):
     out = pred.predict_image(np.full((50, 60), 80.0, dtype=np.float32))
     assert out.probs.shape == (3, 50, 60) and out.labels.max() <= 2
     assert np.allclose(out.probs.sum(axis=0), 1.0, atol=1e-5)
+    assert json.loads((run / "splits.json").read_text())["prior"]["shared_training_cases"] == 0  # other data
+    # A prior trained on the same training cases is recorded (and warned about): the cascade's trap.
+    binary = tmp_path / "binary"
+    build_trainer(load_config(raw=tiny_config(data, epochs=1)), binary, quiet=True).fit()
+    cfg["data"]["prior_run"] = str(binary)
+    build_trainer(load_config(raw=cfg), tmp_path / "mc_same", quiet=True).fit()
+    shared = json.loads((tmp_path / "mc_same" / "splits.json").read_text())["prior"]["shared_training_cases"]
+    assert shared == len(json.loads((binary / "splits.json").read_text())["train"]) > 0

@@ -97,6 +97,23 @@ class Trainer:
 
         return expand(self.cfg.data.prior_run.replace("{fold}", str(self.cfg.data.fold)))
 
+    def _prior_shared_training_cases(self) -> int:
+        """How many of this run's training cases the prior run also trained on (same data root)."""
+        import json
+
+        from covseg.training.config import load_config
+        from covseg.utils.paths import expand
+
+        prior_dir = self.prior_run_dir()
+        try:
+            prior_cfg = load_config(prior_dir / "config.yaml")
+            prior_train = set(json.loads((prior_dir / "splits.json").read_text(encoding="utf-8")).get("train", []))
+        except (OSError, ValueError, ConfigError):
+            return 0
+        if expand(prior_cfg.data.root).resolve() != expand(self.cfg.data.root).resolve():
+            return 0
+        return len(prior_train & {str(r.case_id) for r in self.train_records})
+
     def add_prior_channel(self) -> None:
         """Append a binary run's infection probability as an extra input channel (cascade input)."""
         import torch
@@ -107,6 +124,13 @@ class Trainer:
         if not self.cfg.model.params.get("prior_channel"):
             raise ConfigError("data.prior_run needs a model taking the prior as input (model.params.prior_channel: true)")
         prior = Predictor.from_run(self.prior_run_dir(), checkpoint="last")
+        shared = self._prior_shared_training_cases()
+        self.split_info["prior"] = {"run": str(self.prior_run_dir().resolve()), "shared_training_cases": shared}
+        if shared:
+            self.log(
+                f"[yellow]warning:[/] the prior run trained on {shared} of these training cases: its maps are better on "
+                "them than on new images, and the model may learn to trust them too much (use out-of-fold priors)"
+            )
         for records, data in ((self.train_records, self.train_data), (self.val_records, self.val_data)):
             from covseg.data import load_sample
 

@@ -75,6 +75,12 @@ class RunFolder:
         with p.open(newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f))
 
+    def training_case_ids(self) -> set[str]:
+        """Case ids this run trained on (``splits.json``); empty for a folder without one."""
+        if not (self.path / "splits.json").exists():
+            return set()
+        return {str(c) for c in self.read_json("splits.json").get("train", [])}
+
     def is_run(self) -> bool:
         return (self.path / "model.json").exists()
 

@@ -450,13 +450,9 @@ class SemiInfNetTrainer(_SemiBase):
 
     def _init_run_trained_on_validation(self, run_dir) -> list[str]:
         """Validation case ids of this run that the init run trained on (its splits.json)."""
-        import json
+        from covseg.training.run_folder import RunFolder
 
-        splits = run_dir / "splits.json"
-        if not splits.exists():
-            return []
-        trained = set(json.loads(splits.read_text(encoding="utf-8")).get("train", []))
-        return sorted(trained & {str(r.case_id) for r in self.val_records})
+        return sorted(RunFolder(run_dir).training_case_ids() & {str(r.case_id) for r in self.val_records})
 
     def setup_optimisation(self) -> None:
         super().setup_optimisation()

@@ -99,16 +99,14 @@ class Trainer:
 
     def _prior_shared_training_cases(self) -> int:
         """How many of this run's training cases the prior run also trained on (same data root)."""
-        import json
-
         from covseg.training.config import load_config
         from covseg.utils.paths import expand
 
         prior_dir = self.prior_run_dir()
         try:
             prior_cfg = load_config(prior_dir / "config.yaml")
-            prior_train = set(json.loads((prior_dir / "splits.json").read_text(encoding="utf-8")).get("train", []))
-        except (OSError, ValueError, ConfigError):
+            prior_train = RunFolder(prior_dir).training_case_ids()
+        except (OSError, CovsegError):
             return 0
         if expand(prior_cfg.data.root).resolve() != expand(self.cfg.data.root).resolve():
             return 0

@@ -177,6 +177,13 @@ def test_semi_infnet_starts_from_a_trained_run_of_the_same_fold(labelled, unlabe
     other_fold = dict(cfg, data={**cfg["data"], "fold": 1})
     with pytest.raises(ConfigError, match="validation cases"):
         build_trainer(load_config(raw=other_fold), tmp_path / "leak", quiet=True).setup()
+    other_model = tmp_path / "other_model"
+    build_trainer(load_config(raw=tiny_config(labelled, size=48, epochs=1, model__params={"base_width": 4, "depth": 3})), other_model, quiet=True).fit()
+    mismatch = json.loads(json.dumps(cfg))
+    mismatch["semi"]["semi_infnet"]["init_run"] = str(other_model)
+    with pytest.raises(ConfigError, match="other init args") as err:
+        build_trainer(load_config(raw=mismatch), tmp_path / "mismatch", quiet=True).setup()
+    assert "last.pt" in str(err.value) and "\n" not in str(err.value)  # one line, naming the checkpoint
     no_start = json.loads(json.dumps(cfg))
     del no_start["semi"]["semi_infnet"]["init_run"]
     with pytest.raises(ConfigError, match="needs init_run"):

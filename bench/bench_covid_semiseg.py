@@ -12,6 +12,8 @@ Usage::
     python bench/bench_covid_semiseg.py --variants all --parallel 2
     python bench/bench_covid_semiseg.py --report          # table + figure from finished folds
     python bench/bench_covid_semiseg.py --variants resunet_all_tta   # re-score a variant's runs with flip TTA
+    python bench/bench_covid_semiseg.py --variants resunet_all_inner0,resunet_all_inner1,resunet_all_inner2,resunet_all_inner3
+    python bench/bench_covid_semiseg.py --variants multiclass_prior_oof   # after its nested runs (NEEDS)
 
 Results: ``bench/results/covid_semiseg/<variant>/fold<k>.json``, ``summary.json``, ``summary.md``,
 ``summary.png``. Runs live in ``runs/bench/covid_semiseg/`` (not versioned).
@@ -45,9 +47,30 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
     "resunet_esm": ("resunet_cosup_covid_semiseg", ["model.params.assm=false", "model.params.afm=false", "loss.aux_weight=0"], 1),
     "resunet_assm": ("resunet_cosup_covid_semiseg", ["model.params.esm=false", "model.params.afm=false", "loss.edge_weight=0", "data.edges=false"], 1),
     "resunet_afm": ("resunet_cosup_covid_semiseg", ["model.params.esm=false", "model.params.assm=false", "loss.aux_weight=0", "loss.edge_weight=0", "data.edges=false"], 1),
+    # Nested CV for out-of-fold priors: each of the fold's 40 training slices split 4 ways again
+    # (30 train / 10 held out, the fold's own held-out slices never read).
+    **{f"resunet_all_inner{j}": ("resunet_cosup_covid_semiseg", ["data.inner_folds=4", f"data.inner_fold={j}"], 1) for j in range(4)},
+    # The cascade with out-of-fold priors (as nnU-Net's cascade): training slices get the map of the
+    # nested run that held them out; held-out slices (and prediction) the fold's resunet_all run.
+    "multiclass_prior_oof": (
+        "multiclass_covid_semiseg",
+        [
+            "model.params.prior_channel=true",
+            f"data.prior_run={RUNS / 'resunet_all' / 'fold{fold}'}",
+            "data.prior_oof_runs=[" + ", ".join(f'"{RUNS / f"resunet_all_inner{j}" / "fold{fold}"}"' for j in range(4)) + "]",
+        ],
+        3,
+    ),
+    # The best model trained 2.5x longer (the fold-0 exploration suggested a few points from length).
+    "resunet_all_e100": ("resunet_cosup_covid_semiseg", ["train.epochs=100"], 1),
 }
 # The same runs scored with flip test-time augmentation (``covseg predict --tta``): no training.
-TTA_OF = {"resunet_all_tta": "resunet_all", "infnet_pretrained_tta": "infnet_pretrained"}
+# Variants whose runs need other variants' finished runs of the same fold.
+NEEDS = {
+    "multiclass_prior": ["resunet_all"],
+    "multiclass_prior_oof": ["resunet_all", *(f"resunet_all_inner{j}" for j in range(4))],
+}
+TTA_OF = {"resunet_all_tta": "resunet_all", "infnet_pretrained_tta": "infnet_pretrained", "resunet_all_e100_tta": "resunet_all_e100"}
 PUBLISHED = {  # Inf-Net paper (Fan et al., TMI 2020) on its 48-slice test split, sod protocol (as quoted in the issue)
     "U-Net (paper)": {"mean_dice": 0.439},
     "Inf-Net (paper)": {"mean_dice": 0.682, "s_measure": 0.781, "mae": 0.082},
@@ -60,6 +83,10 @@ def work(variant: str, fold: int, spec) -> None:
     result_file = OUT / variant / f"fold{fold}.json"
     if result_file.exists():
         return
+    needs = NEEDS.get(variant, []) + ([TTA_OF[variant]] if variant in TTA_OF else [])
+    unfinished = [v for v in needs if not (OUT / v / f"fold{fold}.json").exists()]
+    if unfinished:
+        raise RuntimeError(f"needs the finished fold {fold} of {', '.join(unfinished)}; run those variants first")
     if variant in TTA_OF:
         trained = json.loads((OUT / TTA_OF[variant] / f"fold{fold}.json").read_text())
         result = score_run(RUNS / TTA_OF[variant] / f"fold{fold}", num_classes, tta_flip=True)
@@ -78,14 +105,19 @@ def work(variant: str, fold: int, spec) -> None:
 
 def report() -> None:
     rows = []
-    for variant, (_, _, num_classes) in {**VARIANTS, **{t: VARIANTS[v] for t, v in TTA_OF.items()}}.items():
-        files = sorted((OUT / variant).glob("fold*.json"))
+    # The four nested runs of a fold form one row: every training slice predicted out of fold.
+    groups: dict[str, list[str]] = {}
+    for variant in [*VARIANTS, *TTA_OF]:
+        groups.setdefault("resunet_all_nested" if variant.startswith("resunet_all_inner") else variant, []).append(variant)
+    for variant, members in groups.items():
+        num_classes = VARIANTS[TTA_OF.get(members[0], members[0])][2]
+        files = sorted(f for m in members for f in (OUT / m).glob("fold*.json"))
         if not files:
             continue
         results = [json.loads(f.read_text()) for f in files]
         med = [r for res in results for r in res["medical_records"]]
         sod = [r for res in results for r in res["sod_records"]]
-        row = {"variant": variant, "folds": len(results), "cases": len({c for res in results for c in res["cases"]})}
+        row = {"variant": variant, "folds": len({res["fold"] for res in results}), "cases": len({c for res in results for c in res["cases"]})}
         row["train_min_per_fold"] = sum(r["train_seconds"] for r in results) / len(results) / 60
         if num_classes == 1:
             row["dice@0.5"], row["dice@0.5_std"] = pooled(med, "dice")

@@ -162,3 +162,54 @@ def test_multiclass_cascade_with_binary_prior(trained_run, tmp_path):
     build_trainer(load_config(raw=cfg), tmp_path / "mc_same", quiet=True).fit()
     shared = json.loads((tmp_path / "mc_same" / "splits.json").read_text())["prior"]["shared_training_cases"]
     assert shared == len(json.loads((binary / "splits.json").read_text())["train"]) > 0
+
+
+def test_cascade_with_out_of_fold_priors(trained_run, tmp_path):
+    """Nested-CV binary runs give each training case a prior from a run that never trained on it."""
+    import torch
+
+    from covseg.data import load_sample
+    from covseg.errors import ConfigError
+    from covseg.transforms.preprocess import resize_tensor
+
+    data = phantom_dataset(tmp_path / "data", n=12, size=64)
+    inner = []
+    for k in range(2):
+        run = tmp_path / f"inner{k}"
+        build_trainer(load_config(raw=tiny_config(data, epochs=1, data__inner_folds=2, data__inner_fold=k)), run, quiet=True).fit()
+        inner.append(run)
+    splits = [json.loads((r / "splits.json").read_text()) for r in inner]
+    outer_val = set(splits[0]["outer_val"])
+    assert splits[0]["scheme"] == "nested_kfold" and outer_val == set(splits[1]["outer_val"])
+    assert not outer_val & set(splits[0]["train"] + splits[0]["val"])  # the outer held-out cases are never read
+    assert set(splits[0]["val"]) == set(splits[1]["train"]) and not set(splits[0]["val"]) & set(splits[1]["val"])
+
+    cfg = tiny_config(
+        data,
+        epochs=1,
+        data__mask="multiclass",
+        data__num_classes=3,
+        data__prior_run=str(trained_run),
+        data__prior_oof_runs=[str(r) for r in inner],
+        model__name="unet_multiclass",
+        model__params={"base_width": 8, "depth": 3, "prior_channel": True},
+        loss__main="dice_ce",
+    )
+    trainer = build_trainer(load_config(raw=cfg), tmp_path / "mc", quiet=True)
+    trainer.setup()
+    prior = json.loads((tmp_path / "mc" / "splits.json").read_text())["prior"]
+    assert prior["shared_training_cases"] == 0 and len(prior["oof_runs"]) == 2
+    # Each training case's prior channel is the prediction of the inner run that held it out.
+    for i, rec in enumerate(trainer.train_records):
+        owner = inner[0] if rec.case_id in splits[0]["val"] else inner[1]
+        probs = Predictor.from_run(owner, checkpoint="last").predict_arrays([load_sample(rec).image])[0]
+        expected = resize_tensor(torch.from_numpy(probs)[None, None], (64, 64))[0, 0]
+        assert torch.allclose(trainer.train_data.images[i, -1], expected, atol=1e-5)
+    # Validation cases use prior_run (as prediction does).
+    rec = trainer.val_records[0]
+    probs = Predictor.from_run(trained_run, checkpoint="last").predict_arrays([load_sample(rec).image])[0]
+    assert torch.allclose(trainer.val_data.images[0, -1], resize_tensor(torch.from_numpy(probs)[None, None], (64, 64))[0, 0], atol=1e-5)
+
+    cfg["data"]["prior_oof_runs"] = [str(inner[0])]  # half the training cases have no out-of-fold prior
+    with pytest.raises(ConfigError, match="held out by none of the runs"):
+        build_trainer(load_config(raw=cfg), tmp_path / "mc_missing", quiet=True).setup()

@@ -47,6 +47,25 @@ def test_kfold_split_is_deterministic_disjoint_and_complete():
         assert not set(train) & set(val)
 
 
+def test_nested_split_partitions_the_outer_training_cases(phantoms, tmp_path):
+    from covseg.training.data import split_records
+
+    outer_train, outer_val = (set(x) for x in kfold_split([p.stem for p in (phantoms / "images").iterdir()], 4, 1))
+    inner_vals = []
+    for k in range(3):
+        cfg = load_config(raw=tiny_config(phantoms, data__fold=1, data__inner_folds=3, data__inner_fold=k)).data
+        train, val, info = split_records(cfg)
+        ids_train, ids_val = {r.case_id for r in train}, {r.case_id for r in val}
+        assert ids_train | ids_val == outer_train and not ids_train & ids_val
+        assert set(info["outer_val"]) == outer_val and info["scheme"] == "nested_kfold"
+        inner_vals.append(ids_val)
+    assert set().union(*inner_vals) == outer_train and sum(map(len, inner_vals)) == len(outer_train)
+    with pytest.raises(ConfigError, match="inner_fold=3"):
+        split_records(load_config(raw=tiny_config(phantoms, data__inner_folds=3, data__inner_fold=3)).data)
+    with pytest.raises(ConfigError, match="val_root"):
+        split_records(load_config(raw=tiny_config(phantoms, data__inner_folds=3, data__val_root=str(phantoms))).data)
+
+
 def test_run_folder_describes_itself(phantoms, tmp_path):
     run = tmp_path / "run"
     summary = _train(tiny_config(phantoms, epochs=2), run)

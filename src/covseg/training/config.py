@@ -26,6 +26,10 @@ class DataConfig(_Strict):
     val_split: str | None = None
     folds: int = Field(5, ge=2)
     fold: int = Field(0, ge=0)
+    inner_folds: int | None = Field(
+        None, ge=2, description="Nested CV: split the outer fold's training cases again; its held-out cases are never read."
+    )
+    inner_fold: int = Field(0, ge=0)
     mask: Literal["mask", "multiclass"] = "mask"
     num_classes: int = Field(1, ge=1, description="1 = binary (sigmoid); K >= 2 = K classes incl. background.")
     class_names: list[str] | None = None
@@ -35,6 +39,11 @@ class DataConfig(_Strict):
     prompt: str | None = None
     prior_run: str | None = Field(
         None, description="Binary run folder whose infection map becomes an extra input channel ({fold} → data.fold)."
+    )
+    prior_oof_runs: list[str] | None = Field(
+        None,
+        description="Nested-CV binary runs whose held-out predictions give the training cases' priors (out-of-fold, "
+        "as nnU-Net's cascade); prior_run still serves validation and prediction.",
     )
 
 

@@ -73,14 +73,22 @@ def split_records(cfg: DataConfig, seed: int = 0) -> tuple[list[CaseRecord], lis
     if not records:
         raise DataError("no labelled cases found", expand(cfg.root))
     by_id = {r.case_id: r for r in records}
+    if cfg.val_root and cfg.inner_folds is not None:
+        raise ConfigError("data.inner_folds (nested cross-validation) needs k-fold on data.root, not data.val_root")
+    if cfg.inner_folds is not None and cfg.inner_fold >= cfg.inner_folds:
+        raise ConfigError(f"data.inner_fold={cfg.inner_fold} but data.inner_folds={cfg.inner_folds}")
     if cfg.val_root:
         val = [r for r in open_records(cfg.val_root, cfg.layout, cfg.val_split, cfg.prompt) if _has_label(r, cfg)]
         train_ids, val_ids = sorted(by_id), [r.case_id for r in val]
         info: dict[str, Any] = {"scheme": "separate", "val_root": cfg.val_root, "val_split": cfg.val_split}
     else:
         train_ids, val_ids = kfold_split(list(by_id), cfg.folds, cfg.fold)
-        val = [by_id[i] for i in val_ids]
         info = {"scheme": "kfold", "folds": cfg.folds, "fold": cfg.fold, "split_seed": SPLIT_SEED}
+        if cfg.inner_folds is not None:
+            outer_val = val_ids
+            train_ids, val_ids = kfold_split(train_ids, cfg.inner_folds, cfg.inner_fold)
+            info.update({"scheme": "nested_kfold", "inner_folds": cfg.inner_folds, "inner_fold": cfg.inner_fold, "outer_val": outer_val})
+        val = [by_id[i] for i in val_ids]
     if cfg.limit is not None and cfg.limit < len(train_ids):
         keep = np.random.default_rng(SPLIT_SEED + 1).permutation(len(train_ids))[: cfg.limit]
         train_ids = sorted(train_ids[k] for k in keep)

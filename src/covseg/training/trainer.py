@@ -92,25 +92,48 @@ class Trainer:
         if self.cfg.data.prior_run:
             self.add_prior_channel()
 
-    def prior_run_dir(self) -> Path:
+    def prior_run_dir(self, pattern: str | None = None) -> Path:
         from covseg.utils.paths import expand
 
-        return expand(self.cfg.data.prior_run.replace("{fold}", str(self.cfg.data.fold)))
+        return expand((pattern or self.cfg.data.prior_run).replace("{fold}", str(self.cfg.data.fold)))
 
-    def _prior_shared_training_cases(self) -> int:
-        """How many of this run's training cases the prior run also trained on (same data root)."""
+    def _same_data_root(self, run_dir: Path) -> bool:
         from covseg.training.config import load_config
         from covseg.utils.paths import expand
 
+        try:
+            other = load_config(run_dir / "config.yaml")
+        except (OSError, CovsegError):
+            return False
+        return expand(other.data.root).resolve() == expand(self.cfg.data.root).resolve()
+
+    def _prior_shared_training_cases(self) -> int:
+        """How many of this run's training cases the prior run also trained on (same data root)."""
         prior_dir = self.prior_run_dir()
         try:
-            prior_cfg = load_config(prior_dir / "config.yaml")
             prior_train = RunFolder(prior_dir).training_case_ids()
         except (OSError, CovsegError):
             return 0
-        if expand(prior_cfg.data.root).resolve() != expand(self.cfg.data.root).resolve():
+        if not self._same_data_root(prior_dir):
             return 0
         return len(prior_train & {str(r.case_id) for r in self.train_records})
+
+    def _oof_prior_runs(self) -> dict[str, Path]:
+        """For each training case, the nested-CV run that held it out (its prior is then out-of-fold)."""
+        owner: dict[str, Path] = {}
+        for pattern in self.cfg.data.prior_oof_runs or []:
+            run_dir = self.prior_run_dir(pattern)
+            if not self._same_data_root(run_dir):
+                raise ConfigError(f"data.prior_oof_runs: {run_dir} is not a run on data.root {self.cfg.data.root}")
+            splits = RunFolder(run_dir).read_json("splits.json")
+            for case_id in splits.get("val", []):
+                owner.setdefault(str(case_id), run_dir)
+        missing = [str(r.case_id) for r in self.train_records if str(r.case_id) not in owner]
+        if missing:
+            raise ConfigError(
+                f"data.prior_oof_runs: {len(missing)} training cases are held out by none of the runs (first: {missing[0]})"
+            )
+        return owner
 
     def add_prior_channel(self) -> None:
         """Append a binary run's infection probability as an extra input channel (cascade input)."""
@@ -121,20 +144,25 @@ class Trainer:
 
         if not self.cfg.model.params.get("prior_channel"):
             raise ConfigError("data.prior_run needs a model taking the prior as input (model.params.prior_channel: true)")
+        from covseg.data import load_sample
+
         prior = Predictor.from_run(self.prior_run_dir(), checkpoint="last")
-        shared = self._prior_shared_training_cases()
+        oof = self._oof_prior_runs() if self.cfg.data.prior_oof_runs else {}
+        oof_predictors = {d: Predictor.from_run(d, checkpoint="last") for d in sorted(set(oof.values()))}
+        shared = 0 if oof else self._prior_shared_training_cases()
         self.split_info["prior"] = {"run": str(self.prior_run_dir().resolve()), "shared_training_cases": shared}
+        if oof:
+            self.split_info["prior"]["oof_runs"] = [str(d.resolve()) for d in oof_predictors]
         if shared:
             self.log(
                 f"[yellow]warning:[/] the prior run trained on {shared} of these training cases: its maps are better on "
                 "them than on new images, and the model may learn to trust them too much (use out-of-fold priors)"
             )
-        for records, data in ((self.train_records, self.train_data), (self.val_records, self.val_data)):
-            from covseg.data import load_sample
-
+        for records, data, is_train in ((self.train_records, self.train_data, True), (self.val_records, self.val_data, False)):
             maps = []
             for rec in records:
-                probs = prior.predict_arrays([load_sample(rec).image])[0]
+                source = oof_predictors[oof[str(rec.case_id)]] if is_train and oof else prior
+                probs = source.predict_arrays([load_sample(rec).image])[0]
                 maps.append(resize_tensor(torch.from_numpy(probs)[None, None], tuple(data.images.shape[-2:]))[0])
             data.images = torch.cat([data.images, torch.stack(maps)], dim=1)
 

@@ -135,18 +135,24 @@ def test_postprocessing_components():
     assert remove_small_components(m, 1) is m
 
 
-def test_multiclass_cascade_with_binary_prior(trained_run, tmp_path):
-    data = phantom_dataset(tmp_path / "data", n=12, size=64)
-    cfg = tiny_config(
+def _cascade_config(data: Path, prior_run: Path, **over) -> dict:
+    """A tiny multi-class U-Net taking ``prior_run``'s infection map as an extra channel."""
+    return tiny_config(
         data,
         epochs=1,
         data__mask="multiclass",
         data__num_classes=3,
-        data__prior_run=str(trained_run),
+        data__prior_run=str(prior_run),
         model__name="unet_multiclass",
         model__params={"base_width": 8, "depth": 3, "prior_channel": True},
         loss__main="dice_ce",
+        **over,
     )
+
+
+def test_multiclass_cascade_with_binary_prior(trained_run, tmp_path):
+    data = phantom_dataset(tmp_path / "data", n=12, size=64)
+    cfg = _cascade_config(data, trained_run)
     run = tmp_path / "mc"
     build_trainer(load_config(raw=cfg), run, quiet=True).fit()
     pred = Predictor.from_run(run)
@@ -184,17 +190,7 @@ def test_cascade_with_out_of_fold_priors(trained_run, tmp_path):
     assert not outer_val & set(splits[0]["train"] + splits[0]["val"])  # the outer held-out cases are never read
     assert set(splits[0]["val"]) == set(splits[1]["train"]) and not set(splits[0]["val"]) & set(splits[1]["val"])
 
-    cfg = tiny_config(
-        data,
-        epochs=1,
-        data__mask="multiclass",
-        data__num_classes=3,
-        data__prior_run=str(trained_run),
-        data__prior_oof_runs=[str(r) for r in inner],
-        model__name="unet_multiclass",
-        model__params={"base_width": 8, "depth": 3, "prior_channel": True},
-        loss__main="dice_ce",
-    )
+    cfg = _cascade_config(data, trained_run, data__prior_oof_runs=[str(r) for r in inner])
     trainer = build_trainer(load_config(raw=cfg), tmp_path / "mc", quiet=True)
     trainer.setup()
     prior = json.loads((tmp_path / "mc" / "splits.json").read_text())["prior"]

@@ -51,8 +51,15 @@ class SegmentationModel(nn.Module):
 
     @property
     def input_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        """``(mean, std)`` per input channel for [0, 1] images that pretrained weights expect, else ``None``."""
-        return None
+        """``(mean, std)`` per input channel for [0, 1] images that pretrained weights expect, else ``None``.
+
+        Models with a pretrained ``encoder`` get the encoder's statistics; others need none.
+        """
+        enc = getattr(self, "encoder", None)
+        if enc is None or not self.init_args.get("pretrained"):
+            return None
+        mean, std = getattr(enc, "input_mean", None), getattr(enc, "input_std", None)
+        return None if mean is None or std is None else (mean, std)
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -34,24 +34,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from covseg.models.encoders import build_encoder
 from covseg.models.layers import ConvNormAct, DoubleConv, resize_to
 from covseg.models.registry import MODELS
+from covseg.models.text_unet import EncoderTextModel
 from covseg.text.layers import (
     ConvPosition,
     FiLM,
     TextContext,
-    TextSegmentationModel,
     VisionTextBlock,
     grid_to_tokens,
     tokens_to_grid,
 )
 
 
-class C2FVL(TextSegmentationModel):
+class C2FVL(EncoderTextModel):
     """Coarse-to-fine text-guided segmentation: text-pixel alignment map → gated decoder → full-res refinement."""
 
-    size_divisor = 32
     train_outputs = ("logits", "aux", "align_loss")
     num_aux = 2
 
@@ -70,26 +68,10 @@ class C2FVL(TextSegmentationModel):
         temperature: float = 0.07,
         norm: str = "batch",
     ) -> None:
-        encoder_kwargs = dict(encoder_kwargs or {})
-        decoder_widths = [int(w) for w in decoder_widths]
-        super().__init__(
-            in_channels,
-            out_channels,
-            text_dim=int(text_dim),
-            encoder=encoder,
-            pretrained=bool(pretrained),
-            encoder_kwargs=encoder_kwargs,
-            decoder_widths=decoder_widths,
-            align_dim=int(align_dim),
-            heads=int(heads),
-            fine_width=int(fine_width),
-            temperature=float(temperature),
-            norm=norm,
-        )
-        if len(decoder_widths) != 4:
-            raise ValueError(f"decoder_widths needs 4 entries (strides 16, 8, 4, 2), got {decoder_widths}")
-        self.encoder = build_encoder(encoder, in_channels, pretrained=pretrained, **encoder_kwargs)
-        enc = list(self.encoder.out_channels)
+        enc, decoder_widths = self._setup(
+            in_channels, out_channels, text_dim, encoder, pretrained, encoder_kwargs, decoder_widths, norm,
+            align_dim=int(align_dim), heads=int(heads), fine_width=int(fine_width), temperature=float(temperature),
+        )  # fmt: skip
         self.text = TextContext(text_dim, align_dim)
         # coarse stage
         self.visual = nn.Sequential(
@@ -117,13 +99,6 @@ class C2FVL(TextSegmentationModel):
         )
         nn.init.zeros_(self.fine[1].weight)
         nn.init.zeros_(self.fine[1].bias)
-
-    @property
-    def input_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        enc = self.encoder
-        if not self.init_args.get("pretrained") or enc.input_mean is None:
-            return None
-        return enc.input_mean, enc.input_std  # type: ignore[return-value]
 
     def _foreground(self, logits: torch.Tensor) -> torch.Tensor:
         """Foreground probability ``(B, 1, h, w)`` of coarse logits (sigmoid, or 1 − background)."""

@@ -201,13 +201,6 @@ class InfNet(SegmentationModel):
         self.ra3 = ReverseAttention(c3, ra_channels, edge_channels, convs=2, kernel=3, norm=norm)
         self.ra2 = ReverseAttention(c2, ra_channels, edge_channels, convs=2, kernel=3, norm=norm)
 
-    @property
-    def input_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        enc = self.encoder
-        if not self.init_args.get("pretrained") or enc.input_mean is None or enc.input_std is None:
-            return None
-        return enc.input_mean, enc.input_std
-
     def _forward(self, x: torch.Tensor) -> dict[str, Any]:
         _, f1, f2, f3, f4 = self.encoder(x)
         edge_features, edge_logits = self.edge(f1)

@@ -36,24 +36,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from covseg.models.encoders import build_encoder
 from covseg.models.layers import ConvNormAct, DoubleConv, resize_to
 from covseg.models.registry import MODELS
+from covseg.models.text_unet import EncoderTextModel
 from covseg.text.layers import (
     ConvPosition,
     TextContext,
     TextPixelAttention,
-    TextSegmentationModel,
     VisionTextBlock,
     grid_to_tokens,
     tokens_to_grid,
 )
 
 
-class LViT(TextSegmentationModel):
+class LViT(EncoderTextModel):
     """Text-guided U-Net (LViT-style): ViT branch with text cross-attention + text-aware PLAM skips."""
-
-    size_divisor = 32
 
     def __init__(
         self,
@@ -69,25 +66,10 @@ class LViT(TextSegmentationModel):
         mlp_ratio: float = 2.0,
         norm: str = "batch",
     ) -> None:
-        encoder_kwargs = dict(encoder_kwargs or {})
-        decoder_widths = [int(w) for w in decoder_widths]
-        super().__init__(
-            in_channels,
-            out_channels,
-            text_dim=int(text_dim),
-            encoder=encoder,
-            pretrained=bool(pretrained),
-            encoder_kwargs=encoder_kwargs,
-            decoder_widths=decoder_widths,
-            vit_dim=int(vit_dim),
-            vit_heads=int(vit_heads),
-            mlp_ratio=float(mlp_ratio),
-            norm=norm,
-        )
-        if len(decoder_widths) != 4:
-            raise ValueError(f"decoder_widths needs 4 entries (strides 16, 8, 4, 2), got {decoder_widths}")
-        self.encoder = build_encoder(encoder, in_channels, pretrained=pretrained, **encoder_kwargs)
-        enc = list(self.encoder.out_channels)
+        enc, decoder_widths = self._setup(
+            in_channels, out_channels, text_dim, encoder, pretrained, encoder_kwargs, decoder_widths, norm,
+            vit_dim=int(vit_dim), vit_heads=int(vit_heads), mlp_ratio=float(mlp_ratio),
+        )  # fmt: skip
         self.text = TextContext(text_dim, vit_dim)
         # ViT branch on the stride-16 grid; level i (stride 2**(i+1)) uses patches of 2**(3-i)
         self.embed = nn.ModuleList(
@@ -104,13 +86,6 @@ class LViT(TextSegmentationModel):
         skips = [enc[3], enc[2], enc[1], enc[0]]
         self.ups = nn.ModuleList(DoubleConv(p + s, d, norm) for p, s, d in zip(prev, skips, decoder_widths))
         self.head = nn.Conv2d(decoder_widths[-1], out_channels, 1)
-
-    @property
-    def input_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        enc = self.encoder
-        if not self.init_args.get("pretrained") or enc.input_mean is None:
-            return None
-        return enc.input_mean, enc.input_std  # type: ignore[return-value]
 
     def _forward(self, x: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor) -> dict[str, Any]:
         f = self.encoder(x)

@@ -106,13 +106,6 @@ class UNet(SegmentationModel):
             head_in = dec[-1]
         self.head = nn.Conv2d(head_in, out_channels, 1)
 
-    @property
-    def input_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        enc = self.encoder
-        if enc is None or not self.init_args.get("pretrained") or enc.input_mean is None:
-            return None
-        return enc.input_mean, enc.input_std  # type: ignore[return-value]
-
     def _forward(self, x: torch.Tensor) -> dict[str, Any]:
         if self.encoder is None:
             skips = [self.inc(x)]

@@ -63,13 +63,17 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
     ),
     # The best model trained 2.5x longer (the fold-0 exploration suggested a few points from length).
     "resunet_all_e100": ("resunet_cosup_covid_semiseg", ["train.epochs=100"], 1),
+    "resunet_all_e150": ("resunet_cosup_covid_semiseg", ["train.epochs=150"], 1),  # run on folds 0-1 only
 }
-# The same runs scored with flip test-time augmentation (``covseg predict --tta``): no training.
+# The out-of-fold cascade trained 2.5x longer (its priors unchanged).
+VARIANTS["multiclass_prior_oof_e100"] = ("multiclass_covid_semiseg", [*VARIANTS["multiclass_prior_oof"][1], "train.epochs=100"], 3)
 # Variants whose runs need other variants' finished runs of the same fold.
 NEEDS = {
     "multiclass_prior": ["resunet_all"],
     "multiclass_prior_oof": ["resunet_all", *(f"resunet_all_inner{j}" for j in range(4))],
+    "multiclass_prior_oof_e100": ["resunet_all", *(f"resunet_all_inner{j}" for j in range(4))],
 }
+# The same runs scored with flip test-time augmentation (``covseg predict --tta``): no training.
 TTA_OF = {"resunet_all_tta": "resunet_all", "infnet_pretrained_tta": "infnet_pretrained", "resunet_all_e100_tta": "resunet_all_e100"}
 PUBLISHED = {  # Inf-Net paper (Fan et al., TMI 2020) on its 48-slice test split, sod protocol (as quoted in the issue)
     "U-Net (paper)": {"mean_dice": 0.439},

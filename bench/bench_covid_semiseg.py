@@ -14,6 +14,7 @@ Usage::
     python bench/bench_covid_semiseg.py --variants resunet_all_tta   # re-score a variant's runs with flip TTA
     python bench/bench_covid_semiseg.py --variants resunet_all_inner0,resunet_all_inner1,resunet_all_inner2,resunet_all_inner3
     python bench/bench_covid_semiseg.py --variants multiclass_prior_oof   # after its nested runs (NEEDS)
+    python bench/bench_covid_semiseg.py --variants ens_e100_three   # average finished runs (ENSEMBLE_OF)
 
 Results: ``bench/results/covid_semiseg/<variant>/fold<k>.json``, ``summary.json``, ``summary.md``,
 ``summary.png``. Runs live in ``runs/bench/covid_semiseg/`` (not versioned).
@@ -64,6 +65,9 @@ VARIANTS: dict[str, tuple[str, list[str], int]] = {
     # The best model trained 2.5x longer (the fold-0 exploration suggested a few points from length).
     "resunet_all_e100": ("resunet_cosup_covid_semiseg", ["train.epochs=100"], 1),
     "resunet_all_e150": ("resunet_cosup_covid_semiseg", ["train.epochs=150"], 1),  # run on folds 0-1 only
+    # Ensemble members: the pretrained Inf-Net at the same length, and the best model with another seed.
+    "infnet_pretrained_e100": ("infnet_pretrained_covid_semiseg", ["train.epochs=100"], 1),
+    "resunet_all_e100_seed1": ("resunet_cosup_covid_semiseg", ["train.epochs=100", "train.seed=1"], 1),
 }
 # The out-of-fold cascade trained 2.5x longer (its priors unchanged).
 VARIANTS["multiclass_prior_oof_e100"] = ("multiclass_covid_semiseg", [*VARIANTS["multiclass_prior_oof"][1], "train.epochs=100"], 3)
@@ -75,6 +79,15 @@ NEEDS = {
 }
 # The same runs scored with flip test-time augmentation (``covseg predict --tta``): no training.
 TTA_OF = {"resunet_all_tta": "resunet_all", "infnet_pretrained_tta": "infnet_pretrained", "resunet_all_e100_tta": "resunet_all_e100"}
+# Ensembles (``covseg predict -m RUN -m RUN``): the members' runs of a fold, soft maps averaged;
+# no training. Name -> (members, flip TTA).
+ENSEMBLE_OF = {
+    "ens_resunet_e100_infnet_pre_e40": (["resunet_all_e100", "infnet_pretrained"], False),
+    "ens_resunet_e100_seeds": (["resunet_all_e100", "resunet_all_e100_seed1"], False),
+    "ens_resunet_e100_infnet_pre": (["resunet_all_e100", "infnet_pretrained_e100"], False),
+    "ens_e100_three": (["resunet_all_e100", "resunet_all_e100_seed1", "infnet_pretrained_e100"], False),
+    "ens_e100_three_tta": (["resunet_all_e100", "resunet_all_e100_seed1", "infnet_pretrained_e100"], True),
+}
 PUBLISHED = {  # Inf-Net paper (Fan et al., TMI 2020) on its 48-slice test split, sod protocol (as quoted in the issue)
     "U-Net (paper)": {"mean_dice": 0.439},
     "Inf-Net (paper)": {"mean_dice": 0.682, "s_measure": 0.781, "mae": 0.082},
@@ -82,15 +95,29 @@ PUBLISHED = {  # Inf-Net paper (Fan et al., TMI 2020) on its 48-slice test split
 }
 
 
+def _spec(variant: str) -> tuple[str, list[str], int]:
+    """The training spec of a variant, or of the runs it re-scores (TTA) or averages (ensemble)."""
+    if variant in ENSEMBLE_OF:
+        return VARIANTS[ENSEMBLE_OF[variant][0][0]]
+    return VARIANTS[TTA_OF.get(variant, variant)]
+
+
 def work(variant: str, fold: int, spec) -> None:
     config, overrides, num_classes = spec
     result_file = OUT / variant / f"fold{fold}.json"
     if result_file.exists():
         return
-    needs = NEEDS.get(variant, []) + ([TTA_OF[variant]] if variant in TTA_OF else [])
+    needs = NEEDS.get(variant, []) + ([TTA_OF[variant]] if variant in TTA_OF else []) + ENSEMBLE_OF.get(variant, ([], False))[0]
     unfinished = [v for v in needs if not (OUT / v / f"fold{fold}.json").exists()]
     if unfinished:
         raise RuntimeError(f"needs the finished fold {fold} of {', '.join(unfinished)}; run those variants first")
+    if variant in ENSEMBLE_OF:
+        members, tta = ENSEMBLE_OF[variant]
+        result = score_run([RUNS / m / f"fold{fold}" for m in members], num_classes, tta_flip=tta)
+        result.update({"variant": variant, "fold": fold, "members": members, "tta_flip": tta})
+        result_file.parent.mkdir(parents=True, exist_ok=True)
+        result_file.write_text(json.dumps(result, indent=1))
+        return
     if variant in TTA_OF:
         trained = json.loads((OUT / TTA_OF[variant] / f"fold{fold}.json").read_text())
         result = score_run(RUNS / TTA_OF[variant] / f"fold{fold}", num_classes, tta_flip=True)
@@ -111,10 +138,10 @@ def report() -> None:
     rows = []
     # The four nested runs of a fold form one row: every training slice predicted out of fold.
     groups: dict[str, list[str]] = {}
-    for variant in [*VARIANTS, *TTA_OF]:
+    for variant in [*VARIANTS, *TTA_OF, *ENSEMBLE_OF]:
         groups.setdefault("resunet_all_nested" if variant.startswith("resunet_all_inner") else variant, []).append(variant)
     for variant, members in groups.items():
-        num_classes = VARIANTS[TTA_OF.get(members[0], members[0])][2]
+        num_classes = _spec(members[0])[2]
         files = sorted(f for m in members for f in (OUT / m).glob("fold*.json"))
         if not files:
             continue
@@ -190,7 +217,7 @@ def main() -> None:
     if not args.report:
         names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
         folds = [int(f) for f in args.folds.split(",")]
-        jobs = [(v, f, VARIANTS[TTA_OF.get(v, v)]) for v in names for f in folds]
+        jobs = [(v, f, _spec(v)) for v in names for f in folds]
         run_jobs(jobs, work, args.parallel)
     report()
 

@@ -39,8 +39,11 @@ def train_fold(config: str, overrides: list[str], run_dir: Path, fold: int, log:
     return time.perf_counter() - t0
 
 
-def score_run(run_dir: Path, num_classes: int = 1, tta_flip: bool = False) -> dict[str, Any]:
-    """Predict the run's validation cases with its last checkpoint and score both protocols."""
+def score_run(run_dir: Path | list[Path], num_classes: int = 1, tta_flip: bool = False) -> dict[str, Any]:
+    """Predict the run's validation cases with its last checkpoint and score both protocols.
+
+    Several run folders of the same fold are scored as one ensemble (their soft maps averaged).
+    """
     import torch
 
     from covseg.data import load_sample
@@ -51,10 +54,19 @@ def score_run(run_dir: Path, num_classes: int = 1, tta_flip: bool = False) -> di
     from covseg.training.data import open_records
 
     torch.set_num_threads(1)
-    cfg = load_config(run_dir / "config.yaml")
-    splits = json.loads((run_dir / "splits.json").read_text())
+    run_dirs = run_dir if isinstance(run_dir, list) else [run_dir]
+    cfg = load_config(run_dirs[0] / "config.yaml")
+    splits = json.loads((run_dirs[0] / "splits.json").read_text())
+    for other in run_dirs[1:]:
+        if json.loads((other / "splits.json").read_text())["val"] != splits["val"]:
+            raise RuntimeError(f"{other} holds out other cases than {run_dirs[0]}")
     records = {r.case_id: r for r in open_records(cfg.data.root, cfg.data.layout, cfg.data.split)}
-    predictor = Predictor.from_run(run_dir, checkpoint="last")
+    if len(run_dirs) > 1:
+        from covseg.inference.ensemble import EnsemblePredictor
+
+        predictor = EnsemblePredictor([Predictor.from_run(d, checkpoint="last") for d in run_dirs])
+    else:
+        predictor = Predictor.from_run(run_dirs[0], checkpoint="last")
     fg_classes = 1 if num_classes == 1 else num_classes - 1
     medical = MedicalMetrics(num_classes=fg_classes, empty="one")
     sod = SodMetrics() if num_classes == 1 else None
@@ -71,15 +83,17 @@ def score_run(run_dir: Path, num_classes: int = 1, tta_flip: bool = False) -> di
         per_case.append(case_id)
     import csv
 
-    with (run_dir / "history.csv").open(newline="") as f:
-        history = list(csv.DictReader(f))
+    history = []
+    for d in run_dirs:  # an ensemble costs the training time of all its members
+        with (d / "history.csv").open(newline="") as f:
+            history += list(csv.DictReader(f))
     train_s = sum(float(r["time_s"]) for r in history)
     return {
         "cases": per_case,
         "medical_records": medical.per_case(),
         "sod_records": sod.per_case() if sod is not None else [],
         "train_seconds": train_s,
-        "epochs": len(history),
+        "epochs": len(history) // len(run_dirs),
     }
 
 

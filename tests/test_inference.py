@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from covseg.data.imageio import read_mask, read_volume, write_image
+from covseg.data.imageio import read_image, read_mask, read_volume, write_image
 from covseg.inference.postprocess import keep_largest_components, remove_small_components
 from covseg.inference.predictor import Predictor
 from covseg.training.config import load_config
@@ -209,3 +209,49 @@ def test_cascade_with_out_of_fold_priors(trained_run, tmp_path):
     cfg["data"]["prior_oof_runs"] = [str(inner[0])]  # half the training cases have no out-of-fold prior
     with pytest.raises(ConfigError, match="held out by none of the runs"):
         build_trainer(load_config(raw=cfg), tmp_path / "mc_missing", quiet=True).setup()
+
+
+def test_ensemble_averages_members_of_different_sizes(trained_run, tmp_path):
+    """Members keep their own preprocessing; the ensemble's map is the mean of theirs, in 2D and 3D."""
+    from covseg.inference.ensemble import EnsemblePredictor
+
+    data = phantom_dataset(tmp_path / "data", n=12, size=64)
+    other = tmp_path / "other"  # another input size and seed: a different model
+    build_trainer(load_config(raw=tiny_config(data, size=48, epochs=1, train__seed=5)), other, quiet=True).fit()
+    members = [Predictor.from_run(trained_run), Predictor.from_run(other)]
+    ensemble = EnsemblePredictor.from_runs([trained_run, other])
+    image = np.random.default_rng(1).integers(0, 255, size=(70, 90)).astype(np.float32)
+    probs = [m.predict_image(image, tta_flip=True).probs for m in members]
+    assert not np.allclose(probs[0], probs[1], atol=1e-2)
+    got = ensemble.predict_image(image, tta_flip=True)
+    assert np.allclose(got.probs, (probs[0] + probs[1]) / 2, atol=1e-6)
+    assert np.array_equal(got.labels, (got.probs > 0.5).astype(got.labels.dtype))
+    volume = np.random.default_rng(2).uniform(-1000, 200, size=(40, 36, 5)).astype(np.float32)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    vol_probs = [m.predict_volume(volume, affine).probs for m in members]
+    got3d = ensemble.predict_volume(volume, affine)
+    assert got3d.probs.shape == volume.shape
+    assert np.allclose(got3d.probs, (vol_probs[0] + vol_probs[1]) / 2, atol=1e-6)
+    assert ensemble.description["ensemble"] == [str(trained_run), str(other)]
+
+
+def test_ensemble_from_the_cli_and_mismatched_members(trained_run, tmp_path):
+    data = phantom_dataset(tmp_path / "data", n=12, size=64)
+    second = tmp_path / "second"
+    build_trainer(load_config(raw=tiny_config(data, epochs=1, train__seed=3)), second, quiet=True).fit()
+    inputs = tmp_path / "in"
+    image = np.random.default_rng(4).integers(0, 255, size=(61, 75))
+    write_image(inputs / "x.png", image)
+    out = tmp_path / "out"
+    proc = _covseg("predict", "-m", str(trained_run), "-m", str(second), "--input", str(inputs), "--output", str(out), "-q")
+    assert proc.returncode == 0, proc.stderr
+    x = read_image(inputs / "x.png")  # the image as the CLI reads it
+    mean = (Predictor.from_run(trained_run).predict_image(x).probs + Predictor.from_run(second).predict_image(x).probs) / 2
+    written = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / "probs" / "x.png")).astype(float)
+    assert np.abs(written - np.round(mean * 255)).max() <= 1
+    multiclass = tmp_path / "mc"  # a 3-class model cannot be averaged with a binary one
+    cfg = tiny_config(data, epochs=1, data__mask="multiclass", data__num_classes=3, model__name="unet_multiclass", loss__main="dice_ce")
+    build_trainer(load_config(raw=cfg), multiclass, quiet=True).fit()
+    bad = _covseg("predict", "-m", str(trained_run), "-m", str(multiclass), "--input", str(inputs), "--output", str(tmp_path / "o2"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert str(multiclass) in bad.stderr and "number of classes" in bad.stderr

@@ -20,7 +20,7 @@ def _window(text: str | None) -> tuple[float, float] | None:
 
 
 def predict(
-    model: Path = typer.Option(..., "--model", "-m", help="Run folder written by covseg train."),
+    model: list[Path] = typer.Option(..., "--model", "-m", metavar="RUN_DIR", help="Run folder written by covseg train; repeat to average several (an ensemble)."),
     input: Path = typer.Option(..., "--input", "-i", help="Image/NIfTI file or a folder of them."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (masks/, probs/, overlays/)."),
     checkpoint: str = typer.Option("best", help="best or last."),
@@ -40,9 +40,9 @@ def predict(
     from covseg.cli._batch import finish, progress_bar
     from covseg.inference.batch import predict_files
     from covseg.inference.predictor import PostprocessOptions, list_inputs
-    from covseg.inference.text_inputs import load_predictor, text_resolver
+    from covseg.inference.text_inputs import load_predictors, text_resolver
 
-    predictor = load_predictor(model, checkpoint)
+    predictor = load_predictors(model, checkpoint)
     files = list_inputs(input)
     extra_for = text_resolver(predictor, files, text, text_file, missing_text)
     post = PostprocessOptions(largest=largest, min_size=min_size)

@@ -8,7 +8,7 @@ import typer
 
 
 def pseudo_label(
-    model: Path = typer.Option(..., "--model", "-m", help="Run folder written by covseg train."),
+    model: list[Path] = typer.Option(..., "--model", "-m", metavar="RUN_DIR", help="Run folder written by covseg train; repeat to average several (an ensemble)."),
     input: Path = typer.Option(..., "--input", "-i", help="Folder of unlabelled images."),
     output: Path = typer.Option(..., "--output", "-o", help="Output dataset folder (images/ masks/ edges/ confidence.csv)."),
     checkpoint: str = typer.Option("best", help="best or last."),
@@ -22,7 +22,12 @@ def pseudo_label(
     from covseg.inference.predictor import Predictor, list_inputs
     from covseg.inference.pseudo import pseudo_label_files
 
-    predictor = Predictor.from_run(model, checkpoint)
+    if len(model) > 1:
+        from covseg.inference.ensemble import EnsemblePredictor
+
+        predictor = EnsemblePredictor([Predictor.from_run(m, checkpoint) for m in model])
+    else:
+        predictor = Predictor.from_run(model[0], checkpoint)
     files = [f for f in list_inputs(input) if not f.name.endswith((".nii", ".nii.gz"))]
     with progress_bar("pseudo-labelling", len(files), quiet) as advance:
         report = pseudo_label_files(predictor, files, output, tta_flip=tta, edge_width=edge_width, strict=strict, on_done=advance)

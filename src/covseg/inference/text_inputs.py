@@ -22,6 +22,15 @@ def load_predictor(run_dir: Path, checkpoint: str = "best") -> Predictor:
     return Predictor.from_run(run_dir, checkpoint)
 
 
+def load_predictors(run_dirs: list[Path], checkpoint: str = "best") -> Predictor:
+    """One run folder's predictor, or several averaged as an ensemble."""
+    if len(run_dirs) == 1:
+        return load_predictor(run_dirs[0], checkpoint)
+    from covseg.inference.ensemble import EnsemblePredictor
+
+    return EnsemblePredictor.from_runs(run_dirs, checkpoint)
+
+
 def text_resolver(
     predictor: Predictor,
     files: list[Path],

@@ -1,0 +1,74 @@
+"""Several run folders predicting as one: their probabilities averaged (nnU-Net's ensembling).
+
+Members may differ in architecture, input size and normalisation (each applies its own
+preprocessing and restores its output to the input's size before the average), but must agree
+on the task: the number of classes and whether they read text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covseg.errors import CovsegError
+from covseg.inference.predictor import PostprocessOptions, Prediction, Predictor
+
+
+class EnsemblePredictor(Predictor):
+    """Mean of the members' soft maps, thresholded at the members' mean threshold."""
+
+    def __init__(self, members: Sequence[Predictor]) -> None:  # no super().__init__: no model of its own
+        if len(members) < 2:
+            raise CovsegError(f"an ensemble needs at least two run folders, got {len(members)}")
+        first = members[0]
+        for member in members[1:]:
+            if member.num_classes != first.num_classes:
+                raise CovsegError(
+                    f"ensemble members disagree on the number of classes ({member.num_classes} here, "
+                    f"{first.num_classes} in {first.run_dir})",
+                    member.run_dir,
+                )
+            if bool(member.description.get("text")) != bool(first.description.get("text")):
+                raise CovsegError(f"ensemble mixes text-guided and image-only models (first member: {first.run_dir})", member.run_dir)
+        self.members = list(members)
+        self.num_classes = first.num_classes
+        self.threshold = float(np.mean([m.threshold for m in members]))
+        self.preprocessing = first.preprocessing
+        self.run_dir = first.run_dir
+        self.prior = None
+        self.description = {**first.description, "ensemble": [str(m.run_dir) for m in members]}
+
+    @classmethod
+    def from_runs(cls, run_dirs: Sequence[str | Path], checkpoint: str = "best") -> EnsemblePredictor:
+        """Load every run folder (image-only or text-guided) with the same checkpoint choice."""
+        from covseg.inference.text_inputs import load_predictor
+
+        return cls([load_predictor(Path(d), checkpoint) for d in run_dirs])
+
+    def predict_arrays(self, images: list[np.ndarray], tta_flip: bool = False, batch_size: int = 8, **extra: Any) -> list[np.ndarray]:
+        """The members' probabilities at each image's original size, averaged."""
+        total: list[np.ndarray] | None = None
+        for member in self.members:
+            probs = member.predict_arrays(images, tta_flip=tta_flip, batch_size=batch_size, **extra)
+            total = probs if total is None else [t + p for t, p in zip(total, probs)]
+        return [(t / len(self.members)).astype(np.float32) for t in total]
+
+    def predict_volume(
+        self,
+        volume: np.ndarray,
+        affine: np.ndarray,
+        tta_flip: bool = False,
+        post: PostprocessOptions | None = None,
+        window: tuple[float, float] | None = None,
+        batch_size: int = 8,
+        **extra: Any,
+    ) -> Prediction:
+        """Each member predicts the volume in its own way (window, slicing); soft maps averaged."""
+        probs = [
+            m.predict_volume(volume, affine, tta_flip=tta_flip, window=window, batch_size=batch_size, **extra).probs for m in self.members
+        ]
+        mean = (np.sum(probs, axis=0) / len(probs)).astype(np.float32)
+        return Prediction(probs=mean, labels=self.to_labels(mean, post))

@@ -234,3 +234,15 @@ def test_cps_with_cutmix_learns_from_mixed_unlabelled_images(labelled, unlabelle
     bad["semi"]["cps"]["cutmix_area"] = [0.5, 1.0]
     with pytest.raises(ConfigError, match="cutmix_area"):
         load_config(raw=bad)
+
+
+def test_unlabelled_images_filtered_by_name(labelled, unlabelled, tmp_path):
+    """``semi.unlabeled.include`` keeps one source of a mixed folder; no match is a one-line error."""
+    cfg = _semi_config(labelled, unlabelled, "cps", epochs=1)
+    cfg["semi"]["unlabeled"]["include"] = ["phantom_000[0-4].*", "phantom_0019.png"]
+    run = tmp_path / "include"
+    build_trainer(load_config(raw=cfg), run, quiet=True).fit()
+    assert json.loads((run / "splits.json").read_text())["unlabeled"]["cases"] == 6
+    cfg["semi"]["unlabeled"]["include"] = ["*radiopaedia*"]
+    with pytest.raises(ConfigError, match="matches no image"):
+        build_trainer(load_config(raw=cfg), tmp_path / "none", quiet=True).fit()

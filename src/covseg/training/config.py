@@ -103,6 +103,11 @@ class UnlabeledConfig(_Strict):
     root: str
     layout: str = "auto"
     split: str | None = None
+    include: list[str] | None = Field(
+        None,
+        description="Keep only images whose file name matches one of these glob patterns "
+        "(e.g. one source of a mixed folder, '*radiopaedia*').",
+    )
     limit: int | None = Field(None, ge=1)
 
 

@@ -23,6 +23,7 @@ serves 2D slices and 3D patches.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -123,6 +124,12 @@ class _SemiBase(Trainer):
         records = open_records(u.root, u.layout, u.split)
         val_images = {_file_key(r.image) for r in self.val_records}
         records = [r for r in records if _file_key(r.image) not in val_images]
+        if u.include:
+            from fnmatch import fnmatch
+
+            records = [r for r in records if any(fnmatch(Path(r.image).name, pattern) for pattern in u.include)]
+            if not records:
+                raise ConfigError(f"semi.unlabeled.include {u.include} matches no image", u.root)
         if u.limit is not None and u.limit < len(records):
             keep = np.random.default_rng(12345).permutation(len(records))[: u.limit]
             records = [records[i] for i in sorted(keep)]
@@ -130,7 +137,7 @@ class _SemiBase(Trainer):
         with self._progress() as prog:
             task = prog.add_task("reading unlabelled", total=len(records), info="")
             self.unlabeled = build_image_tensors(records, self.preprocessing, progress=lambda: prog.advance(task))
-        self.split_info["unlabeled"] = {"root": u.root, "split": u.split, "cases": len(records)}
+        self.split_info["unlabeled"] = {"root": u.root, "split": u.split, "include": u.include, "cases": len(records)}
 
     def two_source_step(self, model, primary: dict, secondary: dict | None, weight: float):
         """Loss of one step on a labelled batch and (optionally) a weighted second labelled batch."""

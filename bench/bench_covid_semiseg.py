@@ -92,7 +92,7 @@ VARIANTS["semi_resunet_e100"] = (
 # Run on fold 0 only. It fell 8 points below its teacher; bench_unlabeled_shift.py shows why: the
 # teacher marks chest wall and mediastinum as infection on the coronacases slices (another CT
 # window). The same recipe with the radiopaedia slices only (lung window, 481 slices; 10 pre-train
-# epochs keep the ~600 steps):
+# epochs keep the ~600 steps), run on folds 0-1 only: no gain over the teacher:
 VARIANTS["semi_resunet_e100_radiopaedia"] = (
     "resunet_cosup_covid_semiseg",
     [

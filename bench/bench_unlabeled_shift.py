@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -25,11 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from covseg.utils.paths import data_root
 from cv_common import ROOT, machine
 
 OUT = ROOT / "bench" / "results" / "unlabeled_shift"
 SOURCES = ("coronacases", "radiopaedia")
-DATA = Path(os.environ.get("COVSEG_DATA", ROOT.parent / "shared" / "data")) / "covid_semiseg_infnet"
+DATA = data_root() / "covid_semiseg_infnet"
 
 
 def describe(predictor, paths: list[Path], masks: Path | None = None) -> dict[str, float]:
@@ -68,11 +68,13 @@ def main() -> None:
     predictor = Predictor.from_run(args.run, checkpoint="last")
     held_out = json.loads((args.run / "splits.json").read_text())["val"]
     labelled = sorted(p for p in (DATA / "train" / "images").iterdir() if p.stem in held_out)
-    unlabelled = sorted((DATA / "unlabeled" / "images").iterdir())[::10]
+    every_unlabelled = sorted((DATA / "unlabeled" / "images").iterdir())
+    unlabelled = every_unlabelled[::10]
     summary = {
         "date": dt.date.today().isoformat(),
         "machine": machine(),
         "run": str(args.run.relative_to(ROOT) if args.run.is_relative_to(ROOT) else args.run),
+        "unlabelled_slices_per_source": {source: sum(source in p.name for p in every_unlabelled) for source in SOURCES},
         "labelled_held_out": describe(predictor, labelled, DATA / "train" / "masks"),
         # the unlabelled folder mixes two sources, named in the file names
         **{f"unlabelled_{source}_every_10th": describe(predictor, [p for p in unlabelled if source in p.name]) for source in SOURCES},

@@ -47,7 +47,7 @@ def score_run(run_dir: Path | list[Path], num_classes: int = 1, tta_flip: bool =
     import torch
 
     from covseg.data import load_sample
-    from covseg.inference.predictor import Predictor
+    from covseg.inference.text_inputs import load_predictors
     from covseg.metrics.medical import MedicalMetrics
     from covseg.metrics.sod import SodMetrics
     from covseg.training.config import load_config
@@ -61,12 +61,7 @@ def score_run(run_dir: Path | list[Path], num_classes: int = 1, tta_flip: bool =
         if json.loads((other / "splits.json").read_text())["val"] != splits["val"]:
             raise RuntimeError(f"{other} holds out other cases than {run_dirs[0]}")
     records = {r.case_id: r for r in open_records(cfg.data.root, cfg.data.layout, cfg.data.split)}
-    if len(run_dirs) > 1:
-        from covseg.inference.ensemble import EnsemblePredictor
-
-        predictor = EnsemblePredictor([Predictor.from_run(d, checkpoint="last") for d in run_dirs])
-    else:
-        predictor = Predictor.from_run(run_dirs[0], checkpoint="last")
+    predictor = load_predictors(run_dirs, checkpoint="last")
     fg_classes = 1 if num_classes == 1 else num_classes - 1
     medical = MedicalMetrics(num_classes=fg_classes, empty="one")
     sod = SodMetrics() if num_classes == 1 else None

@@ -1,0 +1,48 @@
+"""The one list of covseg's built-in registry entries, by module, per kind.
+
+A registry imports the modules of its kind the first time it is read (``MODELS.get``,
+``"unet" in MODELS``, ``LAYOUTS.ordered()``), so the lower layers never import a higher one to
+register something, and reading dataset layouts never imports torch. The order within a kind
+is the registration order (dataset layouts are detected in it). Plugins register their own
+entries with ``REGISTRY.register`` after importing :mod:`covseg.registry`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
+    "layout": ("covseg.data.layouts",),
+    "encoder": ("covseg.models.encoders",),
+    "model": (
+        "covseg.models.unet",
+        "covseg.models.resunet",
+        "covseg.models.infnet",
+        "covseg.models.lvit",
+        "covseg.models.c2fvl",
+        "covseg.models.clipseg",
+    ),
+    "head": (),
+    "loss": ("covseg.losses.elementary",),
+    "trainer": (
+        "covseg.training.trainer",
+        "covseg.training.semi.pseudo",
+        "covseg.training.semi.cps",
+        "covseg.training.semi.semi_infnet",
+    ),
+    "inferer": ("covseg.engine.inferers",),
+    "input adapter": ("covseg.engine.adapters",),
+    "sampler": ("covseg.training.sampling",),
+}
+
+
+def load(kind: str) -> None:
+    """Import every module that registers built-in entries of ``kind``."""
+    for module in BUILTIN_MODULES.get(kind, ()):
+        importlib.import_module(module)
+
+
+def load_all() -> None:
+    """Import every built-in (``covseg models`` lists them all)."""
+    for kind in BUILTIN_MODULES:
+        load(kind)

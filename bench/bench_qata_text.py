@@ -131,8 +131,8 @@ def bootstrap_diff(a: list[float], b: list[float], n: int = 2000, seed: int = 0)
 def run_model(name: str, args, run_root: Path) -> dict[str, Any]:
     import torch
 
+    from covseg.runs import RunFolder
     from covseg.training.config import load_config
-    from covseg.training.run_folder import RunFolder
     from covseg.training.trainer import build_trainer
 
     qata = data_root() / "qata_cov19_sgseg"
@@ -245,7 +245,7 @@ def examples_figure(run_root: Path, path: Path, n: int = 4, seed: int = 3) -> No
     import matplotlib.pyplot as plt
 
     from covseg.data import load_sample, open_dataset
-    from covseg.inference.text_inputs import load_predictor
+    from covseg.inference.loading import load_predictor
 
     records = open_dataset(data_root() / "qata_cov19_sgseg" / "valid").records
     rng = np.random.default_rng(seed)

@@ -47,7 +47,7 @@ def score_run(run_dir: Path | list[Path], num_classes: int = 1, tta_flip: bool =
     import torch
 
     from covseg.data import load_sample
-    from covseg.inference.text_inputs import load_predictors
+    from covseg.inference.loading import load_predictors
     from covseg.metrics.medical import MedicalMetrics
     from covseg.metrics.sod import SodMetrics
     from covseg.training.config import load_config

@@ -156,7 +156,7 @@ def test_multiclass_cascade_with_binary_prior(trained_run, tmp_path):
     run = tmp_path / "mc"
     build_trainer(load_config(raw=cfg), run, quiet=True).fit()
     pred = Predictor.from_run(run)
-    assert pred.prior is not None
+    assert pred.segmenter.adapter("prior") is not None
     out = pred.predict_image(np.full((50, 60), 80.0, dtype=np.float32))
     assert out.probs.shape == (3, 50, 60) and out.labels.max() <= 2
     assert np.allclose(out.probs.sum(axis=0), 1.0, atol=1e-5)
@@ -204,7 +204,7 @@ def test_cascade_with_out_of_fold_priors(trained_run, tmp_path):
     # Validation cases use prior_run (as prediction does).
     rec = trainer.val_records[0]
     probs = Predictor.from_run(trained_run, checkpoint="last").predict_arrays([load_sample(rec).image])[0]
-    assert torch.allclose(trainer.val_data.images[0, -1], resize_tensor(torch.from_numpy(probs)[None, None], (64, 64))[0, 0], atol=1e-5)
+    assert torch.allclose(trainer.val_inputs()[0][-1], torch.from_numpy(probs), atol=1e-5)  # at the case's own size
 
     cfg["data"]["prior_oof_runs"] = [str(inner[0])]  # half the training cases have no out-of-fold prior
     with pytest.raises(ConfigError, match="held out by none of the runs"):
@@ -232,7 +232,7 @@ def test_ensemble_averages_members_of_different_sizes(trained_run, tmp_path):
     got3d = ensemble.predict_volume(volume, affine)
     assert got3d.probs.shape == volume.shape
     assert np.allclose(got3d.probs, (vol_probs[0] + vol_probs[1]) / 2, atol=1e-6)
-    assert ensemble.description["ensemble"] == [str(trained_run), str(other)]
+    assert ensemble.run_dirs == [str(trained_run), str(other)]
 
 
 def test_ensemble_from_the_cli_and_mismatched_members(trained_run, tmp_path):

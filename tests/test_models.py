@@ -91,7 +91,9 @@ def make_input(model, batch: int, h: int, w: int, seed: int = 1) -> torch.Tensor
 
 
 def test_every_registered_model_has_a_case():
-    from covseg.text.layers import TextSegmentationModel  # text-guided models: tests/test_text_models.py
+    from covseg.models.text_layers import (
+        TextSegmentationModel,  # text-guided models: tests/test_text_models.py
+    )
 
     image_only = {n for n in MODELS.names() if not issubclass(MODELS.get(n), TextSegmentationModel)}
     assert image_only <= {c.name for c in MODEL_CASES}

@@ -14,7 +14,8 @@ import torch
 from covseg.data import open_dataset
 from covseg.errors import ConfigError
 from covseg.training.config import load_config
-from covseg.training.semi import cutmix_boxes, edges_from_masks, image_uncertainty, sigmoid_rampup
+from covseg.training.semi.common import edges_from_masks, sigmoid_rampup
+from covseg.training.semi.cps import cutmix_boxes, image_uncertainty
 from covseg.training.trainer import build_trainer
 
 from tests.helpers import phantom_dataset, tiny_config

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from covseg.data.synthetic_text import write_side_task
 from covseg.errors import CovsegError
 from covseg.models import build_model
-from covseg.text.testing import save_tiny_clipseg, write_side_task
+
+from tests.clipseg_fixture import save_tiny_clipseg
 
 pytest.importorskip("transformers")
 
@@ -72,7 +74,7 @@ def test_forward_backward_trains_the_decoder_only(weights):
 
 
 def test_checkpoint_holds_the_decoder_and_rebuilds_exactly(weights):
-    from covseg.training.checkpoint import model_from_checkpoint
+    from covseg.runs.checkpoint import model_from_checkpoint
 
     model = build_model("clipseg", pretrained_dir=str(weights), in_channels=1)
     with torch.no_grad():
@@ -100,7 +102,7 @@ def test_missing_weights_folder_is_a_clear_error(tmp_path):
 
 
 def test_finetune_with_text_trainer_then_predict(weights, tmp_path):
-    from covseg.inference.text_inputs import load_predictor
+    from covseg.inference.loading import load_predictor
     from covseg.training.config import load_config
     from covseg.training.trainer import build_trainer
 
@@ -131,7 +133,7 @@ def test_zero_shot_run_folder_and_cli_predict(weights, tmp_path, capsys):
     from PIL import Image
 
     from covseg.cli.main import main
-    from covseg.text.zero_shot import make_clipseg_run
+    from covseg.inference.zero_shot import make_clipseg_run
 
     run = make_clipseg_run(weights, tmp_path / "zero_shot", size=64)
     desc = json.loads((run / "model.json").read_text())

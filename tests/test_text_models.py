@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from covseg.models import MODELS, build_model
-from covseg.text.layers import TextSegmentationModel
+from covseg.models.text_layers import TextSegmentationModel
 
 TINY = {
     "lvit": {"encoder": "resnet", "encoder_kwargs": {"widths": [8, 8, 16, 16, 24]}, "decoder_widths": [16, 8, 8, 8], "vit_dim": 16, "vit_heads": 2},

@@ -19,8 +19,9 @@ from PIL import Image
 
 from covseg.errors import DataError
 from covseg.text.encoder import HashedWordEncoder, hashed_word_ids
-from covseg.text.trainer import TextTrainer, swap_sides
+from covseg.text.sides import swap_sides
 from covseg.training.config import load_config
+from covseg.training.trainer import Trainer as TextTrainer
 from covseg.training.trainer import build_trainer
 
 N = 6
@@ -192,7 +193,7 @@ def test_each_text_source_reaches_the_model(source, tmp_path, monkeypatch):
     assert kwargs["text_mask"].sum(1).tolist() == [float(n) for n in n_words]
     assert kwargs["text_tokens"].shape == (3, max(n_words), 16)
     # validation feeds each validation case its own text too
-    extra = trainer.eval_extra_inputs(trainer.val_data)(slice(0, 2))
+    extra = trainer.text_adapter.model_kwargs(trainer.val_contexts()[:2])
     assert spy.encoded[-1] == trainer.val_data.texts[:2]
     assert extra["text_mask"].shape[0] == 2
 

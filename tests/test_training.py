@@ -16,7 +16,6 @@ import yaml
 from covseg.errors import ConfigError
 from covseg.training.config import load_config
 from covseg.training.data import kfold_split
-from covseg.training.trainer import build_trainer
 
 from tests.helpers import phantom_dataset, tiny_config
 
@@ -27,8 +26,9 @@ def phantoms(tmp_path_factory) -> Path:
 
 
 def _train(cfg_dict: dict, run_dir: Path, resume: bool = False, stop_after: int | None = None) -> dict:
-    cfg = load_config(raw=cfg_dict)
-    return build_trainer(cfg, run_dir, resume=resume, quiet=True).fit(stop_after=stop_after)
+    from covseg.api import fit
+
+    return fit(load_config(raw=cfg_dict), run_dir, resume=resume, quiet=True, stop_after=stop_after)
 
 
 def _weights(run_dir: Path, which: str = "last") -> dict[str, torch.Tensor]:
@@ -184,7 +184,7 @@ def test_shipped_configs_validate():
 
     configs = sorted(shipped_configs_dir().glob("*.yaml"))
     assert configs, "no shipped configs"
-    from covseg.models.registry import MODELS, build_model
+    from covseg.models import MODELS, build_model
 
     build_model  # noqa: B018
     import covseg.models  # noqa: F401

@@ -50,6 +50,7 @@ def run_demo(
     from covseg.data.synthetic import write_phantom_dataset
     from covseg.training.config import load_config
     from covseg.training.trainer import build_trainer
+    from covseg.viz.callbacks import training_curves_callback
 
     console = Console(stderr=True, highlight=False, quiet=quiet)
     output = Path(output)
@@ -79,7 +80,7 @@ def run_demo(
     cfg = load_config(raw=demo_config(data_root, size, epochs, seed))
     console.print(f"[bold]2/4[/] training a U-Net for {epochs} epochs at {size}² → {run_dir}")
     t1 = time.perf_counter()
-    trainer = build_trainer(cfg, run_dir, quiet=quiet)
+    trainer = build_trainer(cfg, run_dir, quiet=quiet, callbacks=[training_curves_callback])
     train_summary = trainer.fit()
     timings["train_s"] = time.perf_counter() - t1
 
@@ -109,9 +110,10 @@ def run_demo(
 def _predict_held_out(run_dir: Path, records, out_dir: Path) -> None:
     from covseg.inference.batch import predict_files
     from covseg.inference.predictor import Predictor
+    from covseg.viz.callbacks import prediction_overlay
 
     predictor = Predictor.from_run(run_dir, checkpoint="last")
-    report = predict_files(predictor, [r.image for r in records], out_dir)
+    report = predict_files(predictor, [r.image for r in records], out_dir, overlays=prediction_overlay)
     if report.failed:
         raise CovsegError(f"{len(report.failed)} held-out images could not be predicted: {report.failed[0][1]}", report.failed[0][0])
 

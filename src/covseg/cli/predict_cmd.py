@@ -37,26 +37,27 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Predict masks, soft maps and overlays at each input's original size."""
+    from covseg.api import predict as run_predict
     from covseg.cli._batch import finish, progress_bar
-    from covseg.inference.batch import predict_files
-    from covseg.inference.predictor import PostprocessOptions, list_inputs
-    from covseg.inference.text_inputs import load_predictors, text_resolver
+    from covseg.inference.predictor import list_inputs
 
-    predictor = load_predictors(model, checkpoint)
-    files = list_inputs(input)
-    extra_for = text_resolver(predictor, files, text, text_file, missing_text)
-    post = PostprocessOptions(largest=largest, min_size=min_size)
-    with progress_bar("predicting", len(files), quiet) as advance:
-        report = predict_files(
-            predictor,
-            files,
+    total = len(list_inputs(input))
+    with progress_bar("predicting", total, quiet) as advance:
+        report = run_predict(
+            model,
+            input,
             output,
-            tta_flip=tta,
-            post=post,
-            window=_window(window),
-            strict=strict,
+            checkpoint=checkpoint,
+            tta=tta,
+            text=text,
+            text_file=text_file,
+            missing_text=missing_text,
             overlays=not no_overlays,
-            extra_for=extra_for,
+            largest=largest,
+            min_size=min_size,
+            window=_window(window),
+            batch_size=batch_size,
+            strict=strict,
             on_done=advance,
         )
     finish(report, output, f"{len(report.written)} predicted into {output}")

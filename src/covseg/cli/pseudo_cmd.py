@@ -14,22 +14,24 @@ def pseudo_label(
     checkpoint: str = typer.Option("best", help="best or last."),
     tta: bool = typer.Option(False, "--tta", help="Average with a horizontally flipped pass."),
     edge_width: int = typer.Option(1, help="Edge thickness in pixels for the derived edge maps."),
+    text: str = typer.Option(None, "--text", help="Text prompt for text-guided models (all inputs)."),
+    text_file: Path = typer.Option(None, "--text-file", help="Per-image text: CSV/xlsx/JSON mapping image → text."),
+    missing_text: str = typer.Option("error", "--missing-text", help="error or image-only, for inputs without text."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first bad input."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Pseudo-label unlabelled images so a trainer can use them as a second source."""
     from covseg.cli._batch import finish, progress_bar
-    from covseg.inference.predictor import Predictor, list_inputs
+    from covseg.inference.loading import load_predictors, text_resolver
+    from covseg.inference.predictor import list_inputs
     from covseg.inference.pseudo import pseudo_label_files
 
-    if len(model) > 1:
-        from covseg.inference.ensemble import EnsemblePredictor
-
-        predictor = EnsemblePredictor([Predictor.from_run(m, checkpoint) for m in model])
-    else:
-        predictor = Predictor.from_run(model[0], checkpoint)
+    predictor = load_predictors(model, checkpoint)
     files = [f for f in list_inputs(input) if not f.name.endswith((".nii", ".nii.gz"))]
+    extra_for = text_resolver(predictor, text, text_file, missing_text)
     with progress_bar("pseudo-labelling", len(files), quiet) as advance:
-        report = pseudo_label_files(predictor, files, output, tta_flip=tta, edge_width=edge_width, strict=strict, on_done=advance)
+        report = pseudo_label_files(
+            predictor, files, output, tta_flip=tta, edge_width=edge_width, strict=strict, on_done=advance, extra_for=extra_for
+        )
     conf = sum(r["confidence"] for r in report.written) / max(1, len(report.written))
     finish(report, output, f"{len(report.written)} pseudo-labelled into {output} (mean confidence {conf:.3f})")

@@ -18,46 +18,32 @@ def train(
     """Train a model from a YAML config; the run folder is enough to predict later."""
     from rich.console import Console
 
-    from covseg.training.config import load_config
-    from covseg.training.trainer import build_trainer
+    from covseg.api import train as run_train
 
-    extra = list(overrides or [])
-    if fold is not None:
-        extra.append(f"data.fold={fold}")
-    if resume and output is not None and (output / "config.yaml").exists() and not extra:
-        cfg = load_config(output / "config.yaml")
-    else:
-        cfg = load_config(config, extra)
-    if output is None:
-        suffix = f"_fold{cfg.data.fold}" if not cfg.data.val_root else ""
-        output = Path("runs") / f"{cfg.name}{suffix}"
-    summary = build_trainer(cfg, output, resume=resume, quiet=quiet).fit()
+    summary = run_train(config, output, overrides or [], fold=fold, resume=resume, quiet=quiet)
     Console(stderr=True, highlight=False).print(
-        f"[bold green]done[/] best {summary['monitor']} {summary['best_metric']:.4f} at epoch {summary['best_epoch'] + 1}; run folder {output}"
+        f"[bold green]done[/] best {summary['monitor']} {summary['best_metric']:.4f} at epoch "
+        f"{summary['best_epoch'] + 1}; run folder {summary['run_dir']}"
     )
 
 
 def list_models() -> None:
-    """List the registered models and losses."""
+    """List everything registered: models, encoders, losses, trainers, inferers, input adapters, samplers, layouts."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    from covseg.losses import LOSSES
-    from covseg.models.registry import MODELS, build_model
+    from covseg.builtins import load_all
+    from covseg.registry import REGISTRIES
 
-    build_model  # noqa: B018  (importing registers the models)
-    import covseg.models  # noqa: F401
-
-    table = Table(title="models")
-    table.add_column("name")
-    table.add_column("description")
-    for name, desc in MODELS.describe().items():
-        table.add_row(name, desc)
-    losses = Table(title="losses")
-    losses.add_column("name")
-    losses.add_column("description")
-    for name, desc in LOSSES.describe().items():
-        losses.add_row(name, desc)
+    load_all()
     console = Console()
-    console.print(table)
-    console.print(losses)
+    for kind, registry in REGISTRIES.items():
+        if not len(registry):
+            continue
+        table = Table(title=f"{kind}s")
+        table.add_column("name")
+        table.add_column("description")
+        for name, desc in registry.describe().items():
+            table.add_row(escape(name), escape(desc))
+        console.print(table)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from covseg.errors import CovsegError
-from covseg.inference.predictor import PostprocessOptions, Predictor
+from covseg.inference.predictor import BasePredictor, PostprocessOptions
 from covseg.utils.atomic import write_text
 
 
@@ -22,6 +22,36 @@ class BatchReport:
 
     written: list[dict] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def for_each_file(
+    files: list[Path],
+    work: Callable[[Path], dict],
+    strict: bool = False,
+    on_done: Callable[[], None] | None = None,
+) -> BatchReport:
+    """Run ``work(path) -> row`` on every file: a bad file (``CovsegError``) is listed and skipped
+    unless ``strict``; each row gets the file's seconds."""
+    report = BatchReport()
+    for path in files:
+        t0 = time.perf_counter()
+        try:
+            row = work(path)
+            row["seconds"] = round(time.perf_counter() - t0, 4)
+            report.written.append(row)
+        except CovsegError as exc:
+            if strict:
+                raise
+            report.failed.append((str(path), exc.problem if exc.path else str(exc)))
+        if on_done:
+            on_done()
+    return report
+
+
+def write_failures(out_dir: Path, report: BatchReport) -> None:
+    """``failed.txt``: one line per input that failed, with its reason."""
+    if report.failed:
+        write_text(out_dir / "failed.txt", "".join(f"{p}: {m}\n" for p, m in report.failed))
 
 
 def output_paths(out_dir: Path, stem: str, volume: bool) -> dict[str, Path]:
@@ -34,43 +64,41 @@ def output_paths(out_dir: Path, stem: str, volume: bool) -> dict[str, Path]:
     }
 
 
+#: draws a label map over an image: ``render(image, labels) -> RGB uint8`` (``covseg.viz`` gives one)
+OverlayRenderer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
 def predict_files(
-    predictor: Predictor,
+    predictor: BasePredictor,
     files: list[Path],
     out_dir: Path,
     tta_flip: bool = False,
     post: PostprocessOptions | None = None,
     window: tuple[float, float] | None = None,
     strict: bool = False,
-    overlays: bool = True,
+    overlays: OverlayRenderer | None = None,
     extra_for: Callable[[Path], dict] | None = None,
     on_done: Callable[[], None] | None = None,
+    batch_size: int = 8,
 ) -> BatchReport:
-    """Predict each file; a bad file is recorded and skipped unless ``strict``."""
+    """Predict each file; a bad file is recorded and skipped unless ``strict``.
+
+    ``overlays`` draws each prediction over its image into ``overlays/`` (None: no overlays).
+    """
     from covseg.data.imageio import is_volume
 
-    report = BatchReport()
-    for path in files:
-        t0 = time.perf_counter()
-        try:
-            extra = extra_for(path) if extra_for else {}
-            if is_volume(path):
-                row = _predict_volume(predictor, path, out_dir, tta_flip, post, window, overlays, extra)
-            else:
-                row = _predict_image(predictor, path, out_dir, tta_flip, post, overlays, extra)
-            row["seconds"] = round(time.perf_counter() - t0, 4)
-            report.written.append(row)
-        except CovsegError as exc:
-            if strict:
-                raise
-            report.failed.append((str(path), exc.problem if exc.path else str(exc)))
-        if on_done:
-            on_done()
+    def work(path: Path) -> dict:
+        extra = extra_for(path) if extra_for else {}
+        if is_volume(path):
+            return _predict_volume(predictor, path, out_dir, tta_flip, post, window, overlays, extra, batch_size)
+        return _predict_image(predictor, path, out_dir, tta_flip, post, overlays, extra)
+
+    report = for_each_file(files, work, strict, on_done)
     _write_index(out_dir, report)
     return report
 
 
-def _predict_image(predictor: Predictor, path: Path, out_dir: Path, tta, post, overlays, extra) -> dict:
+def _predict_image(predictor: BasePredictor, path: Path, out_dir: Path, tta, post, overlays, extra) -> dict:
     from covseg.data.imageio import read_image, stem_of, write_image, write_mask
 
     image = read_image(path)
@@ -84,10 +112,8 @@ def _predict_image(predictor: Predictor, path: Path, out_dir: Path, tta, post, o
 
         paths["prob"] = paths["prob"].with_suffix(".npy")
         write_with(paths["prob"], lambda p: np.save(p, pred.probs.astype(np.float16), allow_pickle=False))
-    if overlays:
-        from covseg.viz.overlay import overlay
-
-        write_image(paths["overlay"], overlay(image, None, pred.labels))
+    if overlays is not None:
+        write_image(paths["overlay"], overlays(image, pred.labels))
     return {
         "input": str(path),
         "mask": str(paths["mask"]),
@@ -96,25 +122,23 @@ def _predict_image(predictor: Predictor, path: Path, out_dir: Path, tta, post, o
     }
 
 
-def _predict_volume(predictor: Predictor, path: Path, out_dir: Path, tta, post, window, overlays, extra) -> dict:
+def _predict_volume(predictor: BasePredictor, path: Path, out_dir: Path, tta, post, window, overlays, extra, batch_size) -> dict:
     from covseg.data.imageio import read_volume, stem_of, write_image, write_volume
     from covseg.transforms.orientation import volume_to_slices
 
     volume, spacing, affine = read_volume(path)
-    pred = predictor.predict_volume(volume, affine, tta_flip=tta, post=post, window=window, **extra)
+    pred = predictor.predict_volume(volume, affine, tta_flip=tta, post=post, window=window, batch_size=batch_size, **extra)
     paths = output_paths(out_dir, stem_of(path), volume=True)
     write_volume(paths["mask"], pred.labels, affine, dtype="uint8")
     probs = pred.probs if pred.probs.ndim == 3 else np.moveaxis(pred.probs, 0, -1)
     write_volume(paths["prob"], probs, affine, dtype="float32")
-    if overlays:
-        from covseg.viz.overlay import overlay
-
+    if overlays is not None:
         slices = volume_to_slices(volume, affine)
         label_slices = volume_to_slices(pred.labels, affine)
         z = int(np.argmax((label_slices > 0).sum(axis=(1, 2)))) if label_slices.any() else len(slices) // 2
         lo, hi = window or (-1250.0, 250.0)
         shown = np.clip((slices[z] - lo) / (hi - lo), 0, 1) * 255.0
-        write_image(paths["overlay"], overlay(shown, None, label_slices[z]))
+        write_image(paths["overlay"], overlays(shown, label_slices[z]))
     voxel_ml = float(np.prod(spacing)) / 1000.0
     return {
         "input": str(path),
@@ -135,5 +159,4 @@ def _write_index(out_dir: Path, report: BatchReport) -> None:
     for row in report.written:
         writer.writerow(row)
     write_text(out_dir / "predictions.csv", buf.getvalue())
-    if report.failed:
-        write_text(out_dir / "failed.txt", "".join(f"{p}: {m}\n" for p, m in report.failed))
+    write_failures(out_dir, report)

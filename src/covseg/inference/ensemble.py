@@ -1,26 +1,26 @@
 """Several run folders predicting as one: their probabilities averaged (nnU-Net's ensembling).
 
-Members may differ in architecture, input size and normalisation (each applies its own
-preprocessing and restores its output to the input's size before the average), but must agree
-on the task: the number of classes and whether they read text.
+The ensemble composes predictors; it is not one. Members may differ in architecture, input size
+and normalisation (each applies its own preprocessing and restores its output to the input's
+size before the average), but must agree on the task: the number of classes and whether they
+read text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from covseg.errors import CovsegError
-from covseg.inference.predictor import PostprocessOptions, Prediction, Predictor
+from covseg.inference.predictor import BasePredictor, Predictor
 
 
-class EnsemblePredictor(Predictor):
+class EnsemblePredictor(BasePredictor):
     """Mean of the members' soft maps, thresholded at the members' mean threshold."""
 
-    def __init__(self, members: Sequence[Predictor]) -> None:  # no super().__init__: no model of its own
+    def __init__(self, members: Sequence[Predictor]) -> None:
         if len(members) < 2:
             raise CovsegError(f"an ensemble needs at least two run folders, got {len(members)}")
         first = members[0]
@@ -31,24 +31,22 @@ class EnsemblePredictor(Predictor):
                     f"{first.num_classes} in {first.run_dir})",
                     member.run_dir,
                 )
-            if bool(member.description.get("text")) != bool(first.description.get("text")):
+            if member.text_guided != first.text_guided:
                 raise CovsegError(f"ensemble mixes text-guided and image-only models (first member: {first.run_dir})", member.run_dir)
         self.members = list(members)
         self.num_classes = first.num_classes
         self.threshold = float(np.mean([m.threshold for m in members]))
-        self.preprocessing = first.preprocessing
+        self.text_guided = first.text_guided
         self.run_dir = first.run_dir
-        self.prior = None
-        self.description = {**first.description, "ensemble": [str(m.run_dir) for m in members]}
+        self.description = first.description
+        self.run_dirs = [str(m.run_dir) for m in members]
 
     @classmethod
     def from_runs(cls, run_dirs: Sequence[str | Path], checkpoint: str = "best") -> EnsemblePredictor:
         """Load every run folder (image-only or text-guided) with the same checkpoint choice."""
-        from covseg.inference.text_inputs import load_predictor
+        return cls([Predictor.from_run(Path(d), checkpoint) for d in run_dirs])
 
-        return cls([load_predictor(Path(d), checkpoint) for d in run_dirs])
-
-    def predict_arrays(self, images: list[np.ndarray], tta_flip: bool = False, batch_size: int = 8, **extra: Any) -> list[np.ndarray]:
+    def predict_arrays(self, images, tta_flip=False, batch_size=8, **extra):
         """The members' probabilities at each image's original size, averaged."""
         total: list[np.ndarray] | None = None
         for member in self.members:
@@ -56,19 +54,7 @@ class EnsemblePredictor(Predictor):
             total = probs if total is None else [t + p for t, p in zip(total, probs)]
         return [(t / len(self.members)).astype(np.float32) for t in total]
 
-    def predict_volume(
-        self,
-        volume: np.ndarray,
-        affine: np.ndarray,
-        tta_flip: bool = False,
-        post: PostprocessOptions | None = None,
-        window: tuple[float, float] | None = None,
-        batch_size: int = 8,
-        **extra: Any,
-    ) -> Prediction:
+    def volume_probabilities(self, volume, affine, tta_flip=False, window=None, batch_size=8, **extra):
         """Each member predicts the volume in its own way (window, slicing); soft maps averaged."""
-        probs = [
-            m.predict_volume(volume, affine, tta_flip=tta_flip, window=window, batch_size=batch_size, **extra).probs for m in self.members
-        ]
-        mean = (np.sum(probs, axis=0) / len(probs)).astype(np.float32)
-        return Prediction(probs=mean, labels=self.to_labels(mean, post))
+        probs = [m.volume_probabilities(volume, affine, tta_flip=tta_flip, window=window, batch_size=batch_size, **extra) for m in self.members]
+        return (np.sum(probs, axis=0) / len(probs)).astype(np.float32)

@@ -1,17 +1,22 @@
-"""Predict from a run folder alone: model spec, weights and preprocessing are read from it."""
+"""Predict from a run folder alone: one :class:`Predictor` for image-only, text-guided and cascade runs.
+
+A predictor is a run's :class:`~covseg.engine.segmenter.Segmenter` (model, preprocessing, input
+adapters, inferer) plus what users need on top: thresholds and postprocessing, 2D images and
+volumes in their own geometry. What a model reads beside the image comes in as keyword
+arguments (``text="..."`` or ``texts=[...]``) and reaches the adapters as contexts.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from covseg.engine.segmenter import Segmenter, probs_to_labels
 from covseg.errors import CovsegError, DataError
-from covseg.inference.core import predict_probabilities, probs_to_labels
-from covseg.training.run_folder import RunFolder
-from covseg.transforms.preprocess import Preprocessing
 
 # 8-bit slices of the field are CT shown through a lung window; NIfTI volumes in HU are
 # mapped the same way before a model trained on such slices sees them.
@@ -44,87 +49,32 @@ class Prediction:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-class Predictor:
-    """A trained model with its preprocessing, ready to segment arrays and files."""
+def contexts_for(n: int, text: str | None = None, texts: Sequence[str | None] | None = None, **_: Any) -> list[dict[str, Any]]:
+    """Per-image contexts from ``text`` (one for all) or ``texts`` (one per image)."""
+    if texts is not None:
+        if len(texts) != n:
+            raise CovsegError(f"{len(texts)} texts for {n} images")
+        return [{"text": t} for t in texts]
+    return [{"text": text} for _ in range(n)]
 
-    def __init__(self, model, description: dict[str, Any], run_dir: Path | None = None, channels_last: bool = True) -> None:
-        import torch
 
-        self.channels_last = channels_last
-        self.model = (model.to(memory_format=torch.channels_last) if channels_last else model).eval()
-        self.description = description
-        self.run_dir = run_dir
-        self.preprocessing = Preprocessing.from_dict(description["preprocessing"])
-        self.num_classes = int(description["num_classes"])
-        self.threshold = float(description.get("threshold", 0.5))
-        self.prior: Predictor | None = None
-        if description.get("prior"):
-            self.prior = Predictor.from_run(description["prior"]["run"], description["prior"].get("checkpoint", "last"))
+class BasePredictor:
+    """What every predictor offers from its ``predict_arrays`` and ``volume_probabilities``."""
 
-    @classmethod
-    def from_run(cls, run_dir: str | Path, checkpoint: str = "best") -> Predictor:
-        """Load the model of a run folder (``best`` or ``last`` checkpoint)."""
-        from covseg.training.checkpoint import load_checkpoint, model_from_checkpoint
+    num_classes: int
+    threshold: float
 
-        run = RunFolder(run_dir)
-        if not run.path.is_dir():
-            raise CovsegError("run folder not found", run.path)
-        description = run.read_json("model.json")
-        path = run.checkpoint(checkpoint)
-        if not path.exists() and checkpoint == "best":
-            path = run.checkpoint("last")
-        ckpt = load_checkpoint(path)
-        return cls(model_from_checkpoint(ckpt), description, run.path)
+    def predict_arrays(self, images: list[np.ndarray], tta_flip: bool = False, batch_size: int = 8, **extra: Any) -> list[np.ndarray]:
+        raise NotImplementedError
 
-    # ------------------------------------------------------------------ arrays
-    def _input_tensor(self, images: list[np.ndarray]):
-        import torch
-
-        from covseg.transforms.preprocess import resize_tensor
-
-        tensors = []
-        priors = self.prior.predict_arrays(images) if self.prior is not None else None
-        for i, img in enumerate(images):
-            x = torch.from_numpy(self.preprocessing.normalise(img))[None]
-            if priors is not None:  # cascade: the binary model's infection map as an extra channel
-                x = torch.cat([x, torch.from_numpy(priors[i].astype(np.float32))[None, None]], dim=1)
-            size = self.preprocessing.size or _padded_size(x.shape[-2:])
-            tensors.append(resize_tensor(x, size)[0])
-        shapes = {tuple(t.shape) for t in tensors}
-        if len(shapes) > 1:  # no fixed network size: predict one by one
-            return tensors
-        return torch.stack(tensors)
-
-    def predict_arrays(self, images: list[np.ndarray], tta_flip: bool = False, batch_size: int = 8, **extra) -> list[np.ndarray]:
-        """Probabilities at each image's original size (``(H, W)`` or ``(K, H, W)``)."""
-        import torch
-
-        sizes = [img.shape[:2] for img in images]
-        x = self._input_tensor(images)
-        forward = self.forward_fn(**extra)
-        if isinstance(x, list):
-            out = []
-            for xi, size in zip(x, sizes):
-                out += predict_probabilities(forward, xi[None], [size], self.num_classes, 1, tta_flip)
-            return out
-        with torch.inference_mode():
-            return predict_probabilities(forward, x, sizes, self.num_classes, batch_size, tta_flip)
-
-    def forward_fn(self, **extra):
-        """The callable mapping a network-size batch to logits (text models bind their text)."""
-        return lambda x, **_: self.model(self.as_input(x))
-
-    def as_input(self, x):
-        """A network-size batch in the model's memory format (channels-last on CPU by default)."""
-        import torch
-
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+    def volume_probabilities(self, volume: np.ndarray, affine: np.ndarray, tta_flip: bool = False, window=None, batch_size: int = 8, **extra: Any) -> np.ndarray:
+        raise NotImplementedError
 
     def to_labels(self, probs: np.ndarray, post: PostprocessOptions | None = None) -> np.ndarray:
         labels = probs_to_labels(probs, self.threshold, self.num_classes)
         return post.apply(labels) if post else labels
 
-    def predict_image(self, image: np.ndarray, tta_flip: bool = False, post: PostprocessOptions | None = None, **extra) -> Prediction:
+    def predict_image(self, image: np.ndarray, tta_flip: bool = False, post: PostprocessOptions | None = None, **extra: Any) -> Prediction:
         probs = self.predict_arrays([image], tta_flip=tta_flip, **extra)[0]
         return Prediction(probs=probs, labels=self.to_labels(probs, post))
 
@@ -136,28 +86,59 @@ class Predictor:
         post: PostprocessOptions | None = None,
         window: tuple[float, float] | None = None,
         batch_size: int = 8,
-        **extra,
+        **extra: Any,
     ) -> Prediction:
-        """Slice-by-slice prediction of a volume; outputs in the volume's own geometry."""
+        """A volume's prediction in its own geometry (shape and axis order of ``volume``)."""
+        probs = self.volume_probabilities(volume, affine, tta_flip=tta_flip, window=window, batch_size=batch_size, **extra)
+        return Prediction(probs=probs.astype(np.float32), labels=self.to_labels(probs, post))
+
+
+class Predictor(BasePredictor):
+    """A trained model with its preprocessing and inputs, ready to segment arrays and files."""
+
+    def __init__(self, segmenter: Segmenter) -> None:
+        self.segmenter = segmenter
+        self.num_classes = segmenter.num_classes
+        self.threshold = segmenter.threshold
+        self.preprocessing = segmenter.preprocessing
+        self.description = segmenter.description
+        self.run_dir = segmenter.run_dir
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, checkpoint: str = "best") -> Predictor:
+        """Load the model of a run folder (``best``, else ``last`` checkpoint)."""
+        return cls(Segmenter.from_run(run_dir, checkpoint))
+
+    @property
+    def model(self):
+        return self.segmenter.model
+
+    @property
+    def text_guided(self) -> bool:
+        return self.segmenter.text_guided
+
+    @property
+    def text_encoder(self):
+        adapter = self.segmenter.adapter("text")
+        return None if adapter is None else adapter.encoder
+
+    def predict_arrays(self, images, tta_flip=False, batch_size=8, **extra):
+        """Probabilities at each image's original size (``(H, W)`` or ``(K, H, W)``); ``text=`` or ``texts=``."""
+        contexts = contexts_for(len(images), **extra)
+        return self.segmenter.probabilities(images, contexts, batch_size=batch_size, tta_flip=tta_flip)
+
+    def volume_probabilities(self, volume, affine, tta_flip=False, window=None, batch_size=8, **extra):
+        """Slice-by-slice probabilities of a volume, returned in the volume's own geometry."""
         from covseg.transforms.orientation import slices_to_volume, volume_to_slices
 
         slices = volume_to_slices(volume, affine)
         if self.preprocessing.window is None:
             lo, hi = window or DEFAULT_CT_WINDOW
             slices = np.clip((slices - lo) / (hi - lo), 0, 1) * self.preprocessing.scale
-        probs = self.predict_arrays(list(slices), tta_flip=tta_flip, batch_size=batch_size, **extra)
-        stacked = np.stack(probs)  # (Z, rows, cols) or (Z, K, rows, cols)
-        if stacked.ndim == 3:
-            prob_vol = slices_to_volume(stacked, affine)
-            labels = self.to_labels(prob_vol, post)
-        else:
-            prob_vol = np.stack([slices_to_volume(stacked[:, k], affine) for k in range(stacked.shape[1])])
-            labels = self.to_labels(prob_vol, post)
-        return Prediction(probs=prob_vol.astype(np.float32), labels=labels)
-
-
-def _padded_size(size) -> tuple[int, int]:
-    return (int(size[0]), int(size[1]))
+        stacked = np.stack(self.predict_arrays(list(slices), tta_flip=tta_flip, batch_size=batch_size, **extra))
+        if stacked.ndim == 3:  # (Z, rows, cols)
+            return slices_to_volume(stacked, affine)
+        return np.stack([slices_to_volume(stacked[:, k], affine) for k in range(stacked.shape[1])])
 
 
 def list_inputs(path: Path) -> list[Path]:

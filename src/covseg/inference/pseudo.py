@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from covseg.errors import CovsegError
-from covseg.inference.batch import BatchReport
-from covseg.inference.predictor import Predictor
+from covseg.inference.batch import BatchReport, for_each_file, write_failures
+from covseg.inference.predictor import BasePredictor
 from covseg.utils.atomic import atomic_path, write_text
 
 
@@ -47,48 +46,44 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def pseudo_label_files(
-    predictor: Predictor,
+    predictor: BasePredictor,
     files: list[Path],
     out_dir: Path,
     tta_flip: bool = False,
     edge_width: int = 1,
     strict: bool = False,
     on_done: Callable[[], None] | None = None,
+    extra_for: Callable[[Path], dict] | None = None,
 ) -> BatchReport:
-    """Write ``images/``, ``masks/``, ``edges/`` and ``confidence.csv`` for each readable image."""
+    """Write ``images/``, ``masks/``, ``edges/`` and ``confidence.csv`` for each readable image.
+
+    ``extra_for(path)`` gives a file's model inputs beside the image (its text, for text-guided runs).
+    """
     from covseg.data.imageio import read_image, stem_of, write_mask
     from covseg.transforms.edges import mask_to_edge
 
-    report = BatchReport()
-    for path in files:
-        try:
-            image = read_image(path)
-            pred = predictor.predict_image(image, tta_flip=tta_flip)
-            stem = stem_of(path)
-            _link_or_copy(path, out_dir / "images" / path.name)
-            write_mask(out_dir / "masks" / f"{stem}.png", pred.labels, scale_binary=predictor.num_classes == 1)
-            binary = (pred.labels > 0).astype(np.uint8)
-            write_mask(out_dir / "edges" / f"{stem}.png", mask_to_edge(binary, width=edge_width))
-            report.written.append(
-                {
-                    "case_id": stem,
-                    "image": path.name,
-                    "confidence": prediction_confidence(pred.probs),
-                    "foreground_fraction": float(binary.mean()),
-                }
-            )
-        except CovsegError as exc:
-            if strict:
-                raise
-            report.failed.append((str(path), exc.problem if exc.path else str(exc)))
-        if on_done:
-            on_done()
+    def work(path: Path) -> dict:
+        extra = extra_for(path) if extra_for else {}
+        image = read_image(path)
+        pred = predictor.predict_image(image, tta_flip=tta_flip, **extra)
+        stem = stem_of(path)
+        _link_or_copy(path, out_dir / "images" / path.name)
+        write_mask(out_dir / "masks" / f"{stem}.png", pred.labels, scale_binary=predictor.num_classes == 1)
+        binary = (pred.labels > 0).astype(np.uint8)
+        write_mask(out_dir / "edges" / f"{stem}.png", mask_to_edge(binary, width=edge_width))
+        return {
+            "case_id": stem,
+            "image": path.name,
+            "confidence": prediction_confidence(pred.probs),
+            "foreground_fraction": float(binary.mean()),
+        }
+
+    report = for_each_file(files, work, strict, on_done)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["case_id", "image", "confidence", "foreground_fraction"])
+    writer = csv.DictWriter(buf, fieldnames=["case_id", "image", "confidence", "foreground_fraction"], extrasaction="ignore")
     writer.writeheader()
     for row in report.written:
         writer.writerow({**row, "confidence": f"{row['confidence']:.6f}", "foreground_fraction": f"{row['foreground_fraction']:.6f}"})
     write_text(out_dir / "confidence.csv", buf.getvalue())
-    if report.failed:
-        write_text(out_dir / "failed.txt", "".join(f"{p}: {m}\n" for p, m in report.failed))
+    write_failures(out_dir, report)
     return report

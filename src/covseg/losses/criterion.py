@@ -1,4 +1,4 @@
-"""Composite training criterion over a model's ``forward_train`` outputs.
+"""The classic composite criterion (main + deep supervision + edge) as three named loss terms.
 
 ``total = main(logits, mask) + Σ_i aux_weight_i · aux_loss(aux_i, mask) + edge_weight · edge_loss(edge, edge_gt)``
 
@@ -18,43 +18,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-
 from covseg.errors import ConfigError
-from covseg.losses.registry import build_loss
+from covseg.losses.terms import LossTerm, LossTerms, build_loss, mask_to_edge
+
+__all__ = ["Criterion", "build_criterion", "mask_to_edge"]
 
 
-def mask_to_edge(mask: torch.Tensor) -> torch.Tensor:
-    """Inf-Net-style edge map of a mask batch, float ``(B, 1, H, W)`` in {0, 1}.
-
-    A pixel is edge where the mask's central difference ``m[i+1] − m[i−1]`` along rows or
-    columns is non-zero (replicated borders): a 2-pixel band, one pixel inside and one outside
-    the boundary, the same rule as ``covseg.transforms.edges.mask_to_edge(width=2)`` that the
-    data pipeline uses for Inf-Net's edge ground truth. Accepts a binary float ``(B, 1, H, W)``
-    mask (foreground = value > 0.5) or a long ``(B, H, W)`` label map (any class > 0).
-    """
-    fg = (mask > 0).float() if not mask.is_floating_point() else (mask > 0.5).float()
-    if fg.ndim == 3:
-        fg = fg.unsqueeze(1)
-    padded = F.pad(fg, (1, 1, 1, 1), mode="replicate")
-    d_rows = padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]
-    d_cols = padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]
-    return ((d_rows != 0) | (d_cols != 0)).to(fg.dtype)
-
-
-def _resize_like(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    size = target.shape[-2:]
-    if output.shape[-2:] == size:
-        return output
-    return F.interpolate(output, size=size, mode="bilinear", align_corners=False)
-
-
-class Criterion:
+class Criterion(LossTerms):
     """Main + deep-supervision + edge loss; ``__call__(outputs, batch) -> (total, parts)``.
 
+    The terms are named ``main`` (``logits`` vs ``mask``), ``aux`` (each ``aux`` output vs
+    ``mask``; parts ``aux0``, ``aux1`` …) and ``edge`` (``edge`` vs ``edge``).
+
     Args:
-        main: loss name for ``outputs["logits"]`` (``covseg.losses.LOSSES``).
+        main: loss name for ``outputs["logits"]`` (``covseg.registry.LOSSES``).
         aux_weight: weight of each ``outputs["aux"]`` entry — one float for all, or one per
             entry (a list whose length must equal the number of aux outputs). 0 skips them.
         edge_weight: weight of the edge term (0 skips it).
@@ -89,47 +66,18 @@ class Criterion:
             self.aux_weight = [float(w) for w in aux_weight]
         self.edge_weight = float(edge_weight)
         self.edge_from_mask = edge_from_mask
+        super().__init__(
+            [
+                LossTerm("main", self.main, 1.0, "logits", "mask", required=True),
+                LossTerm("aux", self.aux, self.aux_weight, "aux", "mask"),
+                LossTerm("edge", self.edge, self.edge_weight, "edge", "edge", edge_from_mask=edge_from_mask),
+            ]
+        )
 
-    def _aux_weights(self, n: int) -> list[float]:
-        if isinstance(self.aux_weight, float):
-            return [self.aux_weight] * n
-        if len(self.aux_weight) != n:
-            raise ValueError(
-                f"aux_weight has {len(self.aux_weight)} entries but the model gives {n} aux outputs"
-            )
-        return list(self.aux_weight)
-
-    def __call__(
-        self, outputs: Mapping[str, Any], batch: Mapping[str, Any]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, outputs, batch):
         if "mask" not in batch:
             raise ValueError("batch has no 'mask'")
-        mask = batch["mask"]
-        parts: dict[str, float] = {}
-        main = self.main(_resize_like(outputs["logits"], mask), mask)
-        parts["main"] = float(main.detach())
-        total = main
-        aux_outputs = outputs.get("aux") or []
-        for i, (weight, aux) in enumerate(zip(self._aux_weights(len(aux_outputs)), aux_outputs)):
-            if weight == 0.0:
-                continue
-            value = self.aux(_resize_like(aux, mask), mask)
-            parts[f"aux{i}"] = float(value.detach())
-            total = total + weight * value
-        if outputs.get("edge") is not None and self.edge_weight != 0.0:
-            edge_target = batch.get("edge")
-            if edge_target is None:
-                if not self.edge_from_mask:
-                    raise ValueError(
-                        "the model gives an 'edge' output but the batch has no 'edge': add edge maps to the "
-                        "batch, set edge_from_mask=True to derive them from the mask, or set edge_weight=0"
-                    )
-                edge_target = mask_to_edge(mask)
-            value = self.edge(_resize_like(outputs["edge"], edge_target), edge_target)
-            parts["edge"] = float(value.detach())
-            total = total + self.edge_weight * value
-        parts["total"] = float(total.detach())
-        return total, parts
+        return super().__call__(outputs, batch)
 
 
 _CRITERION_KEYS = (
@@ -168,7 +116,5 @@ def build_criterion(cfg: Mapping[str, Any] | str) -> Criterion:
         raise ConfigError("loss config needs 'main' (a loss name)")
     try:
         return Criterion(**cfg)
-    except KeyError as exc:  # unknown loss name from the registry
-        raise ConfigError(str(exc.args[0])) from exc
-    except TypeError as exc:  # a loss given keyword arguments it does not take
+    except TypeError as exc:  # a criterion given arguments it does not take
         raise ConfigError(f"loss config: {exc}") from exc

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from covseg.losses.registry import LOSSES
+from covseg.registry import LOSSES
 
 
 def check_binary(logits: torch.Tensor, target: torch.Tensor, loss: str) -> None:

@@ -1,12 +1,29 @@
-"""Segmentation models, registered by name (see ``covseg.models.registry``).
+"""Segmentation models, registered by name in :data:`covseg.registry.MODELS`.
 
-Importing this package registers ``unet``, ``unet_multiclass``, ``resunet`` and ``infnet``.
+Built-ins (listed in :mod:`covseg.builtins`): ``unet``, ``unet_multiclass``, ``resunet``, ``infnet``,
+and the text-guided ``lvit``, ``c2fvl``, ``clipseg``. Encoders are in :data:`covseg.registry.ENCODERS`.
 """
 
-from covseg.models import infnet, resunet, unet  # noqa: F401  (registration side effects)
-from covseg.models.base import SegmentationModel
-from covseg.models.encoders import ENCODERS, build_encoder
-from covseg.models.registry import MODELS, build_model
+from __future__ import annotations
 
-__all__ = ["ENCODERS", "MODELS", "SegmentationModel", "build_encoder", "build_model"]
-from covseg.models import c2fvl, clipseg, lvit  # noqa: F401  (text-guided models: lvit, c2fvl, clipseg)
+from typing import Any
+
+from covseg.models.base import SegmentationModel
+from covseg.models.encoders import build_encoder
+from covseg.registry import ENCODERS, MODELS
+
+
+def build_model(name: str, **kwargs: Any):
+    """Build a registered model by name (``UnknownName``, a ``ConfigError``, for an unknown one)."""
+    return MODELS.build(name, **kwargs)
+
+
+def is_text_model(name: str) -> bool:
+    """Whether the registered model ``name`` reads text (a ``TextSegmentationModel``)."""
+    from covseg.models.text_layers import TextSegmentationModel
+
+    factory = MODELS.get(name)
+    return isinstance(factory, type) and issubclass(factory, TextSegmentationModel)
+
+
+__all__ = ["ENCODERS", "MODELS", "SegmentationModel", "build_encoder", "build_model", "is_text_model"]

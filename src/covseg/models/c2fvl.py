@@ -35,9 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from covseg.models.layers import ConvNormAct, DoubleConv, resize_to
-from covseg.models.registry import MODELS
-from covseg.models.text_unet import EncoderTextModel
-from covseg.text.layers import (
+from covseg.models.text_layers import (
     ConvPosition,
     FiLM,
     TextContext,
@@ -45,6 +43,8 @@ from covseg.text.layers import (
     grid_to_tokens,
     tokens_to_grid,
 )
+from covseg.models.text_unet import EncoderTextModel
+from covseg.registry import MODELS
 
 
 class C2FVL(EncoderTextModel):

@@ -18,7 +18,7 @@ with :meth:`CLIPSeg.tokenize` making them from strings.
   runs the CLIP towers under ``torch.no_grad()``. Checkpoints therefore hold only the decoder
   (the frozen CLIP weights are re-read from ``pretrained_dir``), so a run folder of a fine-tuned
   CLIPSeg stays small but needs that folder to predict.
-- Zero-shot use without training: :func:`covseg.text.zero_shot.make_clipseg_run`.
+- Zero-shot use without training: :func:`covseg.inference.zero_shot.make_clipseg_run`.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from covseg.errors import CovsegError
-from covseg.models.registry import MODELS
-from covseg.text.layers import TextSegmentationModel
+from covseg.models.text_layers import TextSegmentationModel
+from covseg.registry import MODELS
 from covseg.utils.paths import expand
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -68,7 +68,7 @@ class CLIPSeg(TextSegmentationModel):
         )
         from transformers import AutoTokenizer, CLIPSegForImageSegmentation
 
-        from covseg.text.encoder import load_hf_pretrained
+        from covseg.utils.hf import load_hf_pretrained
 
         if not (path / "config.json").is_file():
             raise CovsegError(

@@ -28,9 +28,7 @@ from torch import nn
 
 from covseg.errors import CovsegError
 from covseg.models.layers import ConvNormAct, ResidualBlock
-from covseg.registry import Registry
-
-ENCODERS: Registry = Registry("encoder")
+from covseg.registry import ENCODERS
 
 ENCODER_STRIDES: tuple[int, ...] = (2, 4, 8, 16, 32)
 

@@ -49,7 +49,7 @@ from torch import nn
 from covseg.models.base import SegmentationModel
 from covseg.models.encoders import Encoder, build_encoder
 from covseg.models.layers import ConvNormAct, resize_to
-from covseg.models.registry import MODELS
+from covseg.registry import MODELS
 
 
 class ReceptiveFieldBlock(nn.Module):

@@ -21,7 +21,7 @@ ask for:
   convolution (which ties the model to one caption length and one image size). A learned null
   token makes missing text well defined.
 - PLAM's third evidence map is a text map (pixel feature · sentence vector), so the decoder's
-  pixel-level attention is text-conditioned too (:class:`~covseg.text.layers.TextPixelAttention`).
+  pixel-level attention is text-conditioned too (:class:`~covseg.models.text_layers.TextPixelAttention`).
 - LViT's semi-supervised exponential pseudo-label iteration is not part of the model.
 
 ``forward(x, text_tokens, text_mask)``: ``x`` ``(B, C, H, W)``; ``text_tokens`` ``(B, L, text_dim)``
@@ -37,9 +37,7 @@ import torch
 from torch import nn
 
 from covseg.models.layers import ConvNormAct, DoubleConv, resize_to
-from covseg.models.registry import MODELS
-from covseg.models.text_unet import EncoderTextModel
-from covseg.text.layers import (
+from covseg.models.text_layers import (
     ConvPosition,
     TextContext,
     TextPixelAttention,
@@ -47,6 +45,8 @@ from covseg.text.layers import (
     grid_to_tokens,
     tokens_to_grid,
 )
+from covseg.models.text_unet import EncoderTextModel
+from covseg.registry import MODELS
 
 
 class LViT(EncoderTextModel):

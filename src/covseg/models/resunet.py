@@ -33,7 +33,7 @@ from torch import nn
 from covseg.models.base import SegmentationModel
 from covseg.models.encoders import ResNetEncoder
 from covseg.models.layers import ConvNormAct, ResidualBlock, resize_to
-from covseg.models.registry import MODELS
+from covseg.registry import MODELS
 
 
 class EdgeSupervisedModule(nn.Module):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from covseg.models.encoders import build_encoder
-from covseg.text.layers import TextSegmentationModel
+from covseg.models.text_layers import TextSegmentationModel
 
 
 class EncoderTextModel(TextSegmentationModel):

@@ -24,7 +24,7 @@ from torch import nn
 from covseg.models.base import SegmentationModel
 from covseg.models.encoders import Encoder, build_encoder
 from covseg.models.layers import DoubleConv, resize_to
-from covseg.models.registry import MODELS
+from covseg.registry import MODELS
 
 
 class UNet(SegmentationModel):

@@ -61,12 +61,60 @@ class ModelConfig(_Strict):
     params: dict[str, Any] = {}
 
 
+class SamplerConfig(_Strict):
+    """How an epoch's batches are drawn: whole images held in memory, or patches read lazily."""
+
+    name: Literal["images", "patches"] = "images"
+    patch_size: tuple[int, ...] | None = Field(None, description="Patch size (2 or 3 numbers) for name: patches.")
+    foreground_fraction: float = Field(
+        0.33, ge=0, le=1, description="Share of each batch forced to contain foreground (nnU-Net's oversampling)."
+    )
+    batches_per_epoch: int | None = Field(None, ge=1, description="Default: one pass over the training cases.")
+    cache_dir: str | None = Field(
+        None, description="Where preprocessed cases are cached for patches (default: $COVSEG_CACHE or ~/.cache/covseg)."
+    )
+
+    @model_validator(mode="after")
+    def _patch_size(self) -> SamplerConfig:
+        if self.name == "patches":
+            if self.patch_size is None:
+                raise ValueError("name: patches needs patch_size")
+            if len(self.patch_size) not in (2, 3) or any(s < 1 for s in self.patch_size):
+                raise ValueError(f"patch_size must be 2 or 3 positive numbers, got {list(self.patch_size)}")
+        return self
+
+
+class InfererConfig(_Strict):
+    """How validation and prediction feed images to the network (see ``covseg.engine.inferers``)."""
+
+    name: str = "resize"
+    params: dict[str, Any] = {}
+
+
 class LossConfig(_Strict):
+    """Either named ``terms`` (output → loss and weight) or the classic main / aux / edge fields."""
+
     main: str = "dice_bce"
     aux_weight: float | list[float] = 0.0
     edge_weight: float = 0.0
     edge_loss: str = "edge"
     params: dict[str, Any] = {}
+    terms: dict[str, str | dict[str, Any]] | None = Field(
+        None,
+        description="Named loss terms, e.g. {seg: dice_bce, aux: {loss: dice_bce, weight: 0.4}, "
+        "align: {loss: value, weight: 0.1}}; replaces main/aux_weight/edge_weight/edge_loss/params.",
+    )
+
+    @model_validator(mode="after")
+    def _one_format(self) -> LossConfig:
+        if self.terms is not None:
+            classic = {"main": "dice_bce", "aux_weight": 0.0, "edge_weight": 0.0, "edge_loss": "edge", "params": {}}
+            changed = [k for k, default in classic.items() if getattr(self, k) != default]
+            if changed:
+                raise ValueError(f"give either terms or {', '.join(changed)}, not both")
+            if not self.terms:
+                raise ValueError("terms is empty")
+        return self
 
 
 class OptimConfig(_Strict):
@@ -197,6 +245,8 @@ class TrainConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainSettings = TrainSettings()
+    sampler: SamplerConfig = SamplerConfig()
+    inferer: InfererConfig = InfererConfig()
     semi: SemiConfig = SemiConfig()
     extra: dict[str, Any] = Field(default_factory=dict, description="Settings of specialised trainers.")
 

@@ -105,27 +105,31 @@ def _has_label(record: CaseRecord, cfg: DataConfig) -> bool:
     return (record.masks.get("multiclass") if cfg.mask == "multiclass" else record.mask) is not None
 
 
-def build_tensors(records: list[CaseRecord], pre: Preprocessing, cfg: DataConfig, keep_originals: bool = False, progress: Any = None):
-    """Read, normalise and resize every case once."""
+def build_tensors(
+    records: list[CaseRecord],
+    pre: Preprocessing,
+    cfg: DataConfig,
+    keep_originals: bool = False,
+    progress: Any = None,
+    images: bool = True,
+):
+    """Read, normalise and resize every case once (``images=False``: labels and originals only,
+    for validation, which prepares its inputs at the original size)."""
     import torch
 
     from covseg.data import load_sample
     from covseg.transforms.preprocess import resize_tensor
 
+    want_images = images
     images, masks, edges, texts, ids = [], [], [], [], []
     orig_masks, orig_images, spacings, shapes, foreground = [], [], [], [], []
     for rec in records:
         sample = load_sample(rec, channels=None)
-        label = sample.masks.get("multiclass") if cfg.mask == "multiclass" else sample.mask
-        if label is None:
-            raise DataError(f"no {cfg.mask} mask for case {rec.case_id}", rec.image)
-        if cfg.num_classes == 1:
-            label = (label > 0).astype(np.uint8)
-        elif label.max() >= cfg.num_classes:
-            raise DataError(f"mask has label {int(label.max())} but data.num_classes={cfg.num_classes}", rec.mask or rec.image)
-        x = torch.from_numpy(pre.normalise(sample.image))[None]
-        size = pre.size or tuple(x.shape[-2:])
-        images.append(resize_tensor(x, size)[0])
+        label = case_label(sample, rec, cfg)
+        size = pre.size or tuple(label.shape)
+        if want_images:
+            x = torch.from_numpy(pre.normalise(sample.image))[None]
+            images.append(resize_tensor(x, size)[0])
         lab = torch.from_numpy(label.astype(np.float32))[None, None]
         lab = resize_tensor(lab, size, mode="nearest")[0]
         masks.append(lab if cfg.num_classes == 1 else lab[0].long())
@@ -145,7 +149,7 @@ def build_tensors(records: list[CaseRecord], pre: Preprocessing, cfg: DataConfig
             progress()
     return CaseTensors(
         ids=ids,
-        images=torch.stack(images),
+        images=torch.stack(images) if images else None,
         masks=torch.stack(masks),
         edges=torch.stack(edges) if edges else None,
         texts=texts,
@@ -155,6 +159,26 @@ def build_tensors(records: list[CaseRecord], pre: Preprocessing, cfg: DataConfig
         shapes=shapes,
         foreground=foreground,
     )
+
+
+def case_label(sample: Any, rec: CaseRecord, cfg: DataConfig) -> np.ndarray:
+    """The training label map of a sample: binary 0/1, or checked class indices below ``num_classes``."""
+    label = sample.masks.get("multiclass") if cfg.mask == "multiclass" else sample.mask
+    if label is None:
+        raise DataError(f"no {cfg.mask} mask for case {rec.case_id}", rec.image)
+    if cfg.num_classes == 1:
+        return (label > 0).astype(np.uint8)
+    if label.max() >= cfg.num_classes:
+        raise DataError(f"mask has label {int(label.max())} but data.num_classes={cfg.num_classes}", rec.mask or rec.image)
+    return label
+
+
+def read_case(rec: CaseRecord, pre: Preprocessing, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """One case for the patch cache: normalised image ``(C, *spatial)`` at its size, and its label map."""
+    from covseg.data import load_sample
+
+    sample = load_sample(rec, channels=None)
+    return pre.normalise(sample.image), case_label(sample, rec, cfg)
 
 
 def _edge_from_mask(mask: np.ndarray) -> np.ndarray:

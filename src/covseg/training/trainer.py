@@ -1,9 +1,14 @@
-"""The supervised trainer, and the base that the semi-supervised trainers extend.
+"""The trainer: one epoch loop and one optimiser step for every training method.
 
 One epoch is a function of (config, seed, epoch, weights at its start): the batch order,
 augmentation and dropout are drawn from generators seeded by (seed, epoch). A run killed
-mid-epoch and resumed from ``last.pt`` therefore continues exactly as if uninterrupted,
-and a fixed seed gives the same metrics on a re-run on CPU.
+mid-epoch and resumed from ``last.pt`` therefore continues exactly as if uninterrupted, and a
+fixed seed gives the same weights on a re-run on CPU.
+
+Methods (``trainer:`` in the config, :data:`covseg.registry.TRAINERS`) subclass :class:`Trainer`
+once and override hooks: ``training_step`` (the loss of one step), ``on_epoch_start``,
+``epoch_sampler`` and ``lr_position`` (epoch plans), ``state``/``load_state``. Extra model inputs
+(text, the cascade's prior channel) are input adapters, so every method takes them.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,38 +24,52 @@ import numpy as np
 
 from covseg import __version__
 from covseg.errors import ConfigError, CovsegError
+from covseg.registry import TRAINERS
+from covseg.runs.folder import RunFolder
 from covseg.training.config import TrainConfig, dump_config
-from covseg.training.run_folder import RunFolder
 from covseg.transforms.preprocess import Preprocessing
 
-TRAINERS: dict[str, type[Trainer]] = {}
+Callback = Callable[["Trainer", str], None]
 
 
-def register_trainer(name: str):
-    def deco(cls):
-        TRAINERS[name] = cls
-        return cls
-
-    return deco
-
-
-def build_trainer(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False) -> Trainer:
+def build_trainer(
+    cfg: TrainConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False, callbacks: list[Callback] | None = None
+) -> Trainer:
     """The trainer class named by ``cfg.trainer``."""
-    import covseg.text.trainer
-    import covseg.training.semi  # noqa: F401  (registers the semi-supervised trainers)
     if cfg.trainer not in TRAINERS:
-        raise ConfigError(f"trainer: unknown {cfg.trainer!r}; known: {', '.join(sorted(TRAINERS))}")
-    return TRAINERS[cfg.trainer](cfg, run_dir, resume=resume, quiet=quiet)
+        raise ConfigError(f"trainer: unknown {cfg.trainer!r}; known: {', '.join(TRAINERS.names())}")
+    return TRAINERS.get(cfg.trainer)(cfg, run_dir, resume=resume, quiet=quiet, callbacks=callbacks)
+
+
+def accumulate(sums: dict[str, float], loss, parts: dict[str, float]) -> None:
+    """Add a step's loss and loss parts to the epoch sums (the criterion's ``total`` is the loss)."""
+    for k, v in {"loss": float(loss.detach()), **parts}.items():
+        if k != "total":
+            sums[k] = sums.get(k, 0.0) + float(v)
 
 
 class Trainer:
-    """Supervised training of one model; subclasses override the hooks marked below."""
+    """Supervised training of one model; the semi-supervised methods override its hooks.
 
-    def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False) -> None:
+    ``callbacks`` are called as ``callback(trainer, event)`` with ``event`` in ``"epoch_end"``,
+    ``"fit_end"`` (the CLI draws the training curves this way; training never imports ``viz``).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: str | Path,
+        resume: bool = False,
+        quiet: bool = False,
+        callbacks: list[Callback] | None = None,
+    ) -> None:
+        from covseg.training.text import text_settings
+
         self.cfg = cfg
         self.run = RunFolder(run_dir)
         self.resume = resume
         self.quiet = quiet
+        self.callbacks = list(callbacks or [])
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.best_metric = -math.inf
@@ -57,6 +77,12 @@ class Trainer:
         self.preprocessing = Preprocessing.from_dict(cfg.preprocess.model_dump())
         self.augment_cfg = cfg.augment
         self.num_classes = cfg.data.num_classes
+        self.text = text_settings(cfg)
+        self.adapters: list[Any] = []
+        self.prior_adapter = None
+        self.text_adapter = None
+        self.train_variants: list[list[str]] = []
+        self._val_inputs = None
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -76,7 +102,7 @@ class Trainer:
         self.setup_optimisation()
         self.write_run_description()
         if self.resume:
-            from covseg.training.checkpoint import load_checkpoint
+            from covseg.runs.checkpoint import load_checkpoint
 
             self.load_state(load_checkpoint(self.run.checkpoint("last")))
 
@@ -88,9 +114,54 @@ class Trainer:
             task = prog.add_task("reading cases", total=len(self.train_records) + len(self.val_records), info="")
             step = lambda: prog.advance(task)  # noqa: E731
             self.train_data = build_tensors(self.train_records, self.preprocessing, self.cfg.data, progress=step)
-            self.val_data = build_tensors(self.val_records, self.preprocessing, self.cfg.data, keep_originals=True, progress=step)
+            self.val_data = build_tensors(
+                self.val_records, self.preprocessing, self.cfg.data, keep_originals=True, progress=step, images=False
+            )
+        if self.text is not None:
+            self.setup_text_data()
         if self.cfg.data.prior_run:
             self.add_prior_channel()
+        self.sampler = self.make_sampler()
+
+    def make_sampler(self):
+        """The configured sampler over the training cases (``images`` or ``patches``)."""
+        from covseg.training.sampling import ImageSampler
+
+        s = self.cfg.sampler
+        if s.name == "images":
+            return ImageSampler(self.train_data, self.cfg.train.batch_size, self.augment_cfg, self.train_variants or None)
+        return self.make_patch_sampler()
+
+    def make_patch_sampler(self):
+        from covseg.training.cache import CaseCache
+        from covseg.training.data import read_case
+        from covseg.training.sampling import PatchSampler
+
+        if self.cfg.data.prior_run or self.text is not None:
+            raise ConfigError("sampler: patches does not take a cascade prior or text yet; use sampler.name: images")
+        s = self.cfg.sampler
+        settings = {"preprocessing": self.preprocessing.to_dict(), "mask": self.cfg.data.mask, "layout": self.cfg.data.layout}
+        with self._progress() as prog:
+            task = prog.add_task("caching cases", total=len(self.train_records), info="")
+            cache = CaseCache.build(
+                self.train_records,
+                lambda rec: read_case(rec, self.preprocessing, self.cfg.data),
+                settings,
+                self.num_classes,
+                s.cache_dir,
+                progress=lambda: prog.advance(task),
+            )
+        self.split_info["cache"] = str(cache.folder)
+        return PatchSampler(cache, s.patch_size, self.cfg.train.batch_size, self.augment_cfg, s.foreground_fraction, s.batches_per_epoch)
+
+    def setup_text_data(self) -> None:
+        from covseg.training import text as text_training
+
+        self.train_data.texts = text_training.check_texts(self.train_records, self.train_data.texts, self.text)
+        self.val_data.texts = text_training.check_texts(self.val_records, self.val_data.texts, self.text)
+        self.train_variants = text_training.prompt_variants(self.train_records)
+        for line in text_training.warnings_for(self.text, self.train_variants, self.augment_cfg.hflip, self.train_data.texts):
+            self.log(line)
 
     def prior_run_dir(self, pattern: str | None = None) -> Path:
         from covseg.utils.paths import expand
@@ -125,9 +196,8 @@ class Trainer:
             run_dir = self.prior_run_dir(pattern)
             if not self._same_data_root(run_dir):
                 raise ConfigError(f"data.prior_oof_runs: {run_dir} is not a run on data.root {self.cfg.data.root}")
-            splits = RunFolder(run_dir).read_json("splits.json")
-            for case_id in splits.get("val", []):
-                owner.setdefault(str(case_id), run_dir)
+            for case_id in RunFolder(run_dir).validation_case_ids():
+                owner.setdefault(case_id, run_dir)
         missing = [str(r.case_id) for r in self.train_records if str(r.case_id) not in owner]
         if missing:
             raise ConfigError(
@@ -136,45 +206,82 @@ class Trainer:
         return owner
 
     def add_prior_channel(self) -> None:
-        """Append a binary run's infection probability as an extra input channel (cascade input)."""
+        """The cascade input: a binary run's infection probability as an extra channel (prior adapter)."""
         import torch
 
-        from covseg.inference.predictor import Predictor
+        from covseg.data import load_sample
+        from covseg.engine.adapters import PriorAdapter
+        from covseg.engine.segmenter import Segmenter
         from covseg.transforms.preprocess import resize_tensor
 
         if not self.cfg.model.params.get("prior_channel"):
             raise ConfigError("data.prior_run needs a model taking the prior as input (model.params.prior_channel: true)")
-        from covseg.data import load_sample
-
-        prior = Predictor.from_run(self.prior_run_dir(), checkpoint="last")
+        prior_dir = self.prior_run_dir()
+        self.prior_adapter = PriorAdapter(Segmenter.from_run(prior_dir, checkpoint="last"), prior_dir.resolve(), "last")
+        self.adapters.append(self.prior_adapter)
         oof = self._oof_prior_runs() if self.cfg.data.prior_oof_runs else {}
-        oof_predictors = {d: Predictor.from_run(d, checkpoint="last") for d in sorted(set(oof.values()))}
+        oof_sources = {d: Segmenter.from_run(d, checkpoint="last") for d in sorted(set(oof.values()))}
         shared = 0 if oof else self._prior_shared_training_cases()
-        self.split_info["prior"] = {"run": str(self.prior_run_dir().resolve()), "shared_training_cases": shared}
+        self.split_info["prior"] = {"run": str(prior_dir.resolve()), "shared_training_cases": shared}
         if oof:
-            self.split_info["prior"]["oof_runs"] = [str(d.resolve()) for d in oof_predictors]
+            self.split_info["prior"]["oof_runs"] = [str(d.resolve()) for d in oof_sources]
         if shared:
             self.log(
                 f"[yellow]warning:[/] the prior run trained on {shared} of these training cases: its maps are better on "
                 "them than on new images, and the model may learn to trust them too much (use out-of-fold priors)"
             )
-        for records, data, is_train in ((self.train_records, self.train_data, True), (self.val_records, self.val_data, False)):
-            maps = []
-            for rec in records:
-                source = oof_predictors[oof[str(rec.case_id)]] if is_train and oof else prior
-                probs = source.predict_arrays([load_sample(rec).image])[0]
-                maps.append(resize_tensor(torch.from_numpy(probs)[None, None], tuple(data.images.shape[-2:]))[0])
-            data.images = torch.cat([data.images, torch.stack(maps)], dim=1)
+        maps = []
+        for rec in self.train_records:
+            source = oof_sources[oof[str(rec.case_id)]] if oof else self.prior_adapter.source
+            prior = self.prior_adapter.channels_from(source, load_sample(rec).image)
+            maps.append(resize_tensor(torch.from_numpy(prior)[None], tuple(self.train_data.images.shape[-2:]))[0])
+        self.train_data.images = torch.cat([self.train_data.images, torch.stack(maps)], dim=1)
 
-    def setup_model(self) -> None:
-        from covseg.losses import build_criterion
-        from covseg.models.registry import build_model
-
+    def model_params(self) -> dict[str, Any]:
         params = dict(self.cfg.model.params)
         params.setdefault("in_channels", self.cfg.preprocess.channels)
         params.setdefault("out_channels", self.num_classes)
-        self.model = self.place(build_model(self.cfg.model.name, **params))
-        self.criterion = build_criterion(self.cfg.loss.model_dump())
+        return params
+
+    def new_model(self, params: dict[str, Any] | None = None):
+        """A fresh model of the configured architecture in the training memory format."""
+        from covseg.models import build_model
+
+        try:
+            model = build_model(self.cfg.model.name, **(params or self.model_init_args))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model.params: {exc}") from None
+        return self.place(model)
+
+    def setup_model(self) -> None:
+        from covseg.engine.adapters import TextAdapter
+
+        params = self.model_params()
+        encoder = None
+        if self.text is not None:
+            from covseg.training.text import build_text_encoder_for
+
+            encoder = build_text_encoder_for(self.text, params, self.cfg.model.name, self.run.path, self.resume)
+        self.model_init_args = params
+        self.model = self.new_model(params)
+        self.model_init_args = self.model.init_args
+        if self.text is not None:
+            self.text_adapter = TextAdapter(self.model, encoder, self.text, self.cfg.data.prompt)
+            self.adapters.append(self.text_adapter)
+        self.criterion = self.build_criterion()
+
+    def build_criterion(self):
+        """The loss terms: ``loss.terms`` as given, or the classic main / aux / edge (+ text alignment)."""
+        from covseg.losses import build_criterion, build_loss_terms
+        from covseg.losses.terms import LossTerm
+
+        loss = self.cfg.loss
+        if loss.terms is not None:
+            return build_loss_terms(loss.terms)
+        criterion = build_criterion(loss.model_dump(exclude={"terms"}))
+        if self.text is not None and self.text.align_weight > 0:
+            criterion.terms.append(LossTerm("align", None, self.text.align_weight, "align_loss", None))
+        return criterion
 
     def place(self, model):
         """Put a model in the training memory format (channels-last on CPU by default)."""
@@ -191,8 +298,13 @@ class Trainer:
         return x
 
     def setup_optimisation(self) -> None:
-        self.optimizer = self.make_optimizer(self.model.parameters())
-        self.steps_per_epoch = max(1, math.ceil(len(self.train_data) / self.cfg.train.batch_size))
+        if self.text_adapter is not None:
+            from covseg.training.text import optimizer_groups
+
+            self.optimizer = self.make_optimizer(optimizer_groups(self.model, self.text_adapter))
+        else:
+            self.optimizer = self.make_optimizer(self.model.parameters())
+        self.steps_per_epoch = self.sampler.steps_per_epoch()
         self.total_epochs = self.cfg.train.epochs
         self.total_steps = self.total_epochs * self.steps_per_epoch
 
@@ -206,9 +318,21 @@ class Trainer:
             return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
         return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
 
+    def make_inferer(self):
+        """The configured inferer; patch training validates with a sliding window of the patch size."""
+        from covseg.engine.inferers import build_inferer
+
+        spec = self.cfg.inferer.model_dump()
+        if self.cfg.sampler.name == "patches" and spec["name"] == "resize" and not spec["params"]:
+            spec = {"name": "sliding_window", "params": {"roi_size": list(self.cfg.sampler.patch_size)}}
+        if spec["name"] == "resize" and "size" not in spec["params"]:
+            spec["params"]["size"] = list(self.preprocessing.size) if self.preprocessing.size else None
+        return build_inferer(spec)
+
     def write_run_description(self) -> None:
         from covseg.training.data import dataset_summary
 
+        self.inferer = self.make_inferer()
         self.run.path.mkdir(parents=True, exist_ok=True)
         self.run.write_config(dump_config(self.cfg))
         self.run.write_json("model.json", self.model_description())
@@ -216,10 +340,20 @@ class Trainer:
         summary["val_cases"] = len(self.val_records)
         self.run.write_json("dataset.json", summary)
         self.run.write_json("splits.json", self.split_info)
+        if self.text_adapter is not None:
+            from covseg.engine.adapters import CACHE_FILE
+
+            texts = [*self.train_data.texts, *self.val_data.texts]
+            if self.text.prompt_sampling:
+                texts += [v for variants in self.train_variants for v in variants]
+            self.text_adapter.precompute(texts, self.run.path / CACHE_FILE)
 
     def model_description(self) -> dict[str, Any]:
-        """What ``covseg predict`` needs: model spec, preprocessing, classes, threshold."""
-        return {
+        """What ``covseg predict`` needs (``model.json``, read back as a ``RunDescription``)."""
+        from covseg.runs.description import DESCRIPTION_FORMAT
+
+        desc: dict[str, Any] = {
+            "format": DESCRIPTION_FORMAT,
             "name": self.cfg.model.name,
             "init_args": self.model.init_args,
             "preprocessing": self.preprocessing.to_dict(),
@@ -227,16 +361,20 @@ class Trainer:
             "class_names": self.cfg.data.class_names or (["infection"] if self.num_classes == 1 else None),
             "threshold": self.cfg.train.threshold,
             "trainer": self.cfg.trainer,
-            "prior": {"run": str(self.prior_run_dir().resolve()), "checkpoint": "last"} if self.cfg.data.prior_run else None,
+            "prior": None,
+            "inferer": self.inferer.describe(),
             "covseg_version": __version__,
         }
+        for adapter in self.adapters:
+            desc[adapter.name] = adapter.describe()
+        return desc
 
     # ----------------------------------------------------------------- state
     def state(self, epoch: int) -> dict[str, Any]:
         """Everything to rebuild the model and resume after ``epoch``."""
         import torch
 
-        return {
+        state = {
             "model_spec": {"name": self.cfg.model.name, "init_args": self.model.init_args},
             "model_state": self.model.state_dict(),
             "optimizer_state": self.optimizer.state_dict(),
@@ -248,8 +386,15 @@ class Trainer:
             "preprocessing": self.preprocessing.to_dict(),
             "num_classes": self.num_classes,
             "covseg_version": __version__,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
         }
+        if self.text_adapter is not None:
+            enc = self.text_adapter.encoder
+            state["text"] = {"encoder": enc.spec.to_dict() if enc is not None else None}
+            encoder_state = self.text_adapter.state_dict()
+            if encoder_state is not None:
+                state["text_encoder_state"] = encoder_state
+        return state
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model_state"])
@@ -258,6 +403,8 @@ class Trainer:
         self.best_metric = float(ckpt["best_metric"])
         self.best_epoch = int(ckpt["best_epoch"])
         self.history = list(ckpt["history"])
+        if self.text_adapter is not None and "text_encoder_state" in ckpt:
+            self.text_adapter.load_state_dict(ckpt["text_encoder_state"])
 
     # ----------------------------------------------------------------- loop
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
@@ -266,7 +413,7 @@ class Trainer:
         ``stop_after`` ends this session after that many epochs (the schedule stays that of
         the full run), for training in time slices with ``resume``.
         """
-        from covseg.training.checkpoint import save_checkpoint
+        from covseg.runs.checkpoint import save_checkpoint
 
         self.setup()
         cfg = self.cfg.train
@@ -296,15 +443,13 @@ class Trainer:
                     save_checkpoint(self.run.checkpoint("best"), state)
                 self.run.write_history(self.history)
                 self.log(self._epoch_line(row))
-        self.finish()
+                self._notify("epoch_end")
+        self._notify("fit_end")
         return self.summary()
 
-    def finish(self) -> None:
-        from covseg.utils.atomic import write_bytes
-        from covseg.viz.plots import training_curves_png
-
-        if self.history:
-            write_bytes(self.run.path / "curves.png", training_curves_png(self.history, monitor=self.cfg.train.monitor))
+    def _notify(self, event: str) -> None:
+        for callback in self.callbacks:
+            callback(self, event)
 
     def summary(self) -> dict[str, Any]:
         best = next((r for r in self.history if r["epoch"] == self.best_epoch), None)
@@ -339,88 +484,135 @@ class Trainer:
             group["lr"] = lr * group.get("lr_scale", 1.0)
 
     def batches(self, data, epoch: int, stream: int = 0):
-        """Shuffled index batches of ``data`` for ``epoch`` (the last short batch is kept)."""
-        import torch
+        """Shuffled index batches of in-memory ``data`` for ``epoch``, with the epoch's generator."""
+        from covseg.training.sampling import ImageSampler
 
         gen = self.epoch_generator(epoch, stream)
-        perm = torch.randperm(len(data), generator=gen)
-        bs = self.cfg.train.batch_size
-        for start in range(0, len(perm), bs):
-            idx = perm[start : start + bs]
-            if len(idx) == 1 and len(perm) > 1:
-                idx = torch.cat([idx, perm[:1]])  # batch norm needs two samples
+        for idx in ImageSampler(data, self.cfg.train.batch_size, self.augment_cfg).batches(gen):
             yield idx, gen
 
     def make_batch(self, data, idx, gen) -> dict[str, Any]:
-        """Augmented batch dict: ``image``, ``mask``, ``edge`` (if any), ``text``."""
-        from covseg.transforms.augment import augment_batch
+        """Augmented batch dict of in-memory ``data``: ``image``, ``mask``, ``edge`` (if any), ``text``."""
+        from covseg.training.sampling import ImageSampler
 
-        labels = {"mask": data.masks[idx]}
-        if data.edges is not None:
-            labels["edge"] = data.edges[idx]
-        image, labels = augment_batch(data.images[idx], labels, self.augment_cfg, gen)
-        batch = {"image": image, **labels}
-        if data.texts:
-            batch["text"] = [data.texts[int(i)] for i in idx]
+        variants = self.train_variants if data is self.train_data and self.train_variants else None
+        batch = ImageSampler(data, self.cfg.train.batch_size, self.augment_cfg, variants).batch(idx, gen)
+        return self.adapt_batch(batch, gen)
+
+    def adapt_batch(self, batch: dict[str, Any], gen) -> dict[str, Any]:
+        """The input adapters' training-time changes (prompt sampling, side-swapping flips, text dropout)."""
+        for adapter in self.adapters:
+            batch = adapter.training_batch(batch, gen)
         return batch
 
     def forward_train(self, model, batch: dict[str, Any]) -> dict[str, Any]:
-        """Hook: run a model on a batch (text-guided trainers pass the text too)."""
-        return model.forward_train(self.as_input(batch["image"]))
+        """A model's named training outputs on a batch; the adapters give its keyword inputs."""
+        n = batch["image"].shape[0]
+        contexts = [{"text": t} for t in (batch.get("text") or [None] * n)]
+        kwargs: dict[str, Any] = {}
+        for adapter in self.adapters:
+            kwargs.update(adapter.model_kwargs(contexts))
+        return model.forward_train(self.as_input(batch["image"]), **kwargs)
+
+    # hooks of the epoch loop ------------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook: work before the epoch's training mode and seeds (re-scoring, pseudo-labelling)."""
+
+    def train_modules(self) -> list[Any]:
+        """Hook: what is set to training mode for an epoch (models and adapters)."""
+        return [self.model, *self.adapters]
+
+    def epoch_sampler(self, epoch: int):
+        """Hook: the sampler of ``epoch`` (methods with phases change it)."""
+        return self.sampler
+
+    def lr_position(self, epoch: int, step: int) -> tuple[int, int | None]:
+        """Hook: ``(step, total)`` of the schedule at this step (``None``: the whole run)."""
+        return epoch * self.steps_per_epoch + step, None
+
+    def training_step(self, batch: dict[str, Any], epoch: int, step: int, aux_generator) -> tuple[Any, dict[str, float]]:
+        """Hook: the loss of one step (supervised: the criterion on the batch)."""
+        out = self.forward_train(self.model, batch)
+        return self.criterion(out, batch)
+
+    def clip_groups(self) -> list[Any]:
+        """Hook: parameter groups clipped separately (one per model)."""
+        return [self.model.parameters()]
+
+    def step_info(self, sums: dict[str, float], n: int) -> str:
+        return f"loss {sums['loss'] / n:.4f}"
+
+    def epoch_extras(self) -> dict[str, float]:
+        """Hook: extra per-epoch values for the history."""
+        return {}
 
     def train_epoch(self, epoch: int, on_step) -> dict[str, float]:
-        """Hook: one epoch over the labelled data; returns mean loss parts."""
+        """One epoch: the sampler's batches, each through the method's step and the one optimiser step."""
         import torch
 
-        self.model.train()
+        self.on_epoch_start(epoch)
+        for module in self.train_modules():
+            module.train()
         torch.manual_seed(self.cfg.train.seed * 7919 + epoch)
+        gen = self.epoch_generator(epoch)
+        aux_gen = self.epoch_generator(epoch, stream=1)
+        sampler = self.epoch_sampler(epoch)
         sums: dict[str, float] = {}
         n = 0
-        for step_in_epoch, (idx, gen) in enumerate(self.batches(self.train_data, epoch)):
-            self.set_lr(epoch * self.steps_per_epoch + step_in_epoch)
-            batch = self.make_batch(self.train_data, idx, gen)
-            out = self.forward_train(self.model, batch)
-            loss, parts = self.criterion(out, batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.clip(self.model)
-            self.optimizer.step()
+        for i, idx in enumerate(sampler.batches(gen)):
+            self.set_lr(*self.lr_position(epoch, i))
+            batch = self.adapt_batch(sampler.batch(idx, gen), gen)
+            loss, parts = self.training_step(batch, epoch, i, aux_gen)
+            self.optimizer_step(loss)
             n += 1
-            for k, v in {"loss": float(loss.detach()), **parts}.items():
-                if k != "total":  # the criterion's total is the loss itself
-                    sums[k] = sums.get(k, 0.0) + float(v)
-            on_step(f"loss {sums['loss'] / n:.4f}")
-        return {k: v / max(n, 1) for k, v in sums.items()}
+            accumulate(sums, loss, parts)
+            on_step(self.step_info(sums, n))
+        result = {k: v / max(n, 1) for k, v in sums.items()}
+        result.update(self.epoch_extras())
+        return result
 
-    def clip(self, model) -> None:
+    def optimizer_step(self, loss) -> None:
+        """The one optimiser step of every method: backward, per-model gradient clipping, step."""
         import torch
 
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
         if self.cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.optim.grad_clip)
+            for params in self.clip_groups():
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+        self.optimizer.step()
 
     # ----------------------------------------------------------------- validation
-    def predict_val(self, model=None) -> list[np.ndarray]:
-        """Validation probabilities at each case's original size."""
-        from covseg.inference.core import predict_probabilities
+    def segmenter(self, model=None):
+        """The model being trained as a :class:`Segmenter` (the predictor's own path)."""
+        from covseg.engine.segmenter import Segmenter
 
-        model = model or self.model
-        model.eval()
-        sizes = [m.shape[:2] for m in self.val_data.original_masks]
-        return predict_probabilities(
-            self.eval_forward(model, self.val_data),
-            self.val_data.images,
-            sizes,
-            num_classes=self.num_classes,
-            batch_size=self.cfg.train.val_batch_size,
-            extra_inputs=self.eval_extra_inputs(self.val_data),
+        return Segmenter(
+            model or self.model,
+            self.preprocessing,
+            self.num_classes,
+            self.adapters,
+            self.inferer,
+            self.cfg.train.threshold,
+            channels_last=self.cfg.train.channels_last,
         )
 
-    def eval_forward(self, model, data):
-        """Hook: the callable ``predict_probabilities`` uses (text models bind text here)."""
-        return lambda x, **_: model(self.as_input(x))
+    def val_contexts(self) -> list[dict[str, Any]]:
+        texts = self.val_data.texts or [None] * len(self.val_data)
+        return [{"text": t} for t in texts]
 
-    def eval_extra_inputs(self, data):
-        return None
+    def val_inputs(self):
+        """Validation inputs at their original size, prepared once (normalised + adapter channels)."""
+        if self._val_inputs is None:
+            segmenter = self.segmenter()
+            self._val_inputs = [
+                segmenter.prepare(img, ctx) for img, ctx in zip(self.val_data.original_images, self.val_contexts())
+            ]
+        return self._val_inputs
+
+    def predict_val(self, model=None) -> list[np.ndarray]:
+        """Validation probabilities at each case's original size."""
+        return self.segmenter(model).infer(self.val_inputs(), self.val_contexts(), self.cfg.train.val_batch_size)
 
     def validate(self, model=None) -> dict[str, float]:
         """Medical-protocol metrics on the validation set at original resolution."""
@@ -467,4 +659,5 @@ class Trainer:
         )
 
 
-register_trainer("supervised")(Trainer)
+TRAINERS.register("supervised", Trainer)
+TRAINERS.register("text", Trainer, help="supervised training of a text-guided model (text on; see extra.text)")

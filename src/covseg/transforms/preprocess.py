@@ -62,12 +62,15 @@ class Preprocessing:
         return ((x - mean) / std).astype(np.float32)
 
 
-def resize_tensor(x, size: tuple[int, int], mode: str = "bilinear"):
-    """Resize a (B, C, H, W) tensor; ``nearest`` for label maps."""
+def resize_tensor(x, size, mode: str = "bilinear"):
+    """Resize a ``(B, C, *spatial)`` tensor (2D or 3D); ``nearest`` for label maps, antialiased bilinear for 2D images."""
     import torch.nn.functional as F
 
-    if tuple(x.shape[-2:]) == tuple(size):
+    size = tuple(int(s) for s in size)
+    if tuple(x.shape[2:]) == size:
         return x
     if mode == "nearest":
         return F.interpolate(x, size=size, mode="nearest-exact")
+    if x.ndim == 5:
+        return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
     return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=mode == "bilinear")

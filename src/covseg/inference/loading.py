@@ -1,28 +1,20 @@
-"""Choosing the predictor for a run folder and the text each input gets (text-guided models)."""
+"""Loading run folders as predictors, and the text each input file gets (text-guided runs)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from covseg.errors import CovsegError
-from covseg.inference.predictor import Predictor
-from covseg.training.run_folder import RunFolder
+from covseg.inference.predictor import BasePredictor, Predictor
 
 
-def load_predictor(run_dir: Path, checkpoint: str = "best") -> Predictor:
-    """The right predictor class for the run folder's model (image-only or text-guided)."""
-    if not Path(run_dir).is_dir():
-        raise CovsegError("run folder not found", run_dir)
-    description = RunFolder(run_dir).read_json("model.json")
-    if description.get("text"):
-        from covseg.text.predictor import TextPredictor
-
-        return TextPredictor.from_run(run_dir, checkpoint)
+def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> Predictor:
+    """The predictor of one run folder (image-only, text-guided or cascade alike)."""
     return Predictor.from_run(run_dir, checkpoint)
 
 
-def load_predictors(run_dirs: list[Path], checkpoint: str = "best") -> Predictor:
+def load_predictors(run_dirs: Sequence[str | Path], checkpoint: str = "best") -> BasePredictor:
     """One run folder's predictor, or several averaged as an ensemble."""
     if len(run_dirs) == 1:
         return load_predictor(run_dirs[0], checkpoint)
@@ -32,15 +24,13 @@ def load_predictors(run_dirs: list[Path], checkpoint: str = "best") -> Predictor
 
 
 def text_resolver(
-    predictor: Predictor,
-    files: list[Path],
+    predictor: BasePredictor,
     text: str | None,
     text_file: Path | None,
     missing_text: str = "error",
 ) -> Callable[[Path], dict] | None:
     """A function giving each input file's extra model inputs (``{"text": ...}``), or None."""
-    needs_text = bool(predictor.description.get("text"))
-    if not needs_text:
+    if not getattr(predictor, "text_guided", False):
         if text or text_file:
             raise CovsegError("this model is not text-guided; --text/--text-file do not apply", predictor.run_dir)
         return None
@@ -51,7 +41,9 @@ def text_resolver(
         from covseg.data.text_sources import load_texts
 
         # any text source: LViT xlsx, QaTa captions.csv / annotation.json, CRIS JSON, prompt CSV, name<TAB>text
-        table = load_texts(text_file, prompt=(predictor.description.get("text") or {}).get("prompt"))
+        description = getattr(predictor, "description", None)
+        prompt = description.text.prompt if description is not None and description.text is not None else None
+        table = load_texts(text_file, prompt=prompt)
 
     def extra_for(path: Path) -> dict:
         found = text

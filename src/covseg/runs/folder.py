@@ -51,6 +51,8 @@ class RunFolder:
             raise CovsegError(f"not a covseg run folder (no {name})", self.path)
         try:
             return json.loads(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise CovsegError(f"{name} is not UTF-8 text", p) from None
         except json.JSONDecodeError as exc:
             raise CovsegError(f"corrupt JSON ({exc.msg} at line {exc.lineno})", p) from None
 
@@ -83,6 +85,25 @@ class RunFolder:
 
     def is_run(self) -> bool:
         return (self.path / "model.json").exists()
+
+    def description(self):
+        """The typed ``model.json`` (:class:`covseg.runs.description.RunDescription`)."""
+        from covseg.runs.description import RunDescription
+
+        if not self.path.is_dir():
+            raise CovsegError("run folder not found", self.path)
+        return RunDescription.read(self.path / "model.json")
+
+    def validation_case_ids(self) -> list[str]:
+        """Case ids this run validated on (``splits.json``)."""
+        return [str(c) for c in self.read_json("splits.json").get("val", [])]
+
+    def resolve_checkpoint(self, which: str = "best") -> Path:
+        """The checkpoint file for ``which``; ``best`` falls back to ``last`` when no best was kept."""
+        path = self.checkpoint(which)
+        if not path.exists() and which == "best":
+            path = self.checkpoint("last")
+        return path
 
 
 def _fmt(v: Any) -> Any:

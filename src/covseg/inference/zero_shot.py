@@ -1,6 +1,6 @@
 """Zero-shot CLIPSeg as a covseg run folder, so ``covseg predict --text`` uses it without training.
 
-    python -m covseg.text.zero_shot /path/to/clipseg-rd64-refined runs/clipseg_zero_shot
+    python -m covseg.inference.zero_shot /path/to/clipseg-rd64-refined runs/clipseg_zero_shot
     covseg predict --model runs/clipseg_zero_shot --input cxr.png --text "lung opacity"
 
 The run folder holds ``model.json`` (model ``clipseg`` from the weights folder, CLIP's
@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from covseg import __version__
-from covseg.training.run_folder import RunFolder
+from covseg.runs.folder import RunFolder
 
 
 def make_clipseg_run(
@@ -29,9 +29,10 @@ def make_clipseg_run(
     """Write a predict-ready run folder for a CLIPSeg weights folder; returns the run path."""
     import torch
 
+    from covseg.models import build_model
     from covseg.models.clipseg import CLIP_MEAN, CLIP_STD
-    from covseg.models.registry import build_model
-    from covseg.training.checkpoint import save_checkpoint
+    from covseg.runs.checkpoint import save_checkpoint
+    from covseg.runs.description import DESCRIPTION_FORMAT
     from covseg.transforms.preprocess import Preprocessing
 
     model = build_model("clipseg", pretrained_dir=str(weights_dir), in_channels=channels, out_channels=1)
@@ -44,6 +45,7 @@ def make_clipseg_run(
     run.write_json(
         "model.json",
         {
+            "format": DESCRIPTION_FORMAT,
             **spec,
             "preprocessing": pre.to_dict(),
             "num_classes": 1,
@@ -63,7 +65,7 @@ def make_clipseg_run(
             "preprocessing": pre.to_dict(),
             "num_classes": 1,
             "covseg_version": __version__,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
         },
     )
     return run.path

@@ -1,0 +1,183 @@
+"""A model with its preprocessing, input adapters and inferer: images of any size → probabilities.
+
+:class:`Segmenter` is the one path from an image (or a prepared input tensor) to a probability
+map at the input's size. The trainer validates through it with the model it is training; the
+predictor, the cascade's prior input and ensembles load it from a run folder
+(:meth:`Segmenter.from_run`), so validation scores are what users get from the saved run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from covseg.engine.adapters import InputAdapter
+from covseg.engine.inferers import Inferer, ResizeInferer, build_inferer
+from covseg.errors import CovsegError
+from covseg.registry import INPUT_ADAPTERS
+from covseg.transforms.preprocess import Preprocessing
+
+
+def logits_to_probs(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Sigmoid for binary models (one channel), softmax over the channel axis for K-class models."""
+    return torch.sigmoid(logits) if num_classes == 1 else torch.softmax(logits, dim=1)
+
+
+def probs_to_labels(prob: np.ndarray, threshold: float = 0.5, num_classes: int = 1) -> np.ndarray:
+    """Binary probabilities (any shape) → 0/1 at ``p >= threshold``; K-class ``(K, ...)`` → argmax labels."""
+    if num_classes == 1:
+        return (prob >= threshold).astype(np.uint8)
+    return prob.argmax(axis=0).astype(np.uint8)
+
+
+class Segmenter:
+    """``probabilities(images, contexts)``: each image's soft map at its own size.
+
+    Binary models give ``(*spatial)`` maps, K-class models ``(K, *spatial)``. ``adapters`` add input
+    channels and keyword inputs (cascade prior, text); ``inferer`` decides how an input meets
+    the network (resize, sliding window, slices). ``description`` is the run description when
+    loaded from a run folder.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocessing: Preprocessing,
+        num_classes: int,
+        adapters: Sequence[InputAdapter] = (),
+        inferer: Inferer | None = None,
+        threshold: float = 0.5,
+        channels_last: bool = True,
+        description: Any = None,
+        run_dir: Path | None = None,
+    ) -> None:
+        self.model = model
+        self.preprocessing = preprocessing
+        self.num_classes = int(num_classes)
+        self.adapters = list(adapters)
+        self.inferer = inferer or ResizeInferer(preprocessing.size)
+        self.threshold = float(threshold)
+        self.channels_last = channels_last
+        self.description = description
+        self.run_dir = run_dir
+
+    # -- loading --------------------------------------------------------------------------------------
+    @classmethod
+    def from_run(cls, run_dir: str | Path, checkpoint: str = "best", _seen: tuple[Path, ...] = ()) -> Segmenter:
+        """The segmenter a run folder describes (``best`` or ``last`` checkpoint), ready for inference."""
+        from covseg.runs.checkpoint import load_checkpoint, model_from_checkpoint
+        from covseg.runs.folder import RunFolder
+
+        run = RunFolder(run_dir)
+        here = run.path.resolve()
+        if here in _seen:
+            raise CovsegError("prior runs form a loop (a run folder is its own prior)", run.path / "model.json")
+        description = run.description()
+        path = run.resolve_checkpoint(checkpoint)
+        ckpt = load_checkpoint(path)
+        model = model_from_checkpoint(ckpt, path=path)
+        if model.out_channels != description.num_classes:
+            raise CovsegError(
+                f"model.json says num_classes={description.num_classes} but the checkpoint's model has "
+                f"{model.out_channels} outputs",
+                run.path / "model.json",
+            )
+
+        def load_run(other: Path, which: str) -> Segmenter:
+            return cls.from_run(other, which, (*_seen, here))
+
+        adapters = []
+        for factory in INPUT_ADAPTERS.values():
+            adapter = factory.from_description(description, model=model, checkpoint=ckpt, run_dir=run.path, load_run=load_run)
+            if adapter is not None:
+                adapters.append(adapter)
+        pre = Preprocessing.from_dict(description.preprocessing.model_dump())
+        inferer = build_inferer(description.inferer.model_dump(), default_size=pre.size)
+        channels_last = model_channels_last(model)
+        return cls(model, pre, description.num_classes, adapters, inferer, description.threshold, channels_last, description, run.path)
+
+    # -- the forward pass -------------------------------------------------------------------------
+    def as_input(self, x: torch.Tensor) -> torch.Tensor:
+        """A network-size batch in the model's memory format (channels-last on CPU by default)."""
+        if self.channels_last and x.ndim == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, x: torch.Tensor, contexts: Sequence[dict[str, Any]]) -> torch.Tensor:
+        """Logits of a network-size batch; the adapters give the model's keyword inputs."""
+        kwargs: dict[str, Any] = {}
+        for adapter in self.adapters:
+            kwargs.update(adapter.model_kwargs(contexts))
+        return self.model(self.as_input(x), **kwargs)
+
+    def _flip_tta(self, x: torch.Tensor, contexts: Sequence[dict[str, Any]]) -> torch.Tensor:
+        flipped_contexts = list(contexts)
+        for adapter in self.adapters:
+            flipped_contexts = [adapter.flip_context(c) for c in flipped_contexts]
+        logits = self.forward(x, contexts)
+        flipped = self.forward(torch.flip(x, dims=[-1]), flipped_contexts)
+        return 0.5 * (logits + torch.flip(flipped, dims=[-1]))
+
+    # -- inputs -----------------------------------------------------------------------------------------
+    def prepare(self, image: np.ndarray, context: dict[str, Any] | None = None) -> torch.Tensor:
+        """The network input at the image's size: normalised channels, then the adapters' channels."""
+        x = torch.from_numpy(self.preprocessing.normalise(image))
+        extra = [a.channels(image, context or {}) for a in self.adapters if a.extra_channels]
+        if extra:
+            x = torch.cat([x, *(torch.from_numpy(np.ascontiguousarray(e, dtype=np.float32)) for e in extra)], dim=0)
+        return x
+
+    def infer(
+        self,
+        inputs: Sequence[torch.Tensor],
+        contexts: Sequence[dict[str, Any]] | None = None,
+        batch_size: int = 8,
+        tta_flip: bool = False,
+    ) -> list[np.ndarray]:
+        """Probabilities of prepared inputs, each at its own size (the path validation shares)."""
+        contexts = list(contexts) if contexts is not None else [{} for _ in inputs]
+        forward = self._flip_tta if tta_flip else self.forward
+        self.model.eval()
+        for adapter in self.adapters:
+            adapter.train(False)
+        with torch.inference_mode():
+            logits = self.inferer(forward, list(inputs), contexts, batch_size)
+            out = []
+            for li in logits:
+                p = logits_to_probs(li[None], self.num_classes)[0]
+                out.append((p[0] if self.num_classes == 1 else p).float().numpy())
+        return out
+
+    def probabilities(
+        self,
+        images: Sequence[np.ndarray],
+        contexts: Sequence[dict[str, Any]] | None = None,
+        batch_size: int = 8,
+        tta_flip: bool = False,
+    ) -> list[np.ndarray]:
+        """Probabilities at each image's original size (``(H, W)`` or ``(K, H, W)``)."""
+        contexts = list(contexts) if contexts is not None else [{} for _ in images]
+        inputs = [self.prepare(img, ctx) for img, ctx in zip(images, contexts)]
+        return self.infer(inputs, contexts, batch_size, tta_flip)
+
+    def to_labels(self, probs: np.ndarray) -> np.ndarray:
+        return probs_to_labels(probs, self.threshold, self.num_classes)
+
+    @property
+    def text_guided(self) -> bool:
+        return any(a.name == "text" for a in self.adapters)
+
+    def adapter(self, name: str) -> InputAdapter | None:
+        return next((a for a in self.adapters if a.name == name), None)
+
+
+def model_channels_last(model: torch.nn.Module, enabled: bool = True) -> bool:
+    """Put a 2D model's weights in channels-last format (about 2x faster depthwise convs on CPU)."""
+    if not enabled:
+        return False
+    model.to(memory_format=torch.channels_last)
+    return True

@@ -1,0 +1,211 @@
+"""Samplers: the batches of an epoch, each a function of (seed, epoch) alone.
+
+- ``images`` (:class:`ImageSampler`): whole images resized once to the network size and held in
+  memory (the field's 2D datasets are 50 to a few thousand slices); every batch is augmented
+  in torch from the epoch's generator.
+- ``patches`` (:class:`PatchSampler`): cases preprocessed once into an on-disk cache
+  (:mod:`covseg.training.cache`) and read lazily, a patch at a time, through memory maps, so a
+  dataset larger than RAM trains; a share of each batch is forced to contain foreground
+  (nnU-Net's oversampling: a random foreground voxel becomes the patch centre).
+
+Both give ``batches(generator)`` → index batches for one epoch and ``batch(indices, generator)`` →
+the augmented batch dict (``image``, ``mask``, ``edge``, ``text`` …).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from covseg.registry import SAMPLERS
+from covseg.transforms.augment import AugmentConfig, augment_batch
+
+
+class Sampler:
+    """Base sampler over ``len(self)`` training cases."""
+
+    name = "base"
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def steps_per_epoch(self) -> int:
+        raise NotImplementedError
+
+    def batches(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        """Index batches of one epoch, drawn from ``generator``."""
+        raise NotImplementedError
+
+    def batch(self, indices: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
+        """The augmented batch of the cases ``indices``."""
+        raise NotImplementedError
+
+    def random_batch(self, n: int, generator: torch.Generator) -> dict[str, Any]:
+        """``n`` cases drawn with replacement (a second source beside the labelled batches)."""
+        return self.batch(torch.randint(len(self), (n,), generator=generator), generator)
+
+
+@SAMPLERS.register("images")
+class ImageSampler(Sampler):
+    """Whole in-memory images (``CaseTensors``), shuffled once per epoch; the last short batch is kept."""
+
+    name = "images"
+
+    def __init__(self, data: Any, batch_size: int, augment: AugmentConfig, variants: list[list[str]] | None = None) -> None:
+        self.data = data
+        self.batch_size = int(batch_size)
+        self.augment = augment
+        self.variants = variants
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(len(self.data) / self.batch_size))
+
+    def batches(self, generator):
+        perm = torch.randperm(len(self.data), generator=generator)
+        for start in range(0, len(perm), self.batch_size):
+            idx = perm[start : start + self.batch_size]
+            if len(idx) == 1 and len(perm) > 1:
+                idx = torch.cat([idx, perm[:1]])  # batch norm needs two samples
+            yield idx
+
+    def batch(self, indices, generator):
+        data = self.data
+        labels: dict[str, torch.Tensor] = {}
+        if data.masks is not None:
+            labels["mask"] = data.masks[indices]
+        if data.edges is not None:
+            labels["edge"] = data.edges[indices]
+        image, labels = augment_batch(data.images[indices], labels, self.augment, generator)
+        batch: dict[str, Any] = {"image": image, **labels}
+        if data.texts:
+            batch["text"] = [data.texts[int(i)] for i in indices]
+        if self.variants is not None:
+            batch["text_variants"] = [self.variants[int(i)] for i in indices]
+        return batch
+
+
+def _patch_start(shape: tuple[int, ...], patch: tuple[int, ...], centre: np.ndarray | None, rng: torch.Generator) -> list[int]:
+    """Start of a patch inside (or, for small cases, around) an array of ``shape``."""
+    starts = []
+    for axis, (size, p) in enumerate(zip(shape, patch)):
+        low, high = min(0, size - p), max(0, size - p)  # negative start = padding before
+        if centre is not None:
+            s = int(centre[axis]) - p // 2
+            starts.append(int(np.clip(s, low, high)))
+        else:
+            starts.append(int(torch.randint(low, high + 1, (), generator=rng)))
+    return starts
+
+
+def _crop(array: np.ndarray, start: list[int], patch: tuple[int, ...], fill: float) -> np.ndarray:
+    """``array[..., start:start+patch]`` over the trailing axes, padded with ``fill`` outside it."""
+    lead = array.ndim - len(patch)
+    src, dst = [], []
+    for s, p, size in zip(start, patch, array.shape[lead:]):
+        a, b = max(s, 0), min(s + p, size)
+        src.append(slice(a, b))
+        dst.append(slice(a - s, b - s))
+    out = np.full((*array.shape[:lead], *patch), fill, dtype=array.dtype)
+    out[(Ellipsis, *dst)] = array[(Ellipsis, *src)]
+    return out
+
+
+@SAMPLERS.register("patches")
+class PatchSampler(Sampler):
+    """Random patches of cached cases, ``foreground_fraction`` of each batch centred on foreground.
+
+    ``cache`` is a :class:`covseg.training.cache.CaseCache`; images and labels are memory-mapped
+    and only the patch is read. With ``foreground_fraction = f`` the last ``round(f · batch)``
+    samples of every batch are centred on a random foreground voxel of their case (cases without
+    foreground fall back to a random patch), as nnU-Net's ``oversample_foreground_percent``.
+    2D patches are augmented like whole images; 3D patches get random flips on every axis.
+    """
+
+    name = "patches"
+
+    def __init__(
+        self,
+        cache: Any,
+        patch_size: tuple[int, ...],
+        batch_size: int,
+        augment: AugmentConfig,
+        foreground_fraction: float = 0.33,
+        batches_per_epoch: int | None = None,
+    ) -> None:
+        self.cache = cache
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.batch_size = int(batch_size)
+        self.augment = augment
+        self.foreground_fraction = float(foreground_fraction)
+        self.n_batches = batches_per_epoch
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def steps_per_epoch(self) -> int:
+        return self.n_batches or max(1, math.ceil(len(self.cache) / self.batch_size))
+
+    def batches(self, generator):
+        for _ in range(self.steps_per_epoch()):
+            yield torch.randint(len(self.cache), (self.batch_size,), generator=generator)
+
+    def forced_foreground(self, n: int) -> list[bool]:
+        """Which of ``n`` samples must contain foreground (the last ones, as nnU-Net)."""
+        k = round(self.foreground_fraction * n)
+        return [i >= n - k for i in range(n)]
+
+    def patch(self, case: int, force_fg: bool, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        image, label = self.cache.arrays(case)
+        spatial = image.shape[1:]
+        if len(spatial) != len(self.patch_size):
+            raise ValueError(f"patch_size {list(self.patch_size)} does not fit cases of {len(spatial)} dimensions")
+        centre = None
+        if force_fg:
+            fg = self.cache.foreground_locations(case)
+            if len(fg):
+                centre = fg[int(torch.randint(len(fg), (), generator=generator))]
+        start = _patch_start(tuple(spatial), self.patch_size, centre, generator)
+        img = _crop(image, start, self.patch_size, 0.0)
+        lab = None if label is None else _crop(label, start, self.patch_size, 0)
+        return img, lab
+
+    def batch(self, indices, generator):
+        images, labels = [], []
+        for case, force in zip(indices.tolist(), self.forced_foreground(len(indices))):
+            img, lab = self.patch(int(case), force, generator)
+            images.append(torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)))
+            if lab is not None:
+                labels.append(torch.from_numpy(np.ascontiguousarray(lab)))
+        image = torch.stack(images)
+        batch_labels: dict[str, torch.Tensor] = {}
+        if labels:
+            lab = torch.stack(labels)  # (B, 1, *spatial) uint8 class indices
+            batch_labels["mask"] = lab.float() if self.cache.num_classes == 1 else lab[:, 0].long()
+        if image.ndim == 4:
+            image, batch_labels = augment_batch(image, batch_labels, self.augment, generator)
+        else:
+            image, batch_labels = _flip_3d(image, batch_labels, generator)
+        return {"image": image, **batch_labels}
+
+
+def _flip_3d(image: torch.Tensor, labels: dict[str, torch.Tensor], generator: torch.Generator):
+    """Random flips along each spatial axis of 3D patches (one draw per sample and axis)."""
+    flips = torch.rand(image.shape[0], 3, generator=generator) < 0.5
+    out_img = image.clone()
+    out_lab = {k: v.clone() for k, v in labels.items()}
+    for b in range(image.shape[0]):
+        dims = [d for d in range(3) if flips[b, d]]
+        if not dims:
+            continue
+        out_img[b] = torch.flip(image[b], dims=[d + 1 for d in dims])
+        for k, v in labels.items():
+            offset = v.ndim - 1 - 3
+            out_lab[k][b] = torch.flip(v[b], dims=[d + offset for d in dims])
+    return out_img, out_lab

@@ -501,3 +501,18 @@ def test_detection_errors_and_explicit_layout(tmp_path):
         open_dataset(root, layout="folder")
     with pytest.raises(TypeError, match="unknown dataset option"):
         open_dataset(root, colour="red")
+
+
+@pytest.mark.parametrize("first", ["folder", "infnet", "nifti"])
+def test_detection_order_does_not_depend_on_which_layout_module_is_imported_first(first):
+    """Layouts register at import; importing one family module directly, before the registry
+    loads the rest, must not move it ahead in the detection order."""
+    import subprocess
+    import sys
+
+    code = (
+        f"import covseg.data.layouts.{first}, sys; from covseg.data import layout_names; "
+        "print(','.join(layout_names())); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["lvit,qata,cris,csv,jcs,infnet,cosup,nifti,dicom,folder", "False"]

@@ -12,7 +12,18 @@ from __future__ import annotations
 import importlib
 
 BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
-    "layout": ("covseg.data.layouts",),
+    "layout": (
+        "covseg.data.layouts.lvit",
+        "covseg.data.layouts.qata",
+        "covseg.data.layouts.cris",
+        "covseg.data.layouts.csv_pairs",
+        "covseg.data.layouts.jcs",
+        "covseg.data.layouts.infnet",
+        "covseg.data.layouts.cosup",
+        "covseg.data.layouts.nifti",
+        "covseg.data.layouts.dicom",
+        "covseg.data.layouts.folder",
+    ),
     "encoder": ("covseg.models.encoders",),
     "model": (
         "covseg.models.unet",

@@ -121,12 +121,13 @@ def _predict_held_out(run_dir: Path, records, out_dir: Path) -> None:
 def _evaluate(records, predictions: Path, out_dir: Path) -> dict[str, dict[str, Any]]:
     from covseg.data.imageio import stem_of
     from covseg.metrics.evaluation import Case, build_summary, evaluate_cases, make_accumulator, write_outputs
+    from covseg.viz.evaluation_report import render_evaluation_report
 
     summaries = {}
     for protocol in ("medical", "sod"):
         cases = [Case(r.case_id, predictions / "probs" / f"{stem_of(r.image)}.png", r.mask, r.image) for r in records]
         run = evaluate_cases(cases, make_accumulator(protocol), strict=True)
-        write_outputs(run, out_dir / protocol)
+        write_outputs(run, out_dir / protocol, report=render_evaluation_report)
         summaries[protocol] = build_summary(run)
     return summaries
 

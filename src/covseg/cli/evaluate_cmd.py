@@ -6,6 +6,7 @@ Heavy imports (numpy, scipy, matplotlib, rich progress) happen inside the comman
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import typer
@@ -195,12 +196,17 @@ def evaluate(
     }
 
     if not run.cases:
-        summary_path = ev.write_outputs(run, out_dir, reduction=reduction, report=False)["summary"]  # type: ignore[arg-type]
+        summary_path = ev.write_outputs(run, out_dir, reduction=reduction)["summary"]  # type: ignore[arg-type]
         raise DataError(
             f"no case could be scored ({len(run.bad)} problem(s), listed in {summary_path})", pred
         )
 
-    paths = ev.write_outputs(run, out_dir, reduction=reduction, report=report, show=show)  # type: ignore[arg-type]
+    renderer = None
+    if report:  # metrics writes the files; the HTML page comes from viz, one layer up
+        from covseg.viz.evaluation_report import render_evaluation_report
+
+        renderer = functools.partial(render_evaluation_report, show=show)
+    paths = ev.write_outputs(run, out_dir, reduction=reduction, report=renderer)  # type: ignore[arg-type]
     summary = accumulator.aggregate(reduction)  # type: ignore[arg-type]
     console = Console(highlight=False, soft_wrap=True)
     table = Table(

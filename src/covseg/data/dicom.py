@@ -1,4 +1,10 @@
-"""DICOM series reading with pydicom: slices sorted along their normal, HU rescaled."""
+"""DICOM files: recognising them (``.dcm`` or the ``DICM`` preamble) and reading a series with
+pydicom (slices sorted along their normal, HU rescaled).
+
+This module imports nothing from :mod:`covseg.data.imageio`; ``imageio`` imports it (and
+re-exports :func:`is_dicom_file` and :func:`is_dicom_series`), so the two never form a cycle.
+pydicom itself is imported only when a series is read.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,31 @@ import numpy as np
 from covseg.errors import DataError
 
 
+def is_dicom_file(path: str | Path) -> bool:
+    """True for ``.dcm`` files and extension-less files carrying the ``DICM`` preamble."""
+    p = Path(path)
+    if not p.is_file() or p.name.startswith("."):
+        return False
+    if p.name.lower().endswith(".dcm"):
+        return True
+    if p.suffix:
+        return False
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def is_dicom_series(path: str | Path) -> bool:
+    """True for a folder holding DICOM slices."""
+    p = Path(path)
+    return p.is_dir() and any(is_dicom_file(f) for f in p.iterdir())
+
+
 def series_files(folder: str | Path) -> list[Path]:
     """The DICOM files of a series folder (``.dcm`` or ``DICM`` preamble; ``DICOMDIR`` skipped)."""
-    from covseg.data.imageio import is_dicom_file
-
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError("not a folder", folder)

@@ -15,6 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+# DICOM sniffing lives in covseg.data.dicom, which imports nothing from this module (no cycle);
+# is_dicom_file stays importable from here as before (explicit re-export).
+from covseg.data.dicom import is_dicom_file as is_dicom_file
+from covseg.data.dicom import is_dicom_series, read_dicom_series
 from covseg.errors import DataError
 from covseg.utils.atomic import write_with
 
@@ -38,29 +42,6 @@ def stem_of(path: str | Path) -> str:
     name = Path(path).name
     suf = suffix_of(path)
     return name[: -len(suf)] if suf and name.lower().endswith(suf) else name
-
-
-def is_dicom_file(path: str | Path) -> bool:
-    """True for ``.dcm`` files and extension-less files carrying the ``DICM`` preamble."""
-    p = Path(path)
-    if not p.is_file() or p.name.startswith("."):
-        return False
-    if suffix_of(p) == ".dcm":
-        return True
-    if p.suffix:
-        return False
-    try:
-        with p.open("rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def is_dicom_series(path: str | Path) -> bool:
-    """True for a folder holding DICOM slices."""
-    p = Path(path)
-    return p.is_dir() and any(is_dicom_file(f) for f in p.iterdir())
 
 
 def is_volume(path: str | Path) -> bool:
@@ -372,8 +353,6 @@ def read_volume(
     """
     path = Path(path)
     if path.is_dir():
-        from covseg.data.dicom import read_dicom_series
-
         arr, spacing, affine = read_dicom_series(path)
     else:
         if not path.exists():

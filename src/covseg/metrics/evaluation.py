@@ -35,7 +35,7 @@ from covseg.metrics._arrays import PredType, gt_labels, guess_pred_type, predict
 from covseg.metrics.base import MetricAccumulator, Reduction
 from covseg.metrics.medical import MedicalMetrics
 from covseg.metrics.sod import SodMetrics, SpecificityRule, prepare_sod_inputs
-from covseg.utils.atomic import write_json, write_with
+from covseg.utils.atomic import write_bytes, write_json, write_text, write_with
 
 PROTOCOLS: tuple[str, ...] = ("medical", "sod")
 VOLUME_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
@@ -483,15 +483,29 @@ def build_summary(run: EvaluationRun, reduction: Reduction = "nanmean") -> dict[
     }
 
 
+ReportRenderer = Callable[["EvaluationRun", dict[str, Any]], "str | bytes"]
+"""Renders ``report.html`` from a run and its summary; supplied by a layer above metrics
+(:func:`covseg.viz.evaluation_report.render_evaluation_report`), never imported from here."""
+
+
 def write_outputs(
     run: EvaluationRun,
     out_dir: Path,
     *,
     reduction: Reduction = "nanmean",
-    report: bool = True,
-    show: int = 6,
+    report: ReportRenderer | None = None,
 ) -> dict[str, Path]:
-    """Write ``per_case.csv``, ``summary.json`` and (optionally) ``report.html``, each atomically."""
+    """Write ``per_case.csv``, ``summary.json`` and, given a ``report`` renderer, ``report.html``, each atomically.
+
+    ``report(run, summary)`` returns the page (``summary`` as :func:`build_summary` gives it);
+    metrics hands its results up to the caller's renderer rather than importing :mod:`covseg.viz`.
+    Returns ``{"csv": ..., "summary": ..., "report": ...}`` for the files written.
+    """
+    if isinstance(report, bool):
+        raise TypeError(
+            "write_outputs(report=...) takes a renderer such as "
+            "covseg.viz.evaluation_report.render_evaluation_report, or None; not a bool"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = per_case_rows(run)
@@ -500,11 +514,10 @@ def write_outputs(
         "csv": write_with(out_dir / "per_case.csv", lambda p: p.write_text(csv_text(rows), encoding="utf-8")),
         "summary": write_json(out_dir / "summary.json", _finite_or_none(summary)),
     }
-    if report:
-        from covseg.viz.evaluation_report import build_evaluation_report
-
-        html = build_evaluation_report(run, summary, show=show)
-        paths["report"] = html.write(out_dir / "report.html")
+    if report is not None:
+        page = report(run, summary)
+        target = out_dir / "report.html"
+        paths["report"] = write_text(target, page) if isinstance(page, str) else write_bytes(target, page)
     return paths
 
 

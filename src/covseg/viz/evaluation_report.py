@@ -168,3 +168,9 @@ def build_evaluation_report(run: EvaluationRun, summary: dict[str, Any], show: i
         )
     )
     return report
+
+
+def render_evaluation_report(run: EvaluationRun, summary: dict[str, Any], show: int = 6) -> str:
+    """The HTML text of :func:`build_evaluation_report`; pass it (with ``show`` bound) as the
+    ``report`` renderer of :func:`covseg.metrics.evaluation.write_outputs` to get ``report.html``."""
+    return build_evaluation_report(run, summary, show=show).render()

@@ -95,21 +95,11 @@ def mismatched_texts(texts: list[str], seed: int = 0) -> tuple[list[str], float]
 
 def per_case_scores(trainer, texts: list[str | None] | None) -> dict[str, Any]:
     """Dice/IoU per validation case with the given texts (None → the model's image-only input)."""
-    from covseg.inference.core import predict_probabilities, probs_to_labels
-    from covseg.text.trainer import text_inputs
+    from covseg.engine.segmenter import probs_to_labels
 
-    model = trainer.model.eval()
     data = trainer.val_data
-    sizes = [m.shape[:2] for m in data.original_masks]
-    if texts is None and not hasattr(trainer, "text_encoder"):
-        forward, extra = (lambda x, **_: model(x)), None
-    else:
-        if hasattr(trainer, "text_encoder") and trainer.text_encoder is not None:
-            trainer.text_encoder.eval()
-        chosen = list(texts) if texts is not None else [None] * len(data)
-        forward = lambda x, **kw: model(x, **kw)  # noqa: E731
-        extra = lambda sl: text_inputs(model, trainer.text_encoder, chosen[sl])  # noqa: E731
-    probs = predict_probabilities(forward, data.images, sizes, 1, trainer.cfg.train.val_batch_size, extra_inputs=extra)
+    contexts = None if texts is None and trainer.text_adapter is None else [{"text": t} for t in (texts or [None] * len(data))]
+    probs = trainer.segmenter().infer(trainer.val_inputs(), contexts, trainer.cfg.train.val_batch_size)
     dice, iou = [], []
     for p, gt in zip(probs, data.original_masks):
         pred, g = probs_to_labels(p, 0.5) > 0, gt > 0

@@ -20,6 +20,7 @@ from covseg.models import MODELS, build_model
 from covseg.models.export import ONNX_INPUT, export_onnx
 
 SIZES = [(64, 64), (67, 93), (128, 96)]
+SIZES_3D = [(16, 16, 16), (17, 23, 19), (24, 16, 32)]
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,14 @@ class ModelCase:
     @property
     def id(self) -> str:
         extra = ",".join(
-            f"{k}={v}" for k, v in self.kwargs.items() if k in ("encoder", "esm", "prior_channel")
+            f"{k}={v}" for k, v in self.kwargs.items() if k in ("encoder", "esm", "prior_channel", "spatial_dims")
         )
         return f"{self.name}[{extra}]" if extra else self.name
+
+    @property
+    def sizes(self) -> list[tuple[int, ...]]:
+        """Input sizes: square, odd (padded), non-square; 3D cases get volumes."""
+        return SIZES_3D if self.kwargs.get("spatial_dims") == 3 else SIZES
 
 
 SMALL_RESNET = {"widths": [8, 8, 16, 16, 32], "depths": [0, 1, 1, 1, 1]}
@@ -48,6 +54,7 @@ MODEL_CASES = [
         {"encoder": "resnet", "encoder_kwargs": SMALL_RESNET, "decoder_widths": [16, 16, 8, 8]},
         frozenset({"logits"}),
     ),
+    ModelCase("unet", {"base_width": 4, "depth": 3, "spatial_dims": 3}, frozenset({"logits"})),
     ModelCase(
         "unet_multiclass",
         {"out_channels": 3, "prior_channel": True, "base_width": 8, "depth": 3},
@@ -85,9 +92,9 @@ def make(case: ModelCase, seed: int = 0) -> torch.nn.Module:
     return build_model(case.name, **kwargs)
 
 
-def make_input(model, batch: int, h: int, w: int, seed: int = 1) -> torch.Tensor:
+def make_input(model, batch: int, *spatial: int, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, model.input_channels, h, w, generator=g)
+    return torch.randn(batch, model.input_channels, *spatial, generator=g)
 
 
 def test_every_registered_model_has_a_case():
@@ -125,20 +132,21 @@ def test_default_configurations_build(name, kwargs, expected_params, record_prop
 class TestSegmentationModel:
     def test_forward_shapes(self, case: ModelCase):
         model = make(case).eval()
-        for batch, (h, w) in zip((1, 2, 1), SIZES):
+        for batch, size in zip((1, 2, 1), case.sizes):
             with torch.no_grad():
-                y = model(make_input(model, batch, h, w))
-            assert y.shape == (batch, model.out_channels, h, w)
+                y = model(make_input(model, batch, *size))
+            assert y.shape == (batch, model.out_channels, *size)
             assert torch.isfinite(y).all()
 
     def test_forward_train_outputs(self, case: ModelCase):
         model = make(case).train()
         assert set(model.train_outputs) == case.train_keys
         assert model.num_aux == case.num_aux
-        for h, w in ((64, 64), (67, 93)):
-            out = model.forward_train(make_input(model, 2, h, w))
+        for size in case.sizes[:2]:
+            h, w = size[-2:]
+            out = model.forward_train(make_input(model, 2, *size))
             assert set(out) == case.train_keys
-            assert out["logits"].shape == (2, model.out_channels, h, w)
+            assert out["logits"].shape == (2, model.out_channels, *size)
             aux = out.get("aux", [])
             assert len(aux) == case.num_aux
             for a in aux:
@@ -148,13 +156,13 @@ class TestSegmentationModel:
             if "edge" in out:
                 assert out["edge"].shape[:2] == (2, 1)
                 assert out["edge"].shape[-2] <= h and out["edge"].shape[-1] <= w
-            if (h, w) == (67, 93):  # padded input: side outputs are cropped to the input's frame
+            if size == case.sizes[1]:  # padded input: side outputs are cropped to the input's frame
                 for a in [*aux, *([out["edge"]] if "edge" in out else [])]:
                     assert a.shape[-2:] == (h, w)
 
     def test_backward_reaches_every_parameter(self, case: ModelCase):
         model = make(case).train()
-        out = model.forward_train(make_input(model, 2, 64, 64))
+        out = model.forward_train(make_input(model, 2, *case.sizes[0]))
         loss = out["logits"].square().mean()
         for a in out.get("aux", []):
             loss = loss + a.square().mean()
@@ -176,7 +184,7 @@ class TestSegmentationModel:
 
     def test_eval_is_deterministic(self, case: ModelCase):
         model = make(case).eval()
-        x = make_input(model, 2, 67, 93)
+        x = make_input(model, 2, *case.sizes[1])
         with torch.no_grad():
             assert torch.equal(model(x), model(x))
             assert torch.equal(model(x), model.forward_train(x)["logits"])
@@ -184,14 +192,14 @@ class TestSegmentationModel:
     def test_rebuild_from_init_args(self, case: ModelCase):
         model = make(case, seed=0).train()
         with torch.no_grad():  # move the BatchNorm statistics away from their defaults
-            model.forward_train(make_input(model, 2, 64, 64))
+            model.forward_train(make_input(model, 2, *case.sizes[0]))
         init_args = json.loads(json.dumps(model.init_args))  # what a checkpoint can store
         rebuilt = build_model(case.name, **init_args)
         assert rebuilt.init_args == model.init_args
         rebuilt.load_state_dict(model.state_dict(), strict=True)
         model.eval()
         rebuilt.eval()
-        x = make_input(model, 1, 67, 93)
+        x = make_input(model, 1, *case.sizes[1])
         with torch.no_grad():
             assert torch.equal(model(x), rebuilt(x))
 
@@ -216,8 +224,8 @@ class TestSegmentationModel:
         path = export_onnx(model, tmp_path / "model.onnx", method=method)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no external data file
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        for batch, (h, w) in ((1, (64, 64)), (2, (67, 93))):
-            x = make_input(model, batch, h, w)
+        for batch, size in ((1, case.sizes[0]), (2, case.sizes[1])):
+            x = make_input(model, batch, *size)
             with torch.no_grad():
                 expected = model(x).numpy()
             (got,) = session.run(None, {ONNX_INPUT: x.numpy()})

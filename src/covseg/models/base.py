@@ -68,33 +68,36 @@ class SegmentationModel(nn.Module):
         """Subclasses compute outputs on padded input; returns at least ``{"logits": ...}``."""
         raise NotImplementedError
 
-    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         # Always pad (a zero-width pad is a no-op): branching on the size would bake the example
         # input's case into a traced / exported graph.
-        h, w = x.shape[-2], x.shape[-1]
+        spatial = tuple(x.shape[2:])
         d = self.size_divisor
-        ph, pw = (d - h % d) % d, (d - w % d) % d
-        return F.pad(x, (0, pw, 0, ph), mode="replicate"), (h, w)
+        pads: list[int] = []
+        for size in reversed(spatial):
+            pads += [0, (d - size % d) % d]
+        return F.pad(x, tuple(pads), mode="replicate"), spatial
 
     @staticmethod
-    def _to_input_frame(y: torch.Tensor, padded: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Resize ``y`` to the padded input's size (if it differs) and crop to the unpadded ``h × w``."""
-        if y.shape[-2:] != padded.shape[-2:]:
-            y = F.interpolate(y, size=padded.shape[-2:], mode="bilinear", align_corners=False)
-        return y[..., :h, :w]
+    def _to_input_frame(y: torch.Tensor, padded: torch.Tensor, *size: int) -> torch.Tensor:
+        """Resize ``y`` to the padded input's size (if it differs) and crop to the unpadded size."""
+        if y.shape[2:] != padded.shape[2:]:
+            mode = "trilinear" if y.ndim == 5 else "bilinear"
+            y = F.interpolate(y, size=padded.shape[2:], mode=mode, align_corners=False)
+        return y[(Ellipsis, *(slice(0, s) for s in size))]
 
     def forward_train(self, x: torch.Tensor) -> dict[str, Any]:
         """All outputs (main logits, deep-supervision and edge logits) for the losses."""
-        xp, (h, w) = self._pad(x)
+        xp, size = self._pad(x)
         out = dict(self._forward(xp))
-        out["logits"] = self._to_input_frame(out["logits"], xp, h, w)
-        if xp.shape[-2:] != x.shape[-2:]:
+        out["logits"] = self._to_input_frame(out["logits"], xp, *size)
+        if xp.shape[2:] != x.shape[2:]:
             if "aux" in out:
-                out["aux"] = [self._to_input_frame(a, xp, h, w) for a in out["aux"]]
+                out["aux"] = [self._to_input_frame(a, xp, *size) for a in out["aux"]]
             if "edge" in out:
-                out["edge"] = self._to_input_frame(out["edge"], xp, h, w)
+                out["edge"] = self._to_input_frame(out["edge"], xp, *size)
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xp, (h, w) = self._pad(x)
-        return self._to_input_frame(self._forward(xp)["logits"], xp, h, w)
+        xp, size = self._pad(x)
+        return self._to_input_frame(self._forward(xp)["logits"], xp, *size)

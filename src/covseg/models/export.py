@@ -29,22 +29,22 @@ def export_onnx(
     model: SegmentationModel,
     path: str | Path,
     method: str = "dynamo",
-    example_size: tuple[int, int] = (64, 64),
+    example_size: tuple[int, ...] | None = None,
     opset: int = 18,
 ) -> Path:
-    """Export ``model.forward`` in eval mode to ``path``; returns the path."""
+    """Export ``model.forward`` in eval mode to ``path`` (batch and every spatial size dynamic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
+    spatial_dims = int(getattr(model, "spatial_dims", 2))
+    example_size = example_size or ((32,) * 3 if spatial_dims == 3 else (64, 64))
     example = torch.zeros(1, model.input_channels, *example_size)
+    names = ["depth", "height", "width"][-len(example_size) :]
     try:
         if method == "dynamo":
-            dims = {
-                0: torch.export.Dim("batch", min=1, max=4096),
-                2: torch.export.Dim("height", min=1, max=8192),
-                3: torch.export.Dim("width", min=1, max=8192),
-            }
+            dims = {0: torch.export.Dim("batch", min=1, max=4096)}
+            dims.update({2 + i: torch.export.Dim(n, min=1, max=8192) for i, n in enumerate(names)})
             torch.onnx.export(
                 model,
                 (example,),
@@ -69,8 +69,8 @@ def export_onnx(
                     input_names=[ONNX_INPUT],
                     output_names=[ONNX_OUTPUT],
                     dynamic_axes={
-                        ONNX_INPUT: {0: "batch", 2: "height", 3: "width"},
-                        ONNX_OUTPUT: {0: "batch", 2: "height", 3: "width"},
+                        ONNX_INPUT: {0: "batch", **{2 + i: n for i, n in enumerate(names)}},
+                        ONNX_OUTPUT: {0: "batch", **{2 + i: n for i, n in enumerate(names)}},
                     },
                 )
         else:

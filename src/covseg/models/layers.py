@@ -1,4 +1,6 @@
-"""Small building blocks shared by the 2D models: conv-norm-act, residual blocks, resizing.
+"""Small building blocks shared by the models: conv-norm-act, residual blocks, resizing.
+
+Blocks take ``spatial_dims`` (2 or 3, MONAI's convention) where a 3D version is natural.
 
 Everything here is export-friendly (no data-dependent Python branching on tensor values), so
 models built from these blocks trace and export to ONNX with dynamic height and width.
@@ -14,12 +16,29 @@ NORMS = ("batch", "instance", "group", "none")
 ACTIVATIONS = ("relu", "relu6", "none")
 
 
-def make_norm(kind: str, channels: int) -> nn.Module:
-    """A 2D normalisation layer by name: ``batch``, ``instance`` (affine), ``group`` or ``none``."""
+def _check_dims(spatial_dims: int) -> int:
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    return spatial_dims
+
+
+def conv_type(spatial_dims: int = 2) -> type[nn.Module]:
+    """``nn.Conv2d`` or ``nn.Conv3d``."""
+    return nn.Conv3d if _check_dims(spatial_dims) == 3 else nn.Conv2d
+
+
+def max_pool(x: torch.Tensor, k: int = 2) -> torch.Tensor:
+    """Max pooling over every spatial axis of a 2D or 3D batch."""
+    return F.max_pool3d(x, k) if x.ndim == 5 else F.max_pool2d(x, k)
+
+
+def make_norm(kind: str, channels: int, spatial_dims: int = 2) -> nn.Module:
+    """A normalisation layer by name: ``batch``, ``instance`` (affine), ``group`` or ``none``."""
+    three = _check_dims(spatial_dims) == 3
     if kind == "batch":
-        return nn.BatchNorm2d(channels)
+        return nn.BatchNorm3d(channels) if three else nn.BatchNorm2d(channels)
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
+        return nn.InstanceNorm3d(channels, affine=True) if three else nn.InstanceNorm2d(channels, affine=True)
     if kind == "group":
         groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
         return nn.GroupNorm(groups, channels)
@@ -40,33 +59,34 @@ def make_act(kind: str) -> nn.Module:
 
 
 class ConvNormAct(nn.Sequential):
-    """Conv2d → norm → activation; 'same' padding for odd kernels (dilation included)."""
+    """Conv → norm → activation; 'same' padding for odd kernels (dilation included)."""
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int | tuple[int, int] = 3,
+        kernel_size: int | tuple[int, ...] = 3,
         stride: int = 1,
         dilation: int = 1,
         groups: int = 1,
         norm: str = "batch",
         act: str = "relu",
+        spatial_dims: int = 2,
     ) -> None:
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-        padding = ((kh - 1) // 2 * dilation, (kw - 1) // 2 * dilation)
+        kernel = (kernel_size,) * spatial_dims if isinstance(kernel_size, int) else tuple(kernel_size)
+        padding = tuple((k - 1) // 2 * dilation for k in kernel)
         super().__init__(
-            nn.Conv2d(
+            conv_type(spatial_dims)(
                 in_channels,
                 out_channels,
-                (kh, kw),
+                kernel,
                 stride=stride,
                 padding=padding,
                 dilation=dilation,
                 groups=groups,
                 bias=norm == "none",
             ),
-            make_norm(norm, out_channels),
+            make_norm(norm, out_channels, spatial_dims),
             make_act(act),
         )
 
@@ -91,17 +111,20 @@ class ResidualBlock(nn.Module):
 
 
 class DoubleConv(nn.Sequential):
-    """Two 3×3 conv-norm-ReLU layers: the U-Net stage."""
+    """Two 3×3 (×3) conv-norm-ReLU layers: the U-Net stage."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch") -> None:
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch", spatial_dims: int = 2) -> None:
         super().__init__(
-            ConvNormAct(in_channels, out_channels, 3, norm=norm),
-            ConvNormAct(out_channels, out_channels, 3, norm=norm),
+            ConvNormAct(in_channels, out_channels, 3, norm=norm, spatial_dims=spatial_dims),
+            ConvNormAct(out_channels, out_channels, 3, norm=norm, spatial_dims=spatial_dims),
         )
 
 
 def resize_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Bilinear resize of ``x`` to ``ref``'s height and width (sizes taken from ``ref`` so export stays dynamic)."""
+    """Resize ``x`` to ``ref``'s spatial size, bilinear (2D) or trilinear (3D); sizes come from ``ref``
+    so export stays dynamic."""
+    if x.ndim == 5:
+        return F.interpolate(x, size=ref.shape[-3:], mode="trilinear", align_corners=False)
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
 
 

@@ -23,12 +23,12 @@ from torch import nn
 
 from covseg.models.base import SegmentationModel
 from covseg.models.encoders import Encoder, build_encoder
-from covseg.models.layers import DoubleConv, resize_to
+from covseg.models.layers import DoubleConv, conv_type, max_pool, resize_to
 from covseg.registry import MODELS
 
 
 class UNet(SegmentationModel):
-    """U-Net (built-in encoder of ``depth`` poolings, or a registered ``encoder``)."""
+    """U-Net (built-in encoder of ``depth`` poolings, or a registered ``encoder``); 2D or 3D (``spatial_dims``)."""
 
     def __init__(
         self,
@@ -41,11 +41,14 @@ class UNet(SegmentationModel):
         pretrained: bool = False,
         encoder_kwargs: dict[str, Any] | None = None,
         decoder_widths: Sequence[int] | None = None,
+        spatial_dims: int = 2,
     ) -> None:
         encoder_kwargs = dict(encoder_kwargs or {})
-        super().__init__(
-            in_channels,
-            out_channels,
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if spatial_dims == 3 and encoder is not None:
+            raise ValueError("a registered encoder is 2D; spatial_dims=3 uses the built-in encoder (encoder=None)")
+        args: dict[str, Any] = dict(
             base_width=base_width,
             depth=depth,
             norm=norm,
@@ -54,6 +57,10 @@ class UNet(SegmentationModel):
             encoder_kwargs=encoder_kwargs,
             decoder_widths=None if decoder_widths is None else [int(w) for w in decoder_widths],
         )
+        if spatial_dims != 2:  # 2D runs keep the init args they always had
+            args["spatial_dims"] = spatial_dims
+        super().__init__(in_channels, out_channels, **args)
+        self.spatial_dims = spatial_dims
         self._build(
             in_channels,
             out_channels,
@@ -85,11 +92,12 @@ class UNet(SegmentationModel):
             if depth < 1:
                 raise ValueError(f"depth must be ≥ 1, got {depth}")
             widths = [base_width * 2**i for i in range(depth + 1)]
+            dims = self.spatial_dims
             self.size_divisor = 2**depth
-            self.inc = DoubleConv(net_in, widths[0], norm)
-            self.downs = nn.ModuleList(DoubleConv(widths[i], widths[i + 1], norm) for i in range(depth))
+            self.inc = DoubleConv(net_in, widths[0], norm, dims)
+            self.downs = nn.ModuleList(DoubleConv(widths[i], widths[i + 1], norm, dims) for i in range(depth))
             self.ups = nn.ModuleList(
-                DoubleConv(widths[i + 1] + widths[i], widths[i], norm) for i in range(depth)
+                DoubleConv(widths[i + 1] + widths[i], widths[i], norm, dims) for i in range(depth)
             )
             head_in = widths[0]
         else:
@@ -104,13 +112,13 @@ class UNet(SegmentationModel):
             skips = [enc[3], enc[2], enc[1], enc[0]]
             self.ups = nn.ModuleList(DoubleConv(p + s, d, norm) for p, s, d in zip(prev, skips, dec))
             head_in = dec[-1]
-        self.head = nn.Conv2d(head_in, out_channels, 1)
+        self.head = conv_type(self.spatial_dims)(head_in, out_channels, 1)
 
     def _forward(self, x: torch.Tensor) -> dict[str, Any]:
         if self.encoder is None:
             skips = [self.inc(x)]
             for down in self.downs:
-                skips.append(down(F.max_pool2d(skips[-1], 2)))
+                skips.append(down(max_pool(skips[-1], 2)))
             y = skips.pop()
             for up in reversed(self.ups):
                 skip = skips.pop()
@@ -141,6 +149,7 @@ class MultiClassUNet(UNet):
         pretrained: bool = False,
         encoder_kwargs: dict[str, Any] | None = None,
         decoder_widths: Sequence[int] | None = None,
+        spatial_dims: int = 2,
     ) -> None:
         if out_channels < 2:
             raise ValueError(
@@ -156,6 +165,7 @@ class MultiClassUNet(UNet):
             pretrained=pretrained,
             encoder_kwargs=encoder_kwargs,
             decoder_widths=decoder_widths,
+            spatial_dims=spatial_dims,
         )
         self.in_channels = in_channels
         self.prior_channel = bool(prior_channel)

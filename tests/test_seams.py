@@ -133,7 +133,7 @@ def test_patch_sampler_oversamples_foreground(tmp_path):
 
     rng = np.random.default_rng(0)
     cases = []
-    for i in range(6):  # 96² images with one small lesion each: a random 32² patch rarely holds it
+    for _ in range(6):  # 96² images with one small lesion each: a random 32² patch rarely holds it
         label = np.zeros((96, 96), np.uint8)
         y, x = rng.integers(5, 85, size=2)
         label[y : y + 6, x : x + 6] = 1
@@ -183,7 +183,7 @@ def test_patch_training_from_a_config_validates_with_a_sliding_window(tmp_path):
 def test_pseudo_labelling_a_text_run_feeds_the_text(tmp_path):
     from test_text_sources import make_folder_json, text_config
 
-    root, _, texts = make_folder_json(tmp_path / "data")
+    root, _, _ = make_folder_json(tmp_path / "data")
     run = tmp_path / "run"
     build_trainer(load_config(raw=text_config(root, epochs=1, text={"encoder": "embedding"})), run, quiet=True).fit()
     images = root / "images"

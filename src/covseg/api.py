@@ -28,20 +28,25 @@ def train(
     fold: int | None = None,
     resume: bool = False,
     quiet: bool = False,
+    device: str | None = None,
+    amp: str | None = None,
 ) -> dict[str, Any]:
     """Train from a YAML config (or a shipped config's name); returns the training summary.
 
     With ``resume`` and an existing ``output``, the run's own saved config is continued.
+    ``device`` / ``amp`` set ``runtime.device`` / ``runtime.amp`` (a resumed run may move devices).
+    Under ``torchrun`` every process runs this and trains its share (DDP).
     """
     from covseg.training.config import load_config
 
     extra = list(overrides or [])
     if fold is not None:
         extra.append(f"data.fold={fold}")
+    runtime = [f"runtime.{k}={v}" for k, v in (("device", device), ("amp", amp)) if v is not None]
     if resume and output is not None and (Path(output) / "config.yaml").exists() and not extra:
-        cfg = load_config(Path(output) / "config.yaml")
+        cfg = load_config(Path(output) / "config.yaml", runtime)
     else:
-        cfg = load_config(config, extra)
+        cfg = load_config(config, extra + runtime)
     if output is None:
         suffix = f"_fold{cfg.data.fold}" if not cfg.data.val_root else ""
         output = Path("runs") / f"{cfg.name}{suffix}"
@@ -62,17 +67,41 @@ def predict(
     min_size: int = 0,
     window: tuple[float, float] | None = None,
     batch_size: int = 8,
+    sw_batch_size: int | None = None,
     strict: bool = False,
     on_done=None,
+    device: str = "auto",
+    amp: str = "off",
+    engine: str = "torch",
 ):
-    """Segment a file or folder with one run folder, or several averaged; returns the batch report."""
+    """Segment a file or folder with one run folder, or several averaged; returns the batch report.
+
+    ``engine``: ``torch`` (run folders), or ``onnx`` / ``torchscript`` (a folder written by
+    ``covseg export``). Under ``torchrun`` each process predicts its share of the files and the
+    main process writes ``predictions.csv`` (every output is written once).
+    """
+    from covseg.engine.runtime import Runtime
     from covseg.inference.batch import predict_files
     from covseg.inference.loading import load_predictors, text_resolver
     from covseg.inference.predictor import PostprocessOptions, list_inputs
     from covseg.viz.callbacks import prediction_overlay
 
     run_dirs = [models] if isinstance(models, (str, Path)) else list(models)
-    predictor = load_predictors(run_dirs, checkpoint)
+    runtime = Runtime.create(device, amp)
+    if engine == "torch":
+        predictor = load_predictors(run_dirs, checkpoint, runtime)
+    else:
+        from covseg.inference.exported import load_exported
+
+        if len(run_dirs) != 1:
+            from covseg.errors import CovsegError
+
+            raise CovsegError(f"--engine {engine} takes one exported model folder, got {len(run_dirs)}")
+        predictor = load_exported(run_dirs[0], engine, runtime)
+    if sw_batch_size is not None:
+        for segmenter in predictor.segmenters():
+            if hasattr(segmenter.inferer, "sw_batch_size"):
+                segmenter.inferer.sw_batch_size = int(sw_batch_size)
     files = list_inputs(Path(input))
     extra_for = text_resolver(predictor, text, None if text_file is None else Path(text_file), missing_text)
     return predict_files(
@@ -87,4 +116,5 @@ def predict(
         extra_for=extra_for,
         on_done=on_done,
         batch_size=batch_size,
+        runtime=runtime,
     )

@@ -27,8 +27,14 @@ def progress_bar(label: str, total: int, quiet: bool = False) -> Iterator[Callab
         yield lambda: prog.advance(task)
 
 
-def finish(report: Any, output: Path, done_message: str) -> None:
-    """Print what was written, then each failed input on its own line; exit 1 if any failed."""
+def finish(report: Any, output: Path, done_message: str, quiet_rank: bool = False) -> None:
+    """Print what was written, then each failed input on its own line; exit 1 if any failed.
+
+    ``quiet_rank``: a torchrun process other than the main one prints nothing (same exit code)."""
+    if quiet_rank:
+        if report.failed:
+            raise typer.Exit(1)
+        return
     out = console()
     out.print(done_message, markup=False)
     if report.failed:

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from covseg import __version__
-from covseg.cli import data_cmd, demo_cmd, evaluate_cmd, predict_cmd, pseudo_cmd, train_cmd
+from covseg.cli import data_cmd, demo_cmd, evaluate_cmd, export_cmd, predict_cmd, pseudo_cmd, train_cmd
 
 app = typer.Typer(
     name="covseg",
@@ -23,6 +23,7 @@ app.command("train")(train_cmd.train)
 app.command("predict")(predict_cmd.predict)
 app.command("pseudo-label")(pseudo_cmd.pseudo_label)
 app.command("models")(train_cmd.list_models)
+app.command("export")(export_cmd.export)
 
 
 def _version_callback(value: bool) -> None:

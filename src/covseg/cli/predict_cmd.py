@@ -20,7 +20,7 @@ def _window(text: str | None) -> tuple[float, float] | None:
 
 
 def predict(
-    model: list[Path] = typer.Option(..., "--model", "-m", metavar="RUN_DIR", help="Run folder written by covseg train; repeat to average several (an ensemble)."),
+    model: list[Path] = typer.Option(..., "--model", "-m", metavar="RUN_DIR", help="Run folder written by covseg train; repeat to average several (an ensemble); with --engine onnx|torchscript a folder written by covseg export."),
     input: Path = typer.Option(..., "--input", "-i", help="Image/NIfTI file or a folder of them."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (masks/, probs/, overlays/)."),
     checkpoint: str = typer.Option("best", help="best or last."),
@@ -33,16 +33,22 @@ def predict(
     missing_text: str = typer.Option("error", "--missing-text", help="error or image-only, for inputs without text."),
     no_overlays: bool = typer.Option(False, "--no-overlays", help="Skip overlay PNGs."),
     batch_size: int = typer.Option(8, help="Slices per forward pass."),
+    sw_batch_size: int = typer.Option(None, "--sw-batch-size", help="Windows per forward pass of a sliding-window model."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps."),
+    amp: str = typer.Option("off", "--amp", help="Mixed precision: off, bf16 or fp16."),
+    engine: str = typer.Option("torch", "--engine", help="torch (run folders), onnx or torchscript (covseg export folders)."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first bad input."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Predict masks, soft maps and overlays at each input's original size."""
     from covseg.api import predict as run_predict
     from covseg.cli._batch import finish, progress_bar
+    from covseg.engine.runtime import torchrun_env
     from covseg.inference.predictor import list_inputs
 
+    rank, world, _ = torchrun_env()
     total = len(list_inputs(input))
-    with progress_bar("predicting", total, quiet) as advance:
+    with progress_bar("predicting", -(-total // world), quiet or rank > 0) as advance:
         report = run_predict(
             model,
             input,
@@ -57,7 +63,11 @@ def predict(
             min_size=min_size,
             window=_window(window),
             batch_size=batch_size,
+            sw_batch_size=sw_batch_size,
             strict=strict,
             on_done=advance,
+            device=device,
+            amp=amp,
+            engine=engine,
         )
-    finish(report, output, f"{len(report.written)} predicted into {output}")
+    finish(report, output, f"{len(report.written)} predicted into {output}", quiet_rank=rank > 0)

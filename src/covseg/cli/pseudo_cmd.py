@@ -17,16 +17,18 @@ def pseudo_label(
     text: str = typer.Option(None, "--text", help="Text prompt for text-guided models (all inputs)."),
     text_file: Path = typer.Option(None, "--text-file", help="Per-image text: CSV/xlsx/JSON mapping image → text."),
     missing_text: str = typer.Option("error", "--missing-text", help="error or image-only, for inputs without text."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first bad input."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Pseudo-label unlabelled images so a trainer can use them as a second source."""
     from covseg.cli._batch import finish, progress_bar
+    from covseg.engine.runtime import Runtime
     from covseg.inference.loading import load_predictors, text_resolver
     from covseg.inference.predictor import list_inputs
     from covseg.inference.pseudo import pseudo_label_files
 
-    predictor = load_predictors(model, checkpoint)
+    predictor = load_predictors(model, checkpoint, Runtime.create(device, distributed=False))
     files = [f for f in list_inputs(input) if not f.name.endswith((".nii", ".nii.gz"))]
     extra_for = text_resolver(predictor, text, text_file, missing_text)
     with progress_bar("pseudo-labelling", len(files), quiet) as advance:

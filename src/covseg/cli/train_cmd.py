@@ -14,13 +14,21 @@ def train(
     fold: int = typer.Option(None, "--fold", help="Cross-validation fold to hold out (sets data.fold)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from checkpoints/last.pt."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or epoch lines."),
+    device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps (default: the config's runtime.device)."),
+    amp: str = typer.Option(None, "--amp", help="Mixed precision off, bf16 or fp16 (default: the config's runtime.amp)."),
 ) -> None:
-    """Train a model from a YAML config; the run folder is enough to predict later."""
+    """Train a model from a YAML config; the run folder is enough to predict later.
+
+    ``torchrun --nproc_per_node N -m covseg train ...`` trains the same run on N processes (DDP).
+    """
     from rich.console import Console
 
     from covseg.api import train as run_train
+    from covseg.engine.runtime import torchrun_env
 
-    summary = run_train(config, output, overrides or [], fold=fold, resume=resume, quiet=quiet)
+    summary = run_train(config, output, overrides or [], fold=fold, resume=resume, quiet=quiet, device=device, amp=amp)
+    if torchrun_env()[0] > 0:
+        return
     Console(stderr=True, highlight=False).print(
         f"[bold green]done[/] best {summary['monitor']} {summary['best_metric']:.4f} at epoch "
         f"{summary['best_epoch'] + 1}; run folder {summary['run_dir']}"

@@ -47,9 +47,22 @@ class InputAdapter:
         """The context of the horizontally flipped input (flip test-time augmentation)."""
         return context
 
-    def training_batch(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
-        """Training-time changes to an augmented batch (drawn from ``generator``)."""
+    def draw_training(self, meta: dict[str, Any], generator: torch.Generator) -> dict[str, Any] | None:
+        """The random numbers of this adapter's training-time changes to a batch (one row per sample).
+
+        ``meta`` holds ``n`` (samples) and, where the data has them, ``text`` and ``text_variants``.
+        Drawn in the main process in a fixed order, so the run does not depend on data workers.
+        """
+        return None
+
+    def apply_training(self, batch: dict[str, Any], draws: dict[str, Any] | None) -> dict[str, Any]:
+        """Apply drawn training-time changes to an augmented batch."""
         return batch
+
+    def training_batch(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+        """Training-time changes to an augmented batch, drawn from ``generator``."""
+        meta = {"n": batch["image"].shape[0], "text": batch.get("text"), "text_variants": batch.get("text_variants")}
+        return self.apply_training(batch, self.draw_training(meta, generator))
 
     def describe(self) -> dict[str, Any]:
         """This adapter's entry in ``model.json`` (its ``name`` is the key)."""
@@ -215,27 +228,35 @@ class TextAdapter(InputAdapter):
         return {**context, "text": swap_sides(context.get("text"))}
 
     # -- training -----------------------------------------------------------------------------------
-    def training_batch(self, batch, generator):
-        """Prompt sampling, side-swapping flips and text dropout, in that order, from ``generator``."""
-        s = self.settings
-        n = batch["image"].shape[0]
-        texts = list(batch.get("text") or [None] * n)
-        variants = batch.get("text_variants")
+    def draw_training(self, meta, generator):
+        """Prompt sampling, side-swapping flips and text dropout, drawn in that order."""
+        s, n = self.settings, meta["n"]
+        texts = list(meta.get("text") or [None] * n)
+        variants = meta.get("text_variants")
         if s.prompt_sampling and variants is not None:
             for k in range(n):
                 if len(variants[k]) > 1:
                     texts[k] = variants[k][int(torch.randint(len(variants[k]), (1,), generator=generator))]
+        draws: dict[str, Any] = {"text": texts}
         if s.flip_swap > 0:
-            flip = torch.rand(n, generator=generator) < s.flip_swap
-            if bool(flip.any()):
-                for key in ("image", "mask", "edge"):
-                    if key in batch and batch[key] is not None:
-                        t = batch[key]
-                        batch[key] = torch.where(flip.view(-1, *([1] * (t.ndim - 1))), t.flip(-1), t)
-                texts = [swap_sides(t) if f else t for t, f in zip(texts, flip.tolist())]
+            draws["flip"] = torch.rand(n, generator=generator) < s.flip_swap
         if s.text_dropout > 0:
-            drop = (torch.rand(n, generator=generator) < s.text_dropout).tolist()
-            texts = [None if d else t for t, d in zip(texts, drop)]
+            draws["drop"] = torch.rand(n, generator=generator) < s.text_dropout
+        return draws
+
+    def apply_training(self, batch, draws):
+        texts = list(draws["text"])
+        flip = draws.get("flip")
+        if flip is not None and bool(flip.any()):
+            for key in ("image", "mask", "edge"):
+                if key in batch and batch[key] is not None:
+                    t = batch[key]
+                    f = flip.to(t.device)
+                    batch[key] = torch.where(f.view(-1, *([1] * (t.ndim - 1))), t.flip(-1), t)
+            texts = [swap_sides(t) if f else t for t, f in zip(texts, flip.tolist())]
+        drop = draws.get("drop")
+        if drop is not None:
+            texts = [None if d else t for t, d in zip(texts, drop.tolist())]
         batch["text"] = texts
         return batch
 

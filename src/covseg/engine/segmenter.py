@@ -17,6 +17,7 @@ import torch
 
 from covseg.engine.adapters import InputAdapter
 from covseg.engine.inferers import Inferer, ResizeInferer, build_inferer
+from covseg.engine.runtime import Runtime
 from covseg.errors import CovsegError
 from covseg.registry import INPUT_ADAPTERS
 from covseg.transforms.preprocess import Preprocessing
@@ -54,6 +55,7 @@ class Segmenter:
         channels_last: bool = True,
         description: Any = None,
         run_dir: Path | None = None,
+        runtime: Runtime | None = None,
     ) -> None:
         self.model = model
         self.preprocessing = preprocessing
@@ -64,11 +66,15 @@ class Segmenter:
         self.channels_last = channels_last
         self.description = description
         self.run_dir = run_dir
+        self.runtime = runtime or Runtime()
 
     # -- loading --------------------------------------------------------------------------------------
     @classmethod
-    def from_run(cls, run_dir: str | Path, checkpoint: str = "best", _seen: tuple[Path, ...] = ()) -> Segmenter:
-        """The segmenter a run folder describes (``best`` or ``last`` checkpoint), ready for inference."""
+    def from_run(
+        cls, run_dir: str | Path, checkpoint: str = "best", runtime: Runtime | None = None, _seen: tuple[Path, ...] = ()
+    ) -> Segmenter:
+        """The segmenter a run folder describes (``best`` or ``last`` checkpoint), ready for inference
+        on ``runtime``'s device (weights load to the CPU first, so a GPU-trained run predicts on a CPU)."""
         from covseg.runs.checkpoint import load_checkpoint, model_from_checkpoint
         from covseg.runs.folder import RunFolder
 
@@ -87,8 +93,10 @@ class Segmenter:
                 run.path / "model.json",
             )
 
+        runtime = runtime or Runtime()
+
         def load_run(other: Path, which: str) -> Segmenter:
-            return cls.from_run(other, which, (*_seen, here))
+            return cls.from_run(other, which, runtime, (*_seen, here))
 
         adapters = []
         for factory in INPUT_ADAPTERS.values():
@@ -97,8 +105,11 @@ class Segmenter:
                 adapters.append(adapter)
         pre = Preprocessing.from_dict(description.preprocessing.model_dump())
         inferer = build_inferer(description.inferer.model_dump(), default_size=pre.size)
-        channels_last = model_channels_last(model)
-        return cls(model, pre, description.num_classes, adapters, inferer, description.threshold, channels_last, description, run.path)
+        model = runtime.prepare_model(model)
+        channels_last = getattr(model, "spatial_dims", 2) == 2
+        return cls(
+            model, pre, description.num_classes, adapters, inferer, description.threshold, channels_last, description, run.path, runtime
+        )
 
     # -- the forward pass -------------------------------------------------------------------------
     def as_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,11 +119,14 @@ class Segmenter:
         return x
 
     def forward(self, x: torch.Tensor, contexts: Sequence[dict[str, Any]]) -> torch.Tensor:
-        """Logits of a network-size batch; the adapters give the model's keyword inputs."""
+        """Logits (float32) of a network-size batch; the adapters give the model's keyword inputs."""
+        rt = self.runtime
         kwargs: dict[str, Any] = {}
         for adapter in self.adapters:
-            kwargs.update(adapter.model_kwargs(contexts))
-        return self.model(self.as_input(x), **kwargs)
+            kwargs.update(rt.to_device(adapter.model_kwargs(contexts)))
+        with rt.autocast():
+            logits = self.model(self.as_input(rt.to_device(x)), **kwargs)
+        return logits.float()
 
     def _flip_tta(self, x: torch.Tensor, contexts: Sequence[dict[str, Any]]) -> torch.Tensor:
         flipped_contexts = list(contexts)
@@ -145,11 +159,12 @@ class Segmenter:
         for adapter in self.adapters:
             adapter.train(False)
         with torch.inference_mode():
-            logits = self.inferer(forward, list(inputs), contexts, batch_size)
+            inputs = [self.runtime.to_device(x) for x in inputs]
+            logits = self.inferer(forward, inputs, contexts, batch_size)
             out = []
             for li in logits:
                 p = logits_to_probs(li[None], self.num_classes)[0]
-                out.append((p[0] if self.num_classes == 1 else p).float().numpy())
+                out.append((p[0] if self.num_classes == 1 else p).float().cpu().numpy())
         return out
 
     def probabilities(
@@ -174,10 +189,3 @@ class Segmenter:
     def adapter(self, name: str) -> InputAdapter | None:
         return next((a for a in self.adapters if a.name == name), None)
 
-
-def model_channels_last(model: torch.nn.Module, enabled: bool = True) -> bool:
-    """Put a 2D model's weights in channels-last format (about 2x faster depthwise convs on CPU)."""
-    if not enabled:
-        return False
-    model.to(memory_format=torch.channels_last)
-    return True

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from covseg.engine.runtime import Runtime
 from covseg.errors import CovsegError
 from covseg.inference.predictor import BasePredictor, PostprocessOptions
 from covseg.utils.atomic import write_text
@@ -80,22 +81,49 @@ def predict_files(
     extra_for: Callable[[Path], dict] | None = None,
     on_done: Callable[[], None] | None = None,
     batch_size: int = 8,
+    runtime: Runtime | None = None,
 ) -> BatchReport:
     """Predict each file; a bad file is recorded and skipped unless ``strict``.
 
     ``overlays`` draws each prediction over its image into ``overlays/`` (None: no overlays).
+    Each row records the file's seconds and peak memory (CUDA: ``max_memory_allocated`` for the
+    file; CPU: the process's peak resident memory so far). Under torchrun (``runtime`` with
+    several processes) each process predicts its share of ``files`` and the main one writes
+    ``predictions.csv`` with every row: each output is written exactly once.
     """
     from covseg.data.imageio import is_volume
 
+    runtime = runtime or getattr(predictor, "runtime", None) or Runtime()
+
     def work(path: Path) -> dict:
+        runtime.reset_peak_memory()
         extra = extra_for(path) if extra_for else {}
         if is_volume(path):
-            return _predict_volume(predictor, path, out_dir, tta_flip, post, window, overlays, extra, batch_size)
-        return _predict_image(predictor, path, out_dir, tta_flip, post, overlays, extra)
+            row = _predict_volume(predictor, path, out_dir, tta_flip, post, window, overlays, extra, batch_size)
+        else:
+            row = _predict_image(predictor, path, out_dir, tta_flip, post, overlays, extra)
+        row["peak_memory_mb"] = round(runtime.peak_memory_mb(), 1)
+        return row
 
-    report = for_each_file(files, work, strict, on_done)
-    _write_index(out_dir, report)
+    report = for_each_file(runtime.shard(files), work, strict and not runtime.distributed, on_done)
+    report = gather_report(runtime, report, files)
+    if strict and report.failed:
+        path, problem = report.failed[0]
+        raise CovsegError(problem, path)
+    if runtime.is_main:
+        _write_index(out_dir, report)
     return report
+
+
+def gather_report(runtime: Runtime, report: BatchReport, files: list[Path]) -> BatchReport:
+    """Every process's rows, in the order of ``files`` (one process: the report itself)."""
+    if not runtime.distributed:
+        return report
+    order = {str(f): i for i, f in enumerate(files)}
+    parts = runtime.gather_objects((report.written, report.failed))
+    written = sorted((row for rows, _ in parts for row in rows), key=lambda r: order.get(r.get("input", ""), 0))
+    failed = sorted((f for _, fails in parts for f in fails), key=lambda f: order.get(f[0], 0))
+    return BatchReport(written=written, failed=failed)
 
 
 def _predict_image(predictor: BasePredictor, path: Path, out_dir: Path, tta, post, overlays, extra) -> dict:
@@ -153,7 +181,7 @@ def _write_index(out_dir: Path, report: BatchReport) -> None:
     if not report.written and not report.failed:
         return
     buf = io.StringIO()
-    keys = ["input", "mask", "prob", "foreground_fraction", "foreground_ml", "seconds"]
+    keys = ["input", "mask", "prob", "foreground_fraction", "foreground_ml", "seconds", "peak_memory_mb"]
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
     for row in report.written:

@@ -39,12 +39,19 @@ class EnsemblePredictor(BasePredictor):
         self.text_guided = first.text_guided
         self.run_dir = first.run_dir
         self.description = first.description
+        self.runtime = first.runtime
         self.run_dirs = [str(m.run_dir) for m in members]
 
     @classmethod
-    def from_runs(cls, run_dirs: Sequence[str | Path], checkpoint: str = "best") -> EnsemblePredictor:
-        """Load every run folder (image-only or text-guided) with the same checkpoint choice."""
-        return cls([Predictor.from_run(Path(d), checkpoint) for d in run_dirs])
+    def from_runs(cls, run_dirs: Sequence[str | Path], checkpoint: str = "best", runtime=None) -> EnsemblePredictor:
+        """Load every run folder (image-only or text-guided) with the same checkpoint choice and runtime."""
+        from covseg.engine.runtime import Runtime
+
+        runtime = runtime or Runtime.create("auto", distributed=False)
+        return cls([Predictor.from_run(Path(d), checkpoint, runtime=runtime) for d in run_dirs])
+
+    def segmenters(self):
+        return [s for m in self.members for s in m.segmenters()]
 
     def predict_arrays(self, images, tta_flip=False, batch_size=8, **extra):
         """The members' probabilities at each image's original size, averaged."""

@@ -9,18 +9,18 @@ from covseg.errors import CovsegError
 from covseg.inference.predictor import BasePredictor, Predictor
 
 
-def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> Predictor:
+def load_predictor(run_dir: str | Path, checkpoint: str = "best", runtime=None) -> Predictor:
     """The predictor of one run folder (image-only, text-guided or cascade alike)."""
-    return Predictor.from_run(run_dir, checkpoint)
+    return Predictor.from_run(run_dir, checkpoint, runtime=runtime)
 
 
-def load_predictors(run_dirs: Sequence[str | Path], checkpoint: str = "best") -> BasePredictor:
-    """One run folder's predictor, or several averaged as an ensemble."""
+def load_predictors(run_dirs: Sequence[str | Path], checkpoint: str = "best", runtime=None) -> BasePredictor:
+    """One run folder's predictor, or several averaged as an ensemble (on ``runtime``'s device)."""
     if len(run_dirs) == 1:
-        return load_predictor(run_dirs[0], checkpoint)
+        return load_predictor(run_dirs[0], checkpoint, runtime)
     from covseg.inference.ensemble import EnsemblePredictor
 
-    return EnsemblePredictor.from_runs(run_dirs, checkpoint)
+    return EnsemblePredictor.from_runs(run_dirs, checkpoint, runtime)
 
 
 def text_resolver(

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from covseg.engine.runtime import Runtime
 from covseg.engine.segmenter import Segmenter, probs_to_labels
 from covseg.errors import CovsegError, DataError
 
@@ -105,9 +106,22 @@ class Predictor(BasePredictor):
         self.run_dir = segmenter.run_dir
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, checkpoint: str = "best") -> Predictor:
-        """Load the model of a run folder (``best``, else ``last`` checkpoint)."""
-        return cls(Segmenter.from_run(run_dir, checkpoint))
+    def from_run(
+        cls, run_dir: str | Path, checkpoint: str = "best", device: str = "auto", amp: str = "off", runtime: Runtime | None = None
+    ) -> Predictor:
+        """Load the model of a run folder (``best``, else ``last`` checkpoint) onto ``device``
+        (``auto``: CUDA, else MPS, else CPU); ``runtime`` overrides ``device`` and ``amp``."""
+        if runtime is None:
+            runtime = Runtime.create(device, amp, distributed=False)
+        return cls(Segmenter.from_run(run_dir, checkpoint, runtime))
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.segmenter.runtime
+
+    def segmenters(self) -> list[Segmenter]:
+        """The segmenters this predictor runs (one; an ensemble has one per member)."""
+        return [self.segmenter]
 
     @property
     def model(self):

@@ -86,6 +86,11 @@ class MetricAccumulator:
         """One dict per case (per case and class for multi-class protocols), copies of the records."""
         return [dict(r) for r in self._records]
 
+    def add_records(self, case_id: str, records: list[dict[str, Any]]) -> None:
+        """Add one case's records scored elsewhere (another process: MONAI's ``Cumulative`` sync)."""
+        self._case_ids.append(str(case_id))
+        self._records.extend(dict(r, case_id=str(case_id)) for r in records)
+
     def reset(self) -> None:
         """Forget every case."""
         self._records.clear()

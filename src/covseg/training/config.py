@@ -84,6 +84,19 @@ class SamplerConfig(_Strict):
         return self
 
 
+class RuntimeConfig(_Strict):
+    """Where and how training runs (``--device`` on the command line sets ``device``)."""
+
+    device: str = Field("auto", description="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")
+    amp: Literal["off", "bf16", "fp16"] = Field("off", description="Mixed precision; fp16 uses a gradient scaler.")
+    compile: bool = Field(False, description="torch.compile the model (first steps are slower while it compiles).")
+    workers: int = Field(
+        0, ge=0, description="Data-loader worker processes preparing batches (0: in the main process); "
+        "the run does not depend on this number."
+    )
+    pin_memory: bool = Field(True, description="Pinned host memory for batches going to a CUDA device.")
+
+
 class InfererConfig(_Strict):
     """How validation and prediction feed images to the network (see ``covseg.engine.inferers``)."""
 
@@ -247,6 +260,7 @@ class TrainConfig(_Strict):
     train: TrainSettings = TrainSettings()
     sampler: SamplerConfig = SamplerConfig()
     inferer: InfererConfig = InfererConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
     semi: SemiConfig = SemiConfig()
     extra: dict[str, Any] = Field(default_factory=dict, description="Settings of specialised trainers.")
 

@@ -8,8 +8,13 @@
   dataset larger than RAM trains; a share of each batch is forced to contain foreground
   (nnU-Net's oversampling: a random foreground voxel becomes the patch centre).
 
-Both give ``batches(generator)`` → index batches for one epoch and ``batch(indices, generator)`` →
-the augmented batch dict (``image``, ``mask``, ``edge``, ``text`` …).
+Both give ``batches(generator)`` → index batches for one epoch, ``plan(indices, generator)`` → a
+*job* holding every random number the batch needs (cheap, drawn in the main process in a fixed
+order) and ``load(job)`` → the augmented batch dict (``image``, ``mask``, ``edge``, ``text`` …; the
+heavy part, which data-loader workers may run). A job has one row per sample, so
+:func:`shard_job` splits a global batch between processes with the same per-sample result as
+one process would get: the stream of random numbers, and so the run, does not depend on the
+number of workers or processes.
 """
 
 from __future__ import annotations
@@ -22,7 +27,23 @@ import numpy as np
 import torch
 
 from covseg.registry import SAMPLERS
-from covseg.transforms.augment import AugmentConfig, augment_batch
+from covseg.transforms.augment import AugmentConfig, apply_augmentation, draw_augmentation
+
+
+def shard_slice(n: int, rank: int, world: int) -> slice:
+    """Rank ``rank``'s contiguous part of ``n`` samples split ``world`` ways (as ``numpy.array_split``)."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
+
+
+def shard_job(job: Any, part: slice) -> Any:
+    """The rows ``part`` of every per-sample entry of a job (tensors, lists, nested dicts)."""
+    if isinstance(job, dict):
+        return {k: shard_job(v, part) for k, v in job.items()}
+    if isinstance(job, (torch.Tensor, list, tuple)):
+        return job[part]
+    return job
 
 
 class Sampler:
@@ -40,13 +61,17 @@ class Sampler:
         """Index batches of one epoch, drawn from ``generator``."""
         raise NotImplementedError
 
-    def batch(self, indices: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
-        """The augmented batch of the cases ``indices``."""
+    def plan(self, indices: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
+        """Everything random about the batch of ``indices``, drawn from ``generator``."""
         raise NotImplementedError
 
-    def random_batch(self, n: int, generator: torch.Generator) -> dict[str, Any]:
-        """``n`` cases drawn with replacement (a second source beside the labelled batches)."""
-        return self.batch(torch.randint(len(self), (n,), generator=generator), generator)
+    def load(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The augmented batch a job describes."""
+        raise NotImplementedError
+
+    def batch(self, indices: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
+        """The augmented batch of the cases ``indices`` (``load(plan(...))``)."""
+        return self.load(self.plan(indices, generator))
 
 
 @SAMPLERS.register("images")
@@ -55,11 +80,14 @@ class ImageSampler(Sampler):
 
     name = "images"
 
-    def __init__(self, data: Any, batch_size: int, augment: AugmentConfig, variants: list[list[str]] | None = None) -> None:
+    def __init__(
+        self, data: Any, batch_size: int, augment: AugmentConfig, variants: list[list[str]] | None = None, min_batch: int = 2
+    ) -> None:
         self.data = data
         self.batch_size = int(batch_size)
         self.augment = augment
         self.variants = variants
+        self.min_batch = int(min_batch)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -71,23 +99,31 @@ class ImageSampler(Sampler):
         perm = torch.randperm(len(self.data), generator=generator)
         for start in range(0, len(perm), self.batch_size):
             idx = perm[start : start + self.batch_size]
-            if len(idx) == 1 and len(perm) > 1:
-                idx = torch.cat([idx, perm[:1]])  # batch norm needs two samples
+            if len(idx) < self.min_batch and len(perm) >= self.min_batch:
+                idx = torch.cat([idx, perm[: self.min_batch - len(idx)]])  # batch norm needs two samples a process
             yield idx
 
-    def batch(self, indices, generator):
-        data = self.data
+    def plan(self, indices, generator):
+        shape = (len(indices), *self.data.images.shape[1:])
+        job: dict[str, Any] = {"indices": indices, "augment": draw_augmentation(shape, self.augment, generator)}
+        if self.data.texts:
+            job["text"] = [self.data.texts[int(i)] for i in indices]
+        if self.variants is not None:
+            job["text_variants"] = [self.variants[int(i)] for i in indices]
+        return job
+
+    def load(self, job):
+        data, indices = self.data, job["indices"]
         labels: dict[str, torch.Tensor] = {}
         if data.masks is not None:
             labels["mask"] = data.masks[indices]
         if data.edges is not None:
             labels["edge"] = data.edges[indices]
-        image, labels = augment_batch(data.images[indices], labels, self.augment, generator)
+        image, labels = apply_augmentation(data.images[indices], labels, self.augment, job["augment"])
         batch: dict[str, Any] = {"image": image, **labels}
-        if data.texts:
-            batch["text"] = [data.texts[int(i)] for i in indices]
-        if self.variants is not None:
-            batch["text_variants"] = [self.variants[int(i)] for i in indices]
+        for key in ("text", "text_variants"):
+            if key in job:
+                batch[key] = list(job[key])
         return batch
 
 
@@ -161,43 +197,49 @@ class PatchSampler(Sampler):
         k = round(self.foreground_fraction * n)
         return [i >= n - k for i in range(n)]
 
-    def patch(self, case: int, force_fg: bool, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray | None]:
-        image, label = self.cache.arrays(case)
-        spatial = image.shape[1:]
-        if len(spatial) != len(self.patch_size):
-            raise ValueError(f"patch_size {list(self.patch_size)} does not fit cases of {len(spatial)} dimensions")
-        centre = None
-        if force_fg:
-            fg = self.cache.foreground_locations(case)
-            if len(fg):
-                centre = fg[int(torch.randint(len(fg), (), generator=generator))]
-        start = _patch_start(tuple(spatial), self.patch_size, centre, generator)
-        img = _crop(image, start, self.patch_size, 0.0)
-        lab = None if label is None else _crop(label, start, self.patch_size, 0)
-        return img, lab
-
-    def batch(self, indices, generator):
-        images, labels = [], []
+    def plan(self, indices, generator):
+        cases, starts = [], []
         for case, force in zip(indices.tolist(), self.forced_foreground(len(indices))):
-            img, lab = self.patch(int(case), force, generator)
-            images.append(torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)))
-            if lab is not None:
-                labels.append(torch.from_numpy(np.ascontiguousarray(lab)))
+            spatial = tuple(self.cache.cases[int(case)]["shape"][1:])
+            if len(spatial) != len(self.patch_size):
+                raise ValueError(f"patch_size {list(self.patch_size)} does not fit cases of {len(spatial)} dimensions")
+            centre = None
+            if force:
+                fg = self.cache.foreground_locations(int(case))
+                if len(fg):
+                    centre = fg[int(torch.randint(len(fg), (), generator=generator))]
+            starts.append(_patch_start(spatial, self.patch_size, centre, generator))
+            cases.append(int(case))
+        job: dict[str, Any] = {"cases": cases, "starts": starts}
+        n = len(cases)
+        if len(self.patch_size) == 2:
+            channels = int(self.cache.cases[cases[0]]["shape"][0]) if cases else 1
+            job["augment"] = draw_augmentation((n, channels, *self.patch_size), self.augment, generator)
+        else:
+            job["flips"] = torch.rand(n, 3, generator=generator) < 0.5
+        return job
+
+    def load(self, job):
+        images, labels = [], []
+        for case, start in zip(job["cases"], job["starts"]):
+            image, label = self.cache.arrays(case)
+            images.append(torch.from_numpy(np.ascontiguousarray(_crop(image, start, self.patch_size, 0.0), dtype=np.float32)))
+            if label is not None:
+                labels.append(torch.from_numpy(np.ascontiguousarray(_crop(label, start, self.patch_size, 0))))
         image = torch.stack(images)
         batch_labels: dict[str, torch.Tensor] = {}
         if labels:
             lab = torch.stack(labels)  # (B, 1, *spatial) uint8 class indices
             batch_labels["mask"] = lab.float() if self.cache.num_classes == 1 else lab[:, 0].long()
         if image.ndim == 4:
-            image, batch_labels = augment_batch(image, batch_labels, self.augment, generator)
+            image, batch_labels = apply_augmentation(image, batch_labels, self.augment, job["augment"])
         else:
-            image, batch_labels = _flip_3d(image, batch_labels, generator)
+            image, batch_labels = _flip_3d(image, batch_labels, job["flips"])
         return {"image": image, **batch_labels}
 
 
-def _flip_3d(image: torch.Tensor, labels: dict[str, torch.Tensor], generator: torch.Generator):
-    """Random flips along each spatial axis of 3D patches (one draw per sample and axis)."""
-    flips = torch.rand(image.shape[0], 3, generator=generator) < 0.5
+def _flip_3d(image: torch.Tensor, labels: dict[str, torch.Tensor], flips: torch.Tensor):
+    """Flips along the spatial axes of 3D patches (``flips``: (B, 3) booleans, one per sample and axis)."""
     out_img = image.clone()
     out_lab = {k: v.clone() for k, v in labels.items()}
     for b in range(image.shape[0]):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from covseg import __version__
 from covseg.errors import ConfigError, CovsegError
@@ -39,6 +40,31 @@ def build_trainer(
     if cfg.trainer not in TRAINERS:
         raise ConfigError(f"trainer: unknown {cfg.trainer!r}; known: {', '.join(TRAINERS.names())}")
     return TRAINERS.get(cfg.trainer)(cfg, run_dir, resume=resume, quiet=quiet, callbacks=callbacks)
+
+
+class TrainForward(torch.nn.Module):
+    """A module whose ``forward`` is a model's ``forward_train`` (what DDP and ``torch.compile`` wrap)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, **kwargs):
+        return self.model.forward_train(x, **kwargs)
+
+
+class _Jobs(torch.utils.data.Dataset):
+    """The planned batches of an epoch as a dataset, for data-loader workers."""
+
+    def __init__(self, sampler, jobs: list[dict[str, Any]]) -> None:
+        self.sampler = sampler
+        self.jobs = jobs
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.sampler.load(self.jobs[i])
 
 
 def accumulate(sums: dict[str, float], loss, parts: dict[str, float]) -> None:
@@ -83,16 +109,23 @@ class Trainer:
         self.text_adapter = None
         self.train_variants: list[list[str]] = []
         self._val_inputs = None
+        self._wrappers: dict[tuple[int, bool], Any] = {}
+        self.runtime: Any = None
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> None:
         import torch
 
+        from covseg.engine.runtime import Runtime
         from covseg.utils.seed import seed_everything
 
         threads = self.cfg.train.threads or int(os.environ.get("COVSEG_THREADS", 0)) or (os.cpu_count() or 1)
         torch.set_num_threads(threads)
         seed_everything(self.cfg.train.seed, deterministic=self.cfg.train.deterministic)
+        rt = self.cfg.runtime
+        self.runtime = Runtime.create(rt.device, rt.amp, rt.compile)
+        if not self.runtime.is_main:
+            self.quiet = True  # one process logs and writes: rank 0
         if self.resume and not self.run.checkpoint("last").exists():
             raise CovsegError("nothing to resume: no checkpoints/last.pt", self.run.path)
         if not self.resume and self.run.checkpoint("last").exists():
@@ -129,8 +162,20 @@ class Trainer:
 
         s = self.cfg.sampler
         if s.name == "images":
-            return ImageSampler(self.train_data, self.cfg.train.batch_size, self.augment_cfg, self.train_variants or None)
+            return ImageSampler(
+                self.train_data, self.global_batch_size, self.augment_cfg, self.train_variants or None, self.min_batch
+            )
         return self.make_patch_sampler()
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per optimiser step over all processes (``train.batch_size`` is per process)."""
+        return self.cfg.train.batch_size * self.runtime.world_size
+
+    @property
+    def min_batch(self) -> int:
+        """Smallest batch a step takes: two samples per process (batch norm needs two)."""
+        return 2 * self.runtime.world_size
 
     def make_patch_sampler(self):
         from covseg.training.cache import CaseCache
@@ -152,7 +197,7 @@ class Trainer:
                 progress=lambda: prog.advance(task),
             )
         self.split_info["cache"] = str(cache.folder)
-        return PatchSampler(cache, s.patch_size, self.cfg.train.batch_size, self.augment_cfg, s.foreground_fraction, s.batches_per_epoch)
+        return PatchSampler(cache, s.patch_size, self.global_batch_size, self.augment_cfg, s.foreground_fraction, s.batches_per_epoch)
 
     def setup_text_data(self) -> None:
         from covseg.training import text as text_training
@@ -217,10 +262,10 @@ class Trainer:
         if not self.cfg.model.params.get("prior_channel"):
             raise ConfigError("data.prior_run needs a model taking the prior as input (model.params.prior_channel: true)")
         prior_dir = self.prior_run_dir()
-        self.prior_adapter = PriorAdapter(Segmenter.from_run(prior_dir, checkpoint="last"), prior_dir.resolve(), "last")
+        self.prior_adapter = PriorAdapter(Segmenter.from_run(prior_dir, "last", self.runtime), prior_dir.resolve(), "last")
         self.adapters.append(self.prior_adapter)
         oof = self._oof_prior_runs() if self.cfg.data.prior_oof_runs else {}
-        oof_sources = {d: Segmenter.from_run(d, checkpoint="last") for d in sorted(set(oof.values()))}
+        oof_sources = {d: Segmenter.from_run(d, "last", self.runtime) for d in sorted(set(oof.values()))}
         shared = 0 if oof else self._prior_shared_training_cases()
         self.split_info["prior"] = {"run": str(prior_dir.resolve()), "shared_training_cases": shared}
         if oof:
@@ -284,10 +329,8 @@ class Trainer:
         return criterion
 
     def place(self, model):
-        """Put a model in the training memory format (channels-last on CPU by default)."""
-        import torch
-
-        return model.to(memory_format=torch.channels_last) if self.cfg.train.channels_last else model
+        """Put a model on the device, in the training memory format (channels-last for 2D by default)."""
+        return self.runtime.prepare_model(model, self.cfg.train.channels_last)
 
     def as_input(self, x):
         """An image batch in the training memory format."""
@@ -333,6 +376,18 @@ class Trainer:
         from covseg.training.data import dataset_summary
 
         self.inferer = self.make_inferer()
+        if self.text_adapter is not None:
+            from covseg.engine.adapters import CACHE_FILE
+
+            texts = [*self.train_data.texts, *self.val_data.texts]
+            if self.text.prompt_sampling:
+                texts += [v for variants in self.train_variants for v in variants]
+            cache = self.run.path / CACHE_FILE if self.runtime.is_main else None
+            if cache is not None:
+                self.run.path.mkdir(parents=True, exist_ok=True)
+            self.text_adapter.precompute(texts, cache)
+        if not self.runtime.is_main:
+            return  # one process writes the run folder
         self.run.path.mkdir(parents=True, exist_ok=True)
         self.run.write_config(dump_config(self.cfg))
         self.run.write_json("model.json", self.model_description())
@@ -340,13 +395,6 @@ class Trainer:
         summary["val_cases"] = len(self.val_records)
         self.run.write_json("dataset.json", summary)
         self.run.write_json("splits.json", self.split_info)
-        if self.text_adapter is not None:
-            from covseg.engine.adapters import CACHE_FILE
-
-            texts = [*self.train_data.texts, *self.val_data.texts]
-            if self.text.prompt_sampling:
-                texts += [v for variants in self.train_variants for v in variants]
-            self.text_adapter.precompute(texts, self.run.path / CACHE_FILE)
 
     def model_description(self) -> dict[str, Any]:
         """What ``covseg predict`` needs (``model.json``, read back as a ``RunDescription``)."""
@@ -388,6 +436,8 @@ class Trainer:
             "covseg_version": __version__,
             "torch_version": str(torch.__version__),
         }
+        if self.runtime.scaler is not None:
+            state["scaler_state"] = self.runtime.scaler.state_dict()
         if self.text_adapter is not None:
             enc = self.text_adapter.encoder
             state["text"] = {"encoder": enc.spec.to_dict() if enc is not None else None}
@@ -399,6 +449,8 @@ class Trainer:
     def load_state(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model_state"])
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        if self.runtime.scaler is not None and ckpt.get("scaler_state"):
+            self.runtime.scaler.load_state_dict(ckpt["scaler_state"])
         self.start_epoch = int(ckpt["epoch"]) + 1
         self.best_metric = float(ckpt["best_metric"])
         self.best_epoch = int(ckpt["best_epoch"])
@@ -437,14 +489,17 @@ class Trainer:
                         row["best"] = 1
                 row["time_s"] = round(time.perf_counter() - t0, 3)
                 self.history.append(row)
-                state = self.state(epoch)
-                save_checkpoint(self.run.checkpoint("last"), state)
-                if row.get("best"):
-                    save_checkpoint(self.run.checkpoint("best"), state)
-                self.run.write_history(self.history)
-                self.log(self._epoch_line(row))
-                self._notify("epoch_end")
-        self._notify("fit_end")
+                if self.runtime.is_main:
+                    state = self.state(epoch)
+                    save_checkpoint(self.run.checkpoint("last"), state)
+                    if row.get("best"):
+                        save_checkpoint(self.run.checkpoint("best"), state)
+                    self.run.write_history(self.history)
+                    self.log(self._epoch_line(row))
+                    self._notify("epoch_end")
+                self.runtime.barrier()  # no process runs ahead of the checkpoint a resume starts from
+        if self.runtime.is_main:
+            self._notify("fit_end")
         return self.summary()
 
     def _notify(self, event: str) -> None:
@@ -496,23 +551,53 @@ class Trainer:
         from covseg.training.sampling import ImageSampler
 
         variants = self.train_variants if data is self.train_data and self.train_variants else None
-        batch = ImageSampler(data, self.cfg.train.batch_size, self.augment_cfg, variants).batch(idx, gen)
-        return self.adapt_batch(batch, gen)
+        sampler = ImageSampler(data, self.cfg.train.batch_size, self.augment_cfg, variants)
+        job = self.plan_batch(sampler, idx, gen)
+        return self.apply_adapter_draws(sampler.load(job), job)
 
-    def adapt_batch(self, batch: dict[str, Any], gen) -> dict[str, Any]:
-        """The input adapters' training-time changes (prompt sampling, side-swapping flips, text dropout)."""
-        for adapter in self.adapters:
-            batch = adapter.training_batch(batch, gen)
-        return batch
+    def secondary_batch(self, sampler, generator) -> dict[str, Any]:
+        """A batch of another source (pseudo labels, a pool) drawn with replacement from ``generator``:
+        as many cases as the current global batch, this process's share of them."""
+        idx = torch.randint(len(sampler), (self.step_global_size,), generator=generator)
+        job = self.plan_batch(sampler, idx, generator)
+        return self.runtime.to_device(self.apply_adapter_draws(sampler.load(job), job))
 
-    def forward_train(self, model, batch: dict[str, Any]) -> dict[str, Any]:
-        """A model's named training outputs on a batch; the adapters give its keyword inputs."""
+    def shard_rows(self, value: Any) -> Any:
+        """This process's contiguous share of per-sample rows (a tensor, a list or a dict of them)."""
+        if not self.runtime.distributed:
+            return value
+        from covseg.training.sampling import shard_job, shard_slice
+
+        n = len(value) if not isinstance(value, dict) else len(next(iter(value.values())))
+        return shard_job(value, shard_slice(n, self.runtime.rank, self.runtime.world_size))
+
+    def forward_train(self, model, batch: dict[str, Any], sync: bool = True) -> dict[str, Any]:
+        """A model's named training outputs on a batch; the adapters give its keyword inputs.
+
+        Under torchrun the forward goes through the model's DistributedDataParallel wrapper (so
+        gradients are averaged over processes); ``sync=False`` calls the model itself (scoring).
+        """
         n = batch["image"].shape[0]
         contexts = [{"text": t} for t in (batch.get("text") or [None] * n)]
         kwargs: dict[str, Any] = {}
         for adapter in self.adapters:
-            kwargs.update(adapter.model_kwargs(contexts))
-        return model.forward_train(self.as_input(batch["image"]), **kwargs)
+            kwargs.update(self.runtime.to_device(adapter.model_kwargs(contexts)))
+        x = self.as_input(self.runtime.to_device(batch["image"]))
+        return self._train_callable(model, sync)(x, **kwargs)
+
+    def _train_callable(self, model, sync: bool):
+        """``model.forward_train``, or its DDP / compiled wrapper (made once per model)."""
+        rt = self.runtime
+        wrap_ddp = sync and rt.distributed
+        if not (wrap_ddp or rt.compile):
+            return model.forward_train
+        key = (id(model), wrap_ddp)
+        entry = self._wrappers.get(key)
+        if entry is None or entry[0] is not model:
+            module = rt.maybe_compile(TrainForward(model))
+            entry = (model, rt.wrap_ddp(module) if wrap_ddp else module)
+            self._wrappers[key] = entry
+        return entry[1]
 
     # hooks of the epoch loop ------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int) -> None:
@@ -547,9 +632,12 @@ class Trainer:
         return {}
 
     def train_epoch(self, epoch: int, on_step) -> dict[str, float]:
-        """One epoch: the sampler's batches, each through the method's step and the one optimiser step."""
-        import torch
+        """One epoch: the sampler's batches, each through the method's step and the one optimiser step.
 
+        Every random number of the epoch's batches is drawn first, in a fixed order, from the
+        epoch's generator (the sampler's plan, then each adapter's); data-loader workers only
+        load and augment, and each process takes its contiguous share of every global batch.
+        """
         self.on_epoch_start(epoch)
         for module in self.train_modules():
             module.train()
@@ -557,12 +645,15 @@ class Trainer:
         gen = self.epoch_generator(epoch)
         aux_gen = self.epoch_generator(epoch, stream=1)
         sampler = self.epoch_sampler(epoch)
+        jobs = [self.plan_batch(sampler, idx, gen) for idx in sampler.batches(gen)]
         sums: dict[str, float] = {}
         n = 0
-        for i, idx in enumerate(sampler.batches(gen)):
+        for i, (job, batch) in enumerate(zip(jobs, self.load_batches(sampler, jobs))):
+            self.step_global_size = job["global_size"]
             self.set_lr(*self.lr_position(epoch, i))
-            batch = self.adapt_batch(sampler.batch(idx, gen), gen)
-            loss, parts = self.training_step(batch, epoch, i, aux_gen)
+            batch = self.runtime.to_device(self.apply_adapter_draws(batch, job))
+            with self.runtime.autocast():
+                loss, parts = self.training_step(batch, epoch, i, aux_gen)
             self.optimizer_step(loss)
             n += 1
             accumulate(sums, loss, parts)
@@ -571,16 +662,40 @@ class Trainer:
         result.update(self.epoch_extras())
         return result
 
-    def optimizer_step(self, loss) -> None:
-        """The one optimiser step of every method: backward, per-model gradient clipping, step."""
-        import torch
+    def plan_batch(self, sampler, indices, gen) -> dict[str, Any]:
+        """A global batch's job (sampler draws, then each adapter's), cut to this process's share."""
+        from covseg.training.sampling import shard_job, shard_slice
 
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.optim.grad_clip:
-            for params in self.clip_groups():
-                torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
-        self.optimizer.step()
+        job = sampler.plan(indices, gen)
+        meta = {"n": len(indices), "text": job.get("text"), "text_variants": job.get("text_variants")}
+        job["adapter_draws"] = {a.name: a.draw_training(meta, gen) for a in self.adapters}
+        job["global_size"] = len(indices)
+        if self.runtime.distributed:
+            job = shard_job(job, shard_slice(len(indices), self.runtime.rank, self.runtime.world_size))
+        return job
+
+    def load_batches(self, sampler, jobs: list[dict[str, Any]]):
+        """The jobs' batches in order: in this process, or from ``runtime.workers`` data-loader workers."""
+        workers = self.cfg.runtime.workers
+        if workers == 0:
+            for job in jobs:
+                yield sampler.load(job)
+            return
+        from torch.utils.data import DataLoader
+
+        pin = self.cfg.runtime.pin_memory and self.runtime.device.type == "cuda"
+        loader = DataLoader(_Jobs(sampler, jobs), batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin)
+        yield from loader
+
+    def apply_adapter_draws(self, batch: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+        draws = job.get("adapter_draws", {})
+        for adapter in self.adapters:
+            batch = adapter.apply_training(batch, draws.get(adapter.name))
+        return batch
+
+    def optimizer_step(self, loss) -> None:
+        """The one optimiser step of every method: backward (scaled for fp16), per-model clipping, step."""
+        self.runtime.backward_step(loss, self.optimizer, self.clip_groups(), self.cfg.optim.grad_clip)
 
     # ----------------------------------------------------------------- validation
     def segmenter(self, model=None):
@@ -595,6 +710,7 @@ class Trainer:
             self.inferer,
             self.cfg.train.threshold,
             channels_last=self.cfg.train.channels_last,
+            runtime=self.runtime,
         )
 
     def val_contexts(self) -> list[dict[str, Any]]:
@@ -610,16 +726,28 @@ class Trainer:
             ]
         return self._val_inputs
 
-    def predict_val(self, model=None) -> list[np.ndarray]:
-        """Validation probabilities at each case's original size."""
-        return self.segmenter(model).infer(self.val_inputs(), self.val_contexts(), self.cfg.train.val_batch_size)
+    def predict_val(self, model=None, indices: list[int] | None = None) -> list[np.ndarray]:
+        """Validation probabilities at each case's original size (the cases ``indices``, default all)."""
+        indices = list(range(len(self.val_data))) if indices is None else indices
+        inputs, contexts = self.val_inputs(), self.val_contexts()
+        return self.segmenter(model).infer([inputs[i] for i in indices], [contexts[i] for i in indices], self.cfg.train.val_batch_size)
 
     def validate(self, model=None) -> dict[str, float]:
-        """Medical-protocol metrics on the validation set at original resolution."""
-        from covseg.training.validation import score_cases
+        """Medical-protocol metrics on the validation set at original resolution.
 
-        probs = self.predict_val(model)
-        return score_cases(probs, self.val_data.original_masks, self.num_classes, self.cfg.train.threshold)
+        Each process scores its share of the cases; the records are gathered and reduced in case
+        order, so every process gets the numbers one process would.
+        """
+        from covseg.training.validation import case_records, summarise_records
+
+        rt = self.runtime
+        indices = list(range(len(self.val_data)))[rt.rank :: rt.world_size]
+        probs = self.predict_val(model, indices)
+        gts = [self.val_data.original_masks[i] for i in indices]
+        records = case_records(probs, gts, self.num_classes, self.cfg.train.threshold, indices)
+        if rt.distributed:
+            records = [r for part in rt.gather_objects(records) for r in part]
+        return summarise_records(records, self.num_classes, self.cfg.train.threshold)
 
     # ----------------------------------------------------------------- output
     def log(self, text: str) -> None:

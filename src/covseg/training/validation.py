@@ -1,8 +1,55 @@
-"""Validation scores during training: the medical protocol at original resolution."""
+"""Validation scores during training: the medical protocol at original resolution.
+
+Scoring is split in two so that processes can share it: :func:`case_records` scores a set of
+cases (each process its share), :func:`summarise_records` reduces the records of all cases,
+ordered by case index, to the means the history reports (the same numbers as one process).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+
+def _accumulator(num_classes: int, threshold: float, surface: bool):
+    from covseg.metrics.medical import MedicalMetrics
+
+    classes = max(1, num_classes - 1) if num_classes > 1 else 1
+    return MedicalMetrics(num_classes=classes, threshold=threshold, empty="one", surface=surface)
+
+
+def case_records(
+    probs: list[np.ndarray],
+    gts: list[np.ndarray],
+    num_classes: int,
+    threshold: float = 0.5,
+    case_indices: list[int] | None = None,
+    spacings: list | None = None,
+    surface: bool = False,
+) -> list[tuple[int, list[dict[str, Any]]]]:
+    """``(case index, per-class records)`` of each case (``MedicalMetrics`` records)."""
+    acc = _accumulator(num_classes, threshold, surface)
+    indices = case_indices if case_indices is not None else list(range(len(probs)))
+    out = []
+    for k, (i, prob, gt) in enumerate(zip(indices, probs, gts)):
+        before = len(acc.per_case())
+        acc.update(prob, gt, spacing=spacings[k] if spacings else None, case_id=str(i))
+        out.append((int(i), acc.per_case()[before:]))
+    return out
+
+
+def summarise_records(records: list[tuple[int, list[dict[str, Any]]]], num_classes: int, threshold: float = 0.5, surface: bool = False) -> dict[str, float]:
+    """Mean Dice and IoU (and HD95 / NSD with ``surface``), per class for K > 1, over all records."""
+    acc = _accumulator(num_classes, threshold, surface)
+    for index, recs in sorted(records, key=lambda r: r[0]):
+        acc.add_records(str(index), recs)
+    agg = acc.aggregate("nanmean")
+    out = {name: float(stats["mean"]) for name, stats in agg["metrics"].items() if name in ("dice", "iou", "hd95", "nsd")}
+    if num_classes > 1:
+        for cls, metrics in agg.get("per_class", {}).items():
+            out[f"dice_c{cls}"] = float(metrics["dice"]["mean"])
+    return out
 
 
 def score_cases(
@@ -19,16 +66,5 @@ def score_cases(
     to find, nothing found), so empty validation slices do not count as failures. Surface
     distances are off by default (they cost more than the rest of validation together).
     """
-    from covseg.metrics.medical import MedicalMetrics
-
-    classes = max(1, num_classes - 1) if num_classes > 1 else 1
-    acc = MedicalMetrics(num_classes=classes, threshold=threshold, empty="one", surface=surface)
-    for i, (prob, gt) in enumerate(zip(probs, gts)):
-        spacing = spacings[i] if spacings else None
-        acc.update(prob, gt, spacing=spacing, case_id=str(i))
-    agg = acc.aggregate("nanmean")
-    out = {name: float(stats["mean"]) for name, stats in agg["metrics"].items() if name in ("dice", "iou", "hd95", "nsd")}
-    if num_classes > 1:
-        for cls, metrics in agg.get("per_class", {}).items():
-            out[f"dice_c{cls}"] = float(metrics["dice"]["mean"])
-    return out
+    records = case_records(probs, gts, num_classes, threshold, spacings=spacings, surface=surface)
+    return summarise_records(records, num_classes, threshold, surface)

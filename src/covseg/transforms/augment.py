@@ -37,29 +37,48 @@ def _uniform(gen: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor
     return lo + (hi - lo) * torch.rand(n, generator=gen)
 
 
-def augment_batch(
-    image: torch.Tensor,
-    labels: dict[str, torch.Tensor],
-    cfg: AugmentConfig,
-    gen: torch.Generator,
+def draw_augmentation(shape: tuple[int, ...], cfg: AugmentConfig, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Every random number ``augment_batch`` uses for a batch of ``shape`` (B, C, H, W), drawn from
+    ``gen`` in a fixed order; one row per sample, so a batch can be split and augmented in parts
+    (data-loader workers, one shard per process) with the same result as the whole."""
+    b = shape[0]
+    draws = {
+        "angle": _uniform(gen, b, -cfg.rotate_deg, cfg.rotate_deg),
+        "scale": _uniform(gen, b, cfg.scale[0], cfg.scale[1]),
+        "apply": torch.rand(b, generator=gen),
+        "hflip": torch.rand(b, generator=gen),
+        "vflip": torch.rand(b, generator=gen),
+    }
+    if cfg.elastic > 0:
+        draws["elastic"] = torch.randn(b, 2, cfg.elastic_grid, cfg.elastic_grid, generator=gen)
+    if cfg.contrast > 0:
+        draws["contrast"] = _uniform(gen, b, 1 - cfg.contrast, 1 + cfg.contrast)
+    if cfg.brightness > 0:
+        draws["brightness"] = _uniform(gen, b, -cfg.brightness, cfg.brightness)
+    if cfg.gamma > 0:
+        draws["gamma"] = _uniform(gen, b, -cfg.gamma, cfg.gamma)
+    if cfg.noise_std > 0:
+        draws["noise"] = torch.randn(tuple(shape), generator=gen)
+    return draws
+
+
+def apply_augmentation(
+    image: torch.Tensor, labels: dict[str, torch.Tensor], cfg: AugmentConfig, draws: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Augment ``image`` (B, C, H, W) and every label map in ``labels`` ((B, 1, H, W) or (B, H, W)) alike."""
+    """Augment ``image`` (B, C, H, W) and every label map ((B, 1, H, W) or (B, H, W)) with drawn numbers."""
     b, _, h, w = image.shape
     theta = torch.zeros(b, 2, 3)
-    angle = _uniform(gen, b, -cfg.rotate_deg, cfg.rotate_deg) * math.pi / 180.0
-    scale = _uniform(gen, b, cfg.scale[0], cfg.scale[1])
-    apply = (torch.rand(b, generator=gen) < cfg.p_spatial).float()
-    angle, scale = angle * apply, 1.0 + (scale - 1.0) * apply
-    sx = torch.where(torch.rand(b, generator=gen) < cfg.hflip, -1.0, 1.0)
-    sy = torch.where(torch.rand(b, generator=gen) < cfg.vflip, -1.0, 1.0)
+    apply = (draws["apply"] < cfg.p_spatial).float()
+    angle = draws["angle"] * math.pi / 180.0 * apply
+    scale = 1.0 + (draws["scale"] - 1.0) * apply
+    sx = torch.where(draws["hflip"] < cfg.hflip, -1.0, 1.0)
+    sy = torch.where(draws["vflip"] < cfg.vflip, -1.0, 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta[:, 0, 0], theta[:, 0, 1] = cos * sx, -sin * sy * h / w
     theta[:, 1, 0], theta[:, 1, 1] = sin * sx * w / h, cos * sy
     grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
     if cfg.elastic > 0:
-        g = cfg.elastic_grid
-        disp = torch.randn(b, 2, g, g, generator=gen) * cfg.elastic
-        disp = F.interpolate(disp, size=(h, w), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+        disp = F.interpolate(draws["elastic"] * cfg.elastic, size=(h, w), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
         grid = grid + disp * apply.view(b, 1, 1, 1)
     out_image = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
     out_labels = {}
@@ -69,23 +88,32 @@ def augment_batch(
         y = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
         y = y[:, 0] if squeeze else y
         out_labels[key] = y.to(lab.dtype)
-    out_image = _intensity(out_image, cfg, gen)
-    return out_image, out_labels
+    return _intensity(out_image, cfg, draws), out_labels
 
 
-def _intensity(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+def augment_batch(
+    image: torch.Tensor,
+    labels: dict[str, torch.Tensor],
+    cfg: AugmentConfig,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Augment ``image`` (B, C, H, W) and every label map in ``labels`` ((B, 1, H, W) or (B, H, W)) alike."""
+    return apply_augmentation(image, labels, cfg, draw_augmentation(tuple(image.shape), cfg, gen))
+
+
+def _intensity(x: torch.Tensor, cfg: AugmentConfig, draws: dict[str, torch.Tensor]) -> torch.Tensor:
     b = x.shape[0]
     view = (b, 1, 1, 1)
     if cfg.contrast > 0:
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * _uniform(gen, b, 1 - cfg.contrast, 1 + cfg.contrast).view(view) + mean
+        x = (x - mean) * draws["contrast"].view(view) + mean
     if cfg.brightness > 0:
-        x = x + _uniform(gen, b, -cfg.brightness, cfg.brightness).view(view) * x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-3)
+        x = x + draws["brightness"].view(view) * x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-3)
     if cfg.gamma > 0:
         lo = x.amin(dim=(1, 2, 3), keepdim=True)
         hi = x.amax(dim=(1, 2, 3), keepdim=True)
         unit = (x - lo) / (hi - lo).clamp_min(1e-6)
-        x = unit.pow(torch.exp(_uniform(gen, b, -cfg.gamma, cfg.gamma)).view(view)) * (hi - lo) + lo
+        x = unit.pow(torch.exp(draws["gamma"]).view(view)) * (hi - lo) + lo
     if cfg.noise_std > 0:
-        x = x + torch.randn(x.shape, generator=gen) * cfg.noise_std
+        x = x + draws["noise"] * cfg.noise_std
     return x

@@ -118,7 +118,7 @@ class CPSTrainer(Trainer):
 
     def unlabeled_forward(self, model, x):
         """Logits of unlabelled images (text models read their null text)."""
-        return self.forward_train(model, {"image": x})["logits"]
+        return self.forward_train(model, {"image": x}, sync=False)["logits"]
 
     def score_unlabeled(self):
         """Uncertainty of every unlabelled image under the two networks (eval mode, no augmentation)."""
@@ -131,10 +131,10 @@ class CPSTrainer(Trainer):
         scores = []
         with torch.inference_mode():
             for start in range(0, len(self.unlabeled), self.cfg.train.val_batch_size):
-                x = self.unlabeled.images[start : start + self.cfg.train.val_batch_size]
+                x = self.runtime.to_device(self.unlabeled.images[start : start + self.cfg.train.val_batch_size])
                 pa = logits_to_probs(self.unlabeled_forward(self.model, x), self.num_classes)
                 pb = logits_to_probs(self.unlabeled_forward(self.model_b, x), self.num_classes)
-                scores.append(image_uncertainty(pa, pb, self.cfg.semi.cps.uif.score))
+                scores.append(image_uncertainty(pa, pb, self.cfg.semi.cps.uif.score).float().cpu())
         return torch.cat(scores)
 
     def update_filter(self, epoch: int) -> None:
@@ -155,6 +155,8 @@ class CPSTrainer(Trainer):
     def _write_scores(self, epoch: int) -> None:
         from covseg.utils.atomic import write_text
 
+        if not self.runtime.is_main:
+            return
         kept = set(self.kept.tolist())
         buf = io.StringIO()
         w = csv.writer(buf)
@@ -163,15 +165,19 @@ class CPSTrainer(Trainer):
             w.writerow([case_id, f"{float(self.uncertainty[i]):.6f}", int(i in kept), epoch])
         write_text(self.run.path / "uif_scores.csv", buf.getvalue())
 
-    def cutmix_unlabeled(self, xu, generator):
+    def cutmix_unlabeled(self, xu, generator, global_size: int | None = None):
         """Paste a box of the next image of the batch into each image; the two networks' logits on
-        the unmixed images, mixed with the same boxes, are the targets for the mixed images."""
+        the unmixed images, mixed with the same boxes, are the targets for the mixed images.
+
+        Boxes are drawn for the global batch (``global_size``) and each process takes its share;
+        under torchrun an image is mixed with the next one of its own process's share."""
         import torch
 
         with torch.no_grad():
-            ta = self.forward_train(self.model, {"image": xu})["logits"]
-            tb = self.forward_train(self.model_b, {"image": xu})["logits"]
-        box = cutmix_boxes(xu.shape, self.cfg.semi.cps.cutmix_area, generator)
+            ta = self.forward_train(self.model, {"image": xu}, sync=False)["logits"]
+            tb = self.forward_train(self.model_b, {"image": xu}, sync=False)["logits"]
+        shape = (global_size or xu.shape[0], *xu.shape[1:])
+        box = self.shard_rows(cutmix_boxes(shape, self.cfg.semi.cps.cutmix_area, generator)).to(xu.device)
         other = torch.roll(torch.arange(xu.shape[0]), 1)
 
         def mix(t):
@@ -192,19 +198,22 @@ class CPSTrainer(Trainer):
     def training_step(self, batch, epoch, step, aux_generator):
         import torch
 
-        from covseg.transforms.augment import augment_batch
+        from covseg.transforms.augment import apply_augmentation, draw_augmentation
 
         cps = self.cfg.semi.cps
-        ub = cps.unlabeled_batch_size or self.cfg.train.batch_size
+        ub = (cps.unlabeled_batch_size or self.cfg.train.batch_size) * self.runtime.world_size
         uidx = self.kept[torch.randint(len(self.kept), (ub,), generator=aux_generator)]
-        xu, _ = augment_batch(self.unlabeled.images[uidx], {}, self.augment_cfg, aux_generator)
+        draws = draw_augmentation((ub, *self.unlabeled.images.shape[1:]), self.augment_cfg, aux_generator)
+        uidx, draws = self.shard_rows(uidx), self.shard_rows(draws)
+        xu, _ = apply_augmentation(self.unlabeled.images[uidx], {}, self.augment_cfg, draws)
+        xu = self.runtime.to_device(xu)
         targets = None
         if cps.cutmix:
-            xu, targets = self.cutmix_unlabeled(xu, aux_generator)
+            xu, targets = self.cutmix_unlabeled(xu, aux_generator, ub)
         nl = batch["image"].shape[0]
-        joint = {"image": torch.cat([batch["image"], xu])}
+        joint = {"image": torch.cat([self.runtime.to_device(batch["image"]), xu])}
         if batch.get("text") is not None:
-            joint["text"] = list(batch["text"]) + [None] * ub
+            joint["text"] = list(batch["text"]) + [None] * xu.shape[0]
         out_a, ua = split_outputs(self.forward_train(self.model, joint), nl)
         out_b, ubo = split_outputs(self.forward_train(self.model_b, joint), nl)
         sup_a, parts = self.criterion(out_a, batch)

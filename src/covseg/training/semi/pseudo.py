@@ -44,5 +44,5 @@ class PseudoLabelTrainer(Trainer):
         self.split_info["pseudo"] = {"root": src.root, "cases": len(records), "min_confidence": src.min_confidence}
 
     def training_step(self, batch, epoch, step, aux_generator):
-        pseudo = self.adapt_batch(self.pseudo_sampler.random_batch(batch["image"].shape[0], aux_generator), aux_generator)
+        pseudo = self.secondary_batch(self.pseudo_sampler, aux_generator)
         return two_source_loss(self, self.model, batch, pseudo, self.cfg.semi.pseudo.weight)

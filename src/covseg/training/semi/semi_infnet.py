@@ -104,9 +104,12 @@ class SemiInfNetTrainer(Trainer):
         self.model.eval()
         with torch.inference_mode():
             logits = torch.cat(
-                [self.model(self.as_input(self.unlabeled.images[indices[s : s + 8]])) for s in range(0, len(indices), 8)]
+                [
+                    self.model(self.as_input(self.runtime.to_device(self.unlabeled.images[indices[s : s + 8]])))
+                    for s in range(0, len(indices), 8)
+                ]
             )
-        return hard_targets(logits).to(torch.uint8)
+        return hard_targets(logits).to(torch.uint8).cpu()
 
     def _pool_data(self):
         from covseg.training.data import CaseTensors
@@ -144,11 +147,11 @@ class SemiInfNetTrainer(Trainer):
             for g in self.optimizer.param_groups:
                 g["lr_scale"] = s.finetune_lr_scale
         pool = self._pool_data() if self.pool_masks is not None and phase in ("group", "pretrain") else None
-        bs = self.cfg.train.batch_size
         primary = pool if phase == "pretrain" else self.train_data
         self._phase = phase
         variants = (self.train_variants or None) if primary is self.train_data else None
-        self._primary = ImageSampler(primary, bs, self.augment_cfg, variants)
+        bs = self.global_batch_size
+        self._primary = ImageSampler(primary, bs, self.augment_cfg, variants, self.min_batch)
         self._secondary = ImageSampler(pool, bs, self.augment_cfg) if phase == "group" and pool is not None else None
 
     def train_modules(self):
@@ -165,7 +168,7 @@ class SemiInfNetTrainer(Trainer):
     def training_step(self, batch, epoch, step, aux_generator):
         secondary = None
         if self._secondary is not None:
-            secondary = self.adapt_batch(self._secondary.random_batch(batch["image"].shape[0], aux_generator), aux_generator)
+            secondary = self.secondary_batch(self._secondary, aux_generator)
         return two_source_loss(self, self.model, batch, secondary, self.cfg.semi.semi_infnet.pseudo_weight)
 
     def step_info(self, sums, n):

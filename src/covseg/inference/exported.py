@@ -1,0 +1,180 @@
+"""``covseg export``: a run folder as one self-contained model file plus a model card, and the
+predictor that runs it with onnxruntime or TorchScript (``covseg predict --engine onnx``).
+
+The export folder holds ``model.onnx`` (or ``model.ts``) and ``model_card.json`` (MONAI-bundle
+style: the network's input and output format, the intensity window and normalisation, classes,
+threshold, the inferer, what it was trained on and its validation scores, versions). Prediction
+from it goes through the same :class:`~covseg.engine.segmenter.Segmenter` as a run folder, so
+preprocessing, restoration to the input's size and thresholds are identical; only the network
+call differs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from covseg import __version__
+from covseg.engine.runtime import Runtime
+from covseg.errors import CovsegError
+from covseg.runs.description import RunDescription
+
+CARD = "model_card.json"
+FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+
+
+def _best_row(run) -> dict[str, Any]:
+    rows = run.read_history()
+    best = [r for r in rows if r.get("best") == "1"]
+    row = (best or rows or [{}])[-1]
+    return {k: float(v) for k, v in row.items() if k.startswith("val_") and v not in ("", None)}
+
+
+def model_card(run, description: RunDescription, engine: str, checkpoint: str, epoch: Any) -> dict[str, Any]:
+    """The model card of an exported run (what a user needs to feed it and read its output)."""
+    pre = description.preprocessing
+    k = description.num_classes
+    names = description.class_names or []
+    channel_def = {"0": names[0]} if k == 1 and names else {str(i): n for i, n in enumerate(["background", *names][-k:])}
+    try:
+        dataset = run.read_json("dataset.json")
+    except CovsegError:
+        dataset = None
+    return {
+        "format": "covseg-export/1",
+        "engine": engine,
+        "file": FILES[engine],
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "covseg_version": __version__,
+        "torch_version": str(torch.__version__),
+        "source": {"run": str(run.path.resolve()), "checkpoint": checkpoint, "epoch": epoch},
+        "network_data_format": {
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "num_channels": pre.channels,
+                    "spatial_shape": list(pre.size) if pre.size else "any (padded inside the network)",
+                    "dtype": "float32",
+                    "value_range": "(x / scale - mean) / std per channel, or the window mapped to [0, 1] first",
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "logits",
+                    "num_channels": k,
+                    "activation": "sigmoid" if k == 1 else "softmax",
+                    "channel_def": channel_def,
+                    "threshold": description.threshold,
+                }
+            },
+        },
+        "preprocessing": pre.model_dump(mode="json"),
+        "inferer": description.inferer.model_dump(mode="json"),
+        "training_data": dataset,
+        "validation": _best_row(run),
+        "description": description.to_dict(),
+    }
+
+
+def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, checkpoint: str = "best") -> Path:
+    """Write the run's model as ``fmt`` (``onnx`` | ``torchscript``) with its card into ``out_dir``."""
+    from covseg.models.export import export_onnx
+    from covseg.runs.checkpoint import load_checkpoint, model_from_checkpoint
+    from covseg.runs.folder import RunFolder
+    from covseg.utils.atomic import write_json, write_with
+
+    if fmt not in FILES:
+        raise CovsegError(f"--format must be onnx or torchscript, got {fmt!r}")
+    run = RunFolder(run_dir)
+    description = run.description()
+    if description.text is not None:
+        raise CovsegError("export: text-guided runs read a caption beside the image; export covers image-only models", run.path)
+    if description.prior is not None:
+        raise CovsegError("export: a cascade run needs its prior run as a second input; export the runs separately", run.path)
+    path = run.resolve_checkpoint(checkpoint)
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt, path=path).eval()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / FILES[fmt]
+    if fmt == "onnx":
+        write_with(target, lambda p: export_onnx(model, p, method="torchscript"))
+    else:
+        dims = int(getattr(model, "spatial_dims", 2))
+        example = torch.zeros(1, model.input_channels, *((32,) * 3 if dims == 3 else (64, 64)))
+        with torch.no_grad():
+            traced = torch.jit.trace(model, example, check_trace=False)
+        write_with(target, lambda p: torch.jit.save(traced, str(p)))
+    write_json(out / CARD, model_card(run, description, fmt, checkpoint, ckpt.get("epoch")))
+    return target
+
+
+class ExportedNetwork:
+    """An exported network behind the model interface the segmenter calls: ``net(x) -> logits``."""
+
+    def __init__(self, path: Path, engine: str, runtime: Runtime, spatial_dims: int = 2) -> None:
+        self.engine = engine
+        self.runtime = runtime
+        self.spatial_dims = spatial_dims
+        if engine == "onnx":
+            import onnxruntime as ort
+
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if runtime.device.type == "cuda" else ["CPUExecutionProvider"]
+            available = set(ort.get_available_providers())
+            self.session = ort.InferenceSession(str(path), providers=[p for p in providers if p in available])
+            self.input_name = self.session.get_inputs()[0].name
+        else:
+            try:
+                self.module = torch.jit.load(str(path), map_location=runtime.device).eval()
+            except (RuntimeError, ValueError) as exc:
+                raise CovsegError(f"unreadable TorchScript model ({type(exc).__name__})", path) from None
+
+    def __call__(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        if kwargs:
+            raise CovsegError("an exported network takes the image only")
+        if self.engine == "onnx":
+            (logits,) = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().float().cpu().numpy())})
+            return torch.from_numpy(logits).to(x.device)
+        return self.module(x)
+
+    def eval(self) -> ExportedNetwork:
+        return self
+
+    def train(self, mode: bool = True) -> ExportedNetwork:
+        return self
+
+
+def load_exported(folder: str | Path, engine: str, runtime: Runtime | None = None):
+    """A :class:`~covseg.inference.predictor.Predictor` for a ``covseg export`` folder."""
+    from covseg.engine.inferers import build_inferer
+    from covseg.engine.segmenter import Segmenter
+    from covseg.inference.predictor import Predictor
+    from covseg.transforms.preprocess import Preprocessing
+
+    folder = Path(folder)
+    card_path = folder / CARD
+    if not card_path.is_file():
+        raise CovsegError(f"not a covseg export folder (no {CARD}; write one with covseg export)", folder)
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CovsegError(f"corrupt model card ({type(exc).__name__})", card_path) from None
+    if not isinstance(card, dict) or card.get("engine") not in FILES:
+        raise CovsegError("model card names no engine (onnx or torchscript)", card_path)
+    if card["engine"] != engine:
+        raise CovsegError(f"this folder holds a {card['engine']} model; use --engine {card['engine']}", folder)
+    description = RunDescription.from_dict(card.get("description"), card_path)
+    runtime = runtime or Runtime()
+    dims = int(description.init_args.get("spatial_dims", 2))
+    network = ExportedNetwork(folder / FILES[engine], engine, runtime, dims)
+    pre = Preprocessing.from_dict(description.preprocessing.model_dump())
+    inferer = build_inferer(description.inferer.model_dump(), default_size=pre.size)
+    segmenter = Segmenter(
+        network, pre, description.num_classes, [], inferer, description.threshold, False, description, folder, runtime  # type: ignore[arg-type]
+    )
+    return Predictor(segmenter)

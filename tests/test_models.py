@@ -55,6 +55,12 @@ MODEL_CASES = [
         frozenset({"logits"}),
     ),
     ModelCase("unet", {"base_width": 4, "depth": 3, "spatial_dims": 3}, frozenset({"logits"})),
+    ModelCase("monai_unet", {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}, frozenset({"logits"})),
+    ModelCase(
+        "monai_unet",
+        {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1, "spatial_dims": 3},
+        frozenset({"logits"}),
+    ),
     ModelCase(
         "unet_multiclass",
         {"out_channels": 3, "prior_channel": True, "base_width": 8, "depth": 3},

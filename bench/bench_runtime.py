@@ -34,8 +34,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_inference_speed import MONAI_UNET_CONFIG, cpu_name, ort_runner, summarise, time_runners, torch_runner
-
+from bench_inference_speed import (
+    MONAI_UNET_CONFIG,
+    cpu_name,
+    ort_runner,
+    summarise,
+    time_runners,
+    torch_runner,
+)
 from covseg.utils.paths import data_root
 
 ROOT = Path(__file__).resolve().parents[1]

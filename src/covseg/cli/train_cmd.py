@@ -49,7 +49,7 @@ def list_models() -> None:
     for kind, registry in REGISTRIES.items():
         if not len(registry):
             continue
-        table = Table(title=f"{kind}s")
+        table = Table(title=f"{kind}es" if kind.endswith("s") else f"{kind}s")
         table.add_column("name")
         table.add_column("description")
         for name, desc in registry.describe().items():

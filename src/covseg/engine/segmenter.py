@@ -77,14 +77,19 @@ class Segmenter:
         on ``runtime``'s device (weights load to the CPU first, so a GPU-trained run predicts on a CPU)."""
         from covseg.runs.checkpoint import load_checkpoint, model_from_checkpoint
         from covseg.runs.folder import RunFolder
+        from covseg.runs.packing import WEIGHTS, is_packed, load_packed, resolve_run_dir
 
-        run = RunFolder(run_dir)
+        run = RunFolder(resolve_run_dir(run_dir))
         here = run.path.resolve()
         if here in _seen:
             raise CovsegError("prior runs form a loop (a run folder is its own prior)", run.path / "model.json")
         description = run.description()
-        path = run.resolve_checkpoint(checkpoint)
-        ckpt = load_checkpoint(path)
+        if is_packed(run.path):  # a shipped (zoo) model or another packed folder
+            path = run.path / WEIGHTS
+            ckpt = load_packed(run.path, description)
+        else:
+            path = run.resolve_checkpoint(checkpoint)
+            ckpt = load_checkpoint(path)
         model = model_from_checkpoint(ckpt, path=path)
         if model.out_channels != description.num_classes:
             raise CovsegError(

@@ -16,6 +16,8 @@ def _window(text: str | None) -> tuple[float, float] | None:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise CovsegError(f"--window expects LOW,HIGH in HU, got {text!r}") from None
+    if not lo < hi:  # also refuses NaN
+        raise CovsegError(f"--window: LOW must be below HIGH, got {text!r}")
     return lo, hi
 
 
@@ -38,9 +40,15 @@ def predict(
 ) -> None:
     """Predict masks, soft maps and overlays at each input's original size."""
     from covseg.api import predict as run_predict
-    from covseg.cli._batch import finish, progress_bar
+    from covseg.cli._batch import check_options, finish, progress_bar
     from covseg.inference.predictor import list_inputs
 
+    check_options(
+        largest=(largest >= 0, f"{largest} must be 0 (keep all) or more"),
+        min_size=(min_size >= 0, f"{min_size} must be 0 (keep all) or more"),
+        batch_size=(batch_size >= 1, f"{batch_size} must be at least 1"),
+        missing_text=(missing_text in ("error", "image-only"), f"{missing_text!r} must be error or image-only"),
+    )
     total = len(list_inputs(input))
     with progress_bar("predicting", total, quiet) as advance:
         report = run_predict(

@@ -68,7 +68,7 @@ def check(
     _print_report(console, report, show, strict)
     if json_out is not None:
         write_json(json_out, {**report.to_dict(), "strict": strict, "ok": report.ok(strict)})
-        console.print(f"report written to {json_out}", highlight=False)
+        console.print(f"report written to {json_out}", highlight=False, markup=False)
     if not report.ok(strict):
         raise typer.Exit(code=1)
 

@@ -16,14 +16,13 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or epoch lines."),
 ) -> None:
     """Train a model from a YAML config; the run folder is enough to predict later."""
-    from rich.console import Console
-
     from covseg.api import train as run_train
+    from covseg.cli._batch import console, user_text
 
     summary = run_train(config, output, overrides or [], fold=fold, resume=resume, quiet=quiet)
-    Console(stderr=True, highlight=False).print(
+    console().print(
         f"[bold green]done[/] best {summary['monitor']} {summary['best_metric']:.4f} at epoch "
-        f"{summary['best_epoch'] + 1}; run folder {summary['run_dir']}"
+        f"{summary['best_epoch'] + 1}; run folder {user_text(summary['run_dir'])}"
     )
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from covseg.errors import CovsegError, DataError, OutputError
 from covseg.inference.predictor import BasePredictor, PostprocessOptions
 from covseg.utils.atomic import write_text
-from covseg.utils.outputs import OutputFolder, spreadsheet_safe
+from covseg.utils.outputs import OutputFolder, one_line, spreadsheet_safe
 
 
 @dataclass
@@ -93,7 +93,7 @@ def distinct_stems(files: list[Path]) -> tuple[list[Path], list[tuple[str, str]]
 def write_failures(out_dir: Path, report: BatchReport) -> None:
     """``failed.txt``: one line per input that failed, with its reason."""
     if report.failed:
-        write_text(out_dir / "failed.txt", "".join(f"{p}: {m}\n" for p, m in report.failed))
+        write_text(out_dir / "failed.txt", "".join(f"{one_line(p)}: {one_line(m)}\n" for p, m in report.failed))
 
 
 def run_dirs_of(predictor: BasePredictor) -> list[Path]:

@@ -127,10 +127,29 @@ def s_measure(pred: np.ndarray, gt: np.ndarray, alpha: float = 0.5) -> float:
     return float(alpha * s_obj + (1 - alpha) * s_reg)
 
 
+def enhanced_measure(tp: np.ndarray, fp: np.ndarray, n_fg: int, size: int) -> np.ndarray:
+    """``Enhancedmeasure.m`` from the counts of a binarised map: its per-pixel term takes four values only
+    (foreground or not in the map × in the ground truth), so the sum is a weighted sum of four terms."""
+    tp, fp = np.asarray(tp, dtype=np.float64), np.asarray(fp, dtype=np.float64)
+    fm = tp + fp  # sum(dFM(:))
+    if n_fg == 0:
+        total = size - fm  # enhanced = 1 - dFM
+    elif n_fg == size:
+        total = fm  # enhanced = dFM
+    else:
+        mu_fm, mu_gt = fm / size, n_fg / size
+        fn = n_fg - tp
+        tn = size - fm - fn
+        total = np.zeros_like(fm)
+        for count, in_map, in_gt in ((tp, 1.0, 1.0), (fp, 1.0, 0.0), (fn, 0.0, 1.0), (tn, 0.0, 0.0)):
+            a_fm, a_gt = in_map - mu_fm, in_gt - mu_gt
+            align = 2.0 * (a_gt * a_fm) / (a_gt * a_gt + a_fm * a_fm + EPS)
+            total = total + ((align + 1) ** 2) / 4 * count
+    return total / (size - 1 + EPS)
+
+
 def curves(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
     """E-measure (``p > t``), Dice, sensitivity, specificity (``p >= t``) at :func:`matlab_thresholds` (descending)."""
-    from covseg.metrics.sod import _enhanced_alignment
-
     t = matlab_thresholds()
     fg, bg = np.sort(pred[gt]), np.sort(pred[~gt])
     n_fg, n_bg, size = fg.size, bg.size, gt.size
@@ -138,7 +157,7 @@ def curves(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
     fp_ge = n_bg - np.searchsorted(bg, t, side="left")
     tp_gt = n_fg - np.searchsorted(fg, t, side="right")
     fp_gt = n_bg - np.searchsorted(bg, t, side="right")
-    e = np.asarray(_enhanced_alignment(tp_gt, fp_gt, n_fg, size), dtype=np.float64)
+    e = enhanced_measure(tp_gt, fp_gt, n_fg, size)
     fn = n_fg - tp_ge
     tn = (size - (tp_ge + fp_ge)) - fn
     found = tp_ge > 0

@@ -30,7 +30,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:48]}.", suffix=".tmp" + "".join(target.suffixes), dir=target.parent)
     except OSError as exc:
-        raise _output_error(exc, target) from None
+        raise output_error(exc, target) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -39,13 +39,13 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp_path, target)
     except OSError as exc:
-        raise _output_error(exc, target) from None
+        raise output_error(exc, target) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
-def _output_error(exc: OSError, target: Path) -> CovsegError:
+def output_error(exc: OSError, target: Path) -> CovsegError:
     """One line for a failed write: what the system said, naming the output (or the file in the way)."""
     import errno
 
@@ -124,7 +124,7 @@ def write_unit(
             shutil.rmtree(leftover, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=".unit-", suffix=".tmp", dir=folder))
     except OSError as exc:
-        raise _output_error(exc, folder) from None
+        raise output_error(exc, folder) from None
     try:
         for name, writer in writers.items():
             write_with(staging / name, writer)
@@ -139,7 +139,7 @@ def write_unit(
                 current = folder / name
                 os.replace(staging / name, current)
         except OSError as exc:
-            raise _output_error(exc, current) from None
+            raise output_error(exc, current) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {name: folder / name for name in writers}

@@ -123,3 +123,8 @@ def from_spreadsheet_safe(text: str) -> str:
     if text.startswith("'") and text[1:].startswith(_FORMULA_STARTS):
         return text[1:]
     return text
+
+
+def one_line(text: object) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\t``…), so a message about a file stays one line."""
+    return "".join(ascii(ch)[1:-1] if ord(ch) < 32 or ord(ch) == 127 else ch for ch in str(text))

@@ -275,6 +275,24 @@ def security_csv_formula_pseudo_label(ctx: Ctx) -> Spec:
     return Spec(["pseudo-label", "-m", ctx.base["run"], "-i", ctx.tmp / "in", "-o", ctx.tmp / "out", "-q"], 0, inputs=[ctx.tmp / "in"], check=round_trip)
 
 
+def security_html_in_file_names(ctx: Ctx) -> Spec:
+    pred, gt = ctx.tmp / "pred", ctx.tmp / "gt"
+    name = "<img src=x onerror=alert(1)>.png"
+    for folder in (pred, gt):
+        folder.mkdir()
+        shutil.copyfile(ctx.base["data"] / "masks" / "phantom_0001.png", folder / name)
+    grey = np.asarray(Image.open(ctx.base["data"] / "masks" / "phantom_0002.png").convert("L"))
+    Image.fromarray(np.stack([grey, grey // 2, 255 - grey], axis=-1)).save(pred / "<b>colour.png")
+    shutil.copyfile(ctx.base["data"] / "masks" / "phantom_0002.png", gt / "<b>colour.png")
+
+    def escaped() -> None:
+        page = (ctx.tmp / "out" / "report.html").read_text(encoding="utf-8")
+        assert "<img src=x" not in page and "<b>colour" not in page
+        assert "&lt;img src=x onerror=alert(1)&gt;" in page
+
+    return Spec(["evaluate", "--pred", pred, "--gt", gt, "--out", ctx.tmp / "out"], 1, r"a colour image", "<b>colour.png", [pred, gt], escaped)
+
+
 def loss_pseudo_label_into_parent(ctx: Ctx) -> Spec:
     folder = ctx.tmp / "unlabelled"
     shutil.copytree(ctx.base["data"] / "images", folder / "images")
@@ -684,6 +702,7 @@ CASES: dict[str, Callable[[Ctx], Spec]] = {
     "config name escapes runs/": security_name_escapes_runs,
     "spreadsheet formulas in per_case.csv": security_csv_formula_evaluate,
     "spreadsheet formulas in confidence.csv": security_csv_formula_pseudo_label,
+    "HTML in file names (report.html)": security_html_in_file_names,
     # data loss and overwrites
     "pseudo-label -o parent of -i": loss_pseudo_label_into_parent,
     "pseudo-label -i its own images/": loss_pseudo_label_own_images,

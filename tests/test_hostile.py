@@ -364,6 +364,12 @@ def loss_convert_pair_list_into_destination(ctx: Ctx) -> Spec:
     return Spec(["data", "convert", src / "train.txt", dst, "--to", "folder", "--overwrite"], 1, r"would overwrite an input file", "c0.png", [src, dst / "masks"])
 
 
+def loss_check_report_onto_dataset_file(ctx: Ctx) -> Spec:
+    data = ctx.copy_data()
+    (data / "texts.json").write_text('{"phantom_0000": "opacity"}')
+    return Spec(["data", "check", data, "--json", data / "texts.json"], 2, r"report would be written into the input of covseg data check", "texts.json", [data])
+
+
 def wrong_16_bit_images(ctx: Ctx) -> Spec:
     import tifffile
 
@@ -711,6 +717,7 @@ CASES: dict[str, Callable[[Ctx], Spec]] = {
     "two trainings into one run folder": loss_concurrent_training,
     "inputs with the same stem": loss_same_stem_inputs,
     "data convert --overwrite into a pair list's masks": loss_convert_pair_list_into_destination,
+    "data check --json onto the dataset's texts.json": loss_check_report_onto_dataset_file,
     # silent wrong results
     "16-bit PNG and TIFF": wrong_16_bit_images,
     "--resume with another --fold": wrong_resume_with_other_fold,

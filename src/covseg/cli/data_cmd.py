@@ -61,7 +61,10 @@ def check(
 
     from covseg.data.check import check_dataset
     from covseg.utils.atomic import write_json
+    from covseg.utils.outputs import report_file
 
+    if json_out is not None:  # a list or CSV file stands for its folder: the dataset
+        report_file(json_out, "data check", [path if path.is_dir() else path.parent, text])
     console = Console()
     with _progress_bar() as advance:
         report = check_dataset(path, layout, split, text, prompt, progress=advance, workers=workers)
@@ -121,7 +124,10 @@ def convert(
     from covseg.data.convert import convert_dataset
     from covseg.errors import DataError
     from covseg.utils.atomic import write_json
+    from covseg.utils.outputs import report_file
 
+    if json_out is not None:
+        report_file(json_out, "data convert", [src if src.is_dir() else src.parent, mask])
     label_values = None
     if labels:
         try:

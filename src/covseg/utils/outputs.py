@@ -106,6 +106,24 @@ class OutputFolder:
         return Path(target)
 
 
+def report_file(target: str | Path, command: str, inputs: Iterable[str | Path]) -> Path:
+    """A single report file (``--json``) of ``command``: refused inside or onto its inputs, or onto a folder.
+
+    A dataset's own ``annotation.json`` or ``dataset.json`` is never replaced by a report.
+    """
+    target = Path(target)
+    if target.is_dir():
+        raise OutputError("the report path is a folder; give a file name", target)
+    here = real(target)
+    for p in inputs:
+        if p is None:
+            continue
+        root = Path(os.path.realpath(p))
+        if here == root or (root.is_dir() and root in here.parents):
+            raise OutputError(f"the report would be written into the input of covseg {command} ({p}); write it elsewhere", target)
+    return target
+
+
 # -- spreadsheet cells -----------------------------------------------------------------------------
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 

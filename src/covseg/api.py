@@ -11,14 +11,33 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+RUN_FILES = ("config.yaml", "model.json", "dataset.json", "splits.json", "history.csv", "curves.png", "checkpoints")
+
 
 def fit(cfg: Any, run_dir: str | Path, resume: bool = False, quiet: bool = False, stop_after: int | None = None) -> dict[str, Any]:
-    """Train a validated config (:class:`covseg.training.config.TrainConfig`) into ``run_dir``."""
+    """Train a validated config (:class:`covseg.training.config.TrainConfig`) into ``run_dir``.
+
+    The run folder is checked first (a folder holding someone else's ``dataset.json`` or
+    ``config.yaml`` is refused, as is the dataset folder itself) and locked while training, so
+    two trainings into one folder cannot mix their files.
+    """
+    import contextlib
+
+    from covseg.engine.runtime import torchrun_env
+    from covseg.runs.folder import RunFolder
     from covseg.training.trainer import build_trainer
+    from covseg.utils.outputs import OutputFolder
+    from covseg.utils.paths import expand
     from covseg.viz.callbacks import training_curves_callback
 
-    trainer = build_trainer(cfg, run_dir, resume=resume, quiet=quiet, callbacks=[training_curves_callback])
-    return trainer.fit(stop_after=stop_after)
+    folder = OutputFolder(run_dir, "train", [expand(cfg.data.root)], owned=RUN_FILES, legacy=("model.json",))
+    folder.validate()
+    primary = torchrun_env()[0] == 0  # under torchrun only rank 0 owns (locks, marks, writes) the folder
+    with RunFolder(run_dir).lock() if primary else contextlib.nullcontext():
+        if primary:
+            folder.prepare()
+        trainer = build_trainer(cfg, run_dir, resume=resume, quiet=quiet, callbacks=[training_curves_callback])
+        return trainer.fit(stop_after=stop_after)
 
 
 def train(
@@ -33,24 +52,41 @@ def train(
 ) -> dict[str, Any]:
     """Train from a YAML config (or a shipped config's name); returns the training summary.
 
-    With ``resume`` and an existing ``output``, the run's own saved config is continued.
-    ``device`` / ``amp`` set ``runtime.device`` / ``runtime.amp`` (a resumed run may move devices).
-    Under ``torchrun`` every process runs this and trains its share (DDP).
+    With ``resume`` the run folder's own saved ``config.yaml`` is continued; a ``config``,
+    ``fold`` or override that would change it is refused in one line (only ``train.threads``,
+    ``sampler.cache_dir`` and the ``runtime`` section may differ: a resumed run may move devices),
+    rather than silently rewriting the run. ``device`` / ``amp`` set ``runtime.device`` /
+    ``runtime.amp``. Under ``torchrun`` every process runs this and trains its share (DDP).
     """
-    from covseg.training.config import load_config
+    from covseg.errors import ConfigError
+    from covseg.training.config import config_differences, load_config
 
     extra = list(overrides or [])
     if fold is not None:
         extra.append(f"data.fold={fold}")
-    runtime = [f"runtime.{k}={v}" for k, v in (("device", device), ("amp", amp)) if v is not None]
-    if resume and output is not None and (Path(output) / "config.yaml").exists() and not extra:
-        cfg = load_config(Path(output) / "config.yaml", runtime)
-    else:
-        cfg = load_config(config, extra + runtime)
+    extra += [f"runtime.{k}={v}" for k, v in (("device", device), ("amp", amp)) if v is not None]
+    cfg = load_config(config, extra)
     if output is None:
         suffix = f"_fold{cfg.data.fold}" if not cfg.data.val_root else ""
         output = Path("runs") / f"{cfg.name}{suffix}"
-    return fit(cfg, output, resume=resume, quiet=quiet)
+    saved = Path(output) / "config.yaml"
+    if resume and saved.is_file():
+        differences = config_differences(load_config(saved), cfg)
+        if differences:
+            shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
+            raise ConfigError(
+                f"--resume continues the saved run, but the given config differs from it ({shown}); "
+                f"drop the changes (or give --config {saved}), or train into a new --output",
+                saved,
+            )
+    try:
+        return fit(cfg, output, resume=resume, quiet=quiet)
+    except ConfigError as exc:
+        if exc.path is not None:
+            raise
+        from covseg.training.config import resolve_config_path
+
+        raise ConfigError(exc.problem, resolve_config_path(config)) from None  # name the config it came from
 
 
 def predict(

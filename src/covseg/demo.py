@@ -46,10 +46,12 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the whole pipeline into ``output``; returns the two protocol summaries and timings."""
     from rich.console import Console
+    from rich.markup import escape
 
     from covseg.data.synthetic import write_phantom_dataset
     from covseg.training.config import load_config
     from covseg.training.trainer import build_trainer
+    from covseg.utils.outputs import OutputFolder
     from covseg.viz.callbacks import training_curves_callback
 
     console = Console(stderr=True, highlight=False, quiet=quiet)
@@ -59,7 +61,7 @@ def run_demo(
     if data is None:
         data_root = output / "data"
         if not (data_root / "images").is_dir():
-            console.print(f"[bold]1/4[/] writing {PHANTOM_CASES} synthetic CT phantoms to {data_root}")
+            console.print(f"[bold]1/4[/] writing {PHANTOM_CASES} synthetic CT phantoms to {escape(str(data_root))}")
             write_phantom_dataset(data_root, n=PHANTOM_CASES, size=PHANTOM_SIZE, seed=seed)
         size = size or PHANTOM_SIZE
         epochs = epochs or PHANTOM_EPOCHS
@@ -71,14 +73,14 @@ def run_demo(
         size = size or REAL_SIZE
         epochs = epochs or REAL_EPOCHS
         source = str(data_root)
-        console.print(f"[bold]1/4[/] using {data_root}")
+        console.print(f"[bold]1/4[/] using {escape(str(data_root))}")
     timings["data_s"] = time.perf_counter() - t0
 
     run_dir = output / "run"
     if (run_dir / "model.json").exists():
         shutil.rmtree(run_dir)  # the demo's own previous run
     cfg = load_config(raw=demo_config(data_root, size, epochs, seed))
-    console.print(f"[bold]2/4[/] training a U-Net for {epochs} epochs at {size}² → {run_dir}")
+    console.print(f"[bold]2/4[/] training a U-Net for {epochs} epochs at {size}² → {escape(str(run_dir))}")
     t1 = time.perf_counter()
     trainer = build_trainer(cfg, run_dir, quiet=quiet, callbacks=[training_curves_callback])
     train_summary = trainer.fit()
@@ -87,8 +89,8 @@ def run_demo(
     console.print(f"[bold]3/4[/] predicting {len(trainer.val_records)} held-out cases")
     t2 = time.perf_counter()
     predictions = output / "predictions"
-    if predictions.exists():
-        shutil.rmtree(predictions)
+    if OutputFolder(predictions, "predict", legacy=("predictions.csv",)).written_by_us():
+        shutil.rmtree(predictions)  # the demo's own previous predictions; anything else is refused by predict
     held_out = trainer.val_records
     _predict_held_out(run_dir, held_out, predictions)
     timings["predict_s"] = time.perf_counter() - t2
@@ -102,7 +104,7 @@ def run_demo(
     med, sod = summaries["medical"], summaries["sod"]
     console.print(
         f"[bold green]done[/] in {timings['total_s']:.0f}s: held-out Dice {_mean(med, 'dice'):.3f} (medical, threshold 0.5), "
-        f"mean Dice {_mean(sod, 'mean_dice'):.3f}, S-measure {_mean(sod, 's_measure'):.3f}, MAE {_mean(sod, 'mae'):.3f} (sod); report: {report}"
+        f"mean Dice {_mean(sod, 'mean_dice'):.3f}, S-measure {_mean(sod, 's_measure'):.3f}, MAE {_mean(sod, 'mae'):.3f} (sod); report: {escape(str(report))}"
     )
     return {"summaries": summaries, "timings": timings, "report": str(report), "train": train_summary}
 

@@ -23,3 +23,10 @@ class DataError(CovsegError):
 
 class ConfigError(CovsegError):
     """A configuration file or override is invalid."""
+
+
+class OutputError(CovsegError):
+    """An output cannot be written (disk full, read-only folder, a file in the way, an input in the way).
+
+    Unlike a bad input, it concerns every case of a batch, so batch commands stop at it.
+    """

@@ -1,4 +1,10 @@
-"""Shared by the batch commands: a progress bar and the end-of-run list of failed inputs."""
+"""Shared by the commands: the stderr console, user text made safe to print, progress bars, failure lists.
+
+Every path, file name or message that came from the user goes through :func:`user_text` before
+rich sees it: rich markup such as ``[/]`` in a folder name is escaped (it would otherwise crash
+the printer), and control characters or bytes that are not UTF-8 are shown as escapes, so each
+message stays one line.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +17,42 @@ import typer
 
 
 def console():
-    """The stderr console every command prints to."""
+    """The stderr console every command prints to (no wrapping: one message, one line)."""
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def printable(text: object) -> str:
+    """``text`` as one printable line: control characters escaped (``\\n``), undecodable file-name
+    bytes shown as ``\\xNN``."""
+    out = []
+    for ch in str(text):
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 32 or code == 127 or 0xD800 <= code <= 0xDFFF:
+            out.append(ascii(ch)[1:-1])
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def user_text(text: object) -> str:
+    """User-supplied text ready for a rich markup string: printable, with markup escaped."""
+    from rich.markup import escape
+
+    return escape(printable(text))
 
 
 @contextlib.contextmanager
 def progress_bar(label: str, total: int, quiet: bool = False) -> Iterator[Callable[[], None]]:
-    """A rich progress bar over ``total`` inputs; yields the function that advances it by one."""
+    """A rich progress bar over ``total`` inputs (on terminals only); yields the function that advances it by one."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console(), disable=quiet) as prog:
+    out = console()
+    columns = (TextColumn(user_text(label)), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=out, disable=quiet or not out.is_terminal) as prog:
         task = prog.add_task(label, total=total)
         yield lambda: prog.advance(task)
 
@@ -36,9 +66,18 @@ def finish(report: Any, output: Path, done_message: str, quiet_rank: bool = Fals
             raise typer.Exit(1)
         return
     out = console()
-    out.print(done_message, markup=False)
+    out.print(printable(done_message), markup=False)
     if report.failed:
-        out.print(f"[bold red]{len(report.failed)} failed[/] (listed in {output / 'failed.txt'}):")
+        out.print(f"[bold red]{len(report.failed)} failed[/] (listed in {user_text(output / 'failed.txt')}):")
         for path, msg in report.failed:
-            out.print(f"  {path}: {msg}", markup=False)
+            out.print(printable(f"  {path}: {msg}"), markup=False)
         raise typer.Exit(1)
+
+
+def check_options(**checks: tuple[bool, str]) -> None:
+    """Refuse nonsense option values in one line: ``check_options(largest=(largest >= 0, "must be >= 0"))``."""
+    from covseg.errors import ConfigError
+
+    for name, (ok, problem) in checks.items():
+        if not ok:
+            raise ConfigError(f"--{name.replace('_', '-')}: {problem}")

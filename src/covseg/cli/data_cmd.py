@@ -61,14 +61,17 @@ def check(
 
     from covseg.data.check import check_dataset
     from covseg.utils.atomic import write_json
+    from covseg.utils.outputs import report_file
 
+    if json_out is not None:  # a list or CSV file stands for its folder: the dataset
+        report_file(json_out, "data check", [path if path.is_dir() else path.parent, text])
     console = Console()
     with _progress_bar() as advance:
         report = check_dataset(path, layout, split, text, prompt, progress=advance, workers=workers)
     _print_report(console, report, show, strict)
     if json_out is not None:
         write_json(json_out, {**report.to_dict(), "strict": strict, "ok": report.ok(strict)})
-        console.print(f"report written to {json_out}", highlight=False)
+        console.print(f"report written to {json_out}", highlight=False, markup=False)
     if not report.ok(strict):
         raise typer.Exit(code=1)
 
@@ -121,7 +124,10 @@ def convert(
     from covseg.data.convert import convert_dataset
     from covseg.errors import DataError
     from covseg.utils.atomic import write_json
+    from covseg.utils.outputs import report_file
 
+    if json_out is not None:
+        report_file(json_out, "data convert", [src if src.is_dir() else src.parent, mask])
     label_values = None
     if labels:
         try:

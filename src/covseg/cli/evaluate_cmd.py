@@ -18,6 +18,8 @@ _EMPTY = ("nan", "one", "zero")
 _PRED_TYPES = ("auto", "soft", "mask")
 _SPEC_RULES = ("pysodmetrics", "infnet")
 _REDUCTIONS = ("nanmean", "mean")
+_MISSING = ("error", "empty")
+_TOOLBOXES = ("pysodmetrics", "matlab")
 
 
 def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
@@ -110,6 +112,16 @@ def evaluate(
         "--reduction",
         help="NaN cases in the summary: nanmean (leave out, counted) or mean (NaN propagates).",
     ),
+    missing_pred: str = typer.Option(
+        "error",
+        "--missing-pred",
+        help="A ground-truth case without a prediction: error (listed; exit code 1) or empty (scored as an empty prediction).",
+    ),
+    toolbox: str = typer.Option(
+        "pysodmetrics",
+        "--toolbox",
+        help="sod: pysodmetrics (default) or matlab (the Inf-Net MATLAB toolbox to the digit, NaN where it gives NaN).",
+    ),
     show: int = typer.Option(6, "--show", help="Worst and best cases shown as overlays in the report."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
     strict: bool = typer.Option(
@@ -121,14 +133,19 @@ def evaluate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
+    from covseg.cli._batch import console as err_console
+    from covseg.cli._batch import user_text
     from covseg.errors import DataError
     from covseg.metrics import evaluation as ev
+    from covseg.utils.outputs import OutputFolder
 
     protocol = _choice(protocol, _PROTOCOLS, "--protocol")
     empty = _choice(empty, _EMPTY, "--empty")
     pred_type = _choice(pred_type, _PRED_TYPES, "--pred-type")
     specificity_rule = _choice(specificity_rule, _SPEC_RULES, "--specificity-rule")
     reduction = _choice(reduction, _REDUCTIONS, "--reduction")
+    missing_pred = _choice(missing_pred, _MISSING, "--missing-pred")
+    toolbox = _choice(toolbox, _TOOLBOXES, "--toolbox")
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold: {threshold} must lie in [0, 1]")
     if not tolerance >= 0:
@@ -141,10 +158,12 @@ def evaluate(
     empty_dist = parse_empty_distance(empty_distance)
 
     out_dir = out if out is not None else Path("outputs") / "evaluate" / f"{pred.resolve().name}-{protocol}"
-    cases, bad, image_dir = ev.pair_cases(pred, gt, images)
-    inputs = {p.resolve() for p in (pred, gt, *(p for p in (image_dir,) if p is not None))}
-    if out_dir.resolve() in inputs or out_dir.resolve() == (gt / "masks").resolve():
-        raise DataError("the output folder is an input folder; choose another --out", out_dir)
+    cases, bad, image_dir = ev.pair_cases(pred, gt, images, missing=missing_pred)
+    folder = OutputFolder(
+        out_dir, "evaluate", [pred, gt, gt / "masks", image_dir],
+        owned=("per_case.csv", "summary.json", "report.html"), legacy=("summary.json",),
+    )
+    folder.validate()
     if strict and bad:
         raise DataError(bad[0].problem, bad[0].path)
 
@@ -157,10 +176,11 @@ def evaluate(
         empty_distance=empty_dist,
         pred_type=pred_type,  # type: ignore[arg-type]
         specificity_rule=specificity_rule,  # type: ignore[arg-type]
+        toolbox=toolbox,
     )
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err = err_console()
     for b in bad:
-        err.print(f"[yellow]skipped[/] {b}")
+        err.print(f"[yellow]skipped[/] {user_text(b)}")
     progress = Progress(
         TextColumn("[bold]evaluate[/]"),
         BarColumn(),
@@ -168,14 +188,15 @@ def evaluate(
         TimeRemainingColumn(),
         TextColumn("{task.description}"),
         console=err,
+        disable=not err.is_terminal,
     )
     with progress:
         task = progress.add_task("", total=len(cases))
 
         def on_case(case: ev.Case, problem: ev.BadCase | None) -> None:
             if problem is not None:
-                progress.console.print(f"[yellow]skipped[/] {problem}", highlight=False)
-            progress.update(task, advance=1, description=case.case_id)
+                progress.console.print(f"[yellow]skipped[/] {user_text(problem)}", highlight=False)
+            progress.update(task, advance=1, description=user_text(case.case_id))
 
         run = ev.evaluate_cases(
             cases,
@@ -193,8 +214,10 @@ def evaluate(
         "images": str(image_dir) if image_dir else None,
         "spacing": list(spacing_values) if spacing_values else None,
         "strict": strict,
+        "missing_pred": missing_pred,
     }
 
+    folder.prepare()
     if not run.cases:
         summary_path = ev.write_outputs(run, out_dir, reduction=reduction)["summary"]  # type: ignore[arg-type]
         raise DataError(
@@ -229,6 +252,12 @@ def evaluate(
     if run.bad:
         console.print(f"[yellow]{len(run.bad)} case(s) skipped:[/]")
         for b in run.bad:
-            console.print(f"  {b}")
+            console.print(f"  {user_text(b)}")
     for kind, path in paths.items():
-        console.print(f"{kind}: {path}")
+        console.print(f"{kind}: {user_text(path)}")
+    unscored = [b for b in run.bad if b.is_failure]
+    if unscored:
+        missing = sum(b.kind == "no_prediction" for b in unscored)
+        hint = " (--missing-pred empty scores missing predictions as empty)" if missing else ""
+        err.print(f"[bold red]{len(unscored)} ground-truth case(s) not scored[/], {missing} without a prediction{hint}")
+        raise typer.Exit(1)

@@ -40,23 +40,45 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; user-input errors become one red line and exit code 2.
+    """Run the CLI; every failure becomes one line on stderr, never a traceback.
 
-    Usage errors (a missing option, a bad value) are click's, printed with the usage line
-    in standalone mode; errors in the user's files and configs are ``CovsegError``.
+    Usage errors (a missing option, a bad value) are click's, printed with the usage line in
+    standalone mode. Everything else is turned into a line here, in one place:
+
+    * ``CovsegError`` (bad input, config or output; names the file): exit 2;
+    * ``OSError`` from the system (a file that vanished, a folder without permission): exit 2;
+    * Ctrl-C: exit 130; running out of memory: exit 3;
+    * anything else is a covseg bug: one line saying so, exit 3 (``COVSEG_DEBUG=1`` shows the traceback).
     """
+    import os
+
     from covseg.errors import CovsegError
 
     try:
         app(args=argv, prog_name="covseg")
     except CovsegError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except MemoryError:
+        _fail("out of memory (try a smaller --batch-size or fewer cases at once)", 3)
+    except OSError as exc:
+        if os.environ.get("COVSEG_DEBUG"):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or exc}")
+    except Exception as exc:
+        if os.environ.get("COVSEG_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _fail(f"internal error ({type(exc).__name__}: {first}); this is a covseg bug: please report it "
+              "(COVSEG_DEBUG=1 shows the traceback)", 3)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    from rich.console import Console
+    from covseg.cli._batch import console, user_text
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console().print(f"[bold red]error:[/] {user_text(message)}")
     sys.exit(code)
 
 

@@ -16,6 +16,8 @@ def _window(text: str | None) -> tuple[float, float] | None:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise CovsegError(f"--window expects LOW,HIGH in HU, got {text!r}") from None
+    if not lo < hi:  # also refuses NaN
+        raise CovsegError(f"--window: LOW must be below HIGH, got {text!r}")
     return lo, hi
 
 
@@ -42,10 +44,18 @@ def predict(
 ) -> None:
     """Predict masks, soft maps and overlays at each input's original size."""
     from covseg.api import predict as run_predict
-    from covseg.cli._batch import finish, progress_bar
+    from covseg.cli._batch import check_options, finish, progress_bar
     from covseg.engine.runtime import torchrun_env
     from covseg.inference.predictor import list_inputs
 
+    check_options(
+        largest=(largest >= 0, f"{largest} must be 0 (keep all) or more"),
+        min_size=(min_size >= 0, f"{min_size} must be 0 (keep all) or more"),
+        batch_size=(batch_size >= 1, f"{batch_size} must be at least 1"),
+        sw_batch_size=(sw_batch_size is None or sw_batch_size >= 1, f"{sw_batch_size} must be at least 1"),
+        missing_text=(missing_text in ("error", "image-only"), f"{missing_text!r} must be error or image-only"),
+        engine=(engine in ("torch", "onnx", "torchscript"), f"{engine!r} must be torch, onnx or torchscript"),
+    )
     rank, world, _ = torchrun_env()
     total = len(list_inputs(input))
     with progress_bar("predicting", -(-total // world), quiet or rank > 0) as advance:

@@ -22,12 +22,13 @@ def pseudo_label(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Pseudo-label unlabelled images so a trainer can use them as a second source."""
-    from covseg.cli._batch import finish, progress_bar
+    from covseg.cli._batch import check_options, finish, progress_bar
     from covseg.engine.runtime import Runtime
     from covseg.inference.loading import load_predictors, text_resolver
     from covseg.inference.predictor import list_inputs
     from covseg.inference.pseudo import pseudo_label_files
 
+    check_options(edge_width=(edge_width >= 1, f"{edge_width} must be at least 1"))
     predictor = load_predictors(model, checkpoint, Runtime.create(device, distributed=False))
     files = [f for f in list_inputs(input) if not f.name.endswith((".nii", ".nii.gz"))]
     extra_for = text_resolver(predictor, text, text_file, missing_text)

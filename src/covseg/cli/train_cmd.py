@@ -21,17 +21,16 @@ def train(
 
     ``torchrun --nproc_per_node N -m covseg train ...`` trains the same run on N processes (DDP).
     """
-    from rich.console import Console
-
     from covseg.api import train as run_train
+    from covseg.cli._batch import console, user_text
     from covseg.engine.runtime import torchrun_env
 
     summary = run_train(config, output, overrides or [], fold=fold, resume=resume, quiet=quiet, device=device, amp=amp)
     if torchrun_env()[0] > 0:
         return
-    Console(stderr=True, highlight=False).print(
+    console().print(
         f"[bold green]done[/] best {summary['monitor']} {summary['best_metric']:.4f} at epoch "
-        f"{summary['best_epoch'] + 1}; run folder {summary['run_dir']}"
+        f"{summary['best_epoch'] + 1}; run folder {user_text(summary['run_dir'])}"
     )
 
 

@@ -174,10 +174,14 @@ def check_record(
     found: list[Finding] = []
     if has_text and record.text is None:
         found.append(finding("missing_text", record.image, "no text for this image"))
-    if is_volume(record.image):
-        _check_volume_record(record, found)
-    else:
-        _check_image_record(record, found, {} if seen_images is None else seen_images)
+    try:
+        if is_volume(record.image):
+            _check_volume_record(record, found)
+        else:
+            _check_image_record(record, found, {} if seen_images is None else seen_images)
+    except Exception as exc:  # a file that breaks a reader in an unforeseen way is one finding, not the end of the check
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        found.append(finding("unreadable", record.image, f"unexpected {type(exc).__name__} while checking this case ({first})"))
     return found
 
 

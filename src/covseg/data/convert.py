@@ -35,8 +35,9 @@ from covseg.data.imageio import (
 from covseg.data.index import DatasetIndex
 from covseg.data.layouts import INFNET_MASK_DIRS, list_splits, open_dataset
 from covseg.data.sample import CaseRecord
-from covseg.errors import DataError
+from covseg.errors import CovsegError, DataError, OutputError
 from covseg.utils.atomic import write_bytes, write_json, write_text
+from covseg.utils.outputs import OutputFolder
 
 WINDOWS: dict[str, tuple[float, float]] = {
     "lung": (-1250.0, 250.0),  # W1500 L-500
@@ -186,6 +187,8 @@ def convert_dataset(
                 raise DataError("--mask goes with a single-volume source", src)
             index.records[0].mask = Path(mask)
         jobs = [(index, dst)]
+    # a pair list may name files anywhere, the destination included: no output may replace one of them
+    options.guard = OutputFolder(dst, "data convert", [p for index, _ in jobs for rec in index.records for p in _input_files(rec)])
     total = sum(len(index.records) for index, _ in jobs)
     done = 0
     for index, out in jobs:
@@ -201,7 +204,9 @@ def convert_dataset(
                     _convert_image(rec, name, out, options, report)
                 if rec.text is not None:
                     texts[name] = rec.text
-            except (DataError, OSError, ValueError) as exc:
+            except (CovsegError, OSError, ValueError) as exc:
+                if isinstance(exc, OutputError):
+                    raise  # disk full, read-only destination: every further case would fail too
                 report.failed.append((rec.case_id, str(exc)))
                 for path in options.case_files:  # no half-written case: its other files would be orphans
                     path.unlink(missing_ok=True)
@@ -211,10 +216,10 @@ def convert_dataset(
             if progress:
                 progress(done, total)
         if provenance:
-            write_text(out / "slices.csv", _csv_text(provenance))
+            write_text(options.guard.check(out / "slices.csv"), _csv_text(provenance))
             report.written += 1
         if texts:
-            write_json(out / "texts.json", texts)
+            write_json(options.guard.check(out / "texts.json"), texts)
             report.written += 1
             reread = " (the folder layout reads it back)" if to == "folder" else ""
             report.notes.append(f"{len(texts)} texts written to {out / 'texts.json'}{reread}")
@@ -237,8 +242,12 @@ class _Options:
     reencoded: int = 0
     case_files: list[Path] = field(default_factory=list)
 
+    guard: OutputFolder | None = None
+
     def put(self, report: ConvertReport, path: Path, write: Callable[[Path], Any]) -> None:
         """Write one output file (atomically, by ``write``) and remember it for the current case."""
+        if self.guard is not None:
+            self.guard.check(path)
         write(path)
         self.case_files.append(path)
         report.written += 1
@@ -384,6 +393,13 @@ def _convert_volume(rec: CaseRecord, name: str, out: Path, options: _Options, re
             }
         )
     return rows
+
+
+def _input_files(rec: CaseRecord) -> list[Path]:
+    """Every file a case reads: image (and channel files), mask, edge, extra masks."""
+    files = [Path(rec.image), *(Path(p) for p in rec.meta.get("channels", []))]
+    files += [Path(p) for p in (rec.mask, rec.edge) if p is not None]
+    return files + [Path(p) for p in rec.masks.values()]
 
 
 def _csv_text(rows: list[dict[str, Any]]) -> str:

@@ -50,18 +50,46 @@ def is_volume(path: str | Path) -> bool:
     return suffix_of(p) in NIFTI_SUFFIXES or is_dicom_series(p)
 
 
+def require_file(path: Path) -> None:
+    """One line when ``path`` is not a readable file: missing, a broken link or link loop, a folder."""
+    if path.is_file():
+        return
+    if path.is_symlink():
+        raise DataError("broken symbolic link (its target is missing, or links form a loop)", path)
+    if path.is_dir():
+        raise DataError("a folder, not a file", path)
+    raise DataError("file not found", path)
+
+
 def _open_pil(path: Path, load: bool = True):
+    """Open a single-frame image with Pillow; every failure is one line naming the file."""
     from PIL import Image, UnidentifiedImageError
 
-    if not path.exists():
-        raise DataError("file not found", path)
+    require_file(path)
     try:
         im = Image.open(path)
+        frames = int(getattr(im, "n_frames", 1) or 1)
+        if frames > 1:
+            raise DataError(f"holds {frames} frames or pages; covseg reads single 2D images (split it first)", path)
         if load:
             im.load()
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"image too large to decode safely ({str(exc).split(',')[0]})", path) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DataError(f"unreadable image ({type(exc).__name__}: {exc})", path) from None
     return im
+
+
+def bit_depth_scale(arr: np.ndarray) -> float:
+    """Factor that brings unsigned integer pixels deeper than 8 bits to the 8-bit range (1 otherwise).
+
+    A 16-bit PNG or TIFF spans 0..65535 where an 8-bit one spans 0..255; models normalise by
+    ``preprocess.scale`` (255 by default), so deeper images are scaled by their bit depth first.
+    Signed images (CT in HU) and floats keep their values.
+    """
+    if arr.dtype.kind == "u" and arr.dtype.itemsize > 1:
+        return 255.0 / float(np.iinfo(arr.dtype).max)
+    return 1.0
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -86,14 +114,19 @@ def read_image(path: str | Path, channels: int | None = None, *, check_finite: b
     path = Path(path)
     suf = suffix_of(path)
     if suf in (".tif", ".tiff"):
-        arr = _read_tiff(path)
+        raw = _read_tiff(path)
+        arr = raw.astype(np.float32) * bit_depth_scale(raw)
     elif suf == ".npy":
         arr = _read_npy(path)
     elif suf == ".dcm":
         arr = _read_dicom_2d(path)[0]
     else:
         im = _open_pil(path)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+            arr = np.asarray(im).astype(np.float32) * (255.0 / 65535.0)  # 16-bit: scale by bit depth
+        elif im.mode == "I" and im.format == "PNG":  # older Pillow opens 16-bit grey PNGs as "I"
+            arr = np.asarray(im).astype(np.float32) * (255.0 / 65535.0)
+        elif im.mode in ("I", "F"):
             arr = np.asarray(im).astype(np.float32)
         elif im.mode in ("L", "1", "LA"):
             arr = np.asarray(im.convert("L"), dtype=np.float32)
@@ -130,14 +163,18 @@ def _to_channels(arr: np.ndarray, channels: int | None, path: Path) -> np.ndarra
 
 
 def _read_tiff(path: Path) -> np.ndarray:
-    if not path.exists():
-        raise DataError("file not found", path)
+    require_file(path)
     try:
         import tifffile
 
-        arr = tifffile.imread(str(path))
+        with tifffile.TiffFile(str(path)) as tif:
+            pages = len(tif.pages)
+            if pages == 1:
+                arr = tif.asarray()
     except Exception as exc:  # tifffile raises many types on bad files
         raise DataError(f"unreadable TIFF ({type(exc).__name__}: {exc})", path) from None
+    if pages != 1:
+        raise DataError(f"holds {pages} pages; covseg reads single 2D images (split it first)", path)
     arr = np.asarray(arr)
     while arr.ndim > 3 and arr.shape[0] == 1:
         arr = arr[0]
@@ -147,8 +184,7 @@ def _read_tiff(path: Path) -> np.ndarray:
 
 
 def _read_npy(path: Path) -> np.ndarray:
-    if not path.exists():
-        raise DataError("file not found", path)
+    require_file(path)
     try:
         return np.load(path, allow_pickle=False)
     except Exception as exc:
@@ -159,8 +195,7 @@ def _read_dicom_2d(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     """One DICOM frame (e.g. a chest X-ray), rescaled; MONOCHROME1 is inverted to MONOCHROME2."""
     import pydicom
 
-    if not path.exists():
-        raise DataError("file not found", path)
+    require_file(path)
     try:
         ds = pydicom.dcmread(str(path), force=True)
         arr = ds.pixel_array.astype(np.float32)
@@ -355,24 +390,68 @@ def read_volume(
     if path.is_dir():
         arr, spacing, affine = read_dicom_series(path)
     else:
-        if not path.exists():
-            raise DataError("file not found", path)
+        require_file(path)
         try:
             import nibabel as nib
 
-            img = nib.load(str(path))
-            arr = np.asarray(img.dataobj, dtype=np.float32)
-            affine = np.asarray(img.affine, dtype=np.float64)
-            spacing = tuple(float(s) for s in img.header.get_zooms()[:3])
+            with _quiet_nibabel():
+                img = nib.load(str(path))
+                arr = np.asarray(img.dataobj, dtype=np.float32)
+                affine = np.asarray(img.affine, dtype=np.float64)
+                header_zooms = _raw_pixdim(img, path)
+                spacing = tuple(float(s) for s in img.header.get_zooms()[:3])
         except Exception as exc:
             raise DataError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path) from None
         if arr.ndim == 4 and arr.shape[-1] == 1:
             arr = arr[..., 0]
         if arr.ndim != 3:
             raise DataError(f"expected a 3D volume, got shape {arr.shape}", path)
+        if header_zooms is not None and not (np.all(np.isfinite(header_zooms)) and np.all(header_zooms > 0)):
+            raise DataError(
+                f"voxel size {[float(z) for z in header_zooms]} in the header (pixdim) is not positive: "
+                "volumes in ml and distances in mm would be wrong",
+                path,
+            )
+    _check_geometry(path, spacing, affine)
     if check_finite and not np.isfinite(arr).all():
         raise DataError(f"volume contains {int((~np.isfinite(arr)).sum())} NaN or infinite voxels", path)
     return arr, spacing, affine
+
+
+def _check_geometry(path: Path, spacing: tuple[float, ...], affine: np.ndarray) -> None:
+    """Refuse a volume whose voxel size or voxel-to-world matrix cannot place it in space."""
+    if len(spacing) < 3 or not all(np.isfinite(s) and s > 0 for s in spacing[:3]):
+        raise DataError(f"voxel size {list(spacing)} is not positive: volumes and distances would be wrong", path)
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4) or not np.all(np.isfinite(a)):
+        raise DataError("the affine (voxel-to-world matrix) holds NaN or infinite values", path)
+    if abs(float(np.linalg.det(a[:3, :3]))) < 1e-12 * max(1.0, float(np.abs(a[:3, :3]).max()) ** 3):
+        raise DataError("the affine (voxel-to-world matrix) is singular: the volume's axes cannot be placed", path)
+
+
+def _raw_pixdim(img, path: Path) -> np.ndarray | None:
+    """The voxel size as stored in a NIfTI file's header (nibabel silently replaces zeros by 1 when loading)."""
+    import nibabel as nib
+
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)) or suffix_of(path) not in NIFTI_SUFFIXES:
+        return None
+    with nib.openers.ImageOpener(str(path)) as f:
+        raw = type(img.header).from_fileobj(f, check=False)
+    return np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+
+
+class _quiet_nibabel:
+    """Silence nibabel's log lines while reading (a damaged header is reported by covseg in one line)."""
+
+    def __enter__(self):
+        import logging
+
+        self.logger = logging.getLogger("nibabel")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.CRITICAL)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
 
 
 def _png_info(spacing: tuple[float, float] | None):

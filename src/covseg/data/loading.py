@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from covseg.data.imageio import (
+    analyse_mask,
     is_volume,
     read_image,
     read_label_volume,
@@ -62,13 +63,29 @@ def load_sample(record: CaseRecord, channels: int | None = None, derive_edge: bo
 
 
 def _checked_mask(path: Path, shape: tuple[int, ...], image_path: Path) -> np.ndarray:
-    mask = read_mask(path)
+    mask = _clean_mask(Path(path))
     if mask.shape[: len(shape)] != tuple(shape) or mask.ndim != len(shape):
         raise DataError(
             f"size {_fmt(mask.shape)} differs from image {Path(image_path).name} ({_fmt(shape)}; image: {image_path})",
             path,
         )
     return mask
+
+
+def _clean_mask(path: Path) -> np.ndarray:
+    """A 2D label map, refused as ``covseg data check`` would flag it: grey levels or colours are not labels."""
+    if is_volume(path):
+        return read_mask(path)
+    info = analyse_mask(path)
+    if info.kind in ("ambiguous", "colour"):
+        n = len(info.stored_values)
+        what = f"{n}{'+' if n >= 64 else ''} grey levels" if info.kind == "ambiguous" else f"{n}{'+' if n >= 64 else ''} colours"
+        raise DataError(
+            f"mask holds {what}, not 0/1, 0/255 or class indices (covseg data check reports it as an error; "
+            "save it as a binary or class-index PNG)",
+            path,
+        )
+    return info.labels
 
 
 def _fmt(shape: tuple[int, ...]) -> str:

@@ -452,7 +452,11 @@ def read_text_mapping(source: Mapping[str, Any] | str | Path) -> TextTable:
     if not path.exists():
         raise DataError("file not found", path)
     entries: dict[str, TextEntry] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"text file is not UTF-8 ({exc.reason})", path) from None
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         sep = "\t" if "\t" in line else ","

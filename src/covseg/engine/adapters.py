@@ -128,6 +128,8 @@ class PriorAdapter(InputAdapter):
         if load_run is None:
             raise CovsegError("a cascade run needs its prior run loaded", run_dir)
         prior_dir = Path(prior.run)
+        if run_dir is not None and not prior_dir.is_absolute():
+            prior_dir = Path(run_dir) / prior_dir  # a relative prior run lies beside this run folder, wherever it was copied
         if run_dir is not None and prior_dir.resolve() == Path(run_dir).resolve():
             raise CovsegError("model.json prior.run points at this run folder itself", Path(run_dir) / "model.json")
         return cls(load_run(prior_dir, prior.checkpoint), prior.run, prior.checkpoint)

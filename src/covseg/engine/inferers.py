@@ -189,5 +189,5 @@ def build_inferer(spec: dict[str, Any] | None, default_size: Sequence[int] | Non
         params["size"] = list(default_size)
     try:
         return INFERERS.build(name, **params)
-    except TypeError as exc:
-        raise ConfigError(f"inferer {name!r}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"inferer {name!r}: bad params {params} ({exc})") from None

@@ -75,7 +75,7 @@ class Segmenter:
     ) -> Segmenter:
         """The segmenter a run folder describes (``best`` or ``last`` checkpoint), ready for inference
         on ``runtime``'s device (weights load to the CPU first, so a GPU-trained run predicts on a CPU)."""
-        from covseg.runs.checkpoint import load_checkpoint, model_from_checkpoint
+        from covseg.runs.checkpoint import checkpoint_model_spec, load_checkpoint, model_from_checkpoint
         from covseg.runs.folder import RunFolder
         from covseg.runs.packing import WEIGHTS, is_packed, load_packed, resolve_run_dir
 
@@ -91,6 +91,9 @@ class Segmenter:
             path = run.resolve_checkpoint(checkpoint)
             ckpt = load_checkpoint(path)
         model = model_from_checkpoint(ckpt, path=path)
+        held = checkpoint_model_spec(ckpt, path)["name"]
+        if held != description.name:
+            raise CovsegError(f"model.json names model {description.name!r} but the checkpoint holds {held!r}", run.path / "model.json")
         if model.out_channels != description.num_classes:
             raise CovsegError(
                 f"model.json says num_classes={description.num_classes} but the checkpoint's model has "
@@ -109,7 +112,18 @@ class Segmenter:
             if adapter is not None:
                 adapters.append(adapter)
         pre = Preprocessing.from_dict(description.preprocessing.model_dump())
-        inferer = build_inferer(description.inferer.model_dump(), default_size=pre.size)
+        wanted = pre.channels + sum(int(a.extra_channels) for a in adapters)
+        takes = getattr(model, "input_channels", None)
+        if takes is not None and wanted != takes:
+            raise CovsegError(
+                f"model.json gives the model {wanted} input channel(s) (preprocessing.channels {pre.channels} + extra inputs) "
+                f"but the checkpoint's model takes {takes}",
+                run.path / "model.json",
+            )
+        try:
+            inferer = build_inferer(description.inferer.model_dump(), default_size=pre.size)
+        except CovsegError as exc:
+            raise CovsegError(exc.problem, run.path / "model.json") from None
         model = runtime.prepare_model(model)
         channels_last = getattr(model, "spatial_dims", 2) == 2
         return cls(

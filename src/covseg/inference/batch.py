@@ -1,4 +1,9 @@
-"""Predict a folder of files: masks, soft maps, overlays; bad files are listed, not fatal."""
+"""Predict a folder of files: masks, soft maps, overlays; bad files are listed, not fatal.
+
+The output folder is checked against the inputs first (:class:`covseg.utils.outputs.OutputFolder`);
+inputs whose outputs would share a name (``a.png`` and ``a.jpg``) are refused, not overwritten;
+a failed write (disk full, read-only folder) stops the batch with one line.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from covseg.engine.runtime import Runtime
-from covseg.errors import CovsegError
+from covseg.errors import CovsegError, DataError, OutputError
 from covseg.inference.predictor import BasePredictor, PostprocessOptions
 from covseg.utils.atomic import write_text
+from covseg.utils.outputs import OutputFolder, one_line, spreadsheet_safe
 
 
 @dataclass
@@ -31,8 +37,14 @@ def for_each_file(
     strict: bool = False,
     on_done: Callable[[], None] | None = None,
 ) -> BatchReport:
-    """Run ``work(path) -> row`` on every file: a bad file (``CovsegError``) is listed and skipped
-    unless ``strict``; each row gets the file's seconds."""
+    """Run ``work(path) -> row`` on every file: a bad file is listed and skipped unless ``strict``;
+    each row gets the file's seconds.
+
+    A ``CovsegError`` gives the file's one-line problem; any other exception raised on one file
+    (a reader broken by a file nobody foresaw) is listed as such, so one file never costs the
+    rest of the batch. An ``OutputError`` (disk full, read-only folder) stops the batch: every
+    further file would fail the same way.
+    """
     report = BatchReport()
     for path in files:
         t0 = time.perf_counter()
@@ -40,19 +52,55 @@ def for_each_file(
             row = work(path)
             row["seconds"] = round(time.perf_counter() - t0, 4)
             report.written.append(row)
+        except OutputError:
+            raise
         except CovsegError as exc:
             if strict:
                 raise
             report.failed.append((str(path), exc.problem if exc.path else str(exc)))
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            problem = f"unexpected {type(exc).__name__} while processing this file ({first})"
+            if strict:
+                raise DataError(problem, path) from None
+            report.failed.append((str(path), problem))
         if on_done:
             on_done()
     return report
 
 
+def distinct_stems(files: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files whose outputs get distinct names, and a failure line for each file of a clashing group.
+
+    Outputs are named by stem (``a.png`` and ``a.jpg`` both give ``masks/a.png``); names that differ
+    only in case clash too, as they would on case-insensitive disks.
+    """
+    from covseg.data.imageio import stem_of
+
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        groups.setdefault(stem_of(f).casefold(), []).append(f)
+    keep, failed = [], []
+    for f in files:
+        group = groups[stem_of(f).casefold()]
+        if len(group) == 1:
+            keep.append(f)
+        else:
+            others = ", ".join(g.name for g in group if g != f)
+            failed.append((str(f), f"its outputs would overwrite those of {others} (same name without suffix); rename one"))
+    return keep, failed
+
+
 def write_failures(out_dir: Path, report: BatchReport) -> None:
     """``failed.txt``: one line per input that failed, with its reason."""
     if report.failed:
-        write_text(out_dir / "failed.txt", "".join(f"{p}: {m}\n" for p, m in report.failed))
+        write_text(out_dir / "failed.txt", "".join(f"{one_line(p)}: {one_line(m)}\n" for p, m in report.failed))
+
+
+def run_dirs_of(predictor: BasePredictor) -> list[Path]:
+    """The run folders a predictor reads (one, or an ensemble's members)."""
+    dirs = getattr(predictor, "run_dirs", None) or [getattr(predictor, "run_dir", None)]
+    return [Path(d) for d in dirs if d is not None]
 
 
 def output_paths(out_dir: Path, stem: str, volume: bool) -> dict[str, Path]:
@@ -94,14 +142,26 @@ def predict_files(
     from covseg.data.imageio import is_volume
 
     runtime = runtime or getattr(predictor, "runtime", None) or Runtime()
+    folder = OutputFolder(
+        out_dir, "predict", [*files, *run_dirs_of(predictor)],
+        owned=("masks", "probs", "overlays", "predictions.csv", "failed.txt"), legacy=("predictions.csv",),
+    )
+    if runtime.is_main:
+        folder.prepare()
+    else:
+        folder.validate()
+    runtime.barrier()
+    files, clashes = distinct_stems(files)
+    if clashes and strict:
+        raise DataError(clashes[0][1], clashes[0][0])
 
     def work(path: Path) -> dict:
         runtime.reset_peak_memory()
         extra = extra_for(path) if extra_for else {}
         if is_volume(path):
-            row = _predict_volume(predictor, path, out_dir, tta_flip, post, window, overlays, extra, batch_size)
+            row = _predict_volume(predictor, path, folder, tta_flip, post, window, overlays, extra, batch_size)
         else:
-            row = _predict_image(predictor, path, out_dir, tta_flip, post, overlays, extra)
+            row = _predict_image(predictor, path, folder, tta_flip, post, overlays, extra)
         row["peak_memory_mb"] = round(runtime.peak_memory_mb(), 1)
         return row
 
@@ -110,6 +170,7 @@ def predict_files(
     if strict and report.failed:
         path, problem = report.failed[0]
         raise CovsegError(problem, path)
+    report.failed = clashes + report.failed
     if runtime.is_main:
         _write_index(out_dir, report)
     return report
@@ -126,19 +187,28 @@ def gather_report(runtime: Runtime, report: BatchReport, files: list[Path]) -> B
     return BatchReport(written=written, failed=failed)
 
 
-def _predict_image(predictor: BasePredictor, path: Path, out_dir: Path, tta, post, overlays, extra) -> dict:
-    from covseg.data.imageio import read_image, stem_of, write_image, write_mask
+def _checked_paths(folder: OutputFolder, path: Path, volume: bool) -> dict[str, Path]:
+    from covseg.data.imageio import stem_of
 
+    paths = output_paths(folder.path, stem_of(path), volume=volume)
+    for target in paths.values():
+        folder.check(target)
+    return paths
+
+
+def _predict_image(predictor: BasePredictor, path: Path, folder: OutputFolder, tta, post, overlays, extra) -> dict:
+    from covseg.data.imageio import read_image, write_image, write_mask
+
+    paths = _checked_paths(folder, path, volume=False)
     image = read_image(path)
     pred = predictor.predict_image(image, tta_flip=tta, post=post, **extra)
-    paths = output_paths(out_dir, stem_of(path), volume=False)
     write_mask(paths["mask"], pred.labels, scale_binary=predictor.num_classes == 1)
     if pred.probs.ndim == 2:
         write_image(paths["prob"], np.round(pred.probs * 255.0))
     else:
         from covseg.utils.atomic import write_with
 
-        paths["prob"] = paths["prob"].with_suffix(".npy")
+        paths["prob"] = folder.check(paths["prob"].with_suffix(".npy"))
         write_with(paths["prob"], lambda p: np.save(p, pred.probs.astype(np.float16), allow_pickle=False))
     if overlays is not None:
         write_image(paths["overlay"], overlays(image, pred.labels))
@@ -150,13 +220,13 @@ def _predict_image(predictor: BasePredictor, path: Path, out_dir: Path, tta, pos
     }
 
 
-def _predict_volume(predictor: BasePredictor, path: Path, out_dir: Path, tta, post, window, overlays, extra, batch_size) -> dict:
-    from covseg.data.imageio import read_volume, stem_of, write_image, write_volume
+def _predict_volume(predictor: BasePredictor, path: Path, folder: OutputFolder, tta, post, window, overlays, extra, batch_size) -> dict:
+    from covseg.data.imageio import read_volume, write_image, write_volume
     from covseg.transforms.orientation import volume_to_slices
 
+    paths = _checked_paths(folder, path, volume=True)
     volume, spacing, affine = read_volume(path)
     pred = predictor.predict_volume(volume, affine, tta_flip=tta, post=post, window=window, batch_size=batch_size, **extra)
-    paths = output_paths(out_dir, stem_of(path), volume=True)
     write_volume(paths["mask"], pred.labels, affine, dtype="uint8")
     probs = pred.probs if pred.probs.ndim == 3 else np.moveaxis(pred.probs, 0, -1)
     write_volume(paths["prob"], probs, affine, dtype="float32")
@@ -185,6 +255,6 @@ def _write_index(out_dir: Path, report: BatchReport) -> None:
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
     for row in report.written:
-        writer.writerow(row)
+        writer.writerow({k: spreadsheet_safe(v) for k, v in row.items()})
     write_text(out_dir / "predictions.csv", buf.getvalue())
     write_failures(out_dir, report)

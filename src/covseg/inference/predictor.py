@@ -163,7 +163,10 @@ def list_inputs(path: Path) -> list[Path]:
         raise DataError("input not found", path)
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.iterdir() if p.is_file() and suffix_of(p) in (*IMAGE_SUFFIXES, ".nii", ".nii.gz", ".npy"))
+    # broken links and link loops stay in the list: reading them gives a one-line problem, not silence
+    files = sorted(
+        p for p in path.iterdir() if (p.is_file() or p.is_symlink()) and suffix_of(p) in (*IMAGE_SUFFIXES, ".nii", ".nii.gz", ".npy")
+    )
     if not files:
         raise DataError("no images (PNG/JPG/TIF/BMP/NIfTI) in folder", path)
     return files

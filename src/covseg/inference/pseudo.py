@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from covseg.inference.batch import BatchReport, for_each_file, write_failures
+from covseg.errors import DataError
+from covseg.inference.batch import BatchReport, distinct_stems, for_each_file, run_dirs_of, write_failures
 from covseg.inference.predictor import BasePredictor
 from covseg.utils.atomic import atomic_path, write_text
+from covseg.utils.outputs import OutputFolder, spreadsheet_safe
 
 
 def prediction_confidence(probs: np.ndarray) -> float:
@@ -34,9 +36,9 @@ def prediction_confidence(probs: np.ndarray) -> float:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        dst.unlink()
+    """Hard-link (or copy) ``src`` to ``dst`` atomically; nothing to do where ``dst`` already is ``src``'s file."""
+    if dst.exists() and os.path.samefile(src, dst):
+        return
     with atomic_path(dst) as tmp:
         tmp.unlink()
         try:
@@ -62,15 +64,25 @@ def pseudo_label_files(
     from covseg.data.imageio import read_image, stem_of, write_mask
     from covseg.transforms.edges import mask_to_edge
 
+    folder = OutputFolder(
+        out_dir, "pseudo-label", [*files, *run_dirs_of(predictor)],
+        owned=("images", "masks", "edges", "confidence.csv", "failed.txt"), legacy=("confidence.csv",),
+    )
+    folder.prepare()
+    files, clashes = distinct_stems(files)
+    if clashes and strict:
+        raise DataError(clashes[0][1], clashes[0][0])
+
     def work(path: Path) -> dict:
         extra = extra_for(path) if extra_for else {}
+        stem = stem_of(path)
+        targets = [folder.check(t) for t in (out_dir / "images" / path.name, out_dir / "masks" / f"{stem}.png", out_dir / "edges" / f"{stem}.png")]
         image = read_image(path)
         pred = predictor.predict_image(image, tta_flip=tta_flip, **extra)
-        stem = stem_of(path)
-        _link_or_copy(path, out_dir / "images" / path.name)
-        write_mask(out_dir / "masks" / f"{stem}.png", pred.labels, scale_binary=predictor.num_classes == 1)
+        _link_or_copy(path, targets[0])
+        write_mask(targets[1], pred.labels, scale_binary=predictor.num_classes == 1)
         binary = (pred.labels > 0).astype(np.uint8)
-        write_mask(out_dir / "edges" / f"{stem}.png", mask_to_edge(binary, width=edge_width))
+        write_mask(targets[2], mask_to_edge(binary, width=edge_width))
         return {
             "case_id": stem,
             "image": path.name,
@@ -79,11 +91,12 @@ def pseudo_label_files(
         }
 
     report = for_each_file(files, work, strict, on_done)
+    report.failed = clashes + report.failed
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["case_id", "image", "confidence", "foreground_fraction"], extrasaction="ignore")
     writer.writeheader()
     for row in report.written:
-        writer.writerow({**row, "confidence": f"{row['confidence']:.6f}", "foreground_fraction": f"{row['foreground_fraction']:.6f}"})
+        writer.writerow({**{k: spreadsheet_safe(v) for k, v in row.items()}, "confidence": f"{row['confidence']:.6f}", "foreground_fraction": f"{row['foreground_fraction']:.6f}"})
     write_text(out_dir / "confidence.csv", buf.getvalue())
     write_failures(out_dir, report)
     return report

@@ -11,6 +11,13 @@ A 2D prediction whose size differs from its ground truth is resized to the groun
 predictions are never resampled: a shape mismatch there is a bad case. A bad case (unreadable
 file, missing partner, unresolvable mismatch) is recorded with a one-line problem naming the file
 and the batch continues, unless ``strict``.
+
+Nonsense pairs are refused per case rather than scored: a colour prediction (an overlay, not a
+map), a ground truth that is not a mask (grey levels: an image folder given as ``--gt``), NIfTI
+pairs whose affines differ (a flipped axis would score the same physical mask as a poor one).
+A ground-truth case without a prediction is a bad case unless ``missing="empty"`` scores it as
+an empty prediction. The output files are written as one unit, ``summary.json`` last
+(:func:`covseg.utils.atomic.write_unit`).
 """
 
 from __future__ import annotations
@@ -29,13 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from covseg.data.imageio import IMAGE_SUFFIXES, read_mask, read_volume, stem_of, suffix_of
+from covseg.data.imageio import IMAGE_SUFFIXES, read_volume, stem_of, suffix_of
 from covseg.errors import DataError
 from covseg.metrics._arrays import PredType, gt_labels, guess_pred_type, prediction_labels, soft_map
 from covseg.metrics.base import MetricAccumulator, Reduction
 from covseg.metrics.medical import MedicalMetrics
 from covseg.metrics.sod import SodMetrics, SpecificityRule, prepare_sod_inputs
-from covseg.utils.atomic import write_bytes, write_json, write_text, write_with
+from covseg.utils.atomic import write_unit
+from covseg.utils.outputs import spreadsheet_safe
 
 PROTOCOLS: tuple[str, ...] = ("medical", "sod")
 VOLUME_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
@@ -44,20 +52,30 @@ FILE_SUFFIXES: tuple[str, ...] = (*IMAGE_SUFFIXES, ".npy", *VOLUME_SUFFIXES)
 
 @dataclass(frozen=True)
 class Case:
-    """One prediction / ground-truth pair (and the image, when known)."""
+    """One prediction / ground-truth pair (and the image, when known); ``pred_path`` None: scored as empty."""
 
     case_id: str
-    pred_path: Path
+    pred_path: Path | None
     gt_path: Path
     image_path: Path | None = None
 
 
 @dataclass(frozen=True)
 class BadCase:
-    """A case that could not be scored: the file to look at and why."""
+    """A case that could not be scored: the file to look at and why.
+
+    ``kind``: ``"bad"`` (unreadable or unusable), ``"no_prediction"`` (a ground-truth case nobody
+    predicted) or ``"no_ground_truth"`` (an extra prediction: listed, but no failure).
+    """
 
     path: str
     problem: str
+    kind: str = "bad"
+
+    @property
+    def is_failure(self) -> bool:
+        """True when a ground-truth case went unscored (the command then exits non-zero)."""
+        return self.kind != "no_ground_truth"
 
     def __str__(self) -> str:
         return f"{self.path}: {self.problem}"
@@ -96,8 +114,9 @@ def make_accumulator(
     empty_distance: str | float = "nan",
     pred_type: PredType = "auto",
     specificity_rule: SpecificityRule = "pysodmetrics",
+    toolbox: str = "pysodmetrics",
 ) -> MetricAccumulator:
-    """The accumulator of a protocol by name."""
+    """The accumulator of a protocol by name (``toolbox``: the sod variant, ``pysodmetrics`` or ``matlab``)."""
     if protocol == "medical":
         return MedicalMetrics(
             num_classes=num_classes,
@@ -110,7 +129,7 @@ def make_accumulator(
     if protocol == "sod":
         if num_classes != 1:
             raise DataError("the sod protocol is binary (num_classes=1); score each class folder separately")
-        return SodMetrics(specificity_rule=specificity_rule)
+        return SodMetrics(specificity_rule=specificity_rule, toolbox=toolbox)  # type: ignore[arg-type]
     raise DataError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
 
 
@@ -141,17 +160,22 @@ def resolve_gt_folder(gt_dir: Path) -> tuple[Path, Path | None]:
 
 
 def pair_cases(
-    pred_dir: Path, gt_dir: Path, images_dir: Path | None = None
+    pred_dir: Path, gt_dir: Path, images_dir: Path | None = None, missing: str = "error"
 ) -> tuple[list[Case], list[BadCase], Path | None]:
     """Pair predictions and ground truth by file stem.
 
     Returns the pairs (natural order of stems), the bad ones (missing partner, ambiguous stem) and
-    the image folder used for overlays.
+    the image folder used for overlays. ``missing="empty"`` pairs a ground-truth case that has no
+    prediction with an empty one instead of listing it.
     """
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise DataError("prediction folder not found", pred_dir)
+    if missing not in ("error", "empty"):
+        raise DataError(f"missing must be 'error' or 'empty', got {missing!r}")
     mask_dir, dataset_images = resolve_gt_folder(gt_dir)
+    if pred_dir.resolve() in (mask_dir.resolve(), Path(gt_dir).resolve()):
+        raise DataError("the prediction folder is the ground-truth folder; give the folder of predictions", pred_dir)
     if images_dir is not None and not Path(images_dir).is_dir():
         raise DataError("image folder not found", images_dir)
     image_folder = Path(images_dir) if images_dir is not None else dataset_images
@@ -172,10 +196,12 @@ def pair_cases(
                     str(g[0]), f"several ground-truth files share the stem {stem!r}: {[x.name for x in g]}"
                 )
             )
+        elif not p and missing == "empty":
+            cases.append(Case(stem, None, g[0], images.get(stem, [None])[0]))
         elif not p:
-            bad.append(BadCase(str(g[0]), f"no prediction with this stem in {pred_dir}"))
+            bad.append(BadCase(str(g[0]), f"no prediction with this stem in {pred_dir}", "no_prediction"))
         elif not g:
-            bad.append(BadCase(str(p[0]), f"no ground truth with this stem in {mask_dir}"))
+            bad.append(BadCase(str(p[0]), f"no ground truth with this stem in {mask_dir}", "no_ground_truth"))
         else:
             img = images.get(stem, [None])[0]
             cases.append(Case(stem, p[0], g[0], img))
@@ -188,9 +214,10 @@ def read_prediction(path: Path) -> tuple[np.ndarray, bool]:
 
     Colour images give their first channel (as the Inf-Net MATLAB toolbox does: ``resmap(:,:,1)``).
     """
+    from covseg.data.imageio import require_file
+
     path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", path)
+    require_file(path)
     suf = suffix_of(path)
     if suf in VOLUME_SUFFIXES:
         return read_volume(path)[0], False
@@ -200,35 +227,33 @@ def read_prediction(path: Path) -> tuple[np.ndarray, bool]:
         except Exception as exc:
             raise DataError(f"unreadable .npy ({type(exc).__name__}: {exc})", path) from None
     if suf in (".tif", ".tiff"):
-        try:
-            import tifffile
+        from covseg.data.imageio import _read_tiff
 
-            arr = np.asarray(tifffile.imread(str(path)))
-        except Exception as exc:
-            raise DataError(f"unreadable TIFF ({type(exc).__name__}: {exc})", path) from None
-        return (arr[..., 0] if arr.ndim == 3 and arr.shape[-1] in (3, 4) else arr), False
-    from PIL import Image, UnidentifiedImageError
+        arr = np.asarray(_read_tiff(path))
+    else:
+        from covseg.data.imageio import _open_pil
 
-    try:
-        with Image.open(path) as im:
-            im.load()
+        with _open_pil(path) as im:
             mode = im.mode
             if mode == "P":
                 return np.asarray(im, dtype=np.uint8).copy(), True
             if mode == "1":
                 return np.asarray(im, dtype=bool).copy(), True
             arr = np.asarray(im).copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"unreadable image ({type(exc).__name__}: {exc})", path) from None
-    if arr.ndim == 3:
-        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        rgb = arr[..., :3]
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            raise DataError(
+                "a colour image (an overlay?), not a soft map or mask; give the probs/ or masks/ folder", path
+            )
+        arr = arr[..., 0]  # grey stored as RGB: the first channel, as the MATLAB toolbox reads it
     return arr, False
 
 
 def read_ground_truth(path: Path, num_classes: int = 1) -> tuple[np.ndarray, tuple[float, ...] | None]:
     """Ground-truth label map and the spacing its file states (NIfTI header, PNG ``covseg:spacing``
     text chunk, TIFF resolution), or None."""
-    from covseg.data.imageio import read_label_volume, read_spacing_2d
+    from covseg.data.imageio import analyse_mask, read_label_volume, read_spacing_2d
 
     path = Path(path)
     suf = suffix_of(path)
@@ -236,7 +261,11 @@ def read_ground_truth(path: Path, num_classes: int = 1) -> tuple[np.ndarray, tup
     if suf in VOLUME_SUFFIXES:
         arr, spacing, _ = read_label_volume(path)
     else:
-        arr = read_mask(path)
+        info = analyse_mask(path)
+        if info.kind in ("ambiguous", "colour"):
+            what = f"{len(info.stored_values)}{'+' if len(info.stored_values) >= 64 else ''} grey levels" if info.kind == "ambiguous" else "several colours"
+            raise DataError(f"not a mask ({what}, not 0/1, 0/255 or class indices): an image folder given as ground truth?", path)
+        arr = info.labels
         if suf in (".png", ".tif", ".tiff"):
             spacing = read_spacing_2d(path)
     try:
@@ -323,19 +352,39 @@ def load_case(
 ) -> LoadedCase:
     """Read and reconcile one pair; every problem becomes a ``DataError`` naming the file at fault."""
     gt, gt_spacing = read_ground_truth(case.gt_path, num_classes)
+    if case.pred_path is None:  # --missing-pred empty: nothing predicted
+        return LoadedCase(np.zeros(gt.shape, dtype=np.uint8), gt, _spacing_for(spacing, gt_spacing, gt, case), None)
     raw, is_mask_file = read_prediction(case.pred_path)
+    if suffix_of(case.pred_path) in VOLUME_SUFFIXES and suffix_of(case.gt_path) in VOLUME_SUFFIXES:
+        _same_geometry(case.pred_path, case.gt_path)
     try:
         pred, resized_from = fit_prediction(
             raw, is_mask_file, gt.shape, protocol=protocol, num_classes=num_classes, pred_type=pred_type
         )
     except ValueError as exc:
         raise DataError(str(exc), case.pred_path) from None
+    return LoadedCase(pred, gt, _spacing_for(spacing, gt_spacing, gt, case), resized_from)
+
+
+def _spacing_for(spacing, gt_spacing, gt: np.ndarray, case: Case) -> tuple[float, ...] | None:
     sp = spacing if spacing is not None else gt_spacing
     if sp is not None and len(sp) == 1:
         sp = sp * gt.ndim
     if sp is not None and len(sp) != gt.ndim:
         raise DataError(f"spacing {sp} has {len(sp)} values for a {gt.ndim}D ground truth", case.gt_path)
-    return LoadedCase(pred, gt, sp, resized_from)
+    return sp
+
+
+def _same_geometry(pred_path: Path, gt_path: Path) -> None:
+    """NIfTI prediction and ground truth must lie in the same grid: the same affine (orientation, spacing, origin)."""
+    pred_affine = read_volume(pred_path, check_finite=False)[2]
+    gt_affine = read_volume(gt_path, check_finite=False)[2]
+    if not np.allclose(pred_affine, gt_affine, atol=1e-3):
+        raise DataError(
+            f"affine differs from the ground truth's ({Path(gt_path).name}): a flipped or shifted grid would "
+            "score the same physical mask as a different one (resample the prediction into its grid)",
+            pred_path,
+        )
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -374,7 +423,7 @@ def evaluate_cases(
         except DataError as exc:
             if strict:
                 raise
-            problem = BadCase(exc.path or str(case.pred_path), exc.problem)
+            problem = BadCase(exc.path or str(case.pred_path or case.gt_path), exc.problem)
             run.bad.append(problem)
         if on_case is not None:
             on_case(case, problem)
@@ -442,7 +491,7 @@ def per_case_rows(run: EvaluationRun) -> list[dict[str, Any]]:
         rows.append(
             {
                 **rec,
-                "pred_file": case.pred_path.name if case else "",
+                "pred_file": (case.pred_path.name if case.pred_path else "(none: scored as empty)") if case else "",
                 "gt_file": case.gt_path.name if case else "",
                 "resized_from": "x".join(map(str, resized)) if resized else "",
             }
@@ -459,7 +508,7 @@ def csv_text(rows: Sequence[dict[str, Any]]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_format_cell(row.get(c)) for c in columns])
+        writer.writerow([spreadsheet_safe(_format_cell(row.get(c))) for c in columns])
     return buf.getvalue()
 
 
@@ -469,7 +518,8 @@ def build_summary(run: EvaluationRun, reduction: Reduction = "nanmean") -> dict[
     return {
         **agg,
         "num_bad": len(run.bad),
-        "bad_cases": [{"path": b.path, "problem": b.problem} for b in run.bad],
+        "bad_cases": [{"path": b.path, "problem": b.problem, "kind": b.kind} for b in run.bad],
+        "num_unscored": sum(b.is_failure for b in run.bad),
         "resized_cases": {cid: list(shape) for cid, shape in run.resized.items()},
         "resize_note": (
             "predictions whose size differs from the ground truth were resized to it "
@@ -506,24 +556,35 @@ def write_outputs(
             "write_outputs(report=...) takes a renderer such as "
             "covseg.viz.evaluation_report.render_evaluation_report, or None; not a bool"
         )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows = per_case_rows(run)
     summary = build_summary(run, reduction)
-    paths = {
-        "csv": write_with(out_dir / "per_case.csv", lambda p: p.write_text(csv_text(rows), encoding="utf-8")),
-        "summary": write_json(out_dir / "summary.json", _finite_or_none(summary)),
+    writers: dict[str, Callable[[Path], Any]] = {
+        "per_case.csv": lambda p: p.write_text(csv_text(rows), encoding="utf-8", errors="surrogateescape"),
+        "summary.json": lambda p: p.write_text(summary_json_text(summary) + "\n", encoding="utf-8"),
     }
     if report is not None:
         page = report(run, summary)
-        target = out_dir / "report.html"
-        paths["report"] = write_text(target, page) if isinstance(page, str) else write_bytes(target, page)
-    return paths
+        writers["report.html"] = (
+            (lambda p: p.write_text(page, encoding="utf-8", errors="surrogateescape"))
+            if isinstance(page, str)
+            else (lambda p: p.write_bytes(page))
+        )
+    # without a report, an old one is removed with the old unit: it would not match the new summary
+    paths = write_unit(out_dir, writers, commit="summary.json", stale=("report.html",))
+    return {{"per_case.csv": "csv", "summary.json": "summary", "report.html": "report"}[name]: path for name, path in paths.items()}
 
 
 def summary_json_text(summary: dict[str, Any]) -> str:
     """The JSON text ``write_outputs`` writes for a summary (strict JSON: no NaN)."""
-    return json.dumps(_finite_or_none(summary), indent=2)
+    return json.dumps(_finite_or_none(summary), indent=2, default=_jsonable)
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
 
 
 # ------------------------------------------------------------------------------------------ overlays

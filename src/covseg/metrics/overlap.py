@@ -3,13 +3,20 @@
 All are ratios of confusion counts. A ratio whose denominator is 0 is undefined; the ``empty``
 policy says what it becomes:
 
-* ``"nan"``  – NaN (left out of a ``nanmean``; the MONAI / nnU-Net convention for Dice);
+* ``"nan"``  – NaN (left out of a ``nanmean``; nnU-Net's value for Dice when both masks are empty);
 * ``"one"``  – 1.0 (an empty prediction of an empty structure counts as perfect);
 * ``"zero"`` – 0.0 (counts as a failure; what pysodmetrics' safe division returns).
 
 Denominators that can be 0: Dice and IoU when gt and prediction are both empty; precision when
 the prediction is empty; sensitivity when the gt is empty; specificity when the gt covers the
-whole image. Dice and IoU are 0 (not undefined) when exactly one side is empty.
+whole image.
+
+Dice and IoU are **0**, whatever the policy, when exactly one side is empty: an empty ground
+truth with a non-empty prediction is a failure (nnU-Net's convention, ``2TP / (2TP + FP + FN)``
+with TP = 0). MONAI's ``compute_dice`` with its default ``ignore_empty=True`` returns NaN for
+every case whose ground truth is empty, prediction or not, so a model that paints lesions on
+healthy slices is not penalised there; covseg does not follow that default (MONAI's
+``ignore_empty=False`` gives covseg's 0, and 1 for two empty masks, which is ``empty="one"``).
 """
 
 from __future__ import annotations

@@ -26,7 +26,14 @@ It scores the *soft* map, 2D only, and matches ``py_sod_metrics`` 1.6 (pysodmetr
 * **resizing** – the MATLAB script resizes a map of the wrong size with ``imresize`` (bicubic) and
   writes it back over the prediction file; ``covseg evaluate`` resizes bilinearly in memory and
   never modifies its inputs;
-* **S-measure** (Fan et al. ICCV'17, α = 0.5), **E-measure** (Fan et al. IJCAI'18: curve over the
+* **MATLAB variant** – ``SodMetrics(toolbox="matlab")`` (``covseg evaluate --toolbox matlab``)
+  reproduces Inf-Net's MATLAB toolbox to the digit instead, NaN included
+  (:mod:`covseg.metrics.sod_matlab`): its ``1:-1/255:0`` thresholds, half-away-from-zero centroid
+  rounding, NaN specificity on an all-foreground ground truth, NaN S-measure where a quadrant is
+  empty;
+* **S-measure** (Fan et al. ICCV'17, α = 0.5; where the ground truth touches the right or bottom
+  edge, a quadrant of the region term is empty: pysodmetrics and the MATLAB toolbox give NaN,
+  covseg gives that quadrant weight 0, which is its weight in the formula), **E-measure** (Fan et al. IJCAI'18: curve over the
   256 thresholds, and adaptive with threshold ``min(2·mean(p), 1)`` on the continuous map),
   **weighted F-measure** (Margolin et al. CVPR'14, β² = 1, MATLAB ``fspecial('gaussian', 7, 5)``),
   **MAE** = ``mean(|p − gt|)``.
@@ -45,6 +52,8 @@ EPS = float(np.spacing(1))  # MATLAB's eps, used where the reference implementat
 NUM_THRESHOLDS = 256
 SpecificityRule = Literal["pysodmetrics", "infnet"]
 SPECIFICITY_RULES: tuple[str, ...] = ("pysodmetrics", "infnet")
+Toolbox = Literal["pysodmetrics", "matlab"]
+TOOLBOXES: tuple[str, ...] = ("pysodmetrics", "matlab")
 CURVE_NAMES: tuple[str, ...] = ("e_measure", "dice", "sensitivity", "specificity")
 SOD_METRICS: tuple[str, ...] = (
     "s_measure",
@@ -294,9 +303,17 @@ class SodMetrics(MetricAccumulator):
     higher_is_better = {m: m != "mae" for m in SOD_METRICS}
 
     def __init__(
-        self, *, alpha: float = 0.5, beta2: float = 1.0, specificity_rule: SpecificityRule = "pysodmetrics"
+        self,
+        *,
+        alpha: float = 0.5,
+        beta2: float = 1.0,
+        specificity_rule: SpecificityRule = "pysodmetrics",
+        toolbox: Toolbox = "pysodmetrics",
     ) -> None:
         super().__init__()
+        if toolbox not in TOOLBOXES:
+            raise ValueError(f"toolbox must be one of {TOOLBOXES}, got {toolbox!r}")
+        self.toolbox = toolbox
         if specificity_rule not in SPECIFICITY_RULES:
             raise ValueError(f"specificity_rule must be one of {SPECIFICITY_RULES}, got {specificity_rule!r}")
         if not 0.0 <= float(alpha) <= 1.0:
@@ -308,7 +325,17 @@ class SodMetrics(MetricAccumulator):
 
     @property
     def params(self) -> dict[str, Any]:
+        if self.toolbox == "matlab":
+            return {
+                "toolbox": "matlab",
+                "alpha": self.alpha,
+                "normalisation": "im2double by type, then mapminmax(x, 0, 1)",
+                "thresholds": "1:-1/255:0 (MATLAB colon); Dice/Sen/Spe at p >= t, E-measure at p > t",
+                "gt": "foreground where label > 0",
+                "reference": "Inf-Net EvaluationTool/main.m, Fmeasure_calu.m, StructureMeasure.m, Enhancedmeasure.m",
+            }
         return {
+            "toolbox": "pysodmetrics",
             "alpha": self.alpha,
             "beta2": self.beta2,
             "specificity_rule": self.specificity_rule,
@@ -320,6 +347,8 @@ class SodMetrics(MetricAccumulator):
 
     def update(self, pred: Any, gt: Any, spacing: Any = None, case_id: str | None = None) -> dict[str, Any]:
         """Score one case; ``spacing`` is accepted for a uniform interface and ignored (pixel-based protocol)."""
+        if self.toolbox == "matlab":
+            return self._update_matlab(pred, gt, case_id)
         result = sod_metrics(
             pred,
             gt,
@@ -334,6 +363,18 @@ class SodMetrics(MetricAccumulator):
         self._curves.append(curves)
         return dict(record)
 
+    def _update_matlab(self, pred: Any, gt: Any, case_id: str | None) -> dict[str, Any]:
+        from covseg.metrics import sod_matlab
+
+        scores, curves, (p, g) = sod_matlab.case_metrics(pred, gt, self.alpha)
+        # not part of main.m: computed as in the default variant, left out of the toolbox numbers
+        scores["weighted_f_measure"] = weighted_f_measure(p, g, self.beta2)
+        scores["adaptive_e_measure"] = adaptive_e_measure(p, g)
+        record = {"case_id": self._next_case_id(case_id), **{m: scores[m] for m in SOD_METRICS}}
+        self._records.append(record)
+        self._curves.append({name: values[::-1] for name, values in curves.items()})  # ascending, as the default
+        return dict(record)
+
     def reset(self) -> None:
         super().reset()
         self._curves.clear()
@@ -346,6 +387,17 @@ class SodMetrics(MetricAccumulator):
 
     def aggregate(self, reduction: Reduction = "nanmean") -> dict[str, Any]:
         out = super().aggregate(reduction)
+        if self.toolbox == "matlab":
+            from covseg.metrics import sod_matlab
+
+            descending = [{k: v[::-1] for k, v in c.items()} for c in self._curves]
+            out["toolbox"] = sod_matlab.toolbox_numbers(self._records, descending)
+            curves = self.mean_curves()
+            out["curves"] = {
+                "threshold": sod_matlab.matlab_thresholds()[::-1].tolist(),
+                **{name: curves[name].tolist() for name in CURVE_NAMES},
+            }
+            return out
         curves = self.mean_curves()
         toolbox: dict[str, float] = {
             m: out["metrics"][m]["mean"]

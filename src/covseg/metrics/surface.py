@@ -27,7 +27,9 @@ when both are empty it returns NaN for all three. Here the choice is explicit:
 
 * one side empty: HD95 and ASSD take ``empty_distance`` – ``"nan"``, ``"max"`` (the image
   diagonal, the largest distance two voxel centres of this image can have, in spacing units), or
-  any number (``float("inf")`` gives MONAI's ASSD); NSD is 0 (no surface voxel is within τ);
+  any number; NSD is 0 (no surface voxel is within τ). ``float("inf")`` reproduces MONAI's ASSD
+  and its plain (100th-percentile) Hausdorff distance, both ``inf``, but *not* MONAI's HD95, which
+  is NaN there (``torch.quantile`` of infinite distances: ``empty_distance="nan"`` gives that);
 * both empty: the ``empty`` policy – ``"nan"``: NaN; ``"one"`` (perfect): HD95 = ASSD = 0 and
   NSD = 1; ``"zero"`` (failure): HD95 and ASSD take ``empty_distance`` and NSD = 0.
 """

@@ -98,16 +98,21 @@ def model_from_checkpoint(ckpt: dict[str, Any], key: str = "model", path: str | 
     spec = checkpoint_model_spec(ckpt, path, key)
     try:
         model = build_model(spec["name"], **spec.get("init_args", {}))
-    except (TypeError, ValueError) as exc:
-        raise CovsegError(f"cannot rebuild model {spec['name']!r} from the checkpoint: {exc}", path) from None
+    except CovsegError as exc:  # an unknown model name
+        raise CovsegError(f"checkpoint names a model covseg cannot build ({exc.problem})", path) from None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CovsegError(f"cannot rebuild model {spec['name']!r} from the checkpoint: {first}", path) from None
     state = ckpt.get(f"{key}_state")
     if not isinstance(state, dict):
         raise CovsegError(f"checkpoint has no {key}_state weights", path)
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0] if first else "mismatch"
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        lines = str(exc).strip().splitlines()
+        detail = lines[1].strip() if len(lines) > 1 else lines[0] if lines else "mismatch"
+        if len(detail) > 200:  # a long list of missing keys: the first few are enough
+            detail = detail[:200].rsplit(",", 1)[0] + ", …"
         raise CovsegError(f"checkpoint weights do not fit model {spec['name']!r} ({detail})", path) from None
     model.eval()
     return model

@@ -55,6 +55,14 @@ class PreprocessingSpec(_Described):
             raise ValueError(f"window needs low < high, got {list(v)}")
         return v
 
+    @model_validator(mode="after")
+    def _one_value_per_channel(self) -> PreprocessingSpec:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) not in (1, self.channels):
+                raise ValueError(f"{name} has {len(values)} values for {self.channels} channel(s)")
+        return self
+
 
 class InfererSpec(_Described):
     """Which registered inferer turns an input into probabilities, and its settings."""

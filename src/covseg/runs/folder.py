@@ -14,9 +14,12 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +85,40 @@ class RunFolder:
         if not (self.path / "splits.json").exists():
             return set()
         return {str(c) for c in self.read_json("splits.json").get("train", [])}
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run folder for one training: a second ``covseg train`` into it is refused in one line.
+
+        An advisory lock on ``RUN/.lock`` (``flock``), released when the training ends or its
+        process dies (``kill -9`` included), so a crash never leaves a stale lock behind.
+        """
+        from covseg.errors import OutputError
+        from covseg.utils.atomic import output_error
+
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path / ".lock", "a+", encoding="utf-8")  # noqa: SIM115 - held until the training ends
+        except OSError as exc:
+            raise output_error(exc, self.path / ".lock") from None
+        try:
+            try:
+                import fcntl
+
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except ImportError:  # no flock (Windows): the lock is not enforced there
+                pass
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise OutputError(f"another covseg train is writing this run folder ({holder}); wait for it or choose another --output", self.path) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}\n")
+            handle.flush()
+            yield
+        finally:
+            handle.close()
 
     def is_run(self) -> bool:
         return (self.path / "model.json").exists()

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from covseg.errors import ConfigError
 from covseg.transforms.augment import AugmentConfig
@@ -48,12 +48,44 @@ class DataConfig(_Strict):
 
 
 class PreprocessConfig(_Strict):
-    channels: int = 1
+    """Checked here, not after an epoch: a zero std or an empty size would only fail at validation."""
+
+    channels: int = Field(1, ge=1)
     size: tuple[int, int] | None = (352, 352)
-    scale: float = 255.0
+    scale: float = Field(255.0, gt=0)
     mean: list[float] = [0.5]
     std: list[float] = [0.25]
     window: tuple[float, float] | None = None
+
+    @field_validator("size")
+    @classmethod
+    def _positive_size(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and any(s < 1 for s in v):
+            raise ValueError(f"size must be positive, got {list(v)}")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: list[float]) -> list[float]:
+        if not v or any(not s > 0 for s in v):
+            raise ValueError(f"every std must be > 0, got {v}")
+        return v
+
+    @field_validator("window")
+    @classmethod
+    def _ordered_window(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(f"window needs low < high, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_value_per_channel(self) -> PreprocessConfig:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) not in (1, self.channels):
+                one_each = f" or {self.channels}" if self.channels > 1 else ""
+                raise ValueError(f"{name} has {len(values)} values for {self.channels} channel(s); give 1{one_each}")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -152,10 +184,19 @@ class TrainSettings(_Strict):
     deterministic: bool = True
     threads: int | None = None
     val_every: int = Field(1, ge=1)
-    monitor: str = "dice"
-    threshold: float = 0.5
-    val_batch_size: int = 8
+    monitor: str = Field("dice", description="dice, iou or dice_c<k> (class k): what picks best.pt.")
+    threshold: float = Field(0.5, gt=0, lt=1)
+    val_batch_size: int = Field(8, ge=1)
     channels_last: bool = Field(True, description="NHWC tensors: about 2x faster depthwise convolutions on CPU.")
+
+    @field_validator("monitor")
+    @classmethod
+    def _known_monitor(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"dice|iou|dice_c[0-9]+", v):
+            raise ValueError(f"unknown validation metric {v!r}; use dice, iou or dice_c<k>")
+        return v
 
 
 class UnlabeledConfig(_Strict):
@@ -248,7 +289,7 @@ class SemiConfig(_Strict):
 class TrainConfig(_Strict):
     """The whole run: data, preprocessing, augmentation, model, loss, optimiser, schedule."""
 
-    name: str = "run"
+    name: str = Field("run", description="The run's name: a file name (the default run folder is runs/<name>).")
     trainer: str = "supervised"
     data: DataConfig
     preprocess: PreprocessConfig = PreprocessConfig()
@@ -263,6 +304,21 @@ class TrainConfig(_Strict):
     runtime: RuntimeConfig = RuntimeConfig()
     semi: SemiConfig = SemiConfig()
     extra: dict[str, Any] = Field(default_factory=dict, description="Settings of specialised trainers.")
+
+    @field_validator("name")
+    @classmethod
+    def _file_name(cls, v: str) -> str:
+        if not v or v in (".", "..") or any(c in v for c in "/\\") or any(ord(c) < 32 for c in v) or len(v) > 128:
+            raise ValueError(f"name must be a plain file name (no folders, not '.' or '..'), got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _monitor_class_exists(self) -> TrainConfig:
+        if self.train.monitor.startswith("dice_c"):
+            k = int(self.train.monitor[6:])
+            if not 1 <= k < self.data.num_classes:
+                raise ValueError(f"train.monitor {self.train.monitor!r}: no class {k} with data.num_classes={self.data.num_classes}")
+        return self
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -299,8 +355,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if path is None:
             raise ConfigError("no config given")
         p = resolve_config_path(path)
+        if p.is_dir():
+            raise ConfigError("a folder, not a config file", p)
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError("config file is not UTF-8 text", p) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config ({exc.strerror or type(exc).__name__})", p) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"invalid YAML ({exc.__class__.__name__}: {str(exc).splitlines()[0]})", p) from None
         if not isinstance(raw, dict):
@@ -313,8 +375,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise ConfigError(f"{loc}: {err['msg']}{more}", p) from None
+        raise ConfigError(f"{loc + ': ' if loc else ''}{msg}{more}", p) from None
 
 
 def shipped_configs_dir() -> Path:
@@ -336,3 +399,29 @@ def resolve_config_path(path: str | Path) -> Path:
 def dump_config(cfg: TrainConfig) -> str:
     """The resolved config as YAML, for the run folder."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# Settings that may differ when a run is resumed: they do not change what is trained.
+RESUME_FREE: tuple[str, ...] = ("train.threads", "sampler.cache_dir", "runtime.")
+
+
+def config_differences(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
+    """``key: saved → wanted`` for every setting (outside :data:`RESUME_FREE`) that differs."""
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(node, dict):
+            out: dict[str, Any] = {}
+            for k, v in node.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        return {prefix[:-1]: node}
+
+    a, b = flat(saved.model_dump(mode="json")), flat(wanted.model_dump(mode="json"))
+    keys = sorted(set(a) | set(b))
+    free = [k for k in RESUME_FREE if not k.endswith(".")]
+    sections = tuple(k for k in RESUME_FREE if k.endswith("."))
+    return [
+        f"{k}: {a.get(k)!r} → {b.get(k)!r}"
+        for k in keys
+        if a.get(k) != b.get(k) and k not in free and not k.startswith(sections)
+    ]

@@ -143,6 +143,7 @@ class Trainer:
         from covseg.training.data import build_tensors, split_records
 
         self.train_records, self.val_records, self.split_info = split_records(self.cfg.data, self.cfg.train.seed)
+        self.check_dimensions()
         with self._progress() as prog:
             task = prog.add_task("reading cases", total=len(self.train_records) + len(self.val_records), info="")
             step = lambda: prog.advance(task)  # noqa: E731
@@ -155,6 +156,21 @@ class Trainer:
         if self.cfg.data.prior_run:
             self.add_prior_channel()
         self.sampler = self.make_sampler()
+
+    def check_dimensions(self) -> None:
+        """One line when the data and the model disagree on 2D / 3D (before any case is read)."""
+        from covseg.data.imageio import is_volume
+
+        first = self.train_records[0].image
+        volumes = is_volume(first)
+        model_dims = int(self.cfg.model.params.get("spatial_dims", 2))
+        if volumes and model_dims == 2:
+            raise ConfigError(
+                f"data.root holds 3D volumes (first: {first}) but the model is 2D: cut them into slices "
+                "(covseg data convert VOLUMES OUT --to folder) or set model.params.spatial_dims: 3"
+            )
+        if not volumes and model_dims == 3:
+            raise ConfigError(f"model.params.spatial_dims is 3 but data.root holds 2D images (first: {first})")
 
     def make_sampler(self):
         """The configured sampler over the training cases (``images`` or ``patches``)."""
@@ -294,8 +310,8 @@ class Trainer:
 
         try:
             model = build_model(self.cfg.model.name, **(params or self.model_init_args))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"model.params: {exc}") from None
+        except (TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: torch refusing a size
+            raise ConfigError(f"model.params: {str(exc).strip().splitlines()[0]}") from None
         return self.place(model)
 
     def setup_model(self) -> None:

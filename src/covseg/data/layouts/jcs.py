@@ -61,7 +61,11 @@ def _read_jcs(root: Path, split: str | None, opts: ReadOptions) -> DatasetIndex:
     records: list[CaseRecord] = []
     seen: dict[str, int] = {}
     unlabelled = 0
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"pair list is not UTF-8 text ({exc.reason})", path) from None
+    for n, line in enumerate(lines, start=1):
         tokens = line.split()
         if not tokens or tokens[0].startswith("#"):
             continue

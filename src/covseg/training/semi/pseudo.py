@@ -8,6 +8,7 @@ from covseg.errors import ConfigError
 from covseg.registry import TRAINERS
 from covseg.training.semi.common import two_source_loss, without_validation_images
 from covseg.training.trainer import Trainer
+from covseg.utils.outputs import from_spreadsheet_safe
 from covseg.utils.paths import expand
 
 
@@ -16,8 +17,8 @@ def read_confidence(root) -> dict[str, float]:
     path = expand(root) / "confidence.csv"
     if not path.exists():
         return {}
-    with path.open(newline="", encoding="utf-8") as f:
-        return {row["case_id"]: float(row["confidence"]) for row in csv.DictReader(f)}
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+        return {from_spreadsheet_safe(row["case_id"]): float(row["confidence"]) for row in csv.DictReader(f)}
 
 
 @TRAINERS.register("pseudo")

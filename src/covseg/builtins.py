@@ -32,6 +32,7 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
         "covseg.models.lvit",
         "covseg.models.c2fvl",
         "covseg.models.clipseg",
+        "covseg.models.cris",
     ),
     "head": (),
     "loss": ("covseg.losses.elementary",),

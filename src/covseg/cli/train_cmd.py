@@ -14,13 +14,19 @@ def train(
     fold: int = typer.Option(None, "--fold", help="Cross-validation fold to hold out (sets data.fold)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from checkpoints/last.pt."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or epoch lines."),
+    prompt_type: str = typer.Option(
+        None, "--prompt-type", help="Train with this prompt type of CRIS-style prompts (P0..Pn; sets data.prompt)."
+    ),
 ) -> None:
     """Train a model from a YAML config; the run folder is enough to predict later."""
     from rich.console import Console
 
     from covseg.api import train as run_train
 
-    summary = run_train(config, output, overrides or [], fold=fold, resume=resume, quiet=quiet)
+    overrides = list(overrides or [])
+    if prompt_type:
+        overrides.append(f"data.prompt={prompt_type}")
+    summary = run_train(config, output, overrides, fold=fold, resume=resume, quiet=quiet)
     Console(stderr=True, highlight=False).print(
         f"[bold green]done[/] best {summary['monitor']} {summary['best_metric']:.4f} at epoch "
         f"{summary['best_epoch'] + 1}; run folder {summary['run_dir']}"

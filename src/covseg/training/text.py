@@ -1,6 +1,6 @@
 """Text-guided training: when text is on, the checks on the cases' texts, and the text adapter.
 
-Text is on for a text-guided model (``lvit``, ``c2fvl``, ``clipseg``) when the config names
+Text is on for a text-guided model (``lvit``, ``c2fvl``, ``cris``, ``clipseg``) when the config names
 ``trainer: text`` or gives ``extra.text``; any trainer then feeds the text (CPS on a text model
 needs no class of its own). Settings: :class:`covseg.engine.adapters.TextSettings`. Features
 of a frozen encoder are computed once per unique text and kept in ``RUN/text_cache.pt``; a
@@ -24,7 +24,7 @@ def text_settings(cfg: Any) -> TextSettings | None:
         if cfg.model.name not in MODELS:
             MODELS.get(cfg.model.name)  # unknown model: the registry's one-line error
         raise ConfigError(
-            f"trainer: text needs a text-guided model (lvit, c2fvl, clipseg), not {cfg.model.name!r}; use trainer: supervised"
+            f"trainer: text needs a text-guided model (lvit, c2fvl, cris, clipseg), not {cfg.model.name!r}; use trainer: supervised"
         )
     if not wants_text or not is_text_model(cfg.model.name):
         return None

@@ -1,0 +1,203 @@
+"""Prompt-driven segmentation on QaTa-COV19 and the BiomedParse demo set (issue 17).
+
+Stages (each writes to ``bench/results/prompts/``; run folders go to ``runs/bench_prompts/``,
+ignored by git; a finished run is reused, an interrupted one resumed):
+
+- ``captions``: captions made from the masks (``covseg.data.captions``) against QaTa's human
+  ones: zone, laterality and count agreement on ``train`` (where the lung frame was fitted) and
+  ``valid``; writes the generated ``captions.csv`` of both splits and the prompt types P0..P4
+  (CRIS-style JSON, P4 = the human caption) under ``runs/bench_prompts/text/``.
+- ``gen-captions``: ``c2fvl`` trained on the generated captions with the recipe of the README's
+  QaTa row (``c2fvl_qata``: 10 epochs, 1,000 train images, 224², one thread), scored on ``valid``
+  with the generated and with the human captions, beside the README's human-caption run.
+- ``prompts``: ``cris``, ``c2fvl``, ``lvit`` fine-tuned with one prompt type drawn per case and
+  step (P0..P4, random phrasing), then ``covseg evaluate-prompts`` on QaTa ``valid`` (all five
+  types) and on the BiomedParse demo set (P0 target, P1 + site, P2 the demo's own prompt).
+
+Run: ``nice -n 10 python bench/bench_prompts.py captions`` (then ``gen-captions``, ``prompts``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covseg.utils.atomic import write_json, write_text
+from covseg.utils.paths import data_root
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "prompts"
+RUNS = ROOT / "runs" / "bench_prompts"
+TEXT = RUNS / "text"
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    import torch
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "")
+    return {
+        "cpu": model or platform.processor(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "note": "2 CPU cores shared with other engineers' jobs during the runs; wall times are upper bounds",
+    }  # fmt: skip
+
+
+def qata(split: str) -> Path:
+    return data_root() / "qata_cov19_sgseg" / split
+
+
+def stamp() -> dict[str, Any]:
+    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"), "machine": machine()}
+
+
+# ------------------------------------------------------------------------------------------ captions
+def stage_captions(args) -> dict[str, Any]:
+    from covseg.data.captions import caption_for_file, captions_csv, mask_files, prompts_json, zone_agreement
+    from covseg.data.text_sources import load_texts
+
+    out: dict[str, Any] = {"stage": "captions", **stamp(), "splits": {}}
+    all_rows, t0 = [], time.perf_counter()
+    for split in ("train", "valid"):
+        human = load_texts(qata(split) / "captions.csv")
+        rows = [caption_for_file(p, None, human) for p in mask_files(qata(split) / "masks")]
+        ref = [human.lookup(r.mask) for r in rows]
+        agree = zone_agreement([r.facts.zones for r in rows], [e.meta["pseudo_label"] for e in ref])
+        agree["caption_identical"] = float(np.mean([r.caption == e.text for r, e in zip(rows, ref)]))
+        agree["regions_histogram"] = np.bincount([r.facts.regions for r in rows]).tolist()
+        agree["extent_median"] = float(np.median([r.facts.extent for r in rows]))
+        out["splits"][split] = agree
+        write_text(TEXT / f"captions_generated_{split}.csv", captions_csv(rows))
+        all_rows += rows
+        print(split, agree, flush=True)
+    # one file per kind for both splits (names differ between the splits), usable as data.text
+    write_text(TEXT / "captions_generated.csv", captions_csv(all_rows))
+    write_json(TEXT / "prompts_qata.json", prompts_json(all_rows))
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    out["examples"] = [{"mask": r.mask.name, "generated": r.caption, "prompts": r.prompts} for r in all_rows[:3]]
+    write_json(RESULTS / "captions_agreement.json", out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- training
+def train_run(config: str, run_dir: Path, overrides: list[str], quiet: bool = True):
+    """Train (or reuse / resume) a run; returns the trainer and timing."""
+    from covseg.runs import RunFolder
+    from covseg.training.config import load_config
+    from covseg.training.trainer import build_trainer
+
+    cfg = load_config(config, overrides)
+    run = RunFolder(run_dir)
+    finished = len(run.read_history()) >= cfg.train.epochs
+    resume = run.checkpoint("last").exists() and not finished
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    trainer = build_trainer(cfg, run_dir, resume=resume or finished, quiet=quiet)
+    trainer.fit()
+    history = run.read_history()
+    info = {
+        "config": config, "overrides": overrides, "epochs": cfg.train.epochs, "train_cases": len(trainer.train_data),
+        "val_cases": len(trainer.val_data), "train_time_s_sum_of_epochs": round(sum(float(r.get("time_s") or 0) for r in history), 1),
+        "this_invocation_wall_s": round(time.perf_counter() - t0, 1), "this_invocation_cpu_s": round(cpu_seconds() - c0, 1),
+        "reused": bool(finished), "history": history,
+    }  # fmt: skip
+    return trainer, info
+
+
+def dice_iou(trainer, texts: list[str | None]) -> dict[str, Any]:
+    """Per-case Dice / IoU of the trainer's validation cases with the given texts (threshold 0.5)."""
+    from covseg.engine.segmenter import probs_to_labels
+
+    probs = trainer.segmenter().infer(trainer.val_inputs(), [{"text": t} for t in texts], trainer.cfg.train.val_batch_size)
+    dice, iou = [], []
+    for p, gt in zip(probs, trainer.val_data.original_masks):
+        pred, g = probs_to_labels(p, 0.5) > 0, gt > 0
+        inter, total, union = np.logical_and(pred, g).sum(), pred.sum() + g.sum(), np.logical_or(pred, g).sum()
+        dice.append(1.0 if total == 0 else 2.0 * inter / total)
+        iou.append(1.0 if union == 0 else inter / union)
+    return {"dice": float(np.mean(dice)), "iou": float(np.mean(iou)), "per_case_dice": [round(float(d), 5) for d in dice]}
+
+
+def bootstrap_diff(a, b, n: int = 2000, seed: int = 0) -> list[float]:
+    rng = np.random.default_rng(seed)
+    a_, b_ = np.asarray(a), np.asarray(b)
+    idx = rng.integers(0, len(a_), size=(n, len(a_)))
+    d = a_[idx].mean(1) - b_[idx].mean(1)
+    return [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))]
+
+
+def stage_gen_captions(args) -> dict[str, Any]:
+    import torch
+
+    from covseg.data.text_sources import load_texts
+
+    torch.set_num_threads(args.threads)
+    gen = TEXT / "captions_generated.csv"
+    if not gen.exists():
+        raise SystemExit("run the 'captions' stage first")
+    overrides = [
+        f"data.root={qata('train')}", f"data.val_root={qata('valid')}", f"data.text={gen}", f"train.threads={args.threads}",
+    ]  # fmt: skip
+    if args.epochs:
+        overrides += [f"train.epochs={args.epochs}", f"train.val_every={args.epochs}"]
+    if args.limit:
+        overrides.append(f"data.limit={args.limit}")
+    trainer, info = train_run("c2fvl_qata", RUNS / "c2fvl_generated_captions", overrides, args.quiet)
+    human = load_texts(qata("valid") / "captions.csv")
+    human_texts = [human.lookup(r.mask).text for r in trainer.val_records]
+    result = {
+        "stage": "gen-captions", **stamp(), "model": "c2fvl", "trained_on": "captions generated from the training masks",
+        "training": info,
+        "valid_generated_captions": dice_iou(trainer, list(trainer.val_data.texts)),
+        "valid_human_captions": dice_iou(trainer, human_texts),
+    }  # fmt: skip
+    readme_run = ROOT / "bench" / "results" / "qata_text.json"
+    if readme_run.exists():
+        ref = json.loads(readme_run.read_text())["models"].get("c2fvl")
+        if ref:
+            result["human_trained_reference"] = {
+                "source": "bench/results/qata_text.json (bench_qata_text.py, c2fvl_qata, same recipe)",
+                "dice": ref["with_caption"]["dice"], "iou": ref["with_caption"]["iou"],
+                "epochs": ref["epochs"], "train_time_s": ref["train_time_s_sum_of_epochs"],
+            }  # fmt: skip
+            a = result["valid_human_captions"]["per_case_dice"]
+            if len(a) == len(ref["with_caption"]["per_case_dice"]):
+                result["dice_gap_vs_human_trained_ci95"] = bootstrap_diff(a, ref["with_caption"]["per_case_dice"])
+    write_json(RESULTS / "generated_captions_c2fvl.json", result)
+    print({k: v["dice"] for k, v in result.items() if isinstance(v, dict) and "dice" in v}, flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=["captions", "gen-captions", "prompts"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=0, help="override the configs' epochs (0 = as shipped)")
+    parser.add_argument("--limit", type=int, default=0, help="training cases (0 = all)")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    if not qata("train").is_dir():
+        raise SystemExit(f"QaTa data not found under {data_root()} (set COVSEG_DATA)")
+    {"captions": stage_captions, "gen-captions": stage_gen_captions, "prompts": stage_prompts}[args.stage](args)
+
+
+def stage_prompts(args) -> dict[str, Any]:
+    raise SystemExit("not written yet")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

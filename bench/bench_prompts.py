@@ -20,6 +20,7 @@ Run: ``nice -n 10 python bench/bench_prompts.py captions`` (then ``gen-captions`
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import json
 import platform
@@ -188,15 +189,89 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=0, help="override the configs' epochs (0 = as shipped)")
     parser.add_argument("--limit", type=int, default=0, help="training cases (0 = all)")
+    parser.add_argument("--models", default="cris,c2fvl,lvit", help="prompts stage: models to fine-tune")
+    parser.add_argument("--eval-limit", type=int, default=300, help="prompts stage: valid cases scored (spread evenly; 0 = all)")
+    parser.add_argument("--tag", default="", help="smoke runs: results and run folders under a tagged name")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.tag:
+        global RESULTS, RUNS
+        RESULTS, RUNS = RESULTS.with_name(f"prompts_{args.tag}"), RUNS.with_name(f"bench_prompts_{args.tag}")
     if not qata("train").is_dir():
         raise SystemExit(f"QaTa data not found under {data_root()} (set COVSEG_DATA)")
     {"captions": stage_captions, "gen-captions": stage_gen_captions, "prompts": stage_prompts}[args.stage](args)
 
 
+DEMO = "biomedparse_demo_textprompt"
+QATA_TYPES = "P0,P1,P2,P3,P4"
+DEMO_TYPES = "P0,P1,P2"
+
+
+def demo_prompts() -> Path:
+    """P0 the target ("nodule"), P1 + site ("nodule in lung"), P2 the demo's own prompt ("nodule in lung CT")."""
+    rows = list(csv.DictReader((data_root() / DEMO / "pairs.csv").open(encoding="utf-8")))
+    items = [
+        {
+            "img_name": Path(r["image"]).name, "mask_name": Path(r["mask"]).name,
+            "prompts": {"P0": [r["target"]], "P1": [f"{r['target']} in {r['site']}"], "P2": [r["prompt"]]},
+        }
+        for r in rows
+    ]
+    path = TEXT / "prompts_demo.json"
+    write_json(path, items)
+    return path
+
+
+def evaluate(runs: dict[str, Path], data: Path, texts: Path, types: str, out: Path, limit: int, split: str | None = None) -> dict:
+    from covseg.cli.main import main as cli
+
+    args = ["evaluate-prompts", "--data", str(data), "--texts", str(texts), "--prompt-types", types, "--out", str(out), "--quiet"]
+    args += [a for m, run in runs.items() for a in ("--model", f"{m}={run}")]
+    if limit:
+        args += ["--limit", str(limit)]
+    if split:
+        args += ["--split", split]
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    try:
+        cli(args)
+    except SystemExit as exc:
+        if exc.code:
+            raise
+    result = json.loads((out / "summary.json").read_text())
+    result.update({"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(cpu_seconds() - c0, 1), **stamp()})
+    write_json(out / "summary.json", result)
+    return result
+
+
 def stage_prompts(args) -> dict[str, Any]:
-    raise SystemExit("not written yet")
+    """Fine-tune each model with prompt-type sampling, then score every prompt type on QaTa valid and the demo set."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    prompts = TEXT / "prompts_qata.json"
+    if not prompts.exists():
+        raise SystemExit("run the 'captions' stage first")
+    epochs, limit = args.epochs or 2, args.limit or 500
+    runs, training = {}, {}
+    for m in [x.strip() for x in args.models.split(",") if x.strip()]:
+        overrides = [
+            f"data.root={qata('train')}", f"data.val_root={qata('valid')}", f"data.text={prompts}", "data.prompt=P4",
+            "extra.text.prompt_sampling=true", f"train.epochs={epochs}", f"train.val_every={epochs}", f"data.limit={limit}",
+            "data.val_limit=64", f"train.threads={args.threads}",
+        ]  # fmt: skip
+        print(f"== {m}", flush=True)
+        _, info = train_run(f"{m}_qata", RUNS / f"{m}_prompts", overrides, args.quiet)
+        info.pop("history")
+        training[m] = info
+        runs[m] = RUNS / f"{m}_prompts"
+    result = {"stage": "prompts", **stamp(), "training": training, "recipe": {"epochs": epochs, "train_cases": limit}}
+    write_json(RESULTS / "prompts_training.json", result)
+    print("== evaluate QaTa valid", flush=True)
+    result["qata"] = evaluate(runs, qata("valid"), prompts, QATA_TYPES, RESULTS / "qata", args.eval_limit)
+    print("== evaluate the BiomedParse demo set", flush=True)
+    result["demo"] = evaluate(runs, data_root() / DEMO, demo_prompts(), DEMO_TYPES, RESULTS / "demo", 0)
+    write_json(RESULTS / "prompts_training.json", result)
+    return result
 
 
 if __name__ == "__main__":

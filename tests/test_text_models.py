@@ -179,3 +179,25 @@ def test_cris_text_to_pixel_loss_learns_which_side_the_text_names():
     pred = (probs > 0.5).float()
     dice = (2 * (pred * mask).sum((1, 2, 3)) / (pred.sum((1, 2, 3)) + mask.sum((1, 2, 3)))).min()
     assert dice > 0.9
+
+
+def test_cris_on_a_local_clip_vision_folder(tmp_path):
+    """``encoder: clip-vision`` reads a CLIP checkpoint folder (a tiny random one here); the ViT stays frozen."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    CLIPVisionModel(config).save_pretrained(tmp_path / "clip")
+    kwargs = {"pretrained_dir": str(tmp_path / "clip"), "widths": [8, 8, 16, 16, 24]}
+    model = build_model("cris", in_channels=1, out_channels=1, text_dim=TEXT_DIM, encoder="clip-vision", pretrained=True,
+                        encoder_kwargs=kwargs, dim=16, heads=2, layers=1, proj_dim=8).train()  # fmt: skip
+    tokens, mask = text_batch(2)
+    x = torch.randn(2, 1, 50, 77)
+    out = model.forward_train(x, tokens, mask)
+    assert out["logits"].shape == (2, 1, 50, 77)
+    out["logits"].mean().backward()
+    assert all(p.grad is None for p in model.encoder.vit.parameters())
+    assert model.encoder.proj[1][0].weight.grad.abs().sum() > 0  # stride 4 (cris reads strides 4..32)
+    assert model.input_normalization[0] == (pytest.approx(0.44916, abs=1e-4),)  # CLIP's mean, grey
+    with pytest.raises(Exception, match="config.json"):
+        build_model("cris", text_dim=TEXT_DIM, encoder="clip-vision", encoder_kwargs={"pretrained_dir": str(tmp_path / "none")})

@@ -199,5 +199,5 @@ def test_cris_on_a_local_clip_vision_folder(tmp_path):
     assert all(p.grad is None for p in model.encoder.vit.parameters())
     assert model.encoder.proj[1][0].weight.grad.abs().sum() > 0  # stride 4 (cris reads strides 4..32)
     assert model.input_normalization[0] == (pytest.approx(0.44916, abs=1e-4),)  # CLIP's mean, grey
-    with pytest.raises(Exception, match="config.json"):
+    with pytest.raises(Exception, match=r"config\.json"):
         build_model("cris", text_dim=TEXT_DIM, encoder="clip-vision", encoder_kwargs={"pretrained_dir": str(tmp_path / "none")})

@@ -119,20 +119,6 @@ def train_run(config: str, run_dir: Path, overrides: list[str], quiet: bool = Tr
     return trainer, info
 
 
-def dice_iou(trainer, texts: list[str | None]) -> dict[str, Any]:
-    """Per-case Dice / IoU of the trainer's validation cases with the given texts (threshold 0.5)."""
-    from covseg.engine.segmenter import probs_to_labels
-
-    probs = trainer.segmenter().infer(trainer.val_inputs(), [{"text": t} for t in texts], trainer.cfg.train.val_batch_size)
-    dice, iou = [], []
-    for p, gt in zip(probs, trainer.val_data.original_masks):
-        pred, g = probs_to_labels(p, 0.5) > 0, gt > 0
-        inter, total, union = np.logical_and(pred, g).sum(), pred.sum() + g.sum(), np.logical_or(pred, g).sum()
-        dice.append(1.0 if total == 0 else 2.0 * inter / total)
-        iou.append(1.0 if union == 0 else inter / union)
-    return {"dice": float(np.mean(dice)), "iou": float(np.mean(iou)), "per_case_dice": [round(float(d), 5) for d in dice]}
-
-
 def bootstrap_diff(a, b, n: int = 2000, seed: int = 0) -> list[float]:
     rng = np.random.default_rng(seed)
     a_, b_ = np.asarray(a), np.asarray(b)
@@ -141,45 +127,63 @@ def bootstrap_diff(a, b, n: int = 2000, seed: int = 0) -> list[float]:
     return [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))]
 
 
-def stage_gen_captions(args) -> dict[str, Any]:
-    import torch
-
+def caption_kinds_json() -> Path:
+    """Each valid mask's human and generated caption as two prompt types (``human``, ``generated``)."""
     from covseg.data.text_sources import load_texts
+
+    human = load_texts(qata("valid") / "captions.csv")
+    generated = load_texts(TEXT / "captions_generated_valid.csv")
+    items = [
+        {"img_name": f"{name}.png", "mask_name": f"{name}.png", "prompts": {"human": [human[name]], "generated": [generated[name]]}}
+        for name in generated
+    ]
+    path = TEXT / "valid_caption_kinds.json"
+    write_json(path, items)
+    return path
+
+
+def stage_gen_captions(args) -> dict[str, Any]:
+    """c2fvl trained on generated vs on human captions (same recipe), both scored with either caption on valid."""
+    import torch
 
     torch.set_num_threads(args.threads)
     gen = TEXT / "captions_generated.csv"
     if not gen.exists():
         raise SystemExit("run the 'captions' stage first")
-    overrides = [
-        f"data.root={qata('train')}", f"data.val_root={qata('valid')}", f"data.text={gen}", f"train.threads={args.threads}",
-    ]  # fmt: skip
-    if args.epochs:
-        overrides += [f"train.epochs={args.epochs}", f"train.val_every={args.epochs}"]
-    if args.limit:
-        overrides.append(f"data.limit={args.limit}")
-    trainer, info = train_run("c2fvl_qata", RUNS / "c2fvl_generated_captions", overrides, args.quiet)
-    human = load_texts(qata("valid") / "captions.csv")
-    human_texts = [human.lookup(r.mask).text for r in trainer.val_records]
-    result = {
-        "stage": "gen-captions", **stamp(), "model": "c2fvl", "trained_on": "captions generated from the training masks",
-        "training": info,
-        "valid_generated_captions": dice_iou(trainer, list(trainer.val_data.texts)),
-        "valid_human_captions": dice_iou(trainer, human_texts),
+    epochs, limit = args.epochs or 10, args.limit or 0
+    runs, training = {}, {}
+    for arm, text in (("generated", [f"data.text={gen}"]), ("human", [])):
+        overrides = [
+            f"data.root={qata('train')}", f"data.val_root={qata('valid')}", f"train.threads={args.threads}",
+            f"train.epochs={epochs}", f"train.val_every={epochs}", "data.val_limit=64", *text,
+        ]  # fmt: skip
+        if limit:
+            overrides.append(f"data.limit={limit}")
+        print(f"== c2fvl on {arm} captions", flush=True)
+        _, info = train_run("c2fvl_qata", RUNS / f"c2fvl_{arm}_captions", overrides, args.quiet)
+        info.pop("history")
+        training[arm] = info
+        runs[f"trained_on_{arm}"] = RUNS / f"c2fvl_{arm}_captions"
+    result: dict[str, Any] = {
+        "stage": "gen-captions", **stamp(), "model": "c2fvl (c2fvl_qata)", "training": training,
+        "recipe": {"epochs": epochs, "train_cases": limit or 1000},
     }  # fmt: skip
-    readme_run = ROOT / "bench" / "results" / "qata_text.json"
-    if readme_run.exists():
-        ref = json.loads(readme_run.read_text())["models"].get("c2fvl")
+    out = RESULTS / "captions_c2fvl"
+    result["valid"] = evaluate(runs, qata("valid"), caption_kinds_json(), "human,generated", out, args.eval_limit)
+    per_case: dict[tuple[str, str], list[float]] = {}
+    for row in csv.DictReader((out / "per_case.csv").open()):
+        per_case.setdefault((row["model"], row["prompt_type"]), []).append(float(row["dice"]))
+    a, b = per_case[("trained_on_generated", "human")], per_case[("trained_on_human", "human")]
+    result["generated_minus_human_trained_dice_on_human_captions"] = {
+        "difference": round(float(np.mean(a) - np.mean(b)), 4), "ci95": bootstrap_diff(a, b),
+    }  # fmt: skip
+    readme = ROOT / "bench" / "results" / "qata_text.json"
+    if readme.exists():
+        ref = json.loads(readme.read_text())["models"].get("c2fvl")
         if ref:
-            result["human_trained_reference"] = {
-                "source": "bench/results/qata_text.json (bench_qata_text.py, c2fvl_qata, same recipe)",
-                "dice": ref["with_caption"]["dice"], "iou": ref["with_caption"]["iou"],
-                "epochs": ref["epochs"], "train_time_s": ref["train_time_s_sum_of_epochs"],
-            }  # fmt: skip
-            a = result["valid_human_captions"]["per_case_dice"]
-            if len(a) == len(ref["with_caption"]["per_case_dice"]):
-                result["dice_gap_vs_human_trained_ci95"] = bootstrap_diff(a, ref["with_caption"]["per_case_dice"])
+            result["readme_c2fvl_row"] = {"dice": ref["with_caption"]["dice"], "epochs": ref["epochs"], "train_cases": ref["train_cases"]}
     write_json(RESULTS / "generated_captions_c2fvl.json", result)
-    print({k: v["dice"] for k, v in result.items() if isinstance(v, dict) and "dice" in v}, flush=True)
+    print(json.dumps(result["generated_minus_human_trained_dice_on_human_captions"]), flush=True)
     return result
 
 

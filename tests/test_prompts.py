@@ -192,3 +192,17 @@ def test_evaluate_prompts_zero_shot_clipseg_folder(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cases"] == 4 and set(summary["table"][0]) >= {"zero-shot_dice", "zero-shot_iou"}
     assert (out / "zero_shot_zero-shot" / "model.json").is_file()
+
+
+def test_text_source_replaces_a_cris_layouts_own_prompts(tmp_path):
+    from covseg.data import open_dataset
+
+    root = write_side_task(tmp_path / "data", n=3, size=16, seed=2)
+    items = json.loads(write_prompts(root).read_text())
+    (root / "prompts.json").write_text(json.dumps(items))  # inside: the folder is now a CRIS layout
+    for item in items:
+        item["prompts"] = {"P5": "replaced"}
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(items))
+    assert open_dataset(root).layout == "cris" and "P1" in open_dataset(root).records[0].texts
+    assert [r.texts for r in open_dataset(root, text=other).records] == [{"P5": "replaced"}] * 3

@@ -7,14 +7,19 @@ ignored by git; a finished run is reused, an interrupted one resumed):
   ones: zone, laterality and count agreement on ``train`` (where the lung frame was fitted) and
   ``valid``; writes the generated ``captions.csv`` of both splits and the prompt types P0..P4
   (CRIS-style JSON, P4 = the human caption) under ``runs/bench_prompts/text/``.
-- ``gen-captions``: ``c2fvl`` trained on the generated captions with the recipe of the README's
-  QaTa row (``c2fvl_qata``: 10 epochs, 1,000 train images, 224², one thread), scored on ``valid``
-  with the generated and with the human captions, beside the README's human-caption run.
-- ``prompts``: ``cris``, ``c2fvl``, ``lvit`` fine-tuned with one prompt type drawn per case and
-  step (P0..P4, random phrasing), then ``covseg evaluate-prompts`` on QaTa ``valid`` (all five
-  types) and on the BiomedParse demo set (P0 target, P1 + site, P2 the demo's own prompt).
+- ``gen-captions``: ``c2fvl`` (``c2fvl_qata``) trained once on the generated and once on the human
+  captions with the same recipe (``--epochs``, ``--limit`` training images; the measured run used
+  3 epochs on 500 images, the README's QaTa row 10 on 1,000), each scored on ``valid`` with the
+  human and with the generated captions (``covseg evaluate-prompts``, types ``human`` and
+  ``generated``), with a paired bootstrap interval of the difference between the two models.
+- ``prompts``: ``cris``, ``c2fvl``, ``lvit`` (their ``*_qata`` configs) fine-tuned with one prompt
+  type drawn per case and step (P0..P4, random phrasing; ``--epochs`` default 2, ``--limit``
+  default 500 training images), then ``covseg evaluate-prompts`` on QaTa ``valid`` (all five
+  types, ``--eval-limit`` cases spread over the split) and on the BiomedParse demo set (P0 the
+  target, P1 + site, P2 the demo's own prompt).
 
-Run: ``nice -n 10 python bench/bench_prompts.py captions`` (then ``gen-captions``, ``prompts``).
+Run: ``nice -n 10 python bench/bench_prompts.py captions``, then
+``gen-captions --epochs 3 --limit 500 --eval-limit 700`` and ``prompts --epochs 2 --limit 500 --eval-limit 300``.
 """
 
 from __future__ import annotations
@@ -152,7 +157,10 @@ def stage_gen_captions(args) -> dict[str, Any]:
         raise SystemExit("run the 'captions' stage first")
     epochs, limit = args.epochs or 10, args.limit or 0
     runs, training = {}, {}
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     for arm, text in (("generated", [f"data.text={gen}"]), ("human", [])):
+        if arm not in arms:
+            continue
         overrides = [
             f"data.root={qata('train')}", f"data.val_root={qata('valid')}", f"train.threads={args.threads}",
             f"train.epochs={epochs}", f"train.val_every={epochs}", "data.val_limit=64", *text,
@@ -168,6 +176,14 @@ def stage_gen_captions(args) -> dict[str, Any]:
         "stage": "gen-captions", **stamp(), "model": "c2fvl (c2fvl_qata)", "training": training,
         "recipe": {"epochs": epochs, "train_cases": limit or 1000},
     }  # fmt: skip
+    if args.train_only:
+        write_json(RESULTS / f"captions_training_{'_'.join(training)}.json", result)
+        return result
+    for arm in ("generated", "human"):  # arms trained by other processes (--train-only)
+        runs[f"trained_on_{arm}"] = RUNS / f"c2fvl_{arm}_captions"
+        part = RESULTS / f"captions_training_{arm}.json"
+        if arm not in training:
+            training[arm] = json.loads(part.read_text())["training"][arm] if part.exists() else history_info(runs[f"trained_on_{arm}"])
     out = RESULTS / "captions_c2fvl"
     result["valid"] = evaluate(runs, qata("valid"), caption_kinds_json(), "human,generated", out, args.eval_limit)
     per_case: dict[tuple[str, str], list[float]] = {}
@@ -189,7 +205,10 @@ def stage_gen_captions(args) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["captions", "gen-captions", "prompts"])
+    parser.add_argument("stage", choices=["captions", "gen-captions", "prompts", "prompts-eval"])
+    parser.add_argument("--train-only", action="store_true", help="prompts / gen-captions: train, do not evaluate")
+    parser.add_argument("--arms", default="generated,human", help="gen-captions: which captions to train on")
+    parser.add_argument("--only", default="", choices=["", "qata", "demo"], help="prompts(-eval): score one data set")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=0, help="override the configs' epochs (0 = as shipped)")
     parser.add_argument("--limit", type=int, default=0, help="training cases (0 = all)")
@@ -203,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
         RESULTS, RUNS = RESULTS.with_name(f"prompts_{args.tag}"), RUNS.with_name(f"bench_prompts_{args.tag}")
     if not qata("train").is_dir():
         raise SystemExit(f"QaTa data not found under {data_root()} (set COVSEG_DATA)")
-    {"captions": stage_captions, "gen-captions": stage_gen_captions, "prompts": stage_prompts}[args.stage](args)
+    stages = {"captions": stage_captions, "gen-captions": stage_gen_captions, "prompts": stage_prompts, "prompts-eval": stage_prompts_eval}
+    stages[args.stage](args)
 
 
 DEMO = "biomedparse_demo_textprompt"
@@ -269,12 +289,43 @@ def stage_prompts(args) -> dict[str, Any]:
         training[m] = info
         runs[m] = RUNS / f"{m}_prompts"
     result = {"stage": "prompts", **stamp(), "training": training, "recipe": {"epochs": epochs, "train_cases": limit}}
+    if args.train_only:  # several models trained in parallel processes; 'prompts-eval' scores them
+        write_json(RESULTS / f"prompts_training_{'_'.join(training)}.json", result)
+        return result
     write_json(RESULTS / "prompts_training.json", result)
-    print("== evaluate QaTa valid", flush=True)
-    result["qata"] = evaluate(runs, qata("valid"), prompts, QATA_TYPES, RESULTS / "qata", args.eval_limit)
-    print("== evaluate the BiomedParse demo set", flush=True)
-    result["demo"] = evaluate(runs, data_root() / DEMO, demo_prompts(), DEMO_TYPES, RESULTS / "demo", 0)
-    write_json(RESULTS / "prompts_training.json", result)
+    return evaluate_prompt_runs(args, result)
+
+
+def history_info(run_dir: Path) -> dict[str, Any]:
+    """Training time of a run from its history.csv (for runs whose training process was stopped after it)."""
+    from covseg.runs import RunFolder
+
+    history = RunFolder(run_dir).read_history()
+    return {"epochs": len(history), "train_time_s_sum_of_epochs": round(sum(float(r.get("time_s") or 0) for r in history), 1), "from": "history.csv"}
+
+
+def stage_prompts_eval(args) -> dict[str, Any]:
+    """Score the fine-tuned runs of the 'prompts' stage (trained with --train-only in parallel processes)."""
+    result: dict[str, Any] = {"stage": "prompts", **stamp(), "training": {}}
+    for path in sorted(RESULTS.glob("prompts_training_*.json")):
+        part = json.loads(path.read_text())
+        result["training"].update(part["training"])
+        result["recipe"] = part["recipe"]
+    for m in [x.strip() for x in args.models.split(",") if x.strip()]:
+        result["training"].setdefault(m, history_info(RUNS / f"{m}_prompts"))
+    return evaluate_prompt_runs(args, result)
+
+
+def evaluate_prompt_runs(args, result: dict[str, Any]) -> dict[str, Any]:
+    runs = {m: RUNS / f"{m}_prompts" for m in [x.strip() for x in args.models.split(",") if x.strip()]}
+    prompts = TEXT / "prompts_qata.json"
+    if args.only in ("", "qata"):
+        print("== evaluate QaTa valid", flush=True)
+        result["qata"] = evaluate(runs, qata("valid"), prompts, QATA_TYPES, RESULTS / "qata", args.eval_limit)
+    if args.only in ("", "demo"):
+        print("== evaluate the BiomedParse demo set", flush=True)
+        result["demo"] = evaluate(runs, data_root() / DEMO, demo_prompts(), DEMO_TYPES, RESULTS / "demo", 0)
+    write_json(RESULTS / f"prompts_eval{'_' + args.only if args.only else ''}.json", result)
     return result
 
 

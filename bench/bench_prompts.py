@@ -203,9 +203,55 @@ def stage_gen_captions(args) -> dict[str, Any]:
     return result
 
 
+def stage_report(args) -> str:
+    """Markdown tables of every stage's results (``bench/results/prompts/tables.md``) for the README."""
+    out = []
+    agree = json.loads((RESULTS / "captions_agreement.json").read_text())
+    out += ["Captions made from the masks against QaTa's human ones (share of cases):", "",
+            "| split | laterality | each of the six zones | all six zones (= identical caption) | infected-area count |",
+            "|---|---|---|---|---|"]  # fmt: skip
+    for split, a in agree["splits"].items():
+        out.append(f"| {split} ({a['cases']:,}) | {a['laterality']:.3f} | {a['per_zone']:.3f} | {a['all_six_zones']:.3f} | {a['infected_area_count']:.3f} |")
+    gen_path = RESULTS / "generated_captions_c2fvl.json"
+    if gen_path.exists():
+        g = json.loads(gen_path.read_text())
+        table = {row["prompt_type"]: row for row in g["valid"]["table"]}
+        out += ["", f"`c2fvl`, {g['recipe']['epochs']} epochs on {g['recipe']['train_cases']} training images, scored on "
+                f"{g['valid']['cases']} valid images (mean Dice / IoU):", "",
+                "| trained on | tested with human captions | tested with generated captions | training CPU time |", "|---|---|---|---|"]  # fmt: skip
+        for arm in ("human", "generated"):
+            m = f"trained_on_{arm}"
+            t = g["training"][arm].get("train_time_s_sum_of_epochs", 0) / 60
+            out.append(f"| {arm} captions | {table['human'][m + '_dice']:.4f} / {table['human'][m + '_iou']:.4f} | "
+                       f"{table['generated'][m + '_dice']:.4f} / {table['generated'][m + '_iou']:.4f} | {t:.0f} min |")  # fmt: skip
+        d = g["generated_minus_human_trained_dice_on_human_captions"]
+        out.append(f"\nGenerated − human (both tested with human captions): {d['difference']:+.4f} Dice, 95 % paired bootstrap {d['ci95'][0]:+.4f} to {d['ci95'][1]:+.4f}.")
+    for name in ("qata", "demo"):
+        summaries = {p.parent.name.split("_", 1)[1]: json.loads(p.read_text()) for p in sorted(RESULTS.glob(f"{name}_*/summary.json"))}
+        if not summaries:
+            continue
+        models = [m for m in ("cris", "c2fvl", "lvit") if m in summaries] + [m for m in summaries if m not in ("cris", "c2fvl", "lvit")]
+        cases = {summaries[m]["cases"] for m in models}
+        types = summaries[models[0]]["prompt_types"]
+        out += ["", f"{name}: {', '.join(str(c) for c in sorted(cases))} cases, mean Dice / IoU per prompt type:", "",
+                "| prompt type | " + " | ".join(f"`{m}`" for m in models) + " |", "|---|" + "---|" * len(models)]  # fmt: skip
+        for k, t in enumerate(types):
+            cells = [f"{summaries[m]['table'][k][m + '_dice']:.4f} / {summaries[m]['table'][k][m + '_iou']:.4f}" for m in models]
+            out.append(f"| {t} | " + " | ".join(cells) + " |")
+        out += ["", f"Paired bootstrap (95 %) of the Dice difference to {types[0]} and between neighbouring types:", ""]
+        for m in models:
+            for b in summaries[m]["paired_bootstrap"]:
+                if b["from"] == types[0] or types.index(b["to"]) == types.index(b["from"]) + 1:
+                    out.append(f"- `{m}` {b['to']} − {b['from']}: {b['dice_difference']:+.4f} [{b['ci95'][0]:+.4f}, {b['ci95'][1]:+.4f}]")
+    text = "\n".join(out) + "\n"
+    write_text(RESULTS / "tables.md", text)
+    print(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["captions", "gen-captions", "prompts", "prompts-eval"])
+    parser.add_argument("stage", choices=["captions", "gen-captions", "prompts", "prompts-eval", "report"])
     parser.add_argument("--train-only", action="store_true", help="prompts / gen-captions: train, do not evaluate")
     parser.add_argument("--arms", default="generated,human", help="gen-captions: which captions to train on")
     parser.add_argument("--only", default="", choices=["", "qata", "demo"], help="prompts(-eval): score one data set")
@@ -222,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         RESULTS, RUNS = RESULTS.with_name(f"prompts_{args.tag}"), RUNS.with_name(f"bench_prompts_{args.tag}")
     if not qata("train").is_dir():
         raise SystemExit(f"QaTa data not found under {data_root()} (set COVSEG_DATA)")
-    stages = {"captions": stage_captions, "gen-captions": stage_gen_captions, "prompts": stage_prompts, "prompts-eval": stage_prompts_eval}
+    stages = {"captions": stage_captions, "gen-captions": stage_gen_captions, "prompts": stage_prompts, "prompts-eval": stage_prompts_eval, "report": stage_report}
     stages[args.stage](args)
 
 
@@ -319,13 +365,15 @@ def stage_prompts_eval(args) -> dict[str, Any]:
 def evaluate_prompt_runs(args, result: dict[str, Any]) -> dict[str, Any]:
     runs = {m: RUNS / f"{m}_prompts" for m in [x.strip() for x in args.models.split(",") if x.strip()]}
     prompts = TEXT / "prompts_qata.json"
-    if args.only in ("", "qata"):
-        print("== evaluate QaTa valid", flush=True)
-        result["qata"] = evaluate(runs, qata("valid"), prompts, QATA_TYPES, RESULTS / "qata", args.eval_limit)
-    if args.only in ("", "demo"):
-        print("== evaluate the BiomedParse demo set", flush=True)
-        result["demo"] = evaluate(runs, data_root() / DEMO, demo_prompts(), DEMO_TYPES, RESULTS / "demo", 0)
-    write_json(RESULTS / f"prompts_eval{'_' + args.only if args.only else ''}.json", result)
+    # one model at a time (each can start as soon as its training is done); 'report' joins the tables
+    for m, run in runs.items():
+        if args.only in ("", "qata"):
+            print(f"== {m}: evaluate QaTa valid", flush=True)
+            result[f"qata_{m}"] = evaluate({m: run}, qata("valid"), prompts, QATA_TYPES, RESULTS / f"qata_{m}", args.eval_limit)
+        if args.only in ("", "demo"):
+            print(f"== {m}: evaluate the BiomedParse demo set", flush=True)
+            result[f"demo_{m}"] = evaluate({m: run}, data_root() / DEMO, demo_prompts(), DEMO_TYPES, RESULTS / f"demo_{m}", 0)
+    write_json(RESULTS / f"prompts_eval_{'_'.join(runs)}{'_' + args.only if args.only else ''}.json", result)
     return result
 
 

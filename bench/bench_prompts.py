@@ -212,6 +212,15 @@ def stage_report(args) -> str:
             "|---|---|---|---|---|"]  # fmt: skip
     for split, a in agree["splits"].items():
         out.append(f"| {split} ({a['cases']:,}) | {a['laterality']:.3f} | {a['per_zone']:.3f} | {a['all_six_zones']:.3f} | {a['infected_area_count']:.3f} |")
+    from covseg.data.text_sources import load_texts
+
+    out += ["", "Agreement per zone (left upper, middle, lower; right upper, middle, lower):", ""]
+    for split in agree["splits"]:
+        gen = load_texts(TEXT / f"captions_generated_{split}.csv")
+        human = load_texts(qata(split) / "captions.csv")
+        g = np.array([gen.entry(k).meta["pseudo_label"] for k in gen])
+        h = np.array([human.lookup(k).meta["pseudo_label"] for k in gen])
+        out.append(f"- {split}: " + ", ".join(f"{v:.2f}" for v in (g == h).mean(0)))
     gen_path = RESULTS / "generated_captions_c2fvl.json"
     if gen_path.exists():
         g = json.loads(gen_path.read_text())

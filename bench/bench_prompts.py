@@ -167,6 +167,9 @@ def stage_gen_captions(args) -> dict[str, Any]:
         ]  # fmt: skip
         if limit:
             overrides.append(f"data.limit={limit}")
+        if args.no_train:  # score the runs as they stand (stopped early: the epochs done are in history.csv)
+            training[arm] = history_info(RUNS / f"c2fvl_{arm}_captions")
+            continue
         print(f"== c2fvl on {arm} captions", flush=True)
         _, info = train_run("c2fvl_qata", RUNS / f"c2fvl_{arm}_captions", overrides, args.quiet)
         info.pop("history")
@@ -185,7 +188,7 @@ def stage_gen_captions(args) -> dict[str, Any]:
         if arm not in training:
             training[arm] = json.loads(part.read_text())["training"][arm] if part.exists() else history_info(runs[f"trained_on_{arm}"])
     out = RESULTS / "captions_c2fvl"
-    result["valid"] = evaluate(runs, qata("valid"), caption_kinds_json(), "human,generated", out, args.eval_limit)
+    result["valid"] = evaluate(runs, qata("valid"), caption_kinds_json(), "human,generated", out, args.eval_limit, checkpoint=args.checkpoint)
     per_case: dict[tuple[str, str], list[float]] = {}
     for row in csv.DictReader((out / "per_case.csv").open()):
         per_case.setdefault((row["model"], row["prompt_type"]), []).append(float(row["dice"]))
@@ -225,8 +228,9 @@ def stage_report(args) -> str:
     if gen_path.exists():
         g = json.loads(gen_path.read_text())
         table = {row["prompt_type"]: row for row in g["valid"]["table"]}
-        out += ["", f"`c2fvl`, {g['recipe']['epochs']} epochs on {g['recipe']['train_cases']} training images, scored on "
-                f"{g['valid']['cases']} valid images (mean Dice / IoU):", "",
+        done = sorted({int(g["training"][arm]["epochs"]) for arm in ("human", "generated")})
+        out += ["", f"`c2fvl`, {'/'.join(map(str, done))} of {g['recipe']['epochs']} scheduled epochs on {g['recipe']['train_cases']} "
+                f"training images, scored on {g['valid']['cases']} valid images (mean Dice / IoU):", "",
                 "| trained on | tested with human captions | tested with generated captions | training CPU time |", "|---|---|---|---|"]  # fmt: skip
         for arm in ("human", "generated"):
             m = f"trained_on_{arm}"
@@ -263,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("stage", choices=["captions", "gen-captions", "prompts", "prompts-eval", "report"])
     parser.add_argument("--train-only", action="store_true", help="prompts / gen-captions: train, do not evaluate")
     parser.add_argument("--arms", default="generated,human", help="gen-captions: which captions to train on")
+    parser.add_argument("--no-train", action="store_true", help="gen-captions: score the runs as they stand")
+    parser.add_argument("--checkpoint", default="best", help="checkpoint to score (best falls back to last)")
     parser.add_argument("--only", default="", choices=["", "qata", "demo"], help="prompts(-eval): score one data set")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=0, help="override the configs' epochs (0 = as shipped)")
@@ -301,10 +307,10 @@ def demo_prompts() -> Path:
     return path
 
 
-def evaluate(runs: dict[str, Path], data: Path, texts: Path, types: str, out: Path, limit: int, split: str | None = None) -> dict:
+def evaluate(runs: dict[str, Path], data: Path, texts: Path, types: str, out: Path, limit: int, split: str | None = None, checkpoint: str = "best") -> dict:
     from covseg.cli.main import main as cli
 
-    args = ["evaluate-prompts", "--data", str(data), "--texts", str(texts), "--prompt-types", types, "--out", str(out), "--quiet"]
+    args = ["evaluate-prompts", "--data", str(data), "--texts", str(texts), "--prompt-types", types, "--out", str(out), "--quiet", "--checkpoint", checkpoint]
     args += [a for m, run in runs.items() for a in ("--model", f"{m}={run}")]
     if limit:
         args += ["--limit", str(limit)]

@@ -231,7 +231,7 @@ def stage_report(args) -> str:
         done = sorted({int(g["training"][arm]["epochs"]) for arm in ("human", "generated")})
         out += ["", f"`c2fvl`, {'/'.join(map(str, done))} of {g['recipe']['epochs']} scheduled epochs on {g['recipe']['train_cases']} "
                 f"training images, scored on {g['valid']['cases']} valid images (mean Dice / IoU):", "",
-                "| trained on | tested with human captions | tested with generated captions | training CPU time |", "|---|---|---|---|"]  # fmt: skip
+                "| trained on | tested with human captions | tested with generated captions | training wall time |", "|---|---|---|---|"]  # fmt: skip
         for arm in ("human", "generated"):
             m = f"trained_on_{arm}"
             t = g["training"][arm].get("train_time_s_sum_of_epochs", 0) / 60

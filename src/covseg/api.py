@@ -98,6 +98,7 @@ def predict(
     text: str | None = None,
     text_file: str | Path | None = None,
     missing_text: str = "error",
+    prompt_type: str | None = None,
     overlays: bool = True,
     largest: int = 0,
     min_size: int = 0,
@@ -139,7 +140,7 @@ def predict(
             if hasattr(segmenter.inferer, "sw_batch_size"):
                 segmenter.inferer.sw_batch_size = int(sw_batch_size)
     files = list_inputs(Path(input))
-    extra_for = text_resolver(predictor, text, None if text_file is None else Path(text_file), missing_text)
+    extra_for = text_resolver(predictor, text, None if text_file is None else Path(text_file), missing_text, prompt_type)
     return predict_files(
         predictor,
         files,

@@ -24,7 +24,7 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
         "covseg.data.layouts.dicom",
         "covseg.data.layouts.folder",
     ),
-    "encoder": ("covseg.models.encoders",),
+    "encoder": ("covseg.models.encoders", "covseg.models.clip_encoder"),
     "model": (
         "covseg.models.unet",
         "covseg.models.resunet",
@@ -33,6 +33,7 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
         "covseg.models.c2fvl",
         "covseg.models.clipseg",
         "covseg.models.monai_nets",
+        "covseg.models.cris",
     ),
     "head": (),
     "loss": ("covseg.losses.elementary",),

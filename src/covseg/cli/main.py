@@ -7,7 +7,17 @@ import sys
 import typer
 
 from covseg import __version__
-from covseg.cli import data_cmd, demo_cmd, evaluate_cmd, export_cmd, predict_cmd, pseudo_cmd, train_cmd
+from covseg.cli import (
+    data_cmd,
+    demo_cmd,
+    evaluate_cmd,
+    export_cmd,
+    predict_cmd,
+    prompts_cmd,
+    pseudo_cmd,
+    text_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(
     name="covseg",
@@ -17,8 +27,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_cmd.app, name="data", help="Check and convert datasets.")
+app.add_typer(text_cmd.app, name="text", help="Captions and prompt types made from masks.")
 app.command("demo")(demo_cmd.demo)
 app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("evaluate-prompts")(prompts_cmd.evaluate_prompts)
 app.command("train")(train_cmd.train)
 app.command("predict")(predict_cmd.predict)
 app.command("pseudo-label")(pseudo_cmd.pseudo_label)

@@ -16,6 +16,9 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or epoch lines."),
     device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps (default: the config's runtime.device)."),
     amp: str = typer.Option(None, "--amp", help="Mixed precision off, bf16 or fp16 (default: the config's runtime.amp)."),
+    prompt_type: str = typer.Option(
+        None, "--prompt-type", help="Train with this prompt type of CRIS-style prompts (P0..Pn; sets data.prompt)."
+    ),
 ) -> None:
     """Train a model from a YAML config; the run folder is enough to predict later.
 
@@ -25,7 +28,10 @@ def train(
     from covseg.cli._batch import console, user_text
     from covseg.engine.runtime import torchrun_env
 
-    summary = run_train(config, output, overrides or [], fold=fold, resume=resume, quiet=quiet, device=device, amp=amp)
+    overrides = list(overrides or [])
+    if prompt_type:
+        overrides.append(f"data.prompt={prompt_type}")
+    summary = run_train(config, output, overrides, fold=fold, resume=resume, quiet=quiet, device=device, amp=amp)
     if torchrun_env()[0] > 0:
         return
     console().print(

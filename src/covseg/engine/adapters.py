@@ -148,7 +148,8 @@ class TextSettings(BaseModel):
             encoder: minilm          # auto | minilm | embedding | /local/hf/folder
             mode: frozen             # frozen (cached per unique text) | finetune
             max_length: 64
-            prompt_sampling: false   # true: a random prompt variant (P0..Pn) per case per step
+            prompt_sampling: false   # true: a random prompt type (P0..Pn), then a random phrasing of it, per case per step
+            prompt_types: null       # the types prompt_sampling draws from (e.g. [P0, P1]); null = all
             text_dropout: 0.0        # train some cases image-only (null text)
             missing: error           # error | image-only: cases without text
             flip_swap: 0.0           # horizontal flip that also swaps "left"/"right" in the text
@@ -164,6 +165,7 @@ class TextSettings(BaseModel):
     vocab_buckets: int = Field(8192, ge=16)
     embed_dim: int = Field(128, ge=8)
     prompt_sampling: bool = False
+    prompt_types: list[str] | None = None
     text_dropout: float = Field(0.0, ge=0.0, le=1.0)
     missing: Literal["error", "image-only"] = "error"
     flip_swap: float = Field(0.0, ge=0.0, le=1.0)
@@ -236,9 +238,11 @@ class TextAdapter(InputAdapter):
         texts = list(meta.get("text") or [None] * n)
         variants = meta.get("text_variants")
         if s.prompt_sampling and variants is not None:
-            for k in range(n):
-                if len(variants[k]) > 1:
-                    texts[k] = variants[k][int(torch.randint(len(variants[k]), (1,), generator=generator))]
+            for k in range(n):  # one prompt type, then one of its phrasings (a plain string is one type, one phrasing)
+                if variants[k]:
+                    group = variants[k][int(torch.randint(len(variants[k]), (1,), generator=generator))]
+                    group = [group] if isinstance(group, str) else group
+                    texts[k] = group[int(torch.randint(len(group), (1,), generator=generator))]
         draws: dict[str, Any] = {"text": texts}
         if s.flip_swap > 0:
             draws["flip"] = torch.rand(n, generator=generator) < s.flip_swap

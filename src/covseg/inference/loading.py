@@ -28,12 +28,19 @@ def text_resolver(
     text: str | None,
     text_file: Path | None,
     missing_text: str = "error",
+    prompt_type: str | None = None,
 ) -> Callable[[Path], dict] | None:
-    """A function giving each input file's extra model inputs (``{"text": ...}``), or None."""
+    """A function giving each input file's extra model inputs (``{"text": ...}``), or None.
+
+    ``prompt_type`` (``P3``) picks that prompt of a CRIS-style ``text_file``; without it the
+    run's own ``data.prompt`` is used, else each entry's first prompt.
+    """
     if not getattr(predictor, "text_guided", False):
         if text or text_file:
             raise CovsegError("this model is not text-guided; --text/--text-file do not apply", predictor.run_dir)
         return None
+    if prompt_type and text_file is None:
+        raise CovsegError("--prompt-type picks a prompt of a --text-file (CRIS-style JSON); give one")
     if missing_text not in ("error", "image-only"):
         raise CovsegError(f"--missing-text must be 'error' or 'image-only', got {missing_text!r}")
     table = None
@@ -43,7 +50,7 @@ def text_resolver(
         # any text source: LViT xlsx, QaTa captions.csv / annotation.json, CRIS JSON, prompt CSV, name<TAB>text
         description = getattr(predictor, "description", None)
         prompt = description.text.prompt if description is not None and description.text is not None else None
-        table = load_texts(text_file, prompt=prompt)
+        table = load_texts(text_file, prompt=prompt_type or prompt)
 
     def extra_for(path: Path) -> dict:
         found = text

@@ -37,6 +37,9 @@ class DataConfig(_Strict):
     limit: int | None = Field(None, ge=1, description="Use only this many training cases (label budget).")
     val_limit: int | None = Field(None, ge=1)
     prompt: str | None = None
+    text: str | None = Field(
+        None, description="Text source replacing the dataset's own (captions.csv, CRIS prompts JSON, ...), for root and val_root."
+    )
     prior_run: str | None = Field(
         None, description="Binary run folder whose infection map becomes an extra input channel ({fold} → data.fold)."
     )

@@ -40,7 +40,9 @@ class CaseTensors:
         return len(self.ids)
 
 
-def open_records(root: str, layout: str = "auto", split: str | None = None, prompt: str | None = None) -> list[CaseRecord]:
+def open_records(
+    root: str, layout: str = "auto", split: str | None = None, prompt: str | None = None, text: str | None = None
+) -> list[CaseRecord]:
     """Records of a dataset folder via the data layer's layout readers."""
     from covseg.data import open_dataset
 
@@ -50,6 +52,8 @@ def open_records(root: str, layout: str = "auto", split: str | None = None, prom
     kwargs: dict[str, Any] = {"layout": layout, "split": split}
     if prompt is not None:
         kwargs["prompt"] = prompt
+    if text is not None:
+        kwargs["text"] = expand(text)
     return list(open_dataset(path, **kwargs).records)
 
 
@@ -69,7 +73,7 @@ def kfold_split(ids: list[str], folds: int, fold: int) -> tuple[list[str], list[
 
 def split_records(cfg: DataConfig, seed: int = 0) -> tuple[list[CaseRecord], list[CaseRecord], dict[str, Any]]:
     """Training and validation records plus a description for ``splits.json``."""
-    records = [r for r in open_records(cfg.root, cfg.layout, cfg.split, cfg.prompt) if _has_label(r, cfg)]
+    records = [r for r in open_records(cfg.root, cfg.layout, cfg.split, cfg.prompt, cfg.text) if _has_label(r, cfg)]
     if not records:
         raise DataError("no labelled cases found", expand(cfg.root))
     by_id = {r.case_id: r for r in records}
@@ -78,7 +82,7 @@ def split_records(cfg: DataConfig, seed: int = 0) -> tuple[list[CaseRecord], lis
     if cfg.inner_folds is not None and cfg.inner_fold >= cfg.inner_folds:
         raise ConfigError(f"data.inner_fold={cfg.inner_fold} but data.inner_folds={cfg.inner_folds}")
     if cfg.val_root:
-        val = [r for r in open_records(cfg.val_root, cfg.layout, cfg.val_split, cfg.prompt) if _has_label(r, cfg)]
+        val = [r for r in open_records(cfg.val_root, cfg.layout, cfg.val_split, cfg.prompt, cfg.text) if _has_label(r, cfg)]
         train_ids, val_ids = sorted(by_id), [r.case_id for r in val]
         info: dict[str, Any] = {"scheme": "separate", "val_root": cfg.val_root, "val_split": cfg.val_split}
     else:

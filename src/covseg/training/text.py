@@ -1,6 +1,6 @@
 """Text-guided training: when text is on, the checks on the cases' texts, and the text adapter.
 
-Text is on for a text-guided model (``lvit``, ``c2fvl``, ``clipseg``) when the config names
+Text is on for a text-guided model (``lvit``, ``c2fvl``, ``cris``, ``clipseg``) when the config names
 ``trainer: text`` or gives ``extra.text``; any trainer then feeds the text (CPS on a text model
 needs no class of its own). Settings: :class:`covseg.engine.adapters.TextSettings`. Features
 of a frozen encoder are computed once per unique text and kept in ``RUN/text_cache.pt``; a
@@ -24,7 +24,7 @@ def text_settings(cfg: Any) -> TextSettings | None:
         if cfg.model.name not in MODELS:
             MODELS.get(cfg.model.name)  # unknown model: the registry's one-line error
         raise ConfigError(
-            f"trainer: text needs a text-guided model (lvit, c2fvl, clipseg), not {cfg.model.name!r}; use trainer: supervised"
+            f"trainer: text needs a text-guided model (lvit, c2fvl, cris, clipseg), not {cfg.model.name!r}; use trainer: supervised"
         )
     if not wants_text or not is_text_model(cfg.model.name):
         return None
@@ -44,14 +44,35 @@ def check_texts(records: list, texts: list[str | None], settings: TextSettings) 
     return texts
 
 
-def prompt_variants(records: list) -> list[list[str]]:
-    """Every case's distinct prompt texts (CRIS-style ``P0..Pn``), for prompt sampling."""
-    return [list(dict.fromkeys(v for v in (r.texts or {}).values() if v)) for r in records]
+def prompt_variants(records: list, types: list[str] | None = None) -> list[list[list[str]]]:
+    """Every case's prompt types (CRIS-style ``P0..Pn``), each a list of its phrasings, for prompt sampling.
+
+    The phrasings of a type come from ``meta["prompt_choices"]`` (a CRIS prompt given as a list),
+    else the type's one text. ``types`` keeps only those types (case-insensitive).
+    """
+    wanted = None if types is None else {t.lower() for t in types}
+    out = []
+    for r in records:
+        choices = (r.meta or {}).get("prompt_choices") or {}
+        groups = []
+        for key, text in (r.texts or {}).items():
+            if wanted is not None and key.lower() not in wanted:
+                continue
+            phrasings = list(dict.fromkeys(t for t in (choices.get(key) or [text]) if t))
+            if phrasings and phrasings not in groups:
+                groups.append(phrasings)
+        out.append(groups)
+    return out
+
+
+def variant_texts(variants: list[list[list[str]]]) -> list[str]:
+    """Every phrasing of every case's prompt types, flat (for encoding them once)."""
+    return [t for groups in variants for group in groups for t in group]
 
 
 def warnings_for(settings: TextSettings, variants: list[list[str]], hflip: float, texts: list[str | None]) -> list[str]:
     out = []
-    if settings.prompt_sampling and not any(len(v) > 1 for v in variants):
+    if settings.prompt_sampling and not any(len(v) > 1 or any(len(g) > 1 for g in v) for v in variants):
         out.append("[yellow]extra.text.prompt_sampling: no case has more than one prompt; using the one text[/]")
     if hflip > 0 and mentions_sides(texts):
         out.append(

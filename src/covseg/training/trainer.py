@@ -220,7 +220,7 @@ class Trainer:
 
         self.train_data.texts = text_training.check_texts(self.train_records, self.train_data.texts, self.text)
         self.val_data.texts = text_training.check_texts(self.val_records, self.val_data.texts, self.text)
-        self.train_variants = text_training.prompt_variants(self.train_records)
+        self.train_variants = text_training.prompt_variants(self.train_records, self.text.prompt_types)
         for line in text_training.warnings_for(self.text, self.train_variants, self.augment_cfg.hflip, self.train_data.texts):
             self.log(line)
 
@@ -397,7 +397,9 @@ class Trainer:
 
             texts = [*self.train_data.texts, *self.val_data.texts]
             if self.text.prompt_sampling:
-                texts += [v for variants in self.train_variants for v in variants]
+                from covseg.training.text import variant_texts
+
+                texts += variant_texts(self.train_variants)
             cache = self.run.path / CACHE_FILE if self.runtime.is_main else None
             if cache is not None:
                 self.run.path.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from covseg.data.index import DatasetIndex, Finding, finding
 from covseg.data.layouts.common import (
     Layout,
     ReadOptions,
+    attach_text_source,
     child_dir,
     natural_key,
     pick_split_file,
@@ -104,7 +105,8 @@ def _read_cris(root: Path, split: str | None, opts: ReadOptions) -> DatasetIndex
         records.append(
             CaseRecord(case_id, image, mask if mask.is_file() else None, text=entry.text, texts=dict(entry.texts), meta=meta)
         )
-    return DatasetIndex(base, "cris", records, split, True, False, findings, info={"annotations": str(ann)})
+    index = DatasetIndex(base, "cris", records, split, True, False, findings, info={"annotations": str(ann)})
+    return attach_text_source(index, split, opts)  # a text source given by the user replaces the JSON's prompts
 
 
 CRIS = register_builtin(

@@ -37,6 +37,8 @@ class ModelCase:
         extra = ",".join(
             f"{k}={v}" for k, v in self.kwargs.items() if k in ("encoder", "esm", "prior_channel", "spatial_dims")
         )
+        if "heads" in self.kwargs:
+            extra = ",".join(filter(None, [extra, "heads=" + "+".join(self.kwargs["heads"]) if self.kwargs["heads"] else "heads=none"]))
         return f"{self.name}[{extra}]" if extra else self.name
 
     @property
@@ -83,6 +85,41 @@ MODEL_CASES = [
         frozenset({"logits", "aux", "edge"}),
         num_aux=3,
     ),
+    # joint classification + segmentation: any encoder-decoder model takes a classification head
+    ModelCase(
+        "unet",
+        {"base_width": 8, "depth": 3, "heads": {"classification": {"classes": 3}}},
+        frozenset({"logits", "class_logits"}),
+    ),
+    ModelCase(
+        "unet",
+        {"base_width": 4, "depth": 3, "spatial_dims": 3, "heads": {"classification": {"classes": 2}}},
+        frozenset({"logits", "class_logits"}),
+    ),
+    ModelCase(
+        "resunet",
+        {"widths": [8, 8, 16, 16, 32], "edge_channels": 8, "fusion_channels": 8, "heads": {"classification": {}}},
+        frozenset({"logits", "aux", "edge", "class_logits"}),
+        num_aux=2,
+    ),
+    ModelCase(
+        "infnet",
+        {"encoder_kwargs": SMALL_RESNET, "channel": 8, "ra_channels": 16, "edge_channels": 8,
+         "heads": {"classification": {"pooling": "max", "dropout": 0.2}}},
+        frozenset({"logits", "aux", "edge", "class_logits"}),
+        num_aux=3,
+    ),
+    ModelCase(
+        "jcs",
+        {"encoder_kwargs": SMALL_RESNET, "decoder_widths": [16, 16, 8, 8], "attention_channels": 8, "deep_supervision": True},
+        frozenset({"logits", "aux", "attention", "class_logits"}),
+        num_aux=2,
+    ),
+    ModelCase(
+        "jcs",
+        {"encoder_kwargs": SMALL_RESNET, "decoder_widths": [16, 16, 8, 8], "heads": {}},
+        frozenset({"logits", "attention"}),
+    ),
 ]
 
 
@@ -114,6 +151,7 @@ def test_every_registered_model_has_a_case():
         ("unet_multiclass", {"out_channels": 3, "prior_channel": True}, 1_963_987),
         ("resunet", {}, 2_280_036),
         ("infnet", {}, 2_453_685),
+        ("jcs", {}, 2_018_311),
     ],
 )
 def test_default_configurations_build(name, kwargs, expected_params, record_property):
@@ -156,18 +194,25 @@ class TestSegmentationModel:
             if "edge" in out:
                 assert out["edge"].shape[:2] == (2, 1)
                 assert out["edge"].shape[-2] <= h and out["edge"].shape[-1] <= w
+            for a in out.get("attention", []):
+                assert a.shape[:2] == (2, 1) and float(a.detach().min()) >= 0 and float(a.detach().max()) <= 1
+            if "class_logits" in out:
+                classes = case.kwargs.get("heads", {}).get("classification", {}).get("classes", 2)
+                assert out["class_logits"].shape == (2, classes)
             if size == case.sizes[1]:  # padded input: side outputs are cropped to the input's frame
-                for a in [*aux, *([out["edge"]] if "edge" in out else [])]:
+                for a in [*aux, *out.get("attention", []), *([out["edge"]] if "edge" in out else [])]:
                     assert a.shape[-2:] == (h, w)
 
     def test_backward_reaches_every_parameter(self, case: ModelCase):
         model = make(case).train()
         out = model.forward_train(make_input(model, 2, *case.sizes[0]))
         loss = out["logits"].square().mean()
-        for a in out.get("aux", []):
-            loss = loss + a.square().mean()
-        if "edge" in out:
-            loss = loss + out["edge"].square().mean()
+        for key in ("aux", "attention"):
+            for a in out.get(key, []):
+                loss = loss + a.square().mean()
+        for key in ("edge", "class_logits"):
+            if key in out:
+                loss = loss + out[key].square().mean()
         loss.backward()
         missing, zero = [], []
         for name, p in model.named_parameters():
@@ -188,6 +233,11 @@ class TestSegmentationModel:
         with torch.no_grad():
             assert torch.equal(model(x), model(x))
             assert torch.equal(model(x), model.forward_train(x)["logits"])
+            heads = model.forward_heads(x)
+            assert torch.equal(model(x), heads["logits"])
+            assert set(heads) == {"logits", *model.head_outputs}
+            if "class_logits" in heads:
+                assert torch.equal(heads["class_logits"], model.forward_train(x)["class_logits"])
 
     def test_rebuild_from_init_args(self, case: ModelCase):
         model = make(case, seed=0).train()

@@ -32,8 +32,9 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
         "covseg.models.lvit",
         "covseg.models.c2fvl",
         "covseg.models.clipseg",
+        "covseg.models.jcs",
     ),
-    "head": (),
+    "head": ("covseg.models.heads",),
     "loss": ("covseg.losses.elementary",),
     "trainer": (
         "covseg.training.trainer",

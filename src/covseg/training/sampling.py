@@ -9,7 +9,8 @@
   (nnU-Net's oversampling: a random foreground voxel becomes the patch centre).
 
 Both give ``batches(generator)`` → index batches for one epoch and ``batch(indices, generator)`` →
-the augmented batch dict (``image``, ``mask``, ``edge``, ``text`` …).
+the augmented batch dict (``image``, ``mask``, ``edge``, ``text`` …; whole images also carry the
+image-level ``label`` and, with label-only cases, ``has_mask``).
 """
 
 from __future__ import annotations
@@ -83,12 +84,26 @@ class ImageSampler(Sampler):
         if data.edges is not None:
             labels["edge"] = data.edges[indices]
         image, labels = augment_batch(data.images[indices], labels, self.augment, generator)
-        batch: dict[str, Any] = {"image": image, **labels}
+        batch: dict[str, Any] = {"image": image, **labels, **image_level_targets(data, indices)}
         if data.texts:
             batch["text"] = [data.texts[int(i)] for i in indices]
         if self.variants is not None:
             batch["text_variants"] = [self.variants[int(i)] for i in indices]
         return batch
+
+
+def image_level_targets(data: Any, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The batch's class labels and, when some cases are label-only, the per-sample ``has_mask`` / ``has_edge``
+    that keep those cases out of the map losses (see :mod:`covseg.losses.terms`)."""
+    out: dict[str, torch.Tensor] = {}
+    if getattr(data, "labels", None) is not None:
+        out["label"] = data.labels[indices]
+    has_mask = getattr(data, "has_mask", None)
+    if has_mask is not None and not bool(has_mask.all()):
+        out["has_mask"] = has_mask[indices]
+        if data.edges is not None:
+            out["has_edge"] = has_mask[indices]
+    return out
 
 
 def _patch_start(shape: tuple[int, ...], patch: tuple[int, ...], centre: np.ndarray | None, rng: torch.Generator) -> list[int]:

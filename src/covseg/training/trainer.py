@@ -83,6 +83,7 @@ class Trainer:
         self.text_adapter = None
         self.train_variants: list[list[str]] = []
         self._val_inputs = None
+        self.joint = None  # JointSettings of a model with a classification head
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -269,6 +270,9 @@ class Trainer:
             self.text_adapter = TextAdapter(self.model, encoder, self.text, self.cfg.data.prompt)
             self.adapters.append(self.text_adapter)
         self.criterion = self.build_criterion()
+        from covseg.training.joint import joint_settings
+
+        self.joint = joint_settings(self)
 
     def build_criterion(self):
         """The loss terms: ``loss.terms`` as given, or the classic main / aux / edge (+ text alignment)."""
@@ -338,6 +342,8 @@ class Trainer:
         self.run.write_json("model.json", self.model_description())
         summary = dataset_summary(self.train_records, self.train_data, self.cfg.data)
         summary["val_cases"] = len(self.val_records)
+        if self.joint is not None:
+            summary["labels"] = self.joint.dataset
         self.run.write_json("dataset.json", summary)
         self.run.write_json("splits.json", self.split_info)
         if self.text_adapter is not None:
@@ -367,6 +373,8 @@ class Trainer:
         }
         for adapter in self.adapters:
             desc[adapter.name] = adapter.describe()
+        if self.joint is not None:
+            desc["classification"] = self.joint.describe()
         return desc
 
     # ----------------------------------------------------------------- state
@@ -615,11 +623,14 @@ class Trainer:
         return self.segmenter(model).infer(self.val_inputs(), self.val_contexts(), self.cfg.train.val_batch_size)
 
     def validate(self, model=None) -> dict[str, float]:
-        """Medical-protocol metrics on the validation set at original resolution."""
+        """Medical-protocol metrics on the validation set at original resolution (+ classification for joint models)."""
         from covseg.training.validation import score_cases
 
-        probs = self.predict_val(model)
-        return score_cases(probs, self.val_data.original_masks, self.num_classes, self.cfg.train.threshold)
+        out = self.segmenter(model).infer_outputs(self.val_inputs(), self.val_contexts(), self.cfg.train.val_batch_size)
+        labels = self.val_data.labels.tolist() if out.class_probs is not None else None
+        return score_cases(
+            out.probs, self.val_data.original_masks, self.num_classes, self.cfg.train.threshold, class_probs=out.class_probs, labels=labels
+        )
 
     # ----------------------------------------------------------------- output
     def log(self, text: str) -> None:

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from covseg import __version__
-from covseg.cli import data_cmd, demo_cmd, evaluate_cmd, predict_cmd, pseudo_cmd, train_cmd
+from covseg.cli import data_cmd, demo_cmd, evaluate_cmd, explain_cmd, predict_cmd, pseudo_cmd, train_cmd
 
 app = typer.Typer(
     name="covseg",
@@ -21,6 +21,7 @@ app.command("demo")(demo_cmd.demo)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("train")(train_cmd.train)
 app.command("predict")(predict_cmd.predict)
+app.command("explain")(explain_cmd.explain)
 app.command("pseudo-label")(pseudo_cmd.pseudo_label)
 app.command("models")(train_cmd.list_models)
 

@@ -78,6 +78,11 @@ class SegmentationModel(nn.Module):
         self.train_outputs = (*self.train_outputs, *(head.output for head in self.heads.values()))
 
     @property
+    def cam_layer(self) -> str:
+        """The layer Grad-CAM explains the classification head at by default: the feature the heads read."""
+        return "head_input"
+
+    @property
     def head_outputs(self) -> tuple[str, ...]:
         """Names of the heads' outputs (``"class_logits"`` for a classification head)."""
         return tuple(head.output for head in self.heads.values())

@@ -100,6 +100,13 @@ class JCSNet(SegmentationModel):
         self.train_outputs = ("logits", "attention", *(("aux",) if deep_supervision else ()))
         self.attach_heads(DEFAULT_HEADS if heads is None else heads, enc[4])
 
+    @property
+    def cam_layer(self) -> str:
+        """Grad-CAM at the encoder's stride-8 stage: the bottleneck (stride 32) is 3 × 3 cells on a 96² phantom
+        and 8 × 8 on a 256² slice, too coarse to point at a lesion (see the README's JCS section)."""
+        names = getattr(self.encoder, "stage_names", ())
+        return f"encoder.{names[2]}" if len(names) == 5 else "head_input"
+
     def _forward(self, x: torch.Tensor) -> dict[str, Any]:
         features = self.encoder(x)
         y = features[4]

@@ -110,7 +110,7 @@ def explain(
     from covseg.viz.explanations import explanation_panel
 
     explainer = Explainer.from_run(model, checkpoint, layer=layer, target_class=target_class)
-    files = [f for f in list_inputs(Path(input)) if not f.name.endswith((".nii", ".nii.gz"))]
+    files = list_inputs(Path(input))
     return explain_files(
         explainer,
         files,

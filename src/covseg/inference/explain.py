@@ -156,7 +156,7 @@ def explain_files(
     truth masks (``gt_dir``: a mask folder or a dataset folder with ``masks/``, paired by stem),
     each heatmap's share inside the lesion and pointing-game hit, summarised in ``summary.json``.
     """
-    from covseg.data.imageio import read_image, stem_of, write_image
+    from covseg.data.imageio import is_volume, read_image, stem_of, write_image
     from covseg.inference.batch import class_columns, for_each_file, write_failures
     from covseg.metrics.evaluation import (
         _files_by_stem,
@@ -179,6 +179,8 @@ def explain_files(
         return str(path)
 
     def work(path: Path) -> dict:
+        if is_volume(path):
+            raise DataError("covseg explain takes 2D images; cut a volume into slices first (covseg data convert)", path)
         image = read_image(path)
         ex = explainer.explain(image, tta_flip=tta_flip)
         stem = stem_of(path)

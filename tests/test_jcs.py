@@ -13,7 +13,9 @@ from covseg.models.export import ONNX_INPUT, export_onnx
 
 from tests.helpers import tiny_config
 
-SMALL = {"encoder_kwargs": {"widths": [8, 8, 16, 16, 32]}, "decoder_widths": [16, 16, 8, 8], "attention_channels": 8}
+SMALL = {
+    "encoder_kwargs": {"widths": [8, 8, 16, 16, 32]}, "decoder_widths": [16, 16, 8, 8], "attention_channels": 8, "deep_supervision": True,
+}
 TERMS = {"seg": "dice_bce", "aux": {"loss": "dice_bce", "weight": 0.4}, "cls": {"loss": "class_ce", "weight": 0.5}}
 
 

@@ -85,40 +85,16 @@ MODEL_CASES = [
         frozenset({"logits", "aux", "edge"}),
         num_aux=3,
     ),
-    # joint classification + segmentation: any encoder-decoder model takes a classification head
+    # joint classification + segmentation (the other models with a head: test_every_model_takes_a_classification_head)
     ModelCase(
         "unet",
         {"base_width": 8, "depth": 3, "heads": {"classification": {"classes": 3}}},
         frozenset({"logits", "class_logits"}),
     ),
     ModelCase(
-        "unet",
-        {"base_width": 4, "depth": 3, "spatial_dims": 3, "heads": {"classification": {"classes": 2}}},
-        frozenset({"logits", "class_logits"}),
-    ),
-    ModelCase(
-        "resunet",
-        {"widths": [8, 8, 16, 16, 32], "edge_channels": 8, "fusion_channels": 8, "heads": {"classification": {}}},
-        frozenset({"logits", "aux", "edge", "class_logits"}),
-        num_aux=2,
-    ),
-    ModelCase(
-        "infnet",
-        {"encoder_kwargs": SMALL_RESNET, "channel": 8, "ra_channels": 16, "edge_channels": 8,
-         "heads": {"classification": {"pooling": "max", "dropout": 0.2}}},
-        frozenset({"logits", "aux", "edge", "class_logits"}),
-        num_aux=3,
-    ),
-    ModelCase(
         "jcs",
-        {"encoder_kwargs": SMALL_RESNET, "decoder_widths": [16, 16, 8, 8], "attention_channels": 8, "deep_supervision": True},
-        frozenset({"logits", "aux", "attention", "class_logits"}),
-        num_aux=2,
-    ),
-    ModelCase(
-        "jcs",
-        {"encoder_kwargs": SMALL_RESNET, "decoder_widths": [16, 16, 8, 8], "heads": {}},
-        frozenset({"logits", "attention"}),
+        {"encoder_kwargs": SMALL_RESNET, "decoder_widths": [16, 16, 8, 8], "attention_channels": 8},
+        frozenset({"logits", "attention", "class_logits"}),
     ),
 ]
 
@@ -281,6 +257,38 @@ class TestSegmentationModel:
             (got,) = session.run(None, {ONNX_INPUT: x.numpy()})
             assert got.shape == expected.shape
             np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("unet", {"base_width": 4, "depth": 3, "spatial_dims": 3}),
+        ("unet_multiclass", {"out_channels": 3, "base_width": 8, "depth": 3}),
+        ("resunet", {"widths": [8, 8, 16, 16, 32], "edge_channels": 8, "fusion_channels": 8}),
+        ("infnet", {"encoder_kwargs": SMALL_RESNET, "channel": 8, "ra_channels": 16, "edge_channels": 8}),
+        ("jcs", {"encoder_kwargs": SMALL_RESNET, "decoder_widths": [16, 16, 8, 8], "deep_supervision": True}),
+    ],
+)
+def test_every_model_takes_a_classification_head(name, kwargs):
+    """A head on the deepest encoder feature: class logits beside the model's own outputs, gradients reach it,
+    the init args rebuild it, and ``forward`` is unchanged (the same weights without the head give the same map)."""
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=1, heads={"classification": {"classes": 3, "pooling": "max", "dropout": 0.1}}, **kwargs)
+    size = (16, 24, 16) if kwargs.get("spatial_dims") == 3 else (64, 48)
+    x = torch.randn(2, 1, *size)
+    out = model.train().forward_train(x)
+    assert out["class_logits"].shape == (2, 3) and "class_logits" in model.train_outputs and "bottleneck" not in out
+    out["class_logits"].sum().backward()
+    assert model.heads["classification"].linear.weight.grad.abs().sum() > 0
+    model.eval()
+    rebuilt = build_model(name, **json.loads(json.dumps(model.init_args)))
+    rebuilt.load_state_dict(model.state_dict())
+    plain = build_model(name, in_channels=1, **kwargs, **({"heads": {}} if name == "jcs" else {}))  # jcs has one by default
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("heads.")})
+    with torch.no_grad():
+        y = model(x)
+        assert torch.equal(y, rebuilt.eval()(x)) and torch.equal(y, plain.eval()(x))
+        assert torch.equal(model.forward_heads(x)["class_logits"], rebuilt.forward_heads(x)["class_logits"])
 
 
 @pytest.mark.parametrize("norm", ["batch", "instance", "group", "none"])

@@ -135,7 +135,8 @@ class RunDescription(_Described):
         out = self.init_args.get("out_channels")
         if out is not None and int(out) != self.num_classes:
             raise ValueError(f"num_classes={self.num_classes} but the model has out_channels={out}")
-        head = (self.init_args.get("heads") or {}).get("classification")
+        heads = self.init_args.get("heads")  # a model's heads; c2fvl's "heads" is its attention head count
+        head = heads.get("classification") if isinstance(heads, dict) else None
         if self.classification is not None and head is not None:
             classes = int(head.get("classes", 2))
             if classes != len(self.classification.class_names):

@@ -190,7 +190,7 @@ def examples(panels: Path, n: int = 4) -> None:
     for im in images:
         canvas.paste(im, (0, y))
         y += im.height
-    canvas.save(OUT / "examples.png", optimize=True)
+    canvas.resize((canvas.width * 3 // 5, canvas.height * 3 // 5), Image.Resampling.LANCZOS).save(OUT / "examples.png", optimize=True)
 
 
 def run_phantoms() -> None:
@@ -315,7 +315,10 @@ def main() -> None:
     ap.add_argument("--phantoms", action="store_true", help="run the phantom benchmark")
     ap.add_argument("--parallel", type=int, default=1)
     ap.add_argument("--report", action="store_true", help="only summarise finished results")
+    ap.add_argument("--cli-report", action="store_true", help="redo fold 0's command-line run and HTML report")
     args = ap.parse_args()
+    if args.cli_report:
+        cli_report(RUNS / "real" / "fold0")
     if not args.report:
         prepare_negatives()
         jobs = [("real", int(f), None) for f in args.folds.split(",") if f.strip()]

@@ -114,9 +114,9 @@ def build_evaluation_report(run: EvaluationRun, summary: dict[str, Any], show: i
         )
 
     if "classification" in summary or "explanation" in summary:  # a joint model (covseg.metrics.joint)
-        from covseg.viz.explanations import add_classification_sections
+        from covseg.viz.explanations import add_classification_sections, panel_thumbnail
 
-        panels = [(path.read_bytes(), caption) for path, caption in run.extras.get("panels", [])]
+        panels = [(panel_thumbnail(path), caption) for path, caption in run.extras.get("panels", [])]
         add_classification_sections(report, summary, panels)
 
     metric = acc.primary_metric

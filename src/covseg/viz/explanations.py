@@ -77,6 +77,16 @@ def _png_to_rgb(png: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB")).copy()
 
 
+def panel_thumbnail(path: Any, max_side: int = 720) -> np.ndarray:
+    """A panel PNG written by ``covseg explain``, downscaled for a report."""
+    from PIL import Image
+
+    from covseg.viz.overlay import thumbnail
+
+    with Image.open(path) as im:
+        return thumbnail(np.asarray(im.convert("RGB")), max_side)
+
+
 def roc_png(fpr: Sequence[float], tpr: Sequence[float], auc: float, title: str = "ROC") -> bytes:
     """The ROC curve (false-positive rate against sensitivity) with the chance diagonal and the AUC."""
     fig = new_figure(4.0, 4.0)

@@ -38,14 +38,17 @@ DEFAULT_LAYER = None  # the model's own cam_layer
 
 
 class _ClassLogits(nn.Module):
-    """The model seen from its classifier: ``forward(x)`` returns the class logits (what Grad-CAM differentiates)."""
+    """The model seen from its classifier: ``forward(x)`` returns the class logits less their mean (what
+    Grad-CAM differentiates). Softmax ignores a shift shared by all logits, so only the centred part
+    is class evidence; for two classes it is half the log-odds ``logit_1 − logit_0``."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_heads(x)["class_logits"]
+        logits = self.model.forward_heads(x)["class_logits"]
+        return logits - logits.mean(dim=1, keepdim=True)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from covseg.data.synthetic import write_phantom_dataset
 
@@ -98,12 +99,16 @@ def test_gradcam_peak_lies_in_the_lesion_on_most_positives(joint_run):
     assert explainer.layer == "encoder.stages.2"  # jcs: Grad-CAM at the encoder's stride-8 stage
     # the pointing game as Zhang et al. (2016) play it: a hit within 15 pixels of a 224-pixel input
     tolerant, strict = ExplanationMetrics("gradcam", tolerance=15 * SIZE / 224), ExplanationMetrics("gradcam")
+    before = {k: v.clone() for k, v in explainer.model.state_dict().items()}
     for case_id, image, mask in _fresh_cases(joint_run["fresh"]):
         if mask.any():
             ex = explainer.explain(image)
             assert ex.gradcam.shape == mask.shape and ex.attention.shape == mask.shape
             tolerant.update(ex.gradcam, mask, case_id)
             strict.update(ex.gradcam, mask, case_id)
+    # explaining changes nothing in the model (batch norm statistics included)
+    assert all(torch.equal(before[k], v) for k, v in explainer.model.state_dict().items())
+    assert not explainer.model.training
     agg = tolerant.aggregate()
     assert agg["pointing_game"] > 0.5, agg  # "most": more than half of the phantom positives
     assert strict.aggregate()["pointing_game"] > 0.3  # the peak pixel itself on the lesion (0.40-0.80 in our runs)

@@ -98,7 +98,10 @@ class Explainer:
             raise CovsegError(f"no layer {layer!r} in the model (Grad-CAM layer; default {self.model.cam_layer})", predictor.run_dir)
         from monai.visualize import GradCAM
 
-        self.cam = GradCAM(nn_module=_ClassLogits(self.model), target_layers=f"model.{layer}", postprocessing=_identity)
+        # eval() first: MONAI puts the module back in training mode after each call if it found it so,
+        # and batch norm in training mode would then learn from every explained image
+        wrapper = _ClassLogits(self.model).eval()
+        self.cam = GradCAM(nn_module=wrapper, target_layers=f"model.{layer}", postprocessing=_identity)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best", **kwargs: Any) -> Explainer:
@@ -127,6 +130,7 @@ class Explainer:
         self.model.eval()
         with torch.enable_grad():
             heat = self.cam(x, class_idx=target)
+        self.model.eval()
         attention = None
         with torch.inference_mode():
             maps = self.model.forward_train(x).get("attention")

@@ -42,7 +42,39 @@ def multiclass_pair() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_registry_holds_the_losses():
-    assert set(LOSSES.names()) == {"dice", "bce", "dice_bce", "ce", "dice_ce", "structure", "edge"}
+    assert set(LOSSES.names()) == {"dice", "bce", "dice_bce", "ce", "dice_ce", "structure", "edge", "class_ce"}
+
+
+def test_batch_dice_pools_the_batch_so_an_empty_image_cannot_dominate():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 1, 8, 8, generator=g)
+    target = (torch.rand(3, 1, 8, 8, generator=g) > 0.6).float()
+    target[1] = 0.0  # a lesion-free image
+    pooled = LOSSES.build("dice", batch=True)(logits, target)
+    one_image = LOSSES.build("dice")(logits.permute(1, 0, 2, 3).reshape(1, 1, 24, 8), target.permute(1, 0, 2, 3).reshape(1, 1, 24, 8))
+    assert float(pooled) == pytest.approx(float(one_image), abs=1e-6)
+    assert float(pooled) < float(LOSSES.build("dice")(logits, target))  # per image, the empty one scores badly
+    k = torch.randn(2, 3, 6, 6, generator=g)
+    labels = torch.randint(0, 3, (2, 6, 6), generator=g)
+    stacked = LOSSES.build("dice", batch=True)(k, labels)
+    joined = LOSSES.build("dice")(torch.cat([k[0], k[1]], dim=1)[None], torch.cat([labels[0], labels[1]], dim=0)[None])
+    assert float(stacked) == pytest.approx(float(joined), abs=1e-6)
+
+
+def test_class_ce_is_torch_cross_entropy_on_image_level_logits():
+    import torch.nn.functional as F
+
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.5], [-1.0, 3.0]])
+    labels = torch.tensor([0, 1, 1])
+    loss = LOSSES.build("class_ce", weight=[2.0, 0.5], label_smoothing=0.1)
+    expected = F.cross_entropy(logits, labels, weight=torch.tensor([2.0, 0.5]), label_smoothing=0.1)
+    assert float(loss(logits, labels)) == pytest.approx(float(expected))
+    with pytest.raises(ValueError, match="class logits must be"):
+        loss(torch.zeros(3, 2, 4, 4), labels)
+    with pytest.raises(ValueError, match="class indices"):
+        loss(logits, labels.float())
+    with pytest.raises(ValueError, match="3 class weights for 2 classes"):
+        LOSSES.build("class_ce", weight=[1, 1, 1])(logits, labels)
 
 
 def test_binary_dice_by_hand():

@@ -37,6 +37,8 @@ class ModelCase:
         extra = ",".join(
             f"{k}={v}" for k, v in self.kwargs.items() if k in ("encoder", "esm", "prior_channel", "spatial_dims")
         )
+        if "heads" in self.kwargs:
+            extra = ",".join(filter(None, [extra, "heads=" + "+".join(self.kwargs["heads"]) if self.kwargs["heads"] else "heads=none"]))
         return f"{self.name}[{extra}]" if extra else self.name
 
     @property
@@ -89,6 +91,17 @@ MODEL_CASES = [
         frozenset({"logits", "aux", "edge"}),
         num_aux=3,
     ),
+    # joint classification + segmentation (the other models with a head: test_every_model_takes_a_classification_head)
+    ModelCase(
+        "unet",
+        {"base_width": 8, "depth": 3, "heads": {"classification": {"classes": 3}}},
+        frozenset({"logits", "class_logits"}),
+    ),
+    ModelCase(
+        "jcs",
+        {"encoder_kwargs": SMALL_RESNET, "decoder_widths": [16, 16, 8, 8], "attention_channels": 8},
+        frozenset({"logits", "attention", "class_logits"}),
+    ),
 ]
 
 
@@ -120,6 +133,7 @@ def test_every_registered_model_has_a_case():
         ("unet_multiclass", {"out_channels": 3, "prior_channel": True}, 1_963_987),
         ("resunet", {}, 2_280_036),
         ("infnet", {}, 2_453_685),
+        ("jcs", {}, 2_018_311),
     ],
 )
 def test_default_configurations_build(name, kwargs, expected_params, record_property):
@@ -162,18 +176,25 @@ class TestSegmentationModel:
             if "edge" in out:
                 assert out["edge"].shape[:2] == (2, 1)
                 assert out["edge"].shape[-2] <= h and out["edge"].shape[-1] <= w
+            for a in out.get("attention", []):
+                assert a.shape[:2] == (2, 1) and float(a.detach().min()) >= 0 and float(a.detach().max()) <= 1
+            if "class_logits" in out:
+                classes = case.kwargs.get("heads", {}).get("classification", {}).get("classes", 2)
+                assert out["class_logits"].shape == (2, classes)
             if size == case.sizes[1]:  # padded input: side outputs are cropped to the input's frame
-                for a in [*aux, *([out["edge"]] if "edge" in out else [])]:
+                for a in [*aux, *out.get("attention", []), *([out["edge"]] if "edge" in out else [])]:
                     assert a.shape[-2:] == (h, w)
 
     def test_backward_reaches_every_parameter(self, case: ModelCase):
         model = make(case).train()
         out = model.forward_train(make_input(model, 2, *case.sizes[0]))
         loss = out["logits"].square().mean()
-        for a in out.get("aux", []):
-            loss = loss + a.square().mean()
-        if "edge" in out:
-            loss = loss + out["edge"].square().mean()
+        for key in ("aux", "attention"):
+            for a in out.get(key, []):
+                loss = loss + a.square().mean()
+        for key in ("edge", "class_logits"):
+            if key in out:
+                loss = loss + out[key].square().mean()
         loss.backward()
         missing, zero = [], []
         for name, p in model.named_parameters():
@@ -194,6 +215,11 @@ class TestSegmentationModel:
         with torch.no_grad():
             assert torch.equal(model(x), model(x))
             assert torch.equal(model(x), model.forward_train(x)["logits"])
+            heads = model.forward_heads(x)
+            assert torch.equal(model(x), heads["logits"])
+            assert set(heads) == {"logits", *model.head_outputs}
+            if "class_logits" in heads:
+                assert torch.equal(heads["class_logits"], model.forward_train(x)["class_logits"])
 
     def test_rebuild_from_init_args(self, case: ModelCase):
         model = make(case, seed=0).train()
@@ -237,6 +263,38 @@ class TestSegmentationModel:
             (got,) = session.run(None, {ONNX_INPUT: x.numpy()})
             assert got.shape == expected.shape
             np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("unet", {"base_width": 4, "depth": 3, "spatial_dims": 3}),
+        ("unet_multiclass", {"out_channels": 3, "base_width": 8, "depth": 3}),
+        ("resunet", {"widths": [8, 8, 16, 16, 32], "edge_channels": 8, "fusion_channels": 8}),
+        ("infnet", {"encoder_kwargs": SMALL_RESNET, "channel": 8, "ra_channels": 16, "edge_channels": 8}),
+        ("jcs", {"encoder_kwargs": SMALL_RESNET, "decoder_widths": [16, 16, 8, 8], "deep_supervision": True}),
+    ],
+)
+def test_every_model_takes_a_classification_head(name, kwargs):
+    """A head on the deepest encoder feature: class logits beside the model's own outputs, gradients reach it,
+    the init args rebuild it, and ``forward`` is unchanged (the same weights without the head give the same map)."""
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=1, heads={"classification": {"classes": 3, "pooling": "max", "dropout": 0.1}}, **kwargs)
+    size = (16, 24, 16) if kwargs.get("spatial_dims") == 3 else (64, 48)
+    x = torch.randn(2, 1, *size)
+    out = model.train().forward_train(x)
+    assert out["class_logits"].shape == (2, 3) and "class_logits" in model.train_outputs and "bottleneck" not in out
+    out["class_logits"].sum().backward()
+    assert model.heads["classification"].linear.weight.grad.abs().sum() > 0
+    model.eval()
+    rebuilt = build_model(name, **json.loads(json.dumps(model.init_args)))
+    rebuilt.load_state_dict(model.state_dict())
+    plain = build_model(name, in_channels=1, **kwargs, **({"heads": {}} if name == "jcs" else {}))  # jcs has one by default
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("heads.")})
+    with torch.no_grad():
+        y = model(x)
+        assert torch.equal(y, rebuilt.eval()(x)) and torch.equal(y, plain.eval()(x))
+        assert torch.equal(model.forward_heads(x)["class_logits"], rebuilt.forward_heads(x)["class_logits"])
 
 
 @pytest.mark.parametrize("norm", ["batch", "instance", "group", "none"])

@@ -1,4 +1,4 @@
-"""The Python API in one call each (TotalSegmentator's ``python_api`` idea): train, predict.
+"""The Python API in one call each (TotalSegmentator's ``python_api`` idea): train, predict, explain.
 
 These are what the CLI runs: training draws its curves, prediction writes overlays. For finer
 control use :func:`covseg.training.trainer.build_trainer` and
@@ -154,4 +154,38 @@ def predict(
         on_done=on_done,
         batch_size=batch_size,
         runtime=runtime,
+    )
+
+
+def explain(
+    model: str | Path,
+    input: str | Path,
+    output: str | Path,
+    gt: str | Path | None = None,
+    checkpoint: str = "best",
+    layer: str | None = None,
+    target_class: int | None = None,
+    tolerance: float = 0.0,
+    tta: bool = False,
+    panels: bool = True,
+    strict: bool = False,
+    on_done=None,
+):
+    """Grad-CAM and attention maps of a joint run for a file or folder; returns ``(batch report, summary)``."""
+    from covseg.inference.explain import Explainer, explain_files
+    from covseg.inference.predictor import list_inputs
+    from covseg.viz.explanations import explanation_panel
+
+    explainer = Explainer.from_run(model, checkpoint, layer=layer, target_class=target_class)
+    files = list_inputs(Path(input))
+    return explain_files(
+        explainer,
+        files,
+        Path(output),
+        gt_dir=None if gt is None else Path(gt),
+        tolerance=tolerance,
+        panels=explanation_panel if panels else None,
+        tta_flip=tta,
+        strict=strict,
+        on_done=on_done,
     )

@@ -34,8 +34,9 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
         "covseg.models.clipseg",
         "covseg.models.monai_nets",
         "covseg.models.cris",
+        "covseg.models.jcs",
     ),
-    "head": (),
+    "head": ("covseg.models.heads",),
     "loss": ("covseg.losses.elementary",),
     "trainer": (
         "covseg.training.trainer",

@@ -122,6 +122,21 @@ def evaluate(
         "--toolbox",
         help="sod: pysodmetrics (default) or matlab (the Inf-Net MATLAB toolbox to the digit, NaN where it gives NaN).",
     ),
+    classes: Path | None = typer.Option(
+        None,
+        "--classes",
+        help="Joint models: CSV with p_<class> columns per input (default: the predictions.csv covseg predict "
+        "wrote beside --pred, if it has them).",
+    ),
+    labels: Path | None = typer.Option(
+        None, "--labels", help="Image-level labels CSV (image,label) for classification (default: non-empty ground truth = positive)."
+    ),
+    explanations: Path | None = typer.Option(
+        None, "--explanations", help="Output folder of covseg explain: heatmaps scored against the ground truth, panels in the report."
+    ),
+    pointing_tolerance: float = typer.Option(
+        0.0, "--pointing-tolerance", help="Pointing game: a heatmap peak within this many pixels of the lesion is a hit."
+    ),
     show: int = typer.Option(6, "--show", help="Worst and best cases shown as overlays in the report."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
     strict: bool = typer.Option(
@@ -218,6 +233,8 @@ def evaluate(
     }
 
     folder.prepare()
+    if run.cases:
+        _attach_joint(run, pred, classes, labels, explanations, pointing_tolerance, num_classes, show)
     if not run.cases:
         summary_path = ev.write_outputs(run, out_dir, reduction=reduction)["summary"]  # type: ignore[arg-type]
         raise DataError(
@@ -244,6 +261,12 @@ def evaluate(
     console.print(table)
     if protocol == "sod":
         console.print("toolbox numbers: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["toolbox"].items()))
+    joint = run.extras.get("summary", {})
+    if "classification" in joint:
+        console.print("classification: " + ", ".join(f"{k} {v:.4f}" for k, v in joint["classification"]["metrics"].items()))
+    for kind, agg in joint.get("explanation", {}).items():
+        share = agg["metrics"]["inside_share"]["mean"]
+        console.print(f"{kind}: share inside the lesion {share:.4f}, pointing game {agg['pointing_game']:.4f}")
     if run.resized:
         console.print(
             f"[yellow]note[/] {len(run.resized)} prediction(s) resized to their ground truth's size "
@@ -261,3 +284,18 @@ def evaluate(
         hint = " (--missing-pred empty scores missing predictions as empty)" if missing else ""
         err.print(f"[bold red]{len(unscored)} ground-truth case(s) not scored[/], {missing} without a prediction{hint}")
         raise typer.Exit(1)
+
+
+def _attach_joint(run, pred: Path, classes, labels, explanations, tolerance: float, num_classes: int, show: int) -> None:
+    """Classification (class probabilities of a joint model) and explanation scores of the same cases."""
+    from covseg.metrics import joint
+
+    if tolerance < 0:
+        raise ConfigError(f"--pointing-tolerance: {tolerance} must be non-negative")
+    scores = joint.joint_options(pred, classes)
+    if scores is not None:
+        joint.attach_classification(run, scores, labels, num_classes)
+    elif labels is not None:
+        raise ConfigError("--labels needs class probabilities: predictions.csv of a joint model beside --pred, or --classes")
+    if explanations is not None:
+        joint.attach_explanations(run, explanations, tolerance, num_classes, show)

@@ -11,6 +11,7 @@ from covseg.cli import (
     data_cmd,
     demo_cmd,
     evaluate_cmd,
+    explain_cmd,
     export_cmd,
     predict_cmd,
     prompts_cmd,
@@ -33,6 +34,7 @@ app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("evaluate-prompts")(prompts_cmd.evaluate_prompts)
 app.command("train")(train_cmd.train)
 app.command("predict")(predict_cmd.predict)
+app.command("explain")(explain_cmd.explain)
 app.command("pseudo-label")(pseudo_cmd.pseudo_label)
 app.command("models")(train_cmd.list_models)
 app.command("export")(export_cmd.export)

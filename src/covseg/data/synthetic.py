@@ -5,6 +5,8 @@ ground-glass opacity (hazy, moderately raised attenuation, larger) and consolida
 (dense, small, often inside a ground-glass patch). Intensities are built in Hounsfield
 units, then shown through a lung window to 8-bit, as CT slices of the field are shipped.
 The phantom lets the demo and the tests train a real model without downloaded data.
+``lesions=(0, 0)`` gives a lesion-free slice (a negative for classification: same anatomy, vessels
+and noise, no infection), and ``write_phantom_dataset(negatives=f)`` mixes such slices in.
 """
 
 from __future__ import annotations
@@ -107,23 +109,44 @@ def _distance_inside(mask: np.ndarray) -> np.ndarray:
     return distance_transform_edt(mask)
 
 
-def write_phantom_dataset(root: str | Path, n: int, size: int = 128, seed: int = 0, edges: bool = True) -> Path:
+def is_negative_case(index: int, fraction: float) -> bool:
+    """Whether case ``index`` of a phantom set with a ``fraction`` of negatives is lesion-free.
+
+    The golden-ratio sequence ``frac(i · 0.618…)`` spreads the negatives evenly over the indices
+    and does not depend on the set's size.
+    """
+    return fraction > 0 and (index * 0.6180339887498949) % 1.0 < fraction
+
+
+def write_phantom_dataset(
+    root: str | Path, n: int, size: int = 128, seed: int = 0, edges: bool = True, negatives: float = 0.0
+) -> Path:
     """Write ``n`` phantoms in the generic folder layout (``images/ masks/ masks_multiclass/ edges/``).
 
     Case ``i`` uses seed ``seed * 100003 + i``, so a dataset is reproducible and its cases are
-    independent of ``n``.
+    independent of ``n``. ``negatives`` is the share of lesion-free slices (empty masks); with
+    negatives a ``labels.csv`` (``image,label``: 0 lesion-free, 1 infected) is written beside
+    the folders, as a classification data set ships its labels.
     """
     from covseg.data.imageio import write_image, write_mask
+    from covseg.utils.atomic import write_text
 
+    if not 0.0 <= negatives <= 1.0:
+        raise ValueError(f"negatives must be a share in [0, 1], got {negatives}")
     root = Path(root)
+    rows = ["image,label"]
     for i in range(n):
-        ph = make_phantom(seed * 100003 + i, size=size)
+        negative = is_negative_case(i, negatives)
+        ph = make_phantom(seed * 100003 + i, size=size, lesions=(0, 0) if negative else (1, 4))
         stem = f"phantom_{i:04d}"
         write_image(root / "images" / f"{stem}.png", ph.image)
         write_mask(root / "masks" / f"{stem}.png", ph.infection)
         write_mask(root / "masks_multiclass" / f"{stem}.png", ph.classes, scale_binary=False)
         if edges:
             write_mask(root / "edges" / f"{stem}.png", _edge_of(ph.infection))
+        rows.append(f"images/{stem}.png,{int(ph.infection.any())}")
+    if negatives > 0:
+        write_text(root / "labels.csv", "\n".join(rows) + "\n")
     return root
 
 

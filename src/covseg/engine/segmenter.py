@@ -9,6 +9,7 @@ predictor, the cascade's prior input and ensembles load it from a run folder
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,26 @@ from covseg.transforms.preprocess import Preprocessing
 def logits_to_probs(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Sigmoid for binary models (one channel), softmax over the channel axis for K-class models."""
     return torch.sigmoid(logits) if num_classes == 1 else torch.softmax(logits, dim=1)
+
+
+#: context key the segmenter adds so that class logits find their image (windows, slices, batches)
+CASE_KEY = "_case"
+
+
+@dataclass
+class SegmenterOutput:
+    """Each input's soft map and, for a model with a classification head, its class probabilities ``(K,)``."""
+
+    probs: list[np.ndarray]
+    class_probs: list[np.ndarray] | None = None
+
+
+def most_positive(class_logits: Sequence[torch.Tensor]) -> np.ndarray:
+    """Class probabilities of an image from the logits of its parts (sliding windows, slices of a volume):
+    those of the part most likely not negative (the largest ``1 − p(class 0)``): infection anywhere makes
+    the image positive. A whole image (one part) gives its own probabilities."""
+    probs = torch.softmax(torch.stack(list(class_logits)).float(), dim=1)
+    return probs[int(torch.argmax(1.0 - probs[:, 0]))].cpu().numpy()
 
 
 def probs_to_labels(prob: np.ndarray, threshold: float = 0.5, num_classes: int = 1) -> np.ndarray:
@@ -147,6 +168,39 @@ class Segmenter:
             logits = self.model(self.as_input(rt.to_device(x)), **kwargs)
         return logits.float()
 
+    @property
+    def classifies(self) -> bool:
+        """Whether the model has a classification head (``class_logits``)."""
+        return "class_logits" in getattr(self.model, "head_outputs", ())
+
+    def forward_with_classes(self, x: torch.Tensor, contexts: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Segmentation logits and class logits of a network-size batch (joint models)."""
+        rt = self.runtime
+        kwargs: dict[str, Any] = {}
+        for adapter in self.adapters:
+            kwargs.update(rt.to_device(adapter.model_kwargs(contexts)))
+        with rt.autocast():
+            out = self.model.forward_heads(self.as_input(rt.to_device(x)), **kwargs)
+        return out["logits"].float(), out["class_logits"].float()
+
+    def _recording_forward(self, record: dict[int, list[torch.Tensor]], tta_flip: bool):
+        """A ``forward`` for the inferer that keeps each part's class logits under its case index."""
+
+        def forward(x: torch.Tensor, contexts: Sequence[dict[str, Any]]) -> torch.Tensor:
+            logits, class_logits = self.forward_with_classes(x, contexts)
+            if tta_flip:
+                flipped_contexts = list(contexts)
+                for adapter in self.adapters:
+                    flipped_contexts = [adapter.flip_context(c) for c in flipped_contexts]
+                flipped, flipped_classes = self.forward_with_classes(torch.flip(x, dims=[-1]), flipped_contexts)
+                logits = 0.5 * (logits + torch.flip(flipped, dims=[-1]))
+                class_logits = 0.5 * (class_logits + flipped_classes)
+            for context, row in zip(contexts, class_logits):
+                record.setdefault(int(context[CASE_KEY]), []).append(row)
+            return logits
+
+        return forward
+
     def _flip_tta(self, x: torch.Tensor, contexts: Sequence[dict[str, Any]]) -> torch.Tensor:
         flipped_contexts = list(contexts)
         for adapter in self.adapters:
@@ -172,8 +226,24 @@ class Segmenter:
         tta_flip: bool = False,
     ) -> list[np.ndarray]:
         """Probabilities of prepared inputs, each at its own size (the path validation shares)."""
+        return self.infer_outputs(inputs, contexts, batch_size, tta_flip).probs
+
+    def infer_outputs(
+        self,
+        inputs: Sequence[torch.Tensor],
+        contexts: Sequence[dict[str, Any]] | None = None,
+        batch_size: int = 8,
+        tta_flip: bool = False,
+    ) -> SegmenterOutput:
+        """Soft maps of prepared inputs and, for joint models, each input's class probabilities."""
         contexts = list(contexts) if contexts is not None else [{} for _ in inputs]
-        forward = self._flip_tta if tta_flip else self.forward
+        record: dict[int, list[torch.Tensor]] | None = None
+        if self.classifies:
+            record = {}
+            contexts = [{**c, CASE_KEY: i} for i, c in enumerate(contexts)]
+            forward = self._recording_forward(record, tta_flip)
+        else:
+            forward = self._flip_tta if tta_flip else self.forward
         self.model.eval()
         for adapter in self.adapters:
             adapter.train(False)
@@ -184,7 +254,8 @@ class Segmenter:
             for li in logits:
                 p = logits_to_probs(li[None], self.num_classes)[0]
                 out.append((p[0] if self.num_classes == 1 else p).float().cpu().numpy())
-        return out
+            class_probs = None if record is None else [most_positive(record[i]) for i in range(len(out))]
+        return SegmenterOutput(out, class_probs)
 
     def probabilities(
         self,
@@ -194,9 +265,19 @@ class Segmenter:
         tta_flip: bool = False,
     ) -> list[np.ndarray]:
         """Probabilities at each image's original size (``(H, W)`` or ``(K, H, W)``)."""
+        return self.outputs(images, contexts, batch_size, tta_flip).probs
+
+    def outputs(
+        self,
+        images: Sequence[np.ndarray],
+        contexts: Sequence[dict[str, Any]] | None = None,
+        batch_size: int = 8,
+        tta_flip: bool = False,
+    ) -> SegmenterOutput:
+        """Soft maps at each image's original size and, for joint models, class probabilities."""
         contexts = list(contexts) if contexts is not None else [{} for _ in images]
         inputs = [self.prepare(img, ctx) for img, ctx in zip(images, contexts)]
-        return self.infer(inputs, contexts, batch_size, tta_flip)
+        return self.infer_outputs(inputs, contexts, batch_size, tta_flip)
 
     def to_labels(self, probs: np.ndarray) -> np.ndarray:
         return probs_to_labels(probs, self.threshold, self.num_classes)

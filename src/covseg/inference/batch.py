@@ -217,7 +217,16 @@ def _predict_image(predictor: BasePredictor, path: Path, folder: OutputFolder, t
         "mask": str(paths["mask"]),
         "prob": str(paths["prob"]),
         "foreground_fraction": float((pred.labels > 0).mean()),
+        **class_columns(pred.class_probs, getattr(predictor, "class_names", None)),
     }
+
+
+def class_columns(class_probs: np.ndarray | None, names: list[str] | None) -> dict:
+    """``predicted_class`` and one ``p_<name>`` column per class of a joint model's prediction ({} without)."""
+    if class_probs is None:
+        return {}
+    names = names or [f"class{c}" for c in range(len(class_probs))]
+    return {"predicted_class": names[int(np.argmax(class_probs))], **{f"p_{n}": float(p) for n, p in zip(names, class_probs)}}
 
 
 def _predict_volume(predictor: BasePredictor, path: Path, folder: OutputFolder, tta, post, window, overlays, extra, batch_size) -> dict:
@@ -252,6 +261,7 @@ def _write_index(out_dir: Path, report: BatchReport) -> None:
         return
     buf = io.StringIO()
     keys = ["input", "mask", "prob", "foreground_fraction", "foreground_ml", "seconds", "peak_memory_mb"]
+    keys += list(dict.fromkeys(k for row in report.written for k in row if k.startswith(("p_", "predicted_class"))))
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
     for row in report.written:

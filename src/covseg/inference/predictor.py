@@ -43,11 +43,13 @@ class PostprocessOptions:
 
 @dataclass
 class Prediction:
-    """Soft map and label map of one 2D image or volume at its original size."""
+    """Soft map and label map of one 2D image or volume at its original size; a joint model's
+    class probabilities ``(K,)`` (class 0 negative) in ``class_probs``."""
 
     probs: np.ndarray
     labels: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    class_probs: np.ndarray | None = None
 
 
 def contexts_for(n: int, text: str | None = None, texts: Sequence[str | None] | None = None, **_: Any) -> list[dict[str, Any]]:
@@ -64,6 +66,14 @@ class BasePredictor:
 
     num_classes: int
     threshold: float
+    #: names of a joint model's image-level classes (negative first); None without a classifier
+    class_names: list[str] | None = None
+
+    def predict_outputs(self, images: list[np.ndarray], tta_flip: bool = False, batch_size: int = 8, **extra: Any):
+        """Soft maps and (joint models) class probabilities: a :class:`~covseg.engine.segmenter.SegmenterOutput`."""
+        from covseg.engine.segmenter import SegmenterOutput
+
+        return SegmenterOutput(self.predict_arrays(images, tta_flip=tta_flip, batch_size=batch_size, **extra))
 
     def predict_arrays(self, images: list[np.ndarray], tta_flip: bool = False, batch_size: int = 8, **extra: Any) -> list[np.ndarray]:
         raise NotImplementedError
@@ -76,8 +86,10 @@ class BasePredictor:
         return post.apply(labels) if post else labels
 
     def predict_image(self, image: np.ndarray, tta_flip: bool = False, post: PostprocessOptions | None = None, **extra: Any) -> Prediction:
-        probs = self.predict_arrays([image], tta_flip=tta_flip, **extra)[0]
-        return Prediction(probs=probs, labels=self.to_labels(probs, post))
+        out = self.predict_outputs([image], tta_flip=tta_flip, **extra)
+        probs = out.probs[0]
+        class_probs = None if out.class_probs is None else out.class_probs[0]
+        return Prediction(probs=probs, labels=self.to_labels(probs, post), class_probs=class_probs)
 
     def predict_volume(
         self,
@@ -104,6 +116,10 @@ class Predictor(BasePredictor):
         self.preprocessing = segmenter.preprocessing
         self.description = segmenter.description
         self.run_dir = segmenter.run_dir
+        spec = getattr(segmenter.description, "classification", None)
+        if segmenter.classifies:
+            classes = int(segmenter.model.init_args["heads"]["classification"]["classes"])
+            self.class_names = list(spec.class_names) if spec is not None else [f"class{c}" for c in range(classes)]
 
     @classmethod
     def from_run(
@@ -140,6 +156,11 @@ class Predictor(BasePredictor):
         """Probabilities at each image's original size (``(H, W)`` or ``(K, H, W)``); ``text=`` or ``texts=``."""
         contexts = contexts_for(len(images), **extra)
         return self.segmenter.probabilities(images, contexts, batch_size=batch_size, tta_flip=tta_flip)
+
+    def predict_outputs(self, images, tta_flip=False, batch_size=8, **extra):
+        """Soft maps at each image's original size and, for joint models, class probabilities."""
+        contexts = contexts_for(len(images), **extra)
+        return self.segmenter.outputs(images, contexts, batch_size=batch_size, tta_flip=tta_flip)
 
     def volume_probabilities(self, volume, affine, tta_flip=False, window=None, batch_size=8, **extra):
         """Slice-by-slice probabilities of a volume, returned in the volume's own geometry."""

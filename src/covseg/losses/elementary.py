@@ -8,7 +8,8 @@ Target conventions:
   (``(B, 1, H, W)`` is squeezed), class 0 = background.
 
 ``dice`` works for both (sigmoid for one channel, softmax otherwise). All losses are means over
-the batch, so their scale does not depend on the batch size.
+the batch, so their scale does not depend on the batch size. ``class_ce`` is the image-level
+one: class logits ``(B, K)`` against class indices ``(B,)`` (the ``cls`` term of joint models).
 """
 
 from __future__ import annotations
@@ -51,21 +52,28 @@ def check_multiclass(logits: torch.Tensor, target: torch.Tensor, loss: str) -> t
     return target.long()
 
 
-def binary_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """``1 − mean_b (2 Σ p·t + s) / (Σ p + Σ t + s)`` with ``p = σ(logits)``, sums per image."""
+def binary_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, batch: bool = False) -> torch.Tensor:
+    """``1 − mean_b (2 Σ p·t + s) / (Σ p + Σ t + s)`` with ``p = σ(logits)``, sums per image
+    (``batch``: one sum over the whole batch, nnU-Net's batch Dice, which an image without
+    foreground cannot dominate)."""
     p = torch.sigmoid(logits).flatten(1)
     t = target.flatten(1)
+    if batch:
+        p, t = p.reshape(1, -1), t.reshape(1, -1)
     dice = (2.0 * (p * t).sum(1) + smooth) / (p.sum(1) + t.sum(1) + smooth)
     return 1.0 - dice.mean()
 
 
 def multiclass_dice_loss(
-    logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, include_background: bool = False
+    logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, include_background: bool = False, batch: bool = False
 ) -> torch.Tensor:
-    """Soft Dice on softmax probabilities, per image and class, averaged (background optional)."""
+    """Soft Dice on softmax probabilities, per image and class, averaged (background optional;
+    ``batch``: sums over the whole batch per class)."""
     k = logits.shape[1]
     p = torch.softmax(logits, dim=1).flatten(2)
     t = F.one_hot(target, k).permute(0, 3, 1, 2).flatten(2).to(p.dtype)
+    if batch:
+        p, t = p.transpose(0, 1).reshape(1, k, -1), t.transpose(0, 1).reshape(1, k, -1)
     if not include_background:
         p, t = p[:, 1:], t[:, 1:]
     dice = (2.0 * (p * t).sum(2) + smooth) / (p.sum(2) + t.sum(2) + smooth)
@@ -73,19 +81,21 @@ def multiclass_dice_loss(
 
 
 class DiceLoss(nn.Module):
-    """Soft Dice loss (binary: sigmoid; multi-class: softmax, foreground classes unless ``include_background``)."""
+    """Soft Dice loss (binary: sigmoid; multi-class: softmax, foreground classes unless ``include_background``;
+    ``batch``: sums over the whole batch, for batches that mix images with and without foreground)."""
 
-    def __init__(self, smooth: float = 1.0, include_background: bool = False) -> None:
+    def __init__(self, smooth: float = 1.0, include_background: bool = False, batch: bool = False) -> None:
         super().__init__()
         self.smooth = smooth
         self.include_background = include_background
+        self.batch = batch
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if logits.shape[1] == 1:
             check_binary(logits, target, "dice")
-            return binary_dice_loss(logits, target, self.smooth)
+            return binary_dice_loss(logits, target, self.smooth, self.batch)
         target = check_multiclass(logits, target, "dice")
-        return multiclass_dice_loss(logits, target, self.smooth, self.include_background)
+        return multiclass_dice_loss(logits, target, self.smooth, self.include_background, self.batch)
 
 
 class BCELoss(nn.Module):
@@ -120,10 +130,10 @@ class CELoss(nn.Module):
 class DiceBCELoss(nn.Module):
     """``dice_weight · Dice + bce_weight · BCE`` for binary masks."""
 
-    def __init__(self, dice_weight: float = 1.0, bce_weight: float = 1.0, smooth: float = 1.0) -> None:
+    def __init__(self, dice_weight: float = 1.0, bce_weight: float = 1.0, smooth: float = 1.0, batch: bool = False) -> None:
         super().__init__()
         self.dice_weight, self.bce_weight = dice_weight, bce_weight
-        self.dice, self.bce = DiceLoss(smooth), BCELoss()
+        self.dice, self.bce = DiceLoss(smooth, batch=batch), BCELoss()
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         check_binary(logits, target, "dice_bce")
@@ -249,6 +259,30 @@ class EdgeLoss(nn.Module):
         return torch.where(has_both, balanced, plain).mean()
 
 
+class ClassCELoss(nn.Module):
+    """Cross-entropy of image-level class logits ``(B, K)`` against class indices ``(B,)``.
+
+    ``weight`` (one per class) counters class imbalance, e.g. few negative images;
+    ``label_smoothing`` as in :func:`torch.nn.functional.cross_entropy`.
+    """
+
+    def __init__(self, weight: Sequence[float] | None = None, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.weight = None if weight is None else [float(w) for w in weight]
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.ndim != 2 or logits.shape[1] < 2:
+            raise ValueError(f"class_ce: class logits must be (B, K) with K ≥ 2, got {tuple(logits.shape)}")
+        target = target.reshape(-1)
+        if target.is_floating_point() or target.shape[0] != logits.shape[0]:
+            raise ValueError(f"class_ce: target must be {logits.shape[0]} class indices, got {target.dtype} {tuple(target.shape)}")
+        weight = None if self.weight is None else logits.new_tensor(self.weight)
+        if weight is not None and weight.numel() != logits.shape[1]:
+            raise ValueError(f"class_ce: {weight.numel()} class weights for {logits.shape[1]} classes")
+        return F.cross_entropy(logits, target.long(), weight=weight, label_smoothing=self.label_smoothing)
+
+
 LOSSES.register("dice")(DiceLoss)
 LOSSES.register("bce")(BCELoss)
 LOSSES.register("ce")(CELoss)
@@ -256,3 +290,4 @@ LOSSES.register("dice_bce")(DiceBCELoss)
 LOSSES.register("dice_ce")(DiceCELoss)
 LOSSES.register("structure")(StructureLoss)
 LOSSES.register("edge")(EdgeLoss)
+LOSSES.register("class_ce")(ClassCELoss)

@@ -102,6 +102,8 @@ class EvaluationRun:
     spacing_source: str = "none"
     seconds: float = 0.0
     options: dict[str, Any] = field(default_factory=dict)
+    #: more results of the same cases (``covseg.metrics.joint``): ``summary`` entries, ``per_case`` columns, ``panels``
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def make_accumulator(
@@ -484,6 +486,7 @@ def _format_cell(value: Any) -> str:
 def per_case_rows(run: EvaluationRun) -> list[dict[str, Any]]:
     """Accumulator records joined with file names and resize information."""
     by_id = {c.case_id: c for c in run.cases}
+    extra = run.extras.get("per_case", {})
     rows = []
     for rec in run.accumulator.per_case():
         case = by_id.get(rec["case_id"])
@@ -494,6 +497,7 @@ def per_case_rows(run: EvaluationRun) -> list[dict[str, Any]]:
                 "pred_file": (case.pred_path.name if case.pred_path else "(none: scored as empty)") if case else "",
                 "gt_file": case.gt_path.name if case else "",
                 "resized_from": "x".join(map(str, resized)) if resized else "",
+                **extra.get(rec["case_id"], {}),
             }
         )
     return rows
@@ -530,6 +534,7 @@ def build_summary(run: EvaluationRun, reduction: Reduction = "nanmean") -> dict[
         "seconds": round(run.seconds, 3),
         "versions": package_versions(),
         "surface_distances": "scipy KD-tree reproducing monai.metrics (monai itself is not imported)",
+        **run.extras.get("summary", {}),
     }
 
 

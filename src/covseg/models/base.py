@@ -6,11 +6,15 @@ models (softmax, class 0 = background). Inputs of any size are accepted: the mod
 to its ``size_divisor`` and crops back.
 
 ``forward_train(x)`` returns a dict for the losses: ``"logits"`` (as ``forward``), and where
-the model has them ``"aux"`` (list of deep-supervision logits) and ``"edge"`` (edge logits,
-``(B, 1, h, w)``). Aux and edge maps come at the model's native (lower) resolution when the
-input needed no padding; when it did, they are resized to the padded size and cropped like the
-logits, so every output covers exactly the input's field of view and a loss can simply resize
-it to the target.
+the model has them ``"aux"`` (list of deep-supervision logits), ``"edge"`` (edge logits,
+``(B, 1, h, w)``) and ``"attention"`` (list of attention maps). These maps come at the model's
+native (lower) resolution when the input needed no padding; when it did, they are resized to
+the padded size and cropped like the logits, so every output covers exactly the input's field
+of view and a loss can simply resize it to the target.
+
+Heads (:mod:`covseg.models.heads`, the ``heads`` init argument) read the ``"bottleneck"``
+feature a model's ``_forward`` returns and add their own named output (``"class_logits"``) to
+``forward_train`` and :meth:`SegmentationModel.forward_heads`; ``forward`` never runs them.
 
 ``init_args`` holds the keyword arguments the model was built with, so a checkpoint can
 rebuild it by name alone.
@@ -24,6 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from covseg.registry import HEADS
+
+#: list outputs that are maps (cropped to the input's frame like the logits)
+MAP_LIST_OUTPUTS = ("aux", "attention")
+
 
 class SegmentationModel(nn.Module):
     """Base class: padding to ``size_divisor``, the train/eval output contract, init arguments."""
@@ -33,6 +42,8 @@ class SegmentationModel(nn.Module):
     #: whether edge ground truth is needed)
     train_outputs: tuple[str, ...] = ("logits",)
     num_aux: int = 0
+    #: channels of the ``"bottleneck"`` feature ``_forward`` returns (None: the model takes no heads)
+    bottleneck_channels: int | None = None
 
     def __init__(self, in_channels: int, out_channels: int, **init_args: Any) -> None:
         super().__init__()
@@ -43,6 +54,48 @@ class SegmentationModel(nn.Module):
             "out_channels": out_channels,
             **init_args,
         }
+        self.heads = nn.ModuleDict()
+
+    def attach_heads(self, heads: dict[str, Any] | None, bottleneck_channels: int) -> None:
+        """Build the registered heads named in ``heads`` (name → parameters) on the bottleneck feature.
+
+        Subclasses call this at the end of ``__init__``; ``_forward`` must then return
+        ``"bottleneck"``. ``head_input`` is an identity the feature passes through, so Grad-CAM
+        has one layer name (``"head_input"``) for every model.
+        """
+        self.bottleneck_channels = int(bottleneck_channels)
+        if heads is None:
+            return
+        if not isinstance(heads, dict):
+            raise ValueError(f"heads must map head names to their parameters, got {heads!r}")
+        self.head_input = nn.Identity()
+        for name, params in heads.items():
+            try:
+                self.heads[name] = HEADS.build(name, in_channels=self.bottleneck_channels, **dict(params or {}))
+            except TypeError as exc:
+                raise ValueError(f"head {name!r}: {exc}") from None
+        self.init_args["heads"] = {name: dict(head.init_args) for name, head in self.heads.items()}
+        self.train_outputs = (*self.train_outputs, *(head.output for head in self.heads.values()))
+
+    @property
+    def cam_layer(self) -> str:
+        """The layer Grad-CAM explains the classification head at by default: the feature the heads read."""
+        return "head_input"
+
+    @property
+    def head_outputs(self) -> tuple[str, ...]:
+        """Names of the heads' outputs (``"class_logits"`` for a classification head)."""
+        return tuple(head.output for head in self.heads.values())
+
+    def _run_heads(self, out: dict[str, Any]) -> dict[str, Any]:
+        """The heads' outputs from ``_forward``'s bottleneck (removed from ``out``)."""
+        bottleneck = out.pop("bottleneck", None)
+        if not len(self.heads):
+            return {}
+        if bottleneck is None:
+            raise RuntimeError(f"{type(self).__name__} has heads but its _forward gives no 'bottleneck'")
+        feature = self.head_input(bottleneck)
+        return {head.output: head(feature) for head in self.heads.values()}
 
     @property
     def input_channels(self) -> int:
@@ -90,13 +143,22 @@ class SegmentationModel(nn.Module):
         """All outputs (main logits, deep-supervision and edge logits) for the losses."""
         xp, size = self._pad(x)
         out = dict(self._forward(xp))
+        out.update(self._run_heads(out))
         out["logits"] = self._to_input_frame(out["logits"], xp, *size)
         if xp.shape[2:] != x.shape[2:]:
-            if "aux" in out:
-                out["aux"] = [self._to_input_frame(a, xp, *size) for a in out["aux"]]
+            for key in MAP_LIST_OUTPUTS:
+                if key in out:
+                    out[key] = [self._to_input_frame(a, xp, *size) for a in out[key]]
             if "edge" in out:
                 out["edge"] = self._to_input_frame(out["edge"], xp, *size)
         return out
+
+    def forward_heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Segmentation logits (as ``forward``) and every head's output: what prediction needs of a joint model."""
+        xp, size = self._pad(x)
+        out = dict(self._forward(xp))
+        heads = self._run_heads(out)
+        return {"logits": self._to_input_frame(out["logits"], xp, *size), **heads}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xp, size = self._pad(x)

@@ -42,9 +42,14 @@ class PretrainedWeightsUnavailable(CovsegError):
 
 
 class Encoder(nn.Module):
-    """Base encoder: ``forward(x)`` returns five features at strides 2, 4, 8, 16, 32."""
+    """Base encoder: ``forward(x)`` returns five features at strides 2, 4, 8, 16, 32.
+
+    ``stage_names`` names the submodule whose output is each of the five features (Grad-CAM
+    hooks a layer by name).
+    """
 
     out_channels: tuple[int, ...]
+    stage_names: tuple[str, ...] = ()
     input_mean: tuple[float, ...] | None = None
     input_std: tuple[float, ...] | None = None
 
@@ -87,6 +92,7 @@ class ResNetEncoder(Encoder):
             blocks += [ResidualBlock(widths[i], widths[i], norm=norm) for _ in range(depths[i] - 1)]
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
+        self.stage_names = tuple(f"stages.{i}" for i in range(5))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -147,6 +153,7 @@ class EfficientNetLite0Encoder(Encoder):
 
     out_channels = (16, 24, 40, 112, 320)
     feature_blocks = (0, 2, 4, 10, 15)
+    stage_names = tuple(f"_blocks.{i}" for i in feature_blocks)
     #: checkpoint tensors of the classification head, not used by the encoder
     head_prefixes = ("_conv_head.", "_bn1.", "_fc.")
 

@@ -172,6 +172,7 @@ class InfNet(SegmentationModel):
         ra_channels: int = 64,
         edge_channels: int = 32,
         norm: str = "batch",
+        heads: dict[str, Any] | None = None,
     ) -> None:
         if out_channels != 1:
             raise ValueError(
@@ -200,6 +201,7 @@ class InfNet(SegmentationModel):
         self.ra4 = ReverseAttention(c4, ra_channels, edge_channels, convs=3, kernel=5, norm=norm)
         self.ra3 = ReverseAttention(c3, ra_channels, edge_channels, convs=2, kernel=3, norm=norm)
         self.ra2 = ReverseAttention(c2, ra_channels, edge_channels, convs=2, kernel=3, norm=norm)
+        self.attach_heads(heads, c4)
 
     def _forward(self, x: torch.Tensor) -> dict[str, Any]:
         _, f1, f2, f3, f4 = self.encoder(x)
@@ -208,7 +210,7 @@ class InfNet(SegmentationModel):
         ra4 = self.ra4(f4, global_map, edge_features)
         ra3 = self.ra3(f3, ra4, edge_features)
         ra2 = self.ra2(f2, ra3, edge_features)
-        return {"logits": resize_to(ra2, x), "aux": [global_map, ra4, ra3], "edge": edge_logits}
+        return {"logits": resize_to(ra2, x), "aux": [global_map, ra4, ra3], "edge": edge_logits, "bottleneck": f4}
 
 
 MODELS.register("infnet")(InfNet)

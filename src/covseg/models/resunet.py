@@ -102,6 +102,7 @@ class ResUNet(SegmentationModel):
         afm: bool = True,
         edge_channels: int = 16,
         fusion_channels: int = 16,
+        heads: dict[str, Any] | None = None,
     ) -> None:
         widths, depths = [int(w) for w in widths], [int(d) for d in depths]
         super().__init__(
@@ -139,6 +140,7 @@ class ResUNet(SegmentationModel):
         self.head = nn.Conv2d(head_in, out_channels, 1)
         self.train_outputs = ("logits",) + (("aux",) if assm else ()) + (("edge",) if esm else ())
         self.num_aux = 2 if assm else 0
+        self.attach_heads(heads, widths[4])
 
     def _forward(self, x: torch.Tensor) -> dict[str, Any]:
         f = self.encoder(x)
@@ -156,6 +158,7 @@ class ResUNet(SegmentationModel):
         if self.afm is not None:
             y = self.afm(levels[:-1], levels[-1])
         out["logits"] = resize_to(self.head(y), x)
+        out["bottleneck"] = f[4]
         return out
 
 

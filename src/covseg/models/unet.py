@@ -42,6 +42,7 @@ class UNet(SegmentationModel):
         encoder_kwargs: dict[str, Any] | None = None,
         decoder_widths: Sequence[int] | None = None,
         spatial_dims: int = 2,
+        heads: dict[str, Any] | None = None,
     ) -> None:
         encoder_kwargs = dict(encoder_kwargs or {})
         if spatial_dims not in (2, 3):
@@ -72,6 +73,7 @@ class UNet(SegmentationModel):
             encoder_kwargs,
             decoder_widths,
         )
+        self.attach_heads(heads, self._bottleneck_width)
 
     def _build(
         self,
@@ -100,6 +102,7 @@ class UNet(SegmentationModel):
                 DoubleConv(widths[i + 1] + widths[i], widths[i], norm, dims) for i in range(depth)
             )
             head_in = widths[0]
+            self._bottleneck_width = widths[-1]
         else:
             self.encoder = build_encoder(encoder, net_in, pretrained=pretrained, **encoder_kwargs)
             enc = list(self.encoder.out_channels)
@@ -112,6 +115,7 @@ class UNet(SegmentationModel):
             skips = [enc[3], enc[2], enc[1], enc[0]]
             self.ups = nn.ModuleList(DoubleConv(p + s, d, norm) for p, s, d in zip(prev, skips, dec))
             head_in = dec[-1]
+            self._bottleneck_width = enc[4]
         self.head = conv_type(self.spatial_dims)(head_in, out_channels, 1)
 
     def _forward(self, x: torch.Tensor) -> dict[str, Any]:
@@ -119,16 +123,16 @@ class UNet(SegmentationModel):
             skips = [self.inc(x)]
             for down in self.downs:
                 skips.append(down(max_pool(skips[-1], 2)))
-            y = skips.pop()
+            y = bottleneck = skips.pop()
             for up in reversed(self.ups):
                 skip = skips.pop()
                 y = up(torch.cat([resize_to(y, skip), skip], dim=1))
-            return {"logits": self.head(y)}
+            return {"logits": self.head(y), "bottleneck": bottleneck}
         features = self.encoder(x)
         y = features[4]
         for up, skip in zip(self.ups, reversed(features[:4])):
             y = up(torch.cat([resize_to(y, skip), skip], dim=1))
-        return {"logits": resize_to(self.head(y), x)}
+        return {"logits": resize_to(self.head(y), x), "bottleneck": features[4]}
 
 
 MODELS.register("unet")(UNet)
@@ -150,6 +154,7 @@ class MultiClassUNet(UNet):
         encoder_kwargs: dict[str, Any] | None = None,
         decoder_widths: Sequence[int] | None = None,
         spatial_dims: int = 2,
+        heads: dict[str, Any] | None = None,
     ) -> None:
         if out_channels < 2:
             raise ValueError(
@@ -166,6 +171,7 @@ class MultiClassUNet(UNet):
             encoder_kwargs=encoder_kwargs,
             decoder_widths=decoder_widths,
             spatial_dims=spatial_dims,
+            heads=heads,
         )
         self.in_channels = in_channels
         self.prior_channel = bool(prior_channel)

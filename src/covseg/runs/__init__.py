@@ -5,7 +5,14 @@
 - :mod:`covseg.runs.checkpoint`: atomic saves, ``weights_only`` loads, rebuilding a model.
 """
 
-from covseg.runs.description import InfererSpec, PreprocessingSpec, PriorSpec, RunDescription, TextSpec
+from covseg.runs.description import (
+    ClassificationSpec,
+    InfererSpec,
+    PreprocessingSpec,
+    PriorSpec,
+    RunDescription,
+    TextSpec,
+)
 from covseg.runs.folder import RunFolder
 
-__all__ = ["InfererSpec", "PreprocessingSpec", "PriorSpec", "RunDescription", "RunFolder", "TextSpec"]
+__all__ = ["ClassificationSpec", "InfererSpec", "PreprocessingSpec", "PriorSpec", "RunDescription", "RunFolder", "TextSpec"]

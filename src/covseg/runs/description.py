@@ -92,6 +92,22 @@ class TextSpec(_Described):
     cache_file: str | None = None
 
 
+class ClassificationSpec(_Described):
+    """A joint model's image-level classes: which output, their names (class 0 negative), where labels came from."""
+
+    output: str = "class_logits"
+    class_names: list[str] = ["negative", "positive"]
+    labels: str = "masks"
+    negative_class: int = 0
+
+    @field_validator("class_names")
+    @classmethod
+    def _two_or_more(cls, v: list[str]) -> list[str]:
+        if len(v) < 2:
+            raise ValueError(f"a classifier needs at least two classes, got {v}")
+        return v
+
+
 class RunDescription(_Described):
     """What ``covseg predict`` needs from a run folder: model, preprocessing, classes, inputs, inferer."""
 
@@ -106,6 +122,7 @@ class RunDescription(_Described):
     prior: PriorSpec | None = None
     text: TextSpec | None = None
     inferer: InfererSpec = InfererSpec()
+    classification: ClassificationSpec | None = None
     covseg_version: str | None = None
 
     @field_validator("threshold")
@@ -126,6 +143,15 @@ class RunDescription(_Described):
         out = self.init_args.get("out_channels")
         if out is not None and int(out) != self.num_classes:
             raise ValueError(f"num_classes={self.num_classes} but the model has out_channels={out}")
+        heads = self.init_args.get("heads")  # a model's heads; c2fvl's "heads" is its attention head count
+        head = heads.get("classification") if isinstance(heads, dict) else None
+        if self.classification is not None and head is not None:
+            classes = int(head.get("classes", 2))
+            if classes != len(self.classification.class_names):
+                raise ValueError(
+                    f"the classification head has {classes} classes but classification.class_names lists "
+                    f"{len(self.classification.class_names)}"
+                )
         return self
 
     # -- reading and writing -----------------------------------------------------------------

@@ -16,6 +16,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+class ExtraSource(_Strict):
+    """More cases joined to ``data.root`` before the split, e.g. infection-free lung slices of another scan."""
+
+    root: str
+    layout: str = "auto"
+    split: str | None = None
+    label: int | None = Field(
+        None, ge=0, description="Class of every case of this source (0 = no infection); default: the labels rule."
+    )
+    masks: Literal["files", "empty", "none"] = Field(
+        "files",
+        description="files: the source's own masks; empty: infection-free, an empty mask trains segmentation "
+        "too (label defaults to 0); none: label only (label required).",
+    )
+
+    @model_validator(mode="after")
+    def _label_for_maskless(self) -> ExtraSource:
+        if self.masks == "none" and self.label is None:
+            raise ValueError("masks: none (label-only cases) needs label")
+        if self.masks == "empty" and self.label is None:
+            self.label = 0
+        return self
+
+
 class DataConfig(_Strict):
     """Where the cases come from and how validation cases are chosen."""
 
@@ -47,6 +71,18 @@ class DataConfig(_Strict):
         None,
         description="Nested-CV binary runs whose held-out predictions give the training cases' priors (out-of-fold, "
         "as nnU-Net's cascade); prior_run still serves validation and prediction.",
+    )
+    labels: str | None = Field(
+        None,
+        description="Image-level labels of a joint classification model: masks (non-empty = positive), layout "
+        "(the dataset's own, e.g. JCS pair lists) or the path of a labels CSV (image,label). Default: masks.",
+    )
+    label_names: list[str] | None = Field(
+        None, description="Classification class names, the negative class first (default: negative, positive)."
+    )
+    extra: list[ExtraSource] = Field(
+        default_factory=list,
+        description="More datasets joined to root before the k-fold split (with val_root: to training only).",
     )
 
 

@@ -35,6 +35,9 @@ class CaseTensors:
     spacings: list[tuple[float, ...] | None] = field(default_factory=list)
     shapes: list[tuple[int, ...]] = field(default_factory=list)
     foreground: list[float] = field(default_factory=list)
+    labels: Any | None = None  # (N,) long image-level classes (joint classification), 0 = negative
+    has_mask: Any | None = None  # (N,) bool: False for label-only cases (zero mask placeholder)
+    label_sources: list[str] = field(default_factory=list)  # where each class came from (csv, masks ...)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -73,7 +76,12 @@ def kfold_split(ids: list[str], folds: int, fold: int) -> tuple[list[str], list[
 
 def split_records(cfg: DataConfig, seed: int = 0) -> tuple[list[CaseRecord], list[CaseRecord], dict[str, Any]]:
     """Training and validation records plus a description for ``splits.json``."""
-    records = [r for r in open_records(cfg.root, cfg.layout, cfg.split, cfg.prompt, cfg.text) if _has_label(r, cfg)]
+    from covseg.training import labels
+
+    table = labels.labels_table(cfg)
+    records = labels.add_csv_labels(open_records(cfg.root, cfg.layout, cfg.split, cfg.prompt, cfg.text), table)
+    records = [r for r in records + labels.extra_records(cfg) if _has_label(r, cfg)]
+    labels.check_unique_ids(records)
     if not records:
         raise DataError("no labelled cases found", expand(cfg.root))
     by_id = {r.case_id: r for r in records}
@@ -82,7 +90,10 @@ def split_records(cfg: DataConfig, seed: int = 0) -> tuple[list[CaseRecord], lis
     if cfg.inner_folds is not None and cfg.inner_fold >= cfg.inner_folds:
         raise ConfigError(f"data.inner_fold={cfg.inner_fold} but data.inner_folds={cfg.inner_folds}")
     if cfg.val_root:
-        val = [r for r in open_records(cfg.val_root, cfg.layout, cfg.val_split, cfg.prompt, cfg.text) if _has_label(r, cfg)]
+        val_records = labels.add_csv_labels(
+            open_records(cfg.val_root, cfg.layout, cfg.val_split, cfg.prompt, cfg.text), table, False
+        )
+        val = [r for r in val_records if _has_label(r, cfg)]
         train_ids, val_ids = sorted(by_id), [r.case_id for r in val]
         info: dict[str, Any] = {"scheme": "separate", "val_root": cfg.val_root, "val_split": cfg.val_split}
     else:
@@ -106,7 +117,9 @@ def split_records(cfg: DataConfig, seed: int = 0) -> tuple[list[CaseRecord], lis
 
 
 def _has_label(record: CaseRecord, cfg: DataConfig) -> bool:
-    return (record.masks.get("multiclass") if cfg.mask == "multiclass" else record.mask) is not None
+    from covseg.training.labels import has_training_label
+
+    return has_training_label(record, cfg)
 
 
 def build_tensors(
@@ -122,14 +135,21 @@ def build_tensors(
     import torch
 
     from covseg.data import load_sample
+    from covseg.training.labels import class_label, is_label_only
     from covseg.transforms.preprocess import resize_tensor
 
     want_images = images
     images, masks, edges, texts, ids = [], [], [], [], []
     orig_masks, orig_images, spacings, shapes, foreground = [], [], [], [], []
+    classes, label_sources, has_mask = [], [], []
     for rec in records:
         sample = load_sample(rec, channels=None)
         label = case_label(sample, rec, cfg)
+        with_mask = not is_label_only(rec, cfg)
+        cls, cls_source = class_label(rec, label if with_mask else None, cfg)
+        classes.append(cls)
+        label_sources.append(cls_source)
+        has_mask.append(with_mask)
         size = pre.size or tuple(label.shape)
         if want_images:
             x = torch.from_numpy(pre.normalise(sample.image))[None]
@@ -146,7 +166,7 @@ def build_tensors(
         shapes.append(tuple(int(v) for v in label.shape))
         foreground.append(float((label > 0).mean()))
         if keep_originals:
-            orig_masks.append(label)
+            orig_masks.append(label if with_mask else None)
             orig_images.append(sample.image)
             spacings.append(sample.spacing)
         if progress is not None:
@@ -162,12 +182,23 @@ def build_tensors(
         spacings=spacings,
         shapes=shapes,
         foreground=foreground,
+        labels=torch.tensor(classes, dtype=torch.long),
+        has_mask=torch.tensor(has_mask, dtype=torch.bool),
+        label_sources=label_sources,
     )
 
 
 def case_label(sample: Any, rec: CaseRecord, cfg: DataConfig) -> np.ndarray:
-    """The training label map of a sample: binary 0/1, or checked class indices below ``num_classes``."""
+    """The training label map of a sample: binary 0/1, or checked class indices below ``num_classes``.
+
+    Cases promised infection-free (``data.extra`` with ``masks: empty``) and label-only cases get an
+    all-zero map (label-only ones are kept out of the segmentation loss by ``has_mask``).
+    """
+    from covseg.training.labels import has_training_label
+
     label = sample.masks.get("multiclass") if cfg.mask == "multiclass" else sample.mask
+    if label is None and has_training_label(rec, cfg):
+        return np.zeros(sample.spatial_shape, dtype=np.uint8)
     if label is None:
         raise DataError(f"no {cfg.mask} mask for case {rec.case_id}", rec.image)
     if cfg.num_classes == 1:

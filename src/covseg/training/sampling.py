@@ -14,7 +14,8 @@ order) and ``load(job)`` → the augmented batch dict (``image``, ``mask``, ``ed
 heavy part, which data-loader workers may run). A job has one row per sample, so
 :func:`shard_job` splits a global batch between processes with the same per-sample result as
 one process would get: the stream of random numbers, and so the run, does not depend on the
-number of workers or processes.
+number of workers or processes. Whole images also carry the
+image-level ``label`` and, with label-only cases, ``has_mask``.
 """
 
 from __future__ import annotations
@@ -120,11 +121,25 @@ class ImageSampler(Sampler):
         if data.edges is not None:
             labels["edge"] = data.edges[indices]
         image, labels = apply_augmentation(data.images[indices], labels, self.augment, job["augment"])
-        batch: dict[str, Any] = {"image": image, **labels}
+        batch: dict[str, Any] = {"image": image, **labels, **image_level_targets(data, indices)}
         for key in ("text", "text_variants"):
             if key in job:
                 batch[key] = list(job[key])
         return batch
+
+
+def image_level_targets(data: Any, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The batch's class labels and, when some cases are label-only, the per-sample ``has_mask`` / ``has_edge``
+    that keep those cases out of the map losses (see :mod:`covseg.losses.terms`)."""
+    out: dict[str, torch.Tensor] = {}
+    if getattr(data, "labels", None) is not None:
+        out["label"] = data.labels[indices]
+    has_mask = getattr(data, "has_mask", None)
+    if has_mask is not None and not bool(has_mask.all()):
+        out["has_mask"] = has_mask[indices]
+        if data.edges is not None:
+            out["has_edge"] = has_mask[indices]
+    return out
 
 
 def _patch_start(shape: tuple[int, ...], patch: tuple[int, ...], centre: np.ndarray | None, rng: torch.Generator) -> list[int]:

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from covseg import __version__
@@ -111,6 +110,7 @@ class Trainer:
         self._val_inputs = None
         self._wrappers: dict[tuple[int, bool], Any] = {}
         self.runtime: Any = None
+        self.joint = None  # JointSettings of a model with a classification head
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -330,6 +330,9 @@ class Trainer:
             self.text_adapter = TextAdapter(self.model, encoder, self.text, self.cfg.data.prompt)
             self.adapters.append(self.text_adapter)
         self.criterion = self.build_criterion()
+        from covseg.training.joint import joint_settings
+
+        self.joint = joint_settings(self)
 
     def build_criterion(self):
         """The loss terms: ``loss.terms`` as given, or the classic main / aux / edge (+ text alignment)."""
@@ -411,6 +414,8 @@ class Trainer:
         self.run.write_json("model.json", self.model_description())
         summary = dataset_summary(self.train_records, self.train_data, self.cfg.data)
         summary["val_cases"] = len(self.val_records)
+        if self.joint is not None:
+            summary["labels"] = self.joint.dataset
         self.run.write_json("dataset.json", summary)
         self.run.write_json("splits.json", self.split_info)
 
@@ -433,6 +438,8 @@ class Trainer:
         }
         for adapter in self.adapters:
             desc[adapter.name] = adapter.describe()
+        if self.joint is not None:
+            desc["classification"] = self.joint.describe()
         return desc
 
     # ----------------------------------------------------------------- state
@@ -744,28 +751,39 @@ class Trainer:
             ]
         return self._val_inputs
 
-    def predict_val(self, model=None, indices: list[int] | None = None) -> list[np.ndarray]:
-        """Validation probabilities at each case's original size (the cases ``indices``, default all)."""
+    def predict_val(self, model=None, indices: list[int] | None = None):
+        """Validation outputs at each case's original size (the cases ``indices``, default all):
+        ``.probs`` and, for joint models, ``.class_probs``."""
         indices = list(range(len(self.val_data))) if indices is None else indices
         inputs, contexts = self.val_inputs(), self.val_contexts()
-        return self.segmenter(model).infer([inputs[i] for i in indices], [contexts[i] for i in indices], self.cfg.train.val_batch_size)
+        return self.segmenter(model).infer_outputs(
+            [inputs[i] for i in indices], [contexts[i] for i in indices], self.cfg.train.val_batch_size
+        )
 
     def validate(self, model=None) -> dict[str, float]:
-        """Medical-protocol metrics on the validation set at original resolution.
+        """Medical-protocol metrics on the validation set at original resolution (+ classification
+        metrics for joint models).
 
         Each process scores its share of the cases; the records are gathered and reduced in case
         order, so every process gets the numbers one process would.
         """
-        from covseg.training.validation import case_records, summarise_records
+        from covseg.training.validation import case_records, classification_scores, summarise_records
 
         rt = self.runtime
         indices = list(range(len(self.val_data)))[rt.rank :: rt.world_size]
-        probs = self.predict_val(model, indices)
+        out = self.predict_val(model, indices)
         gts = [self.val_data.original_masks[i] for i in indices]
-        records = case_records(probs, gts, self.num_classes, self.cfg.train.threshold, indices)
+        records = case_records(out.probs, gts, self.num_classes, self.cfg.train.threshold, indices)
+        classes = list(zip(indices, out.class_probs)) if out.class_probs is not None else []
         if rt.distributed:
             records = [r for part in rt.gather_objects(records) for r in part]
-        return summarise_records(records, self.num_classes, self.cfg.train.threshold)
+            classes = [c for part in rt.gather_objects(classes) for c in part]
+        scores = summarise_records(records, self.num_classes, self.cfg.train.threshold)
+        if classes:
+            classes.sort(key=lambda c: c[0])
+            labels = self.val_data.labels.tolist()
+            scores.update(classification_scores([p for _, p in classes], [labels[i] for i, _ in classes]))
+        return scores
 
     # ----------------------------------------------------------------- output
     def log(self, text: str) -> None:

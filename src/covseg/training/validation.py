@@ -1,4 +1,5 @@
-"""Validation scores during training: the medical protocol at original resolution.
+"""Validation scores during training: the medical protocol at original resolution, and for joint
+models the classification metrics of the validation cases.
 
 Scoring is split in two so that processes can share it: :func:`case_records` scores a set of
 cases (each process its share), :func:`summarise_records` reduces the records of all cases,
@@ -33,6 +34,8 @@ def case_records(
     indices = case_indices if case_indices is not None else list(range(len(probs)))
     out = []
     for k, (i, prob, gt) in enumerate(zip(indices, probs, gts)):
+        if gt is None:  # a label-only case counts for classification alone
+            continue
         before = len(acc.per_case())
         acc.update(prob, gt, spacing=spacings[k] if spacings else None, case_id=str(i))
         out.append((int(i), acc.per_case()[before:]))
@@ -44,6 +47,8 @@ def summarise_records(records: list[tuple[int, list[dict[str, Any]]]], num_class
     acc = _accumulator(num_classes, threshold, surface)
     for index, recs in sorted(records, key=lambda r: r[0]):
         acc.add_records(str(index), recs)
+    if not len(acc):
+        return {}
     agg = acc.aggregate("nanmean")
     out = {name: float(stats["mean"]) for name, stats in agg["metrics"].items() if name in ("dice", "iou", "hd95", "nsd")}
     if num_classes > 1:
@@ -54,17 +59,32 @@ def summarise_records(records: list[tuple[int, list[dict[str, Any]]]], num_class
 
 def score_cases(
     probs: list[np.ndarray],
-    gts: list[np.ndarray],
+    gts: list[np.ndarray | None],
     num_classes: int,
     threshold: float = 0.5,
     spacings: list | None = None,
     surface: bool = False,
+    class_probs: list[np.ndarray] | None = None,
+    labels: list[int] | None = None,
 ) -> dict[str, float]:
     """Mean Dice and IoU over cases with ``covseg.metrics.MedicalMetrics`` (per class for K > 1).
 
     ``empty="one"``: a case whose ground truth and prediction are both empty scores 1 (nothing
     to find, nothing found), so empty validation slices do not count as failures. Surface
     distances are off by default (they cost more than the rest of validation together).
+    Label-only cases (ground truth ``None``) count for classification alone. With
+    ``class_probs`` and ``labels``: AUC, accuracy, sensitivity, specificity and F1 as well.
     """
     records = case_records(probs, gts, num_classes, threshold, spacings=spacings, surface=surface)
-    return summarise_records(records, num_classes, threshold, surface)
+    out = summarise_records(records, num_classes, threshold, surface)
+    if class_probs is not None and labels is not None:
+        out.update(classification_scores(class_probs, labels))
+    return out
+
+
+def classification_scores(class_probs: list[np.ndarray], labels: list[int]) -> dict[str, float]:
+    """AUC, accuracy, sensitivity, specificity and F1 of image-level class probabilities."""
+    from covseg.metrics.classification import classification_metrics
+
+    scores = classification_metrics(labels, np.stack(class_probs), threshold=0.5)["metrics"]
+    return {name: float(scores[name]) for name in ("auc", "accuracy", "sensitivity", "specificity", "f1")}

@@ -113,6 +113,12 @@ def build_evaluation_report(run: EvaluationRun, summary: dict[str, Any], show: i
             "(max_* = max over thresholds of the image-averaged curve)",
         )
 
+    if "classification" in summary or "explanation" in summary:  # a joint model (covseg.metrics.joint)
+        from covseg.viz.explanations import add_classification_sections, panel_thumbnail
+
+        panels = [(panel_thumbnail(path), caption) for path, caption in run.extras.get("panels", [])]
+        add_classification_sections(report, summary, panels)
+
     metric = acc.primary_metric
     scores = list(acc.case_scores().values())
     report.heading(f"Per-case {metric}")

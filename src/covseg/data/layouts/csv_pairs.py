@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from covseg.data.imageio import stem_of, suffix_of
+from covseg.data.imageio import IMAGE_SUFFIXES, NIFTI_SUFFIXES, stem_of, suffix_of
 from covseg.data.index import DatasetIndex, Finding, finding
 from covseg.data.layouts.common import (
     Layout,
@@ -35,7 +35,24 @@ def _csv_header(path: Path) -> list[str]:
 
 def _is_pair_csv(path: Path) -> bool:
     header = _csv_header(path)
-    return any(c in header for c in CSV_IMAGE_COLUMNS) and any(c in header for c in CSV_MASK_COLUMNS)
+    if not any(c in header for c in CSV_IMAGE_COLUMNS):
+        return False
+    mask_columns = [c for c in CSV_MASK_COLUMNS if c in header]
+    if mask_columns == ["label"]:  # an image-level labels CSV (image,label = class) is not a pair list
+        return _first_cell_is_file(path, header.index("label"))
+    return bool(mask_columns)
+
+
+def _first_cell_is_file(path: Path, column: int) -> bool:
+    """Whether the first data row's cell in ``column`` names an image or mask file (by its suffix)."""
+    try:
+        with path.open(encoding="utf-8-sig") as fh:
+            header_line, row = fh.readline(), fh.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+    delimiter = max(",;\t", key=header_line.count)
+    cells = [c.strip().strip('"') for c in row.strip().split(delimiter)]
+    return column < len(cells) and suffix_of(cells[column]) in (*IMAGE_SUFFIXES, *NIFTI_SUFFIXES, ".npy", ".dcm")
 
 
 def _csv_files(p: Path) -> dict[str, Path]:

@@ -194,6 +194,8 @@ def inference_table(threads: int, rounds: int, iters: int, size: int = 352) -> d
     monai_run = trained_run("monai_unet", MONAI_PARAMS, 40)
     export_dir = RUNS / "infnet_export"
     export_run(infnet_run, "onnx", export_dir, "last")
+    monai_export = RUNS / "monai_unet_export"
+    export_run(monai_run, "onnx", monai_export, "last")
     val_ids = set(RunFolder(infnet_run).validation_case_ids())
     records = [r for r in open_records(str(data_root() / SEMISEG)) if str(r.case_id) in val_ids]
     infnet = Predictor.from_run(infnet_run, "last", device="cpu")
@@ -201,12 +203,14 @@ def inference_table(threads: int, rounds: int, iters: int, size: int = 352) -> d
         "infnet (torch)": held_out_dice(infnet, records),
         "infnet (onnxruntime)": held_out_dice(load_exported(export_dir, "onnx"), records),
         "MONAI UNet (torch)": held_out_dice(Predictor.from_run(monai_run, "last", device="cpu"), records),
+        "MONAI UNet (onnxruntime)": held_out_dice(load_exported(monai_export, "onnx"), records),
     }
     monai_model = Predictor.from_run(monai_run, "last", device="cpu").model
     runners = {
         "infnet (torch)": torch_runner(infnet.model),
         "infnet (onnxruntime)": ort_runner(export_dir / "model.onnx", threads),
         "MONAI UNet (torch)": torch_runner(monai_model),
+        "MONAI UNet (onnxruntime)": ort_runner(monai_export / "model.onnx", threads),
     }
     table = {}
     for batch in (1, 8):
@@ -215,7 +219,11 @@ def inference_table(threads: int, rounds: int, iters: int, size: int = 352) -> d
         table[f"batch{batch}"] = {name: summarise(t, batch) for name, t in times.items()}
     base = {b: table[b]["MONAI UNet (torch)"]["slices_per_s"] for b in table}
     ratios = {b: table[b]["infnet (onnxruntime)"]["slices_per_s"] / base[b] for b in table}
-    return {"size": size, "held_out_dice": dice, "speed": table, "onnxruntime_over_monai": ratios}
+    same_model = {b: table[b]["MONAI UNet (onnxruntime)"]["slices_per_s"] / base[b] for b in table}
+    return {
+        "size": size, "held_out_dice": dice, "speed": table, "onnxruntime_over_monai": ratios,
+        "monai_onnxruntime_over_monai_torch": same_model,
+    }
 
 
 def scaling_table(threads: int, rounds: int, iters: int) -> dict:
@@ -248,12 +256,18 @@ def markdown(results: dict) -> str:
             over = r.get("overhead_vs_bare")
             lines.append(f"| {name} | {r['images_per_s']:.2f} | {'' if over is None else f'{100 * over:+.1f} %'} |")
     inf = results["inference"]
+    if "measured" in inf:
+        lines += ["", f"Inference table re-measured {inf['measured']} (load average {inf['load'][0]} before, {inf['load'][1]} after)."]
     lines += ["", f"| model at {inf['size']}² | held-out Dice (fold 0) | batch 1 slices/s | batch 8 slices/s |", "|---|---|---|---|"]
     for name, dice in inf["held_out_dice"].items():
         b1, b8 = inf["speed"]["batch1"][name]["slices_per_s"], inf["speed"]["batch8"][name]["slices_per_s"]
         lines.append(f"| {name} | {dice:.3f} | {b1:.1f} | {b8:.1f} |")
     r = inf["onnxruntime_over_monai"]
-    lines += ["", f"onnxruntime / MONAI UNet: {r['batch1']:.2f}× (batch 1), {r['batch8']:.2f}× (batch 8).", ""]
+    lines += ["", f"infnet in onnxruntime / MONAI UNet in torch: {r['batch1']:.2f}× (batch 1), {r['batch8']:.2f}× (batch 8)."]
+    if "monai_onnxruntime_over_monai_torch" in inf:
+        r = inf["monai_onnxruntime_over_monai_torch"]
+        lines += [f"MONAI UNet in onnxruntime / the same model in torch (equal Dice): {r['batch1']:.2f}× (batch 1), {r['batch8']:.2f}× (batch 8)."]
+    lines += [""]
     lines += ["| infnet input | torch slices/s | onnxruntime slices/s |", "|---|---|---|"]
     for key, r in results["scaling"].items():
         lines.append(f"| {key} | {r['torch']['slices_per_s']:.1f} | {r['onnxruntime']['slices_per_s']:.1f} |")
@@ -269,10 +283,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--only", choices=["inference"], help="re-measure one table, keep the others from runtime.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("COVSEG_THREADS", str(args.threads))
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.only == "inference":
+        results = json.loads((OUT / "runtime.json").read_text())
+        load_before = round(os.getloadavg()[0], 2)
+        results["inference"] = inference_table(args.threads, args.rounds, args.iters)
+        results["inference"]["measured"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        results["inference"]["load"] = [load_before, round(os.getloadavg()[0], 2)]
+        (OUT / "runtime.json").write_text(json.dumps(results, indent=1))
+        (OUT / "runtime.md").write_text(markdown(results))
+        print(markdown(results))
+        return
     results: dict = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads",

@@ -7,7 +7,16 @@ import sys
 import typer
 
 from covseg import __version__
-from covseg.cli import data_cmd, demo_cmd, evaluate_cmd, export_cmd, predict_cmd, pseudo_cmd, train_cmd
+from covseg.cli import (
+    data_cmd,
+    demo_cmd,
+    evaluate_cmd,
+    export_cmd,
+    lungmask_cmd,
+    predict_cmd,
+    pseudo_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(
     name="covseg",
@@ -24,6 +33,7 @@ app.command("predict")(predict_cmd.predict)
 app.command("pseudo-label")(pseudo_cmd.pseudo_label)
 app.command("models")(train_cmd.list_models)
 app.command("export")(export_cmd.export)
+app.command("lungmask")(lungmask_cmd.lungmask)
 
 
 def _version_callback(value: bool) -> None:

@@ -21,6 +21,7 @@ from covseg.engine.runtime import Runtime
 from covseg.errors import CovsegError
 from covseg.registry import INPUT_ADAPTERS
 from covseg.transforms.preprocess import Preprocessing
+from covseg.transforms.volume import VolumePlan
 
 
 def logits_to_probs(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -41,7 +42,9 @@ class Segmenter:
     Binary models give ``(*spatial)`` maps, K-class models ``(K, *spatial)``. ``adapters`` add input
     channels and keyword inputs (cascade prior, text); ``inferer`` decides how an input meets
     the network (resize, sliding window, slices). ``description`` is the run description when
-    loaded from a run folder.
+    loaded from a run folder. ``volume_plan`` makes it a volume segmenter (3D or 2.5D model):
+    :meth:`volume_probabilities` preprocesses, infers and restores a whole volume; ``cascade`` is a
+    coarse segmenter whose map gives the region of interest (the coarse-to-fine cascade).
     """
 
     def __init__(
@@ -56,6 +59,8 @@ class Segmenter:
         description: Any = None,
         run_dir: Path | None = None,
         runtime: Runtime | None = None,
+        volume_plan: VolumePlan | None = None,
+        cascade: Any = None,
     ) -> None:
         self.model = model
         self.preprocessing = preprocessing
@@ -67,6 +72,8 @@ class Segmenter:
         self.description = description
         self.run_dir = run_dir
         self.runtime = runtime or Runtime()
+        self.volume_plan = volume_plan
+        self.cascade = cascade
 
     # -- loading --------------------------------------------------------------------------------------
     @classmethod
@@ -107,8 +114,15 @@ class Segmenter:
         inferer = build_inferer(description.inferer.model_dump(), default_size=pre.size)
         model = runtime.prepare_model(model)
         channels_last = getattr(model, "spatial_dims", 2) == 2
+        volume_plan = VolumePlan.from_dict(description.volume.model_dump()) if description.volume is not None else None
+        cascade = None
+        if description.cascade is not None:
+            from covseg.engine.cascade import CoarseStage
+
+            cascade = CoarseStage.from_description(description.cascade, run.path, load_run)
         return cls(
-            model, pre, description.num_classes, adapters, inferer, description.threshold, channels_last, description, run.path, runtime
+            model, pre, description.num_classes, adapters, inferer, description.threshold, channels_last, description, run.path,
+            runtime, volume_plan, cascade,
         )
 
     # -- the forward pass -------------------------------------------------------------------------
@@ -127,6 +141,23 @@ class Segmenter:
         with rt.autocast():
             logits = self.model(self.as_input(rt.to_device(x)), **kwargs)
         return logits.float()
+
+    def _flip_axes_tta(self, axes: Sequence[int]):
+        """A forward averaging the logits over every combination of flips of the spatial ``axes``."""
+        import itertools
+
+        combos = [c for r in range(len(axes) + 1) for c in itertools.combinations(sorted(set(axes)), r)]
+
+        def forward(x: torch.Tensor, contexts: Sequence[dict[str, Any]]) -> torch.Tensor:
+            total = None
+            for combo in combos:
+                dims = [a + 2 for a in combo]
+                y = self.forward(torch.flip(x, dims=dims) if dims else x, contexts)
+                y = torch.flip(y, dims=dims) if dims else y
+                total = y if total is None else total + y
+            return total / len(combos)
+
+        return forward
 
     def _flip_tta(self, x: torch.Tensor, contexts: Sequence[dict[str, Any]]) -> torch.Tensor:
         flipped_contexts = list(contexts)
@@ -150,11 +181,19 @@ class Segmenter:
         inputs: Sequence[torch.Tensor],
         contexts: Sequence[dict[str, Any]] | None = None,
         batch_size: int = 8,
-        tta_flip: bool = False,
+        tta_flip: bool | Sequence[int] = False,
     ) -> list[np.ndarray]:
-        """Probabilities of prepared inputs, each at its own size (the path validation shares)."""
+        """Probabilities of prepared inputs, each at its own size (the path validation shares).
+
+        ``tta_flip``: True averages with a flip of the last axis; a sequence of spatial axes averages
+        over every combination of flips of those axes (nnU-Net's mirroring)."""
         contexts = list(contexts) if contexts is not None else [{} for _ in inputs]
-        forward = self._flip_tta if tta_flip else self.forward
+        if tta_flip is True:
+            forward = self._flip_tta
+        elif tta_flip:
+            forward = self._flip_axes_tta(list(tta_flip))  # type: ignore[arg-type]
+        else:
+            forward = self.forward
         self.model.eval()
         for adapter in self.adapters:
             adapter.train(False)
@@ -175,9 +214,38 @@ class Segmenter:
         tta_flip: bool = False,
     ) -> list[np.ndarray]:
         """Probabilities at each image's original size (``(H, W)`` or ``(K, H, W)``)."""
+        if self.volume_plan is not None:
+            raise CovsegError("this run segments volumes (NIfTI, a DICOM series, a folder of slices), not 2D images", self.run_dir)
         contexts = list(contexts) if contexts is not None else [{} for _ in images]
         inputs = [self.prepare(img, ctx) for img, ctx in zip(images, contexts)]
         return self.infer(inputs, contexts, batch_size, tta_flip)
+
+    def volume_probabilities(
+        self,
+        volume: np.ndarray,
+        affine: np.ndarray,
+        tta_flip: bool | Sequence[int] = False,
+        batch_size: int = 8,
+        context: dict[str, Any] | None = None,
+    ) -> np.ndarray:
+        """A volume's probabilities in its own geometry, through the volume plan: ``(X, Y, Z)`` for
+        binary models, ``(K, X, Y, Z)`` for K classes. ``tta_flip=True`` flips the left–right axis."""
+        from covseg.transforms.volume import prepare_volume, restore_volume
+
+        if self.volume_plan is None:
+            raise CovsegError("this run has no volume plan (a 2D run predicts volumes slice by slice)", self.run_dir)
+        x, geometry = prepare_volume(volume, affine, self.volume_plan)
+        if self.cascade is not None:
+            x, geometry = self.cascade.crop(self, volume, affine, x, geometry)
+            if x is None:  # the coarse stage found nothing: nothing to refine
+                empty = np.zeros((self.num_classes, *geometry.shape), np.float32)
+                if self.num_classes > 1:
+                    empty[0] = 1.0
+                return empty[0] if self.num_classes == 1 else empty
+        axes = (0,) if tta_flip is True else tta_flip
+        probs = self.infer([torch.from_numpy(x)], [context or {}], batch_size, tta_flip=axes)[0]
+        restored = restore_volume(probs[None] if self.num_classes == 1 else probs, geometry)
+        return restored[0] if self.num_classes == 1 else restored
 
     def to_labels(self, probs: np.ndarray) -> np.ndarray:
         return probs_to_labels(probs, self.threshold, self.num_classes)

@@ -100,7 +100,7 @@ class Trainer:
         self.start_epoch = 0
         self.best_metric = -math.inf
         self.best_epoch = -1
-        self.preprocessing = Preprocessing.from_dict(cfg.preprocess.model_dump())
+        self.preprocessing = Preprocessing.from_dict(cfg.preprocess.model_dump(exclude={"volume"}))
         self.augment_cfg = cfg.augment
         self.num_classes = cfg.data.num_classes
         self.text = text_settings(cfg)
@@ -111,6 +111,9 @@ class Trainer:
         self._val_inputs = None
         self._wrappers: dict[tuple[int, bool], Any] = {}
         self.runtime: Any = None
+        self.volume_plan: Any = None  # volumes: the plan (covseg.training.volumes), else None
+        self.cascade_stage: Any = None
+        self.in_channels = cfg.preprocess.channels
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -143,6 +146,10 @@ class Trainer:
         from covseg.training.data import build_tensors, split_records
 
         self.train_records, self.val_records, self.split_info = split_records(self.cfg.data, self.cfg.train.seed)
+        from covseg.training.volumes import is_volume_dataset, setup_volume_data
+
+        if is_volume_dataset(self.train_records):  # planned, cached, patched, validated as whole volumes
+            return setup_volume_data(self)
         with self._progress() as prog:
             task = prog.add_task("reading cases", total=len(self.train_records) + len(self.val_records), info="")
             step = lambda: prog.advance(task)  # noqa: E731
@@ -185,6 +192,8 @@ class Trainer:
         if self.cfg.data.prior_run or self.text is not None:
             raise ConfigError("sampler: patches does not take a cascade prior or text yet; use sampler.name: images")
         s = self.cfg.sampler
+        if s.patch_size is None:
+            raise ConfigError("sampler: patches needs patch_size for 2D images (volumes plan their own)")
         settings = {"preprocessing": self.preprocessing.to_dict(), "mask": self.cfg.data.mask, "layout": self.cfg.data.layout}
         with self._progress() as prog:
             task = prog.add_task("caching cases", total=len(self.train_records), info="")
@@ -284,7 +293,7 @@ class Trainer:
 
     def model_params(self) -> dict[str, Any]:
         params = dict(self.cfg.model.params)
-        params.setdefault("in_channels", self.cfg.preprocess.channels)
+        params.setdefault("in_channels", self.in_channels)
         params.setdefault("out_channels", self.num_classes)
         return params
 
@@ -366,6 +375,10 @@ class Trainer:
         from covseg.engine.inferers import build_inferer
 
         spec = self.cfg.inferer.model_dump()
+        if self.volume_plan is not None:
+            from covseg.training.volumes import inferer_spec
+
+            return build_inferer(inferer_spec(self))
         if self.cfg.sampler.name == "patches" and spec["name"] == "resize" and not spec["params"]:
             spec = {"name": "sliding_window", "params": {"roi_size": list(self.cfg.sampler.patch_size)}}
         if spec["name"] == "resize" and "size" not in spec["params"]:
@@ -395,6 +408,10 @@ class Trainer:
         summary["val_cases"] = len(self.val_records)
         self.run.write_json("dataset.json", summary)
         self.run.write_json("splits.json", self.split_info)
+        if self.volume_plan is not None:
+            from covseg.training.volumes import write_plan
+
+            write_plan(self)
 
     def model_description(self) -> dict[str, Any]:
         """What ``covseg predict`` needs (``model.json``, read back as a ``RunDescription``)."""
@@ -415,6 +432,11 @@ class Trainer:
         }
         for adapter in self.adapters:
             desc[adapter.name] = adapter.describe()
+        if self.volume_plan is not None:
+            from covseg.training.volumes import describe_cascade
+
+            desc["volume"] = self.volume_plan.to_dict()
+            desc["cascade"] = describe_cascade(self)
         return desc
 
     # ----------------------------------------------------------------- state
@@ -711,6 +733,8 @@ class Trainer:
             self.cfg.train.threshold,
             channels_last=self.cfg.train.channels_last,
             runtime=self.runtime,
+            volume_plan=self.volume_plan,
+            cascade=self.cascade_stage,
         )
 
     def val_contexts(self) -> list[dict[str, Any]]:
@@ -729,6 +753,9 @@ class Trainer:
     def predict_val(self, model=None, indices: list[int] | None = None) -> list[np.ndarray]:
         """Validation probabilities at each case's original size (the cases ``indices``, default all)."""
         indices = list(range(len(self.val_data))) if indices is None else indices
+        if self.volume_plan is not None:  # whole volumes, through the saved run's own path
+            segmenter, data = self.segmenter(model), self.val_data
+            return [segmenter.volume_probabilities(data.original_images[i], data.affines[i], batch_size=self.cfg.train.val_batch_size) for i in indices]
         inputs, contexts = self.val_inputs(), self.val_contexts()
         return self.segmenter(model).infer([inputs[i] for i in indices], [contexts[i] for i in indices], self.cfg.train.val_batch_size)
 

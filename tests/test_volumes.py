@@ -272,6 +272,18 @@ def test_volume_run_refuses_2d_images_in_one_line(run3d, tmp_path):
     assert proc.returncode == 1 and "segments volumes" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_an_exported_volume_run_replays_its_plan(run3d, tmp_path):
+    from covseg.inference.exported import export_run, load_exported
+    from covseg.inference.predictor import Predictor
+
+    export_run(run3d, "onnx", tmp_path / "onnx")
+    ph = make_phantom_volume(8, SMALL, SMALL_SPACING)
+    torch_probs = Predictor.from_run(run3d).predict_volume(ph.image, ph.affine).probs
+    onnx_probs = load_exported(tmp_path / "onnx", "onnx").predict_volume(ph.image, ph.affine).probs
+    assert onnx_probs.shape == ph.image.shape
+    np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-4)
+
+
 def test_flip_tta_over_chosen_axes_is_symmetric(run3d):
     from covseg.inference.predictor import Predictor
 
@@ -309,6 +321,9 @@ def test_training_on_volumes_with_a_2d_model_is_25d_and_bad_volumes_are_one_line
     proc = _covseg("train", "--config", path, "--output", tmp_path / "run_bad", "-q")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "phantom3d_001" in proc.stderr
     assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1
+    # a shipped 2D config whose model learns from edge maps: one line saying why, before any work
+    proc = _covseg("train", "--config", "infnet_covid_semiseg", "--output", tmp_path / "run_infnet", "-q", f"data.root={phantoms}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "edge" in proc.stderr
 
 
 def test_lung_mask_on_phantoms_and_real_ct(real_data, tmp_path):
@@ -411,3 +426,54 @@ def test_volume_evaluation_reports_ml_per_class_and_three_slices(tmp_path):
     run = evaluate_cases(cases, make_accumulator("medical"))
     _, g, p, note = case_display_arrays(cases[0], run)
     assert g.shape == (22, 60) and p.shape == g.shape and "slices" in note  # three axial slices side by side
+
+
+# ------------------------------------------------------------------------------ learning (slow)
+@pytest.mark.slow
+def test_3d_unet_reaches_dice_09_on_held_out_phantoms(tmp_path):
+    """The shipped unet3d_phantoms config on 16 phantoms (64×64×32 at 5×5×8 mm): the 4 cases of the
+    held-out fold, predicted from the saved run folder as ``covseg predict`` does. About 140 s of CPU."""
+    from covseg.api import fit
+    from covseg.data.imageio import read_label_volume
+    from covseg.inference.predictor import Predictor
+    from covseg.training.config import load_config
+
+    data = write_phantom_volumes(tmp_path / "data", 16)
+    cfg = load_config("unet3d_phantoms", [f"data.root={data}", f"sampler.cache_dir={tmp_path / 'cache'}", "train.threads=1"])
+    fit(cfg, tmp_path / "run", quiet=True)
+    predictor = Predictor.from_run(tmp_path / "run", "last")
+    held_out = json.loads((tmp_path / "run" / "splits.json").read_text())["val"]
+    tp = pred_sum = gt_sum = 0
+    per_case = []
+    for case in held_out:
+        volume, _, affine = read_volume(data / "images" / f"{case}.nii.gz")
+        gt = read_label_volume(data / "labels" / f"{case}.nii.gz")[0] > 0
+        pred = predictor.predict_volume(volume, affine).labels > 0
+        tp, pred_sum, gt_sum = tp + int((pred & gt).sum()), pred_sum + int(pred.sum()), gt_sum + int(gt.sum())
+        per_case.append(dice(pred, gt))
+    pooled = 2 * tp / (pred_sum + gt_sum)
+    assert pooled > 0.9, (pooled, per_case)  # every held-out voxel counted once
+    assert np.mean(per_case) > 0.85, per_case  # small lesions weigh as much as large ones
+
+
+@pytest.mark.slow
+def test_3d_cps_with_unlabelled_volumes_beats_the_two_labels_alone(tmp_path):
+    """2 labelled + 8 unlabelled phantoms (48×48×24): CPS + CutMix + UIF against supervised training on the
+    same 2 labels, same steps, scored on 5 held-out phantoms. About 210 s of CPU for both runs."""
+    from covseg.api import fit
+    from covseg.training.config import load_config
+
+    lab = write_phantom_volumes(tmp_path / "lab", 10, (48, 48, 24), (6.67, 6.67, 10.67), seed=11)
+    unl = write_phantom_volumes(tmp_path / "unl", 8, (48, 48, 24), (6.67, 6.67, 10.67), seed=12, labels=False)
+    common = [
+        f"data.root={lab}", "data.folds=2", "data.limit=2", f"sampler.cache_dir={tmp_path / 'cache'}", "train.threads=1",
+        "train.epochs=60", "train.val_every=60", "train.batch_size=2", "model.params.channels=[8,16,32,64]",
+        "model.params.num_res_units=1", "sampler.patch_size=[32,32,16]", "sampler.foreground_fraction=0.5",
+        "sampler.batches_per_epoch=10",
+    ]
+    sup = fit(load_config("unet3d_phantoms", common), tmp_path / "sup", quiet=True)
+    semi = [f"semi.unlabeled.root={unl}", "semi.cps.rampup_epochs=3", "semi.cps.cutmix=true", "semi.cps.uif.rescore_every=5"]
+    cps = fit(load_config("cps3d_uif", common + semi), tmp_path / "cps", quiet=True)
+    scores = (tmp_path / "cps" / "uif_scores.csv").read_text().splitlines()
+    assert len(scores) == 9 and sum(line.endswith(",1,55") for line in scores) == 6  # 8 volumes scored, 75 % kept
+    assert cps["best_metric"] > sup["best_metric"] + 0.02, (cps["best_metric"], sup["best_metric"])

@@ -48,7 +48,7 @@ def lungmask(
         report = for_each_file(files, work, strict=strict, on_done=advance)
     if report.written:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["input", "mask", "lung_ml", "seconds"])
+        writer = csv.DictWriter(buf, fieldnames=["input", "mask", "lung_ml", "seconds", "cpu_seconds"])
         writer.writeheader()
         writer.writerows(report.written)
         write_text(output / "lungs.csv", buf.getvalue())

@@ -130,15 +130,15 @@ def make_phantom_volume(
     n_lesions = int(rng.integers(lesions[0], lesions[1] + 1)) if len(candidates) else 0
     for _ in range(n_lesions):
         centre = (candidates[rng.integers(len(candidates))] + 0.5) / norm
-        ggo = _blob(rng, x, y, z, centre, rng.uniform(0.08, 0.15), aspect_z) & lungs
+        ggo = _blob(rng, x, y, z, centre, rng.uniform(0.1, 0.17), aspect_z) & lungs
         new = ggo & (classes == 0)
         classes[new] = 1
-        ggo_hu[new] = rng.uniform(-600.0, -350.0)  # contrast varies from faint to marked
+        ggo_hu[new] = rng.uniform(-550.0, -300.0)  # contrast varies from faint to marked
         if rng.random() < 0.6:
             core = _blob(rng, x, y, z, centre, rng.uniform(0.03, 0.06), aspect_z) & ggo
             classes[core] = 2
     texture = 50.0 * _smooth_noise(rng, full, 1.0)
-    hu = np.where(classes == 1, 0.3 * hu + 0.7 * (ggo_hu + texture), hu)
+    hu = np.where(classes == 1, 0.2 * hu + 0.8 * (ggo_hu + texture), hu)
     hu = np.where(classes == 2, 20.0 + 15.0 * _smooth_noise(rng, full, 1.0), hu)
     hu = gaussian_filter(hu, 0.6) + rng.normal(0, 20.0, size=full).astype(np.float32)
     image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)

@@ -128,9 +128,9 @@ class CPSTrainer(Trainer):
 
         self.model.eval()
         self.model_b.eval()
-        scores = []
         if self.volume_plan is not None:  # whole unlabelled volumes, each through both networks' inferer
             return self._score_volumes()
+        scores = []
         with torch.inference_mode():
             for start in range(0, len(self.unlabeled), self.cfg.train.val_batch_size):
                 x = self.runtime.to_device(self.unlabeled.images[start : start + self.cfg.train.val_batch_size])

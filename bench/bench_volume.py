@@ -20,10 +20,13 @@ them (accuracy is the phantom tests'). The volumes are 3D CT phantoms (``covseg.
 of 512 × 512 × {50, 100, 200} at 0.7 × 0.7 × 2.5 mm, in HU, written once under
 ``$COVSEG_CACHE/bench_volume``.
 
-It also draws ``bench/results/volume/predicted_volume.png``: a held-out phantom predicted by a
-3D run trained on phantoms (``--train-epochs``), axial slices with prediction and reference.
+With ``--picture-only`` it draws ``bench/results/volume/predicted_volume.png`` instead: a held-out
+phantom predicted by a 3D run trained on phantoms (``--train-epochs``, or ``--run`` a trained one),
+axial slices with prediction and reference; and, where the real data are present,
+``predicted_ct3d_totalseg.png`` (real data: not versioned) with ``pictures.json``.
 
-    python bench/bench_volume.py                 # CPU (the README table)
+    python bench/bench_volume.py --train-epochs 0 --monai-slices 50,100,200   # CPU timing (the README table)
+    python bench/bench_volume.py --picture-only --run RUN                      # the pictures
     python bench/bench_volume.py --device cuda --amp bf16 --rounds 3 --tag gpu
 """
 
@@ -298,10 +301,11 @@ def real_ct_picture(run: Path, target: Path) -> dict | None:
     return {"predicted_ml": ml, "lung_ml": float(lobes.sum()) * float(np.prod(spacing)) / 1000.0, "seconds": seconds}
 
 
-def pictures(epochs: int) -> None:
-    """Train the phantom run (cached) and draw both pictures; their numbers go to pictures.json."""
+def pictures(epochs: int, run: Path | None = None) -> None:
+    """Train the phantom run (cached; or take ``run``, e.g. the slow test's) and draw both pictures;
+    their numbers go to pictures.json."""
     t0 = time.perf_counter()
-    trained = train_phantom_run(cache_dir() / "run_phantoms", epochs)
+    trained = run if run is not None else train_phantom_run(cache_dir() / "run_phantoms", epochs)
     train_s = time.perf_counter() - t0
     import torch
 
@@ -309,8 +313,10 @@ def pictures(epochs: int) -> None:
     result = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}, torch {torch.__version__}",
-        "train_epochs": epochs,
-        "train_s": train_s,
+        "run": str(trained),
+        "run_config_model": (trained / "model.json").exists() and json.loads((trained / "model.json").read_text())["init_args"],
+        "train_s_this_call": train_s,
+        "train_s_history": sum(float(r["time_s"]) for r in csv.DictReader(history)),
         "epochs_in_history": len(history) - 1,
         "phantom": picture(trained, RESULTS / "predicted_volume.png"),
         "real_ct": real_ct_picture(trained, RESULTS / "predicted_ct3d_totalseg.png"),
@@ -318,6 +324,42 @@ def pictures(epochs: int) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "pictures.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+
+
+def learning_summary(basetemp: Path) -> None:
+    """Gather what the two slow 3D learning tests measured from their run folders (``pytest -m slow
+    tests/test_volumes.py --basetemp=BASETEMP``) into learning_tests.json / .md."""
+    import torch
+
+    def history(run: Path) -> list[dict]:
+        return list(csv.DictReader((run / "history.csv").open()))
+
+    def best(rows: list[dict]) -> float:
+        return max(float(r["val_dice"]) for r in rows if r.get("val_dice"))
+
+    unet = next(basetemp.glob("test_3d_unet_from_the_cli_reac*")) / "run"
+    cps_dir = next(basetemp.glob("test_3d_cps_from_the_cli_with*"))
+    runs = {"unet3d_phantoms (16 phantoms 64×64×32, 30 epochs)": unet, "supervised, 2 labels (48×48×24, 60 epochs)": cps_dir / "sup",
+            "CPS + CutMix + UIF, 2 labels + 8 unlabelled (60 epochs)": cps_dir / "cps"}
+    rows = {}
+    for name, run in runs.items():
+        h = history(run)
+        rows[name] = {"best_val_dice": best(h), "last_val_dice": float(h[-1]["val_dice"]), "epochs": len(h),
+                      "train_s": sum(float(r["time_s"]) for r in h)}
+    scores = list(csv.DictReader((cps_dir / "cps" / "uif_scores.csv").open()))
+    result = {
+        "date": datetime.date.fromtimestamp((unet / "history.csv").stat().st_mtime).isoformat(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}, torch {torch.__version__}",
+        "runs": rows,
+        "uif_rows": len(scores),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "learning_tests.json").write_text(json.dumps(result, indent=2))
+    lines = [f"{result['date']} · {result['machine']} · one torch thread per run · the slow tests of tests/test_volumes.py", "",
+             "| run | val Dice (mean per held-out volume), best | last | epochs | train seconds |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {v['best_val_dice']:.3f} | {v['last_val_dice']:.3f} | {v['epochs']} | {v['train_s']:.0f} |" for k, v in rows.items()]
+    (RESULTS / "learning_tests.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -368,10 +410,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each timed process (the target: 2 cores)")
     parser.add_argument("--train-epochs", type=int, default=30, help="phantom run for the picture (0: no picture)")
     parser.add_argument("--picture-only", action="store_true", help="train (if needed) and draw the pictures, no timing")
+    parser.add_argument("--run", type=Path, help="with --picture-only: a trained phantom run folder to draw instead")
+    parser.add_argument("--learning-from", type=Path, help="gather the slow 3D learning tests' results from this pytest --basetemp")
     args = parser.parse_args()
 
+    if args.learning_from:
+        learning_summary(args.learning_from)
+        return
     if args.picture_only:
-        pictures(args.train_epochs)
+        pictures(args.train_epochs, args.run)
         return
     env = dict(os.environ)
     env.setdefault("PYTHONPATH", str(HERE.parent / "src"))

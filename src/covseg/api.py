@@ -110,8 +110,15 @@ def predict(
     device: str = "auto",
     amp: str = "off",
     engine: str = "torch",
+    tta_axes: Sequence[int] | None = None,
+    stack_spacing: tuple[float, float, float] | None = None,
+    probs: bool = True,
 ):
     """Segment a file or folder with one run folder, or several averaged; returns the batch report.
+
+    Volume runs (3D, 2.5D) segment NIfTI files, DICOM series folders and folders of slices named
+    ``NAME_<k>`` (stacked, ``stack_spacing`` mm); ``tta_axes`` flips those spatial axes (all
+    combinations) where ``tta`` flips one.
 
     ``engine``: ``torch`` (run folders), or ``onnx`` / ``torchscript`` (a folder written by
     ``covseg export``). Under ``torchrun`` each process predicts its share of the files and the
@@ -139,13 +146,13 @@ def predict(
         for segmenter in predictor.segmenters():
             if hasattr(segmenter.inferer, "sw_batch_size"):
                 segmenter.inferer.sw_batch_size = int(sw_batch_size)
-    files = list_inputs(Path(input))
+    files = list_inputs(Path(input), volumes=predictor.volumetric, stack_spacing=stack_spacing, series_folders=True)
     extra_for = text_resolver(predictor, text, None if text_file is None else Path(text_file), missing_text, prompt_type)
     return predict_files(
         predictor,
         files,
         Path(output),
-        tta_flip=tta,
+        tta_flip=tuple(tta_axes) if tta_axes else tta,
         post=PostprocessOptions(largest=largest, min_size=min_size),
         window=window,
         strict=strict,
@@ -154,6 +161,7 @@ def predict(
         on_done=on_done,
         batch_size=batch_size,
         runtime=runtime,
+        probs=probs,
     )
 
 

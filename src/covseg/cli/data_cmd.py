@@ -80,7 +80,7 @@ def check(
 def convert(
     src: Path = typer.Argument(..., help="Source dataset folder (or a NIfTI volume)."),
     dst: Path = typer.Argument(..., help="Destination folder (outside the source; created)."),
-    to: str = typer.Option(..., "--to", "-t", help="Target layout: folder, infnet or cosup."),
+    to: str = typer.Option(None, "--to", "-t", help="Target layout: folder, infnet or cosup (not with --stack)."),
     layout: str = typer.Option("auto", "--layout", "-l", help="Source layout or auto."),
     split: str = typer.Option(
         None, "--split", "-s", help="Convert one split only (default: all, into DST/<split>/)."
@@ -89,7 +89,7 @@ def convert(
         "lung",
         "--window",
         "-w",
-        help="HU window for volumes: lung, mediastinum, abdomen or LOW,HIGH (e.g. -1250,250).",
+        help="HU window for volumes: lung, mediastinum, abdomen, display (volumes already 0..255) or LOW,HIGH (e.g. -1250,250).",
     ),
     labels: str = typer.Option(
         None, "--labels", help="Mask labels forming the foreground, e.g. 10,11,12,13,14 (volumes)."
@@ -112,8 +112,16 @@ def convert(
         False, "--overwrite", help="Write into a non-empty destination (files are replaced, none deleted)."
     ),
     json_out: Path = typer.Option(None, "--json", help="Write the conversion report to this JSON file."),
+    stack: bool = typer.Option(
+        False, "--stack", help="Slices NAME_<k>.<ext> (or images/ + masks/) → one NIfTI volume per NAME in DST/images (+ labels)."
+    ),
+    spacing: str = typer.Option("1,1,1", "--spacing", help="With --stack: voxel spacing X,Y,Z in mm (columns, rows, slices)."),
+    pad: bool = typer.Option(
+        False, "--pad", help="With --stack: centre slices of different sizes on the largest (zeros around; cropped one by one)."
+    ),
 ) -> None:
-    """Convert a dataset: volumes → axial PNG slices (HU window), Inf-Net ↔ folder, folder → co-supervision.
+    """Convert a dataset: volumes → axial PNG slices (HU window), Inf-Net ↔ folder, folder → co-supervision,
+    and with --stack numbered slices → volumes (back: --to folder --window display).
 
     Inputs are never modified, every file is written atomically, and a failing case is listed
     while the rest are converted (exit code 1 when any failed).
@@ -128,6 +136,10 @@ def convert(
 
     if json_out is not None:
         report_file(json_out, "data convert", [src if src.is_dir() else src.parent, mask])
+    if stack:
+        return _stack(src, dst, spacing, overwrite, pad)
+    if to is None:
+        raise DataError("give --to folder|infnet|cosup (or --stack to make volumes of numbered slices)")
     label_values = None
     if labels:
         try:
@@ -168,6 +180,71 @@ def convert(
             f"[red]{len(report.failed)} case(s) failed[/]; the others were converted", highlight=False
         )
         raise typer.Exit(code=1)
+
+
+def _stack(src: Path, dst: Path, spacing_text: str, overwrite: bool, pad: bool) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    from covseg.data.convert import _check_destination
+    from covseg.data.stack import stack_folder
+    from covseg.errors import DataError
+
+    try:
+        spacing = tuple(float(v) for v in spacing_text.replace(" ", "").split(","))
+    except ValueError:
+        spacing = ()
+    if len(spacing) != 3 or any(not v > 0 for v in spacing):
+        raise DataError(f"bad --spacing {spacing_text!r}: give three positive numbers X,Y,Z in mm")
+    if not src.is_dir():
+        raise DataError("source folder not found", src)
+    _check_destination(src, dst, overwrite)
+    console = Console()
+    with _progress_bar("stacking") as advance:
+        written, failed = stack_folder(src, dst, spacing, lambda done, total: advance("", done, total), pad)  # type: ignore[arg-type]
+    console.print(f"{len(written)} volume files written to {dst}", highlight=False, markup=False)
+    for name, problem in failed:
+        console.print(f"  [red]failed[/] {escape(name)}: {escape(problem)}", highlight=False, soft_wrap=True)
+    if failed:
+        console.print(f"[red]{len(failed)} volume(s) failed[/]; the others were stacked", highlight=False)
+        raise typer.Exit(code=1)
+
+
+@app.command("phantoms")
+def phantoms(
+    dst: Path = typer.Argument(..., help="Destination folder (created)."),
+    cases: int = typer.Option(24, "--cases", "-n", help="Number of phantoms."),
+    three_d: bool = typer.Option(False, "--3d", help="3D CT volumes (NIfTI, HU) instead of 2D slices (PNG)."),
+    size: str = typer.Option(None, "--size", help="2D: side in pixels (128); 3D: X,Y,Z voxels (64,64,32)."),
+    spacing: str = typer.Option("5,5,8", "--spacing", help="3D: voxel spacing X,Y,Z in mm."),
+    seed: int = typer.Option(0, "--seed"),
+    unlabelled: bool = typer.Option(False, "--unlabelled", help="3D: images only (an unlabelled set)."),
+) -> None:
+    """Write synthetic chest-CT phantoms with infection masks (2D slices, or 3D volumes with --3d)."""
+    from covseg.errors import DataError
+
+    def numbers(text: str, n: int, what: str) -> tuple:
+        try:
+            values = tuple(float(v) for v in text.replace(" ", "").split(","))
+        except ValueError:
+            values = ()
+        if len(values) != n or any(not v > 0 for v in values):
+            raise DataError(f"bad {what} {text!r}: give {n} positive number(s)")
+        return values
+
+    if cases < 1:
+        raise DataError(f"--cases must be at least 1, got {cases}")
+    if three_d:
+        from covseg.data.synthetic3d import write_phantom_volumes
+
+        shape = tuple(int(v) for v in numbers(size or "64,64,32", 3, "--size"))
+        write_phantom_volumes(dst, cases, shape, numbers(spacing, 3, "--spacing"), seed=seed, labels=not unlabelled)  # type: ignore[arg-type]
+    else:
+        from covseg.data.synthetic import write_phantom_dataset
+
+        side = int(numbers(size or "128", 1, "--size")[0])
+        write_phantom_dataset(dst, cases, size=side, seed=seed)
+    typer.echo(f"{cases} {'3D ' if three_d else ''}phantoms written to {dst}")
 
 
 class _progress_bar:

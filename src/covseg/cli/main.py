@@ -13,6 +13,7 @@ from covseg.cli import (
     evaluate_cmd,
     explain_cmd,
     export_cmd,
+    lungmask_cmd,
     predict_cmd,
     prompts_cmd,
     pseudo_cmd,
@@ -38,6 +39,7 @@ app.command("explain")(explain_cmd.explain)
 app.command("pseudo-label")(pseudo_cmd.pseudo_label)
 app.command("models")(train_cmd.list_models)
 app.command("export")(export_cmd.export)
+app.command("lungmask")(lungmask_cmd.lungmask)
 
 
 def _version_callback(value: bool) -> None:

@@ -21,12 +21,28 @@ def _window(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
+def _numbers(text: str | None, option: str, count: int | None = None, kind: type = float) -> tuple | None:
+    if not text:
+        return None
+    from covseg.errors import CovsegError
+
+    try:
+        values = tuple(kind(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise CovsegError(f"{option} expects numbers separated by commas, got {text!r}") from None
+    if not values or (count is not None and len(values) != count):
+        raise CovsegError(f"{option} expects {count or 'some'} numbers separated by commas, got {text!r}")
+    return values
+
+
 def predict(
     model: list[Path] = typer.Option(..., "--model", "-m", metavar="RUN_DIR", help="Run folder written by covseg train; repeat to average several (an ensemble); with --engine onnx|torchscript a folder written by covseg export."),
     input: Path = typer.Option(..., "--input", "-i", help="Image/NIfTI file or a folder of them."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (masks/, probs/, overlays/)."),
     checkpoint: str = typer.Option("best", help="best or last."),
-    tta: bool = typer.Option(False, "--tta", help="Average with a horizontally flipped pass."),
+    tta: bool = typer.Option(False, "--tta", help="Average with a horizontally flipped pass (volume runs: left–right)."),
+    tta_axes: str = typer.Option(None, "--tta-axes", help="Volume runs: flip these axes of the RAS grid (e.g. 0,1,2; every combination is averaged)."),
+    stack_spacing: str = typer.Option(None, "--stack-spacing", help="Volume runs: spacing X,Y,Z mm of folders of slices NAME_<k> (default 1,1,1)."),
     largest: int = typer.Option(0, help="Keep only the N largest components per class (0 = all)."),
     min_size: int = typer.Option(0, help="Drop components smaller than this many pixels/voxels."),
     window: str = typer.Option(None, help="HU window LOW,HIGH for NIfTI input (default -1250,250)."),
@@ -35,6 +51,7 @@ def predict(
     missing_text: str = typer.Option("error", "--missing-text", help="error or image-only, for inputs without text."),
     prompt_type: str = typer.Option(None, "--prompt-type", help="Prompt type (P0..Pn) to take from a CRIS-style --text-file."),
     no_overlays: bool = typer.Option(False, "--no-overlays", help="Skip overlay PNGs."),
+    no_probs: bool = typer.Option(False, "--no-probs", help="Skip the soft maps (probs/): masks only."),
     batch_size: int = typer.Option(8, help="Slices per forward pass."),
     sw_batch_size: int = typer.Option(None, "--sw-batch-size", help="Windows per forward pass of a sliding-window model."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps."),
@@ -81,5 +98,8 @@ def predict(
             device=device,
             amp=amp,
             engine=engine,
+            tta_axes=_numbers(tta_axes, "--tta-axes", kind=int),
+            stack_spacing=_numbers(stack_spacing, "--stack-spacing", 3),
+            probs=not no_probs,
         )
     finish(report, output, f"{len(report.written)} predicted into {output}", quiet_rank=rank > 0)

@@ -43,6 +43,7 @@ WINDOWS: dict[str, tuple[float, float]] = {
     "lung": (-1250.0, 250.0),  # W1500 L-500
     "mediastinum": (-160.0, 240.0),  # W400 L40
     "abdomen": (-150.0, 250.0),  # W400 L50
+    "display": (0.0, 255.0),  # volumes already stored as 0..255 grey values (stacked 8-bit slices): unchanged
 }
 
 TARGETS: dict[str, dict[str, str]] = {

@@ -45,7 +45,9 @@ def stem_of(path: str | Path) -> str:
 
 
 def is_volume(path: str | Path) -> bool:
-    """True for NIfTI files and DICOM series folders."""
+    """True for NIfTI files, DICOM series folders and slice stacks (:class:`covseg.data.stack.SliceStack`)."""
+    if callable(getattr(path, "read_volume", None)):
+        return True
     p = Path(path)
     return suffix_of(p) in NIFTI_SUFFIXES or is_dicom_series(p)
 
@@ -384,10 +386,14 @@ def read_volume(
 ) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
     """Read a NIfTI file or DICOM series: ``(array (X, Y, Z) float32, spacing mm, 4×4 affine)``.
 
-    With ``check_finite`` (default) a volume holding NaN or infinite voxels is refused.
+    With ``check_finite`` (default) a volume holding NaN or infinite voxels is refused. A slice
+    stack (:class:`covseg.data.stack.SliceStack`) reads its slices.
     """
+    stack_reader = getattr(path, "read_volume", None)
     path = Path(path)
-    if path.is_dir():
+    if callable(stack_reader):
+        arr, spacing, affine = stack_reader()
+    elif path.is_dir():
         arr, spacing, affine = read_dicom_series(path)
     else:
         require_file(path)
@@ -501,13 +507,22 @@ def write_image(path: str | Path, image: np.ndarray, *, spacing: tuple[float, fl
 
 
 def write_volume(path: str | Path, volume: np.ndarray, affine: np.ndarray, dtype: str | None = None) -> Path:
-    """Write a NIfTI volume atomically with the given affine."""
+    """Write a NIfTI volume atomically with the given affine.
+
+    ``dtype="scaled-uint8"`` stores a float map (probabilities) as uint8 with the NIfTI slope and
+    intercept that nibabel picks, a quarter of float32's size; readers get floats back.
+    """
     import nibabel as nib
 
     arr = np.asarray(volume)
-    if dtype is not None:
+    scaled = dtype == "scaled-uint8"
+    if scaled:
+        arr = arr.astype(np.float32)
+    elif dtype is not None:
         arr = arr.astype(dtype)
     img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
+    if scaled:
+        img.set_data_dtype(np.uint8)
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
     return write_with(path, lambda p: nib.save(img, str(p)))

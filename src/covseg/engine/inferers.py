@@ -158,15 +158,41 @@ class SlidingWindowInferer(Inferer):
 
 @INFERERS.register("slices")
 class SliceInferer(Inferer):
-    """A 2D network over volumes ``(C, D, H, W)``: every slice of the first spatial axis through ``inner``."""
+    """A 2D network over volumes ``(C, D, H, W)``: every slice along spatial ``axis`` through ``inner``.
+
+    ``context`` > 0 is the 2.5D mode: each slice goes in with its ``context`` neighbours on each
+    side as extra channels (``C × (2·context + 1)`` channels, channel-major; edge slices repeat),
+    the layout the patch sampler gives 2D models trained on volumes.
+    """
 
     name = "slices"
 
-    def __init__(self, inner: Inferer | dict[str, Any] | None = None) -> None:
+    def __init__(self, inner: Inferer | dict[str, Any] | None = None, axis: int = 0, context: int = 0) -> None:
         self.inner = build_inferer(inner) if isinstance(inner, dict) else inner or ResizeInferer()
+        if axis not in (0, 1, 2):
+            raise ConfigError(f"slices: axis must be 0, 1 or 2 (a spatial axis of the volume), got {axis}")
+        if context < 0:
+            raise ConfigError(f"slices: context must be >= 0, got {context}")
+        self.axis = int(axis)
+        self.context = int(context)
 
     def params(self) -> dict[str, Any]:
-        return {"inner": self.inner.describe()}
+        params: dict[str, Any] = {"inner": self.inner.describe()}
+        if self.axis:
+            params["axis"] = self.axis
+        if self.context:
+            params["context"] = self.context
+        return params
+
+    def slab(self, x: torch.Tensor, z: int) -> torch.Tensor:
+        """Slice ``z`` of ``x`` (C, *spatial) as a 2D input, with its neighbours as channels in 2.5D."""
+        dim = self.axis + 1
+        if not self.context:
+            return x.select(dim, z)
+        n = x.shape[dim]
+        index = torch.arange(z - self.context, z + self.context + 1).clamp(0, n - 1).to(x.device)
+        part = torch.movedim(x.index_select(dim, index), dim, 1)  # (C, 2k+1, H, W)
+        return part.reshape(-1, *part.shape[2:])
 
     def __call__(self, forward, inputs, contexts=None, batch_size=8):
         ctx = _contexts(contexts, len(inputs))
@@ -174,9 +200,9 @@ class SliceInferer(Inferer):
         for x, c in zip(inputs, ctx):
             if x.ndim != 4:
                 raise ConfigError(f"slices: expects a volume (C, D, H, W), got shape {tuple(x.shape)}")
-            slices = [x[:, z] for z in range(x.shape[1])]
+            slices = [self.slab(x, z) for z in range(x.shape[self.axis + 1])]
             logits = self.inner(forward, slices, [c] * len(slices), batch_size)
-            out.append(torch.stack(logits, dim=1))
+            out.append(torch.stack(logits, dim=self.axis + 1))
         return out
 
 

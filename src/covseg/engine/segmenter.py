@@ -22,6 +22,7 @@ from covseg.engine.runtime import Runtime
 from covseg.errors import CovsegError
 from covseg.registry import INPUT_ADAPTERS
 from covseg.transforms.preprocess import Preprocessing
+from covseg.transforms.volume import VolumePlan
 
 
 def logits_to_probs(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -62,7 +63,9 @@ class Segmenter:
     Binary models give ``(*spatial)`` maps, K-class models ``(K, *spatial)``. ``adapters`` add input
     channels and keyword inputs (cascade prior, text); ``inferer`` decides how an input meets
     the network (resize, sliding window, slices). ``description`` is the run description when
-    loaded from a run folder.
+    loaded from a run folder. ``volume_plan`` makes it a volume segmenter (3D or 2.5D model):
+    :meth:`volume_probabilities` preprocesses, infers and restores a whole volume; ``cascade`` is a
+    coarse segmenter whose map gives the region of interest (the coarse-to-fine cascade).
     """
 
     def __init__(
@@ -77,6 +80,8 @@ class Segmenter:
         description: Any = None,
         run_dir: Path | None = None,
         runtime: Runtime | None = None,
+        volume_plan: VolumePlan | None = None,
+        cascade: Any = None,
     ) -> None:
         self.model = model
         self.preprocessing = preprocessing
@@ -88,6 +93,8 @@ class Segmenter:
         self.description = description
         self.run_dir = run_dir
         self.runtime = runtime or Runtime()
+        self.volume_plan = volume_plan
+        self.cascade = cascade
 
     # -- loading --------------------------------------------------------------------------------------
     @classmethod
@@ -147,8 +154,15 @@ class Segmenter:
             raise CovsegError(exc.problem, run.path / "model.json") from None
         model = runtime.prepare_model(model)
         channels_last = getattr(model, "spatial_dims", 2) == 2
+        volume_plan = VolumePlan.from_dict(description.volume.model_dump()) if description.volume is not None else None
+        cascade = None
+        if description.cascade is not None:
+            from covseg.engine.cascade import CoarseStage
+
+            cascade = CoarseStage.from_description(description.cascade, run.path, load_run)
         return cls(
-            model, pre, description.num_classes, adapters, inferer, description.threshold, channels_last, description, run.path, runtime
+            model, pre, description.num_classes, adapters, inferer, description.threshold, channels_last, description, run.path,
+            runtime, volume_plan, cascade,
         )
 
     # -- the forward pass -------------------------------------------------------------------------
@@ -201,6 +215,23 @@ class Segmenter:
 
         return forward
 
+    def _flip_axes_tta(self, axes: Sequence[int]):
+        """A forward averaging the logits over every combination of flips of the spatial ``axes``."""
+        import itertools
+
+        combos = [c for r in range(len(axes) + 1) for c in itertools.combinations(sorted(set(axes)), r)]
+
+        def forward(x: torch.Tensor, contexts: Sequence[dict[str, Any]]) -> torch.Tensor:
+            total = None
+            for combo in combos:
+                dims = [a + 2 for a in combo]
+                y = self.forward(torch.flip(x, dims=dims) if dims else x, contexts)
+                y = torch.flip(y, dims=dims) if dims else y
+                total = y if total is None else total + y
+            return total / len(combos)
+
+        return forward
+
     def _flip_tta(self, x: torch.Tensor, contexts: Sequence[dict[str, Any]]) -> torch.Tensor:
         flipped_contexts = list(contexts)
         for adapter in self.adapters:
@@ -223,9 +254,12 @@ class Segmenter:
         inputs: Sequence[torch.Tensor],
         contexts: Sequence[dict[str, Any]] | None = None,
         batch_size: int = 8,
-        tta_flip: bool = False,
+        tta_flip: bool | Sequence[int] = False,
     ) -> list[np.ndarray]:
-        """Probabilities of prepared inputs, each at its own size (the path validation shares)."""
+        """Probabilities of prepared inputs, each at its own size (the path validation shares).
+
+        ``tta_flip``: True averages with a flip of the last axis; a sequence of spatial axes averages
+        over every combination of flips of those axes (nnU-Net's mirroring)."""
         return self.infer_outputs(inputs, contexts, batch_size, tta_flip).probs
 
     def infer_outputs(
@@ -233,17 +267,21 @@ class Segmenter:
         inputs: Sequence[torch.Tensor],
         contexts: Sequence[dict[str, Any]] | None = None,
         batch_size: int = 8,
-        tta_flip: bool = False,
+        tta_flip: bool | Sequence[int] = False,
     ) -> SegmenterOutput:
         """Soft maps of prepared inputs and, for joint models, each input's class probabilities."""
         contexts = list(contexts) if contexts is not None else [{} for _ in inputs]
         record: dict[int, list[torch.Tensor]] | None = None
-        if self.classifies:
+        if self.classifies:  # joint models are 2D: any flip request is the left-right flip
             record = {}
             contexts = [{**c, CASE_KEY: i} for i, c in enumerate(contexts)]
-            forward = self._recording_forward(record, tta_flip)
+            forward = self._recording_forward(record, bool(tta_flip))
+        elif tta_flip is True:
+            forward = self._flip_tta
+        elif tta_flip:
+            forward = self._flip_axes_tta(list(tta_flip))  # type: ignore[arg-type]
         else:
-            forward = self._flip_tta if tta_flip else self.forward
+            forward = self.forward
         self.model.eval()
         for adapter in self.adapters:
             adapter.train(False)
@@ -275,9 +313,38 @@ class Segmenter:
         tta_flip: bool = False,
     ) -> SegmenterOutput:
         """Soft maps at each image's original size and, for joint models, class probabilities."""
+        if self.volume_plan is not None:
+            raise CovsegError("this run segments volumes (NIfTI, a DICOM series, a folder of slices), not 2D images", self.run_dir)
         contexts = list(contexts) if contexts is not None else [{} for _ in images]
         inputs = [self.prepare(img, ctx) for img, ctx in zip(images, contexts)]
         return self.infer_outputs(inputs, contexts, batch_size, tta_flip)
+
+    def volume_probabilities(
+        self,
+        volume: np.ndarray,
+        affine: np.ndarray,
+        tta_flip: bool | Sequence[int] = False,
+        batch_size: int = 8,
+        context: dict[str, Any] | None = None,
+    ) -> np.ndarray:
+        """A volume's probabilities in its own geometry, through the volume plan: ``(X, Y, Z)`` for
+        binary models, ``(K, X, Y, Z)`` for K classes. ``tta_flip=True`` flips the left–right axis."""
+        from covseg.transforms.volume import prepare_volume, restore_volume
+
+        if self.volume_plan is None:
+            raise CovsegError("this run has no volume plan (a 2D run predicts volumes slice by slice)", self.run_dir)
+        x, geometry = prepare_volume(volume, affine, self.volume_plan)
+        if self.cascade is not None:
+            x, geometry = self.cascade.crop(self, volume, affine, x, geometry)
+            if x is None:  # the coarse stage found nothing: nothing to refine
+                empty = np.zeros((self.num_classes, *geometry.shape), np.float32)
+                if self.num_classes > 1:
+                    empty[0] = 1.0
+                return empty[0] if self.num_classes == 1 else empty
+        axes = (0,) if tta_flip is True else tta_flip
+        probs = self.infer([torch.from_numpy(x)], [context or {}], batch_size, tta_flip=axes)[0]
+        restored = restore_volume(probs[None] if self.num_classes == 1 else probs, geometry)
+        return restored[0] if self.num_classes == 1 else restored
 
     def to_labels(self, probs: np.ndarray) -> np.ndarray:
         return probs_to_labels(probs, self.threshold, self.num_classes)

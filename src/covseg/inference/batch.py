@@ -38,7 +38,7 @@ def for_each_file(
     on_done: Callable[[], None] | None = None,
 ) -> BatchReport:
     """Run ``work(path) -> row`` on every file: a bad file is listed and skipped unless ``strict``;
-    each row gets the file's seconds.
+    each row gets the file's seconds (and the process's CPU seconds: all threads).
 
     A ``CovsegError`` gives the file's one-line problem; any other exception raised on one file
     (a reader broken by a file nobody foresaw) is listed as such, so one file never costs the
@@ -47,10 +47,11 @@ def for_each_file(
     """
     report = BatchReport()
     for path in files:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             row = work(path)
             row["seconds"] = round(time.perf_counter() - t0, 4)
+            row["cpu_seconds"] = round(time.process_time() - c0, 4)
             report.written.append(row)
         except OutputError:
             raise
@@ -130,10 +131,12 @@ def predict_files(
     on_done: Callable[[], None] | None = None,
     batch_size: int = 8,
     runtime: Runtime | None = None,
+    probs: bool = True,
 ) -> BatchReport:
     """Predict each file; a bad file is recorded and skipped unless ``strict``.
 
-    ``overlays`` draws each prediction over its image into ``overlays/`` (None: no overlays).
+    ``overlays`` draws each prediction over its image into ``overlays/`` (None: no overlays);
+    ``probs=False`` writes no soft maps (``probs/``), which for large volumes saves time and disk.
     Each row records the file's seconds and peak memory (CUDA: ``max_memory_allocated`` for the
     file; CPU: the process's peak resident memory so far). Under torchrun (``runtime`` with
     several processes) each process predicts its share of ``files`` and the main one writes
@@ -159,9 +162,9 @@ def predict_files(
         runtime.reset_peak_memory()
         extra = extra_for(path) if extra_for else {}
         if is_volume(path):
-            row = _predict_volume(predictor, path, folder, tta_flip, post, window, overlays, extra, batch_size)
+            row = _predict_volume(predictor, path, folder, tta_flip, post, window, overlays, extra, batch_size, probs)
         else:
-            row = _predict_image(predictor, path, folder, tta_flip, post, overlays, extra)
+            row = _predict_image(predictor, path, folder, tta_flip, post, overlays, extra, probs)
         row["peak_memory_mb"] = round(runtime.peak_memory_mb(), 1)
         return row
 
@@ -196,14 +199,16 @@ def _checked_paths(folder: OutputFolder, path: Path, volume: bool) -> dict[str, 
     return paths
 
 
-def _predict_image(predictor: BasePredictor, path: Path, folder: OutputFolder, tta, post, overlays, extra) -> dict:
+def _predict_image(predictor: BasePredictor, path: Path, folder: OutputFolder, tta, post, overlays, extra, probs: bool = True) -> dict:
     from covseg.data.imageio import read_image, write_image, write_mask
 
     paths = _checked_paths(folder, path, volume=False)
     image = read_image(path)
     pred = predictor.predict_image(image, tta_flip=tta, post=post, **extra)
     write_mask(paths["mask"], pred.labels, scale_binary=predictor.num_classes == 1)
-    if pred.probs.ndim == 2:
+    if not probs:
+        paths["prob"] = ""  # type: ignore[assignment]
+    elif pred.probs.ndim == 2:
         write_image(paths["prob"], np.round(pred.probs * 255.0))
     else:
         from covseg.utils.atomic import write_with
@@ -229,7 +234,9 @@ def class_columns(class_probs: np.ndarray | None, names: list[str] | None) -> di
     return {"predicted_class": names[int(np.argmax(class_probs))], **{f"p_{n}": float(p) for n, p in zip(names, class_probs)}}
 
 
-def _predict_volume(predictor: BasePredictor, path: Path, folder: OutputFolder, tta, post, window, overlays, extra, batch_size) -> dict:
+def _predict_volume(
+    predictor: BasePredictor, path: Path, folder: OutputFolder, tta, post, window, overlays, extra, batch_size, probs: bool = True
+) -> dict:
     from covseg.data.imageio import read_volume, write_image, write_volume
     from covseg.transforms.orientation import volume_to_slices
 
@@ -237,13 +244,18 @@ def _predict_volume(predictor: BasePredictor, path: Path, folder: OutputFolder, 
     volume, spacing, affine = read_volume(path)
     pred = predictor.predict_volume(volume, affine, tta_flip=tta, post=post, window=window, batch_size=batch_size, **extra)
     write_volume(paths["mask"], pred.labels, affine, dtype="uint8")
-    probs = pred.probs if pred.probs.ndim == 3 else np.moveaxis(pred.probs, 0, -1)
-    write_volume(paths["prob"], probs, affine, dtype="float32")
+    if probs:
+        soft = pred.probs if pred.probs.ndim == 3 else np.moveaxis(pred.probs, 0, -1)
+        write_volume(paths["prob"], soft, affine, dtype="scaled-uint8")
+    else:
+        paths["prob"] = ""  # type: ignore[assignment]
     if overlays is not None:
+        from covseg.transforms.volume import is_display_range
+
         slices = volume_to_slices(volume, affine)
         label_slices = volume_to_slices(pred.labels, affine)
         z = int(np.argmax((label_slices > 0).sum(axis=(1, 2)))) if label_slices.any() else len(slices) // 2
-        lo, hi = window or (-1250.0, 250.0)
+        lo, hi = window or ((0.0, 255.0) if is_display_range(volume) else (-1250.0, 250.0))
         shown = np.clip((slices[z] - lo) / (hi - lo), 0, 1) * 255.0
         write_image(paths["overlay"], overlays(shown, label_slices[z]))
     voxel_ml = float(np.prod(spacing)) / 1000.0
@@ -260,7 +272,7 @@ def _write_index(out_dir: Path, report: BatchReport) -> None:
     if not report.written and not report.failed:
         return
     buf = io.StringIO()
-    keys = ["input", "mask", "prob", "foreground_fraction", "foreground_ml", "seconds", "peak_memory_mb"]
+    keys = ["input", "mask", "prob", "foreground_fraction", "foreground_ml", "seconds", "cpu_seconds", "peak_memory_mb"]
     keys += list(dict.fromkeys(k for row in report.written for k in row if k.startswith(("p_", "predicted_class"))))
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()

@@ -37,6 +37,7 @@ class EnsemblePredictor(BasePredictor):
         self.num_classes = first.num_classes
         self.threshold = float(np.mean([m.threshold for m in members]))
         self.text_guided = first.text_guided
+        self.volumetric = any(m.volumetric for m in members)
         self.run_dir = first.run_dir
         self.description = first.description
         self.runtime = first.runtime

@@ -96,6 +96,8 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, checkpoint: s
         raise CovsegError("export: text-guided runs read a caption beside the image; export covers image-only models", run.path)
     if description.prior is not None:
         raise CovsegError("export: a cascade run needs its prior run as a second input; export the runs separately", run.path)
+    if description.cascade is not None:
+        raise CovsegError("export: a coarse-to-fine run needs its coarse run too; export the coarse and fine runs separately", run.path)
     path = run.resolve_checkpoint(checkpoint)
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path=path).eval()
@@ -174,7 +176,13 @@ def load_exported(folder: str | Path, engine: str, runtime: Runtime | None = Non
     network = ExportedNetwork(folder / FILES[engine], engine, runtime, dims)
     pre = Preprocessing.from_dict(description.preprocessing.model_dump())
     inferer = build_inferer(description.inferer.model_dump(), default_size=pre.size)
+    plan = None
+    if description.volume is not None:  # a volume run: its plan travels in the card's description
+        from covseg.transforms.volume import VolumePlan
+
+        plan = VolumePlan.from_dict(description.volume.model_dump())
     segmenter = Segmenter(
-        network, pre, description.num_classes, [], inferer, description.threshold, False, description, folder, runtime  # type: ignore[arg-type]
+        network, pre, description.num_classes, [], inferer, description.threshold, False, description, folder, runtime,  # type: ignore[arg-type]
+        volume_plan=plan,
     )
     return Predictor(segmenter)

@@ -74,6 +74,8 @@ class BasePredictor:
         from covseg.engine.segmenter import SegmenterOutput
 
         return SegmenterOutput(self.predict_arrays(images, tta_flip=tta_flip, batch_size=batch_size, **extra))
+    #: True when the predictor segments whole volumes (3D or 2.5D runs): folders of slices are stacked
+    volumetric: bool = False
 
     def predict_arrays(self, images: list[np.ndarray], tta_flip: bool = False, batch_size: int = 8, **extra: Any) -> list[np.ndarray]:
         raise NotImplementedError
@@ -148,6 +150,10 @@ class Predictor(BasePredictor):
         return self.segmenter.text_guided
 
     @property
+    def volumetric(self) -> bool:  # type: ignore[override]
+        return self.segmenter.volume_plan is not None
+
+    @property
     def text_encoder(self):
         adapter = self.segmenter.adapter("text")
         return None if adapter is None else adapter.encoder
@@ -163,8 +169,13 @@ class Predictor(BasePredictor):
         return self.segmenter.outputs(images, contexts, batch_size=batch_size, tta_flip=tta_flip)
 
     def volume_probabilities(self, volume, affine, tta_flip=False, window=None, batch_size=8, **extra):
-        """Slice-by-slice probabilities of a volume, returned in the volume's own geometry."""
+        """Probabilities of a volume in the volume's own geometry: a volume run (3D or 2.5D) through its
+        volume plan (its own window; ``tta_flip`` True or spatial axes of the RAS grid), a 2D run slice by slice."""
         from covseg.transforms.orientation import slices_to_volume, volume_to_slices
+
+        if self.volumetric:
+            context = contexts_for(1, **extra)[0]
+            return self.segmenter.volume_probabilities(volume, affine, tta_flip=tta_flip, batch_size=batch_size, context=context)
 
         slices = volume_to_slices(volume, affine)
         if self.preprocessing.window is None:
@@ -176,18 +187,39 @@ class Predictor(BasePredictor):
         return np.stack([slices_to_volume(stacked[:, k], affine) for k in range(stacked.shape[1])])
 
 
-def list_inputs(path: Path) -> list[Path]:
-    """Image and NIfTI files of a file or folder (sorted), with a clear error when empty."""
+def list_inputs(
+    path: Path, volumes: bool = False, stack_spacing: tuple[float, float, float] | None = None, series_folders: bool = False
+) -> list[Any]:
+    """Inputs of a file or folder (sorted), with a clear error when empty: image and NIfTI files, a
+    DICOM series folder (the folder itself; with ``series_folders`` also its sub-folders that are series).
+
+    ``volumes`` (a volume run): slice images named ``NAME_<k>`` are stacked into one volume per NAME
+    (:class:`covseg.data.stack.SliceStack`, ``stack_spacing`` mm, default 1 mm), since a volume run
+    cannot segment them one by one.
+    """
+    from covseg.data.dicom import is_dicom_series
     from covseg.data.imageio import IMAGE_SUFFIXES, suffix_of
 
     if not path.exists():
         raise DataError("input not found", path)
     if path.is_file():
         return [path]
+    if is_dicom_series(path):
+        return [path]
     # broken links and link loops stay in the list: reading them gives a one-line problem, not silence
-    files = sorted(
+    files: list[Any] = sorted(
         p for p in path.iterdir() if (p.is_file() or p.is_symlink()) and suffix_of(p) in (*IMAGE_SUFFIXES, ".nii", ".nii.gz", ".npy")
     )
+    series = []
+    if series_folders:
+        series = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and is_dicom_series(p))
+    if volumes:
+        from covseg.data.stack import DEFAULT_SPACING, find_stacks
+
+        stacks = find_stacks(path, stack_spacing or DEFAULT_SPACING)
+        stacked = {f for s in stacks for f in s.files}
+        files = [f for f in files if f not in stacked] + stacks
+    files += series
     if not files:
-        raise DataError("no images (PNG/JPG/TIF/BMP/NIfTI) in folder", path)
+        raise DataError("no images (PNG/JPG/TIF/BMP/NIfTI) or DICOM series in folder", path)
     return files

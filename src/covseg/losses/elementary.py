@@ -7,6 +7,8 @@ Target conventions:
 - multi-class: logits ``(B, K, H, W)``, K ≥ 2, target long ``(B, H, W)`` of class indices
   (``(B, 1, H, W)`` is squeezed), class 0 = background.
 
+Dice, BCE, CE and their sums take 3D patches alike (``(B, 1|K, D, H, W)``).
+
 ``dice`` works for both (sigmoid for one channel, softmax otherwise). All losses are means over
 the batch, so their scale does not depend on the batch size. ``class_ce`` is the image-level
 one: class logits ``(B, K)`` against class indices ``(B,)`` (the ``cls`` term of joint models).
@@ -25,8 +27,8 @@ from covseg.registry import LOSSES
 
 def check_binary(logits: torch.Tensor, target: torch.Tensor, loss: str) -> None:
     """Raise a clear error unless ``logits``/``target`` are a binary pair of equal shape."""
-    if logits.ndim != 4 or logits.shape[1] != 1:
-        raise ValueError(f"{loss}: binary logits must be (B, 1, H, W), got {tuple(logits.shape)}")
+    if logits.ndim not in (4, 5) or logits.shape[1] != 1:
+        raise ValueError(f"{loss}: binary logits must be (B, 1, H, W) or (B, 1, D, H, W), got {tuple(logits.shape)}")
     if target.shape != logits.shape:
         raise ValueError(
             f"{loss}: target shape {tuple(target.shape)} differs from logits {tuple(logits.shape)}"
@@ -37,11 +39,11 @@ def check_binary(logits: torch.Tensor, target: torch.Tensor, loss: str) -> None:
 
 def check_multiclass(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
     """Validate a multi-class pair; returns the target as long ``(B, H, W)``."""
-    if logits.ndim != 4 or logits.shape[1] < 2:
+    if logits.ndim not in (4, 5) or logits.shape[1] < 2:
         raise ValueError(
-            f"{loss}: multi-class logits must be (B, K, H, W) with K ≥ 2, got {tuple(logits.shape)}"
+            f"{loss}: multi-class logits must be (B, K, H, W) or (B, K, D, H, W) with K ≥ 2, got {tuple(logits.shape)}"
         )
-    if target.ndim == 4 and target.shape[1] == 1:
+    if target.ndim == logits.ndim and target.shape[1] == 1:
         target = target[:, 0]
     if target.is_floating_point():
         raise ValueError(f"{loss}: multi-class target must hold integer class indices, got {target.dtype}")
@@ -71,7 +73,7 @@ def multiclass_dice_loss(
     ``batch``: sums over the whole batch per class)."""
     k = logits.shape[1]
     p = torch.softmax(logits, dim=1).flatten(2)
-    t = F.one_hot(target, k).permute(0, 3, 1, 2).flatten(2).to(p.dtype)
+    t = torch.movedim(F.one_hot(target, k), -1, 1).flatten(2).to(p.dtype)
     if batch:
         p, t = p.transpose(0, 1).reshape(1, k, -1), t.transpose(0, 1).reshape(1, k, -1)
     if not include_background:

@@ -620,12 +620,17 @@ def case_display_arrays(
         )
         note = ""
     image = _read_display_image(case.image_path, gt.shape) if case.image_path else None
-    if gt.ndim == 3:
+    if gt.ndim == 3:  # three axial slices side by side: the most ground truth, and halfway to either end of it
         area = (gt > 0).sum(axis=(0, 1)) + (pred > 0).sum(axis=(0, 1)) * 1e-6
         z = int(np.argmax(area))
-        note = (note + "; " if note else "") + f"slice {z} of {gt.shape[2]} (most ground truth)"
-        gt, pred = np.rot90(gt[:, :, z]), np.rot90(pred[:, :, z])
-        image = np.rot90(image[:, :, z]) if image is not None and image.ndim == 3 else None
+        lit = np.flatnonzero(area > 0)
+        lo, hi = (int(lit[0]), int(lit[-1])) if lit.size else (0, gt.shape[2] - 1)
+        zs = sorted({(lo + z) // 2, z, (z + hi + 1) // 2})
+        note = (note + "; " if note else "") + f"slices {', '.join(map(str, zs))} of {gt.shape[2]} (middle: most ground truth)"
+        has_image = image is not None and image.ndim == 3
+        gt = np.concatenate([np.rot90(gt[:, :, k]) for k in zs], axis=1)
+        pred = np.concatenate([np.rot90(pred[:, :, k]) for k in zs], axis=1)
+        image = np.concatenate([np.rot90(image[:, :, k]) for k in zs], axis=1) if has_image else None
     return image, gt, pred, note
 
 

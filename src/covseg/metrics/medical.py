@@ -75,7 +75,8 @@ def medical_metrics(
     """Score one case: a list with one dict per class ``1..num_classes`` (key ``class``).
 
     ``pred`` and ``gt`` must already have the same spatial shape (numpy arrays or torch tensors);
-    ``spacing`` is one number or one per axis, in mm.
+    ``spacing`` is one number or one per axis, in mm. Volumes with a spacing also get each class's
+    volume in ml (``gt_ml``, ``pred_ml``).
     """
     g = gt_labels(gt, num_classes)
     p = prediction_labels(pred, g.shape, num_classes=num_classes, threshold=threshold, pred_type=pred_type)
@@ -97,6 +98,10 @@ def medical_metrics(
                 ),
             }
         )
+        if sp is not None and g.ndim == 3:
+            voxel_ml = float(np.prod(sp)) / 1000.0
+            rows[-1]["gt_ml"] = rows[-1]["gt_voxels"] * voxel_ml
+            rows[-1]["pred_ml"] = rows[-1]["pred_voxels"] * voxel_ml
     return rows
 
 

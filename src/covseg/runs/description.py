@@ -64,6 +64,46 @@ class PreprocessingSpec(_Described):
         return self
 
 
+class VolumeSpec(_Described):
+    """How a CT volume becomes a network input (see :class:`covseg.transforms.volume.VolumePlan`)."""
+
+    spacing: tuple[float, float, float] | None = None
+    window: tuple[float, float] | None = (-1250.0, 250.0)
+    normalise: Literal["zscore", "percentile", "none"] = "zscore"
+    mean: float = 0.0
+    std: float = Field(1.0, gt=0)
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    crop: Literal["body", "none"] = "body"
+    crop_threshold: float = 0.5
+    crop_margin_mm: float = Field(10.0, ge=0)
+    interpolation: Literal["linear", "bspline"] = "linear"
+    patch_size: tuple[int, ...] | None = None
+    context_slices: int = Field(0, ge=0)
+
+    @field_validator("spacing")
+    @classmethod
+    def _positive_spacing(cls, v: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        if v is not None and any(not s > 0 for s in v):
+            raise ValueError(f"spacing must be positive, got {list(v)}")
+        return v
+
+    @field_validator("window")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(f"window needs low < high, got {list(v)}")
+        return v
+
+
+class CascadeSpec(_Described):
+    """A coarse run whose low-resolution map gives the region this (fine) run segments."""
+
+    run: str
+    checkpoint: str = "best"
+    margin_mm: float = Field(20.0, ge=0)
+    threshold: float = 0.5
+
+
 class InfererSpec(_Described):
     """Which registered inferer turns an input into probabilities, and its settings."""
 
@@ -123,6 +163,8 @@ class RunDescription(_Described):
     text: TextSpec | None = None
     inferer: InfererSpec = InfererSpec()
     classification: ClassificationSpec | None = None
+    volume: VolumeSpec | None = None
+    cascade: CascadeSpec | None = None
     covseg_version: str | None = None
 
     @field_validator("threshold")
@@ -189,3 +231,8 @@ class RunDescription(_Described):
     @property
     def text_guided(self) -> bool:
         return self.text is not None
+
+    @property
+    def volumetric(self) -> bool:
+        """True for runs that segment whole volumes through a volume plan (3D and 2.5D models)."""
+        return self.volume is not None

@@ -86,6 +86,43 @@ class DataConfig(_Strict):
     )
 
 
+class VolumeConfig(_Strict):
+    """How CT volumes are planned and preprocessed (``covseg.transforms.volume``); used when the data are volumes."""
+
+    spacing: Literal["auto"] | tuple[float, float, float] | None = Field(
+        "auto", description="Target spacing in mm (RAS order); auto: the training set's median (nnU-Net's rule for "
+        "anisotropic sets); null: keep each volume's own."
+    )
+    spacing_scale: float = Field(1.0, gt=0, description="Multiplies the planned spacing (2: a coarse, low-resolution stage).")
+    window: Literal["auto"] | tuple[float, float] | None = Field(
+        "auto", description="HU window to 0..1 (auto: the lung window -1250,250); volumes stored as 0..255 are divided by 255 instead."
+    )
+    normalise: Literal["zscore", "percentile", "none"] = "zscore"
+    crop: Literal["auto", "body", "none"] = Field("auto", description="auto: body crop for HU volumes, none for 0..255 volumes.")
+    crop_margin_mm: float = Field(10.0, ge=0)
+    interpolation: Literal["linear", "bspline"] = "linear"
+    patch_voxels: int = Field(
+        64 * 64 * 48, ge=4096, description="Voxel budget of an automatic patch size (sampler.patch_size unset)."
+    )
+    context_slices: int = Field(
+        0, ge=0, description="2D models on volumes (2.5D): this many neighbouring axial slices on each side as channels."
+    )
+    coarse_run: str | None = Field(
+        None, description="Coarse-to-fine cascade: a (low-resolution) volume run whose foreground, grown by coarse_margin_mm, "
+        "is the region this run trains and predicts in ({fold} → data.fold)."
+    )
+    coarse_margin_mm: float = Field(20.0, ge=0)
+    coarse_checkpoint: Literal["best", "last"] = "best"
+
+    @model_validator(mode="after")
+    def _positive(self) -> VolumeConfig:
+        if isinstance(self.spacing, tuple) and any(not s > 0 for s in self.spacing):
+            raise ValueError(f"spacing must be positive, got {list(self.spacing)}")
+        if isinstance(self.window, tuple) and not self.window[0] < self.window[1]:
+            raise ValueError(f"window needs low < high, got {list(self.window)}")
+        return self
+
+
 class PreprocessConfig(_Strict):
     """Checked here, not after an epoch: a zero std or an empty size would only fail at validation."""
 
@@ -95,6 +132,9 @@ class PreprocessConfig(_Strict):
     mean: list[float] = [0.5]
     std: list[float] = [0.25]
     window: tuple[float, float] | None = None
+    volume: VolumeConfig = Field(
+        default_factory=VolumeConfig, description="Planning and preprocessing of 3D volumes (ignored for 2D images)."
+    )
 
     @field_validator("size")
     @classmethod
@@ -136,7 +176,9 @@ class SamplerConfig(_Strict):
     """How an epoch's batches are drawn: whole images held in memory, or patches read lazily."""
 
     name: Literal["images", "patches"] = "images"
-    patch_size: tuple[int, ...] | None = Field(None, description="Patch size (2 or 3 numbers) for name: patches.")
+    patch_size: tuple[int, ...] | None = Field(
+        None, description="Patch size (2 or 3 numbers) for name: patches; for volumes, unset means planned."
+    )
     foreground_fraction: float = Field(
         0.33, ge=0, le=1, description="Share of each batch forced to contain foreground (nnU-Net's oversampling)."
     )
@@ -147,11 +189,8 @@ class SamplerConfig(_Strict):
 
     @model_validator(mode="after")
     def _patch_size(self) -> SamplerConfig:
-        if self.name == "patches":
-            if self.patch_size is None:
-                raise ValueError("name: patches needs patch_size")
-            if len(self.patch_size) not in (2, 3) or any(s < 1 for s in self.patch_size):
-                raise ValueError(f"patch_size must be 2 or 3 positive numbers, got {list(self.patch_size)}")
+        if self.patch_size is not None and (len(self.patch_size) not in (2, 3) or any(s < 1 for s in self.patch_size)):
+            raise ValueError(f"patch_size must be 2 or 3 positive numbers, got {list(self.patch_size)}")
         return self
 
 

@@ -33,6 +33,7 @@ class CaseTensors:
     original_masks: list[np.ndarray] = field(default_factory=list)
     original_images: list[np.ndarray] = field(default_factory=list)
     spacings: list[tuple[float, ...] | None] = field(default_factory=list)
+    affines: list[np.ndarray] = field(default_factory=list)  # volumes: each original's affine
     shapes: list[tuple[int, ...]] = field(default_factory=list)
     foreground: list[float] = field(default_factory=list)
     labels: Any | None = None  # (N,) long image-level classes (joint classification), 0 = negative
@@ -233,8 +234,8 @@ def dataset_summary(records: list[CaseRecord], tensors: CaseTensors, cfg: DataCo
         "mask": cfg.mask,
         "num_classes": cfg.num_classes,
         "cases": len(records),
-        "original_shape_min": [int(min(s[i] for s in shapes)) for i in range(2)] if shapes else None,
-        "original_shape_max": [int(max(s[i] for s in shapes)) for i in range(2)] if shapes else None,
+        "original_shape_min": [int(min(s[i] for s in shapes)) for i in range(len(shapes[0]))] if shapes else None,
+        "original_shape_max": [int(max(s[i] for s in shapes)) for i in range(len(shapes[0]))] if shapes else None,
         "foreground_fraction_mean": float(np.mean(fg)) if fg else None,
         "with_text": sum(t is not None for t in tensors.texts),
     }

@@ -6,7 +6,9 @@
 - ``patches`` (:class:`PatchSampler`): cases preprocessed once into an on-disk cache
   (:mod:`covseg.training.cache`) and read lazily, a patch at a time, through memory maps, so a
   dataset larger than RAM trains; a share of each batch is forced to contain foreground
-  (nnU-Net's oversampling: a random foreground voxel becomes the patch centre).
+  (nnU-Net's oversampling: a random foreground voxel becomes the patch centre). 3D patches get
+  3D augmentation (:mod:`covseg.transforms.augment3d`); with ``context_slices`` a 2D model trains
+  on volumes (2.5D): a 2D patch of an axial slice with its neighbours as channels.
 
 Both give ``batches(generator)`` → index batches for one epoch, ``plan(indices, generator)`` → a
 *job* holding every random number the batch needs (cheap, drawn in the main process in a fixed
@@ -29,6 +31,7 @@ import torch
 
 from covseg.registry import SAMPLERS
 from covseg.transforms.augment import AugmentConfig, apply_augmentation, draw_augmentation
+from covseg.transforms.augment3d import apply_augmentation_3d, draw_augmentation_3d
 
 
 def shard_slice(n: int, rank: int, world: int) -> slice:
@@ -176,7 +179,13 @@ class PatchSampler(Sampler):
     and only the patch is read. With ``foreground_fraction = f`` the last ``round(f · batch)``
     samples of every batch are centred on a random foreground voxel of their case (cases without
     foreground fall back to a random patch), as nnU-Net's ``oversample_foreground_percent``.
-    2D patches are augmented like whole images; 3D patches get random flips on every axis.
+    2D patches are augmented like whole images; 3D patches get flips, rotation, scaling and
+    intensity changes (:func:`covseg.transforms.augment3d.apply_augmentation_3d`).
+
+    ``context_slices = k`` (2.5D, 3D cases and a 2D ``patch_size``): each sample is an in-plane
+    patch of one axial slice (last axis) with its ``k`` neighbours on each side as channels,
+    ``(C·(2k+1), *patch)`` channel-major (edge slices repeat), labelled by its centre slice: the
+    layout the ``slices`` inferer gives the model at prediction.
     """
 
     name = "patches"
@@ -189,8 +198,10 @@ class PatchSampler(Sampler):
         augment: AugmentConfig,
         foreground_fraction: float = 0.33,
         batches_per_epoch: int | None = None,
+        context_slices: int | None = None,
     ) -> None:
         self.cache = cache
+        self.context = context_slices
         self.patch_size = tuple(int(p) for p in patch_size)
         self.batch_size = int(batch_size)
         self.augment = augment
@@ -214,33 +225,55 @@ class PatchSampler(Sampler):
 
     def plan(self, indices, generator):
         cases, starts = [], []
+        slab = self.context is not None
         for case, force in zip(indices.tolist(), self.forced_foreground(len(indices))):
             spatial = tuple(self.cache.cases[int(case)]["shape"][1:])
-            if len(spatial) != len(self.patch_size):
+            if len(spatial) != len(self.patch_size) + (1 if slab else 0):
                 raise ValueError(f"patch_size {list(self.patch_size)} does not fit cases of {len(spatial)} dimensions")
             centre = None
             if force:
                 fg = self.cache.foreground_locations(int(case))
                 if len(fg):
                     centre = fg[int(torch.randint(len(fg), (), generator=generator))]
-            starts.append(_patch_start(spatial, self.patch_size, centre, generator))
+            if slab:  # in-plane start, then the centre slice (any slice: edges repeat, as at prediction)
+                start = _patch_start(spatial[:-1], self.patch_size, None if centre is None else centre[:-1], generator)
+                z = int(centre[-1]) if centre is not None else int(torch.randint(spatial[-1], (), generator=generator))
+                starts.append([*start, z])
+            else:
+                starts.append(_patch_start(spatial, self.patch_size, centre, generator))
             cases.append(int(case))
         job: dict[str, Any] = {"cases": cases, "starts": starts}
         n = len(cases)
+        channels = int(self.cache.cases[cases[0]]["shape"][0]) if cases else 1
         if len(self.patch_size) == 2:
-            channels = int(self.cache.cases[cases[0]]["shape"][0]) if cases else 1
+            if slab:
+                channels *= 2 * int(self.context) + 1
             job["augment"] = draw_augmentation((n, channels, *self.patch_size), self.augment, generator)
         else:
-            job["flips"] = torch.rand(n, 3, generator=generator) < 0.5
+            job["augment3d"] = draw_augmentation_3d((n, channels, *self.patch_size), self.augment, generator)
         return job
+
+    def _slab(self, image: np.ndarray, label: np.ndarray | None, start: list[int]):
+        """2.5D sample: the in-plane patch of slice ``start[-1]`` and its neighbours as channels, its label."""
+        k = int(self.context or 0)
+        index = np.clip(np.arange(start[-1] - k, start[-1] + k + 1), 0, image.shape[-1] - 1)
+        part = _crop(np.moveaxis(np.asarray(image[..., index]), -1, 1), start[:-1], self.patch_size, 0.0)
+        part = part.reshape(-1, *self.patch_size)
+        lab = None if label is None else _crop(np.asarray(label[..., start[-1]]), start[:-1], self.patch_size, 0)
+        return part, lab
 
     def load(self, job):
         images, labels = [], []
         for case, start in zip(job["cases"], job["starts"]):
             image, label = self.cache.arrays(case)
-            images.append(torch.from_numpy(np.ascontiguousarray(_crop(image, start, self.patch_size, 0.0), dtype=np.float32)))
-            if label is not None:
-                labels.append(torch.from_numpy(np.ascontiguousarray(_crop(label, start, self.patch_size, 0))))
+            if self.context is not None:
+                patch, lab = self._slab(image, label, start)
+            else:
+                patch = _crop(image, start, self.patch_size, 0.0)
+                lab = None if label is None else _crop(label, start, self.patch_size, 0)
+            images.append(torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32)))
+            if lab is not None:
+                labels.append(torch.from_numpy(np.ascontiguousarray(lab)))
         image = torch.stack(images)
         batch_labels: dict[str, torch.Tensor] = {}
         if labels:
@@ -249,20 +282,5 @@ class PatchSampler(Sampler):
         if image.ndim == 4:
             image, batch_labels = apply_augmentation(image, batch_labels, self.augment, job["augment"])
         else:
-            image, batch_labels = _flip_3d(image, batch_labels, job["flips"])
+            image, batch_labels = apply_augmentation_3d(image, batch_labels, self.augment, job["augment3d"])
         return {"image": image, **batch_labels}
-
-
-def _flip_3d(image: torch.Tensor, labels: dict[str, torch.Tensor], flips: torch.Tensor):
-    """Flips along the spatial axes of 3D patches (``flips``: (B, 3) booleans, one per sample and axis)."""
-    out_img = image.clone()
-    out_lab = {k: v.clone() for k, v in labels.items()}
-    for b in range(image.shape[0]):
-        dims = [d for d in range(3) if flips[b, d]]
-        if not dims:
-            continue
-        out_img[b] = torch.flip(image[b], dims=[d + 1 for d in dims])
-        for k, v in labels.items():
-            offset = v.ndim - 1 - 3
-            out_lab[k][b] = torch.flip(v[b], dims=[d + offset for d in dims])
-    return out_img, out_lab

@@ -99,7 +99,7 @@ class Trainer:
         self.start_epoch = 0
         self.best_metric = -math.inf
         self.best_epoch = -1
-        self.preprocessing = Preprocessing.from_dict(cfg.preprocess.model_dump())
+        self.preprocessing = Preprocessing.from_dict(cfg.preprocess.model_dump(exclude={"volume"}))
         self.augment_cfg = cfg.augment
         self.num_classes = cfg.data.num_classes
         self.text = text_settings(cfg)
@@ -111,6 +111,9 @@ class Trainer:
         self._wrappers: dict[tuple[int, bool], Any] = {}
         self.runtime: Any = None
         self.joint = None  # JointSettings of a model with a classification head
+        self.volume_plan: Any = None  # volumes: the plan (covseg.training.volumes), else None
+        self.cascade_stage: Any = None
+        self.in_channels = cfg.preprocess.channels
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -144,6 +147,10 @@ class Trainer:
 
         self.train_records, self.val_records, self.split_info = split_records(self.cfg.data, self.cfg.train.seed)
         self.check_dimensions()
+        from covseg.training.volumes import is_volume_dataset, setup_volume_data
+
+        if is_volume_dataset(self.train_records):  # planned, cached, patched, validated as whole volumes
+            return setup_volume_data(self)
         with self._progress() as prog:
             task = prog.add_task("reading cases", total=len(self.train_records) + len(self.val_records), info="")
             step = lambda: prog.advance(task)  # noqa: E731
@@ -158,18 +165,12 @@ class Trainer:
         self.sampler = self.make_sampler()
 
     def check_dimensions(self) -> None:
-        """One line when the data and the model disagree on 2D / 3D (before any case is read)."""
+        """One line when a 3D model meets 2D images (before any case is read). Volumes with a 2D
+        model are the 2.5D mode (:mod:`covseg.training.volumes`)."""
         from covseg.data.imageio import is_volume
 
         first = self.train_records[0].image
-        volumes = is_volume(first)
-        model_dims = int(self.cfg.model.params.get("spatial_dims", 2))
-        if volumes and model_dims == 2:
-            raise ConfigError(
-                f"data.root holds 3D volumes (first: {first}) but the model is 2D: cut them into slices "
-                "(covseg data convert VOLUMES OUT --to folder) or set model.params.spatial_dims: 3"
-            )
-        if not volumes and model_dims == 3:
+        if not is_volume(first) and int(self.cfg.model.params.get("spatial_dims", 2)) == 3:
             raise ConfigError(f"model.params.spatial_dims is 3 but data.root holds 2D images (first: {first})")
 
     def make_sampler(self):
@@ -201,6 +202,8 @@ class Trainer:
         if self.cfg.data.prior_run or self.text is not None:
             raise ConfigError("sampler: patches does not take a cascade prior or text yet; use sampler.name: images")
         s = self.cfg.sampler
+        if s.patch_size is None:
+            raise ConfigError("sampler: patches needs patch_size for 2D images (volumes plan their own)")
         settings = {"preprocessing": self.preprocessing.to_dict(), "mask": self.cfg.data.mask, "layout": self.cfg.data.layout}
         with self._progress() as prog:
             task = prog.add_task("caching cases", total=len(self.train_records), info="")
@@ -300,7 +303,7 @@ class Trainer:
 
     def model_params(self) -> dict[str, Any]:
         params = dict(self.cfg.model.params)
-        params.setdefault("in_channels", self.cfg.preprocess.channels)
+        params.setdefault("in_channels", self.in_channels)
         params.setdefault("out_channels", self.num_classes)
         return params
 
@@ -385,6 +388,10 @@ class Trainer:
         from covseg.engine.inferers import build_inferer
 
         spec = self.cfg.inferer.model_dump()
+        if self.volume_plan is not None:
+            from covseg.training.volumes import inferer_spec
+
+            return build_inferer(inferer_spec(self))
         if self.cfg.sampler.name == "patches" and spec["name"] == "resize" and not spec["params"]:
             spec = {"name": "sliding_window", "params": {"roi_size": list(self.cfg.sampler.patch_size)}}
         if spec["name"] == "resize" and "size" not in spec["params"]:
@@ -418,6 +425,10 @@ class Trainer:
             summary["labels"] = self.joint.dataset
         self.run.write_json("dataset.json", summary)
         self.run.write_json("splits.json", self.split_info)
+        if self.volume_plan is not None:
+            from covseg.training.volumes import write_plan
+
+            write_plan(self)
 
     def model_description(self) -> dict[str, Any]:
         """What ``covseg predict`` needs (``model.json``, read back as a ``RunDescription``)."""
@@ -440,6 +451,11 @@ class Trainer:
             desc[adapter.name] = adapter.describe()
         if self.joint is not None:
             desc["classification"] = self.joint.describe()
+        if self.volume_plan is not None:
+            from covseg.training.volumes import describe_cascade
+
+            desc["volume"] = self.volume_plan.to_dict()
+            desc["cascade"] = describe_cascade(self)
         return desc
 
     # ----------------------------------------------------------------- state
@@ -736,6 +752,8 @@ class Trainer:
             self.cfg.train.threshold,
             channels_last=self.cfg.train.channels_last,
             runtime=self.runtime,
+            volume_plan=self.volume_plan,
+            cascade=self.cascade_stage,
         )
 
     def val_contexts(self) -> list[dict[str, Any]]:
@@ -755,6 +773,13 @@ class Trainer:
         """Validation outputs at each case's original size (the cases ``indices``, default all):
         ``.probs`` and, for joint models, ``.class_probs``."""
         indices = list(range(len(self.val_data))) if indices is None else indices
+        if self.volume_plan is not None:  # whole volumes, through the saved run's own path
+            from covseg.engine.segmenter import SegmenterOutput
+
+            segmenter, data = self.segmenter(model), self.val_data
+            return SegmenterOutput(
+                [segmenter.volume_probabilities(data.original_images[i], data.affines[i], batch_size=self.cfg.train.val_batch_size) for i in indices]
+            )
         inputs, contexts = self.val_inputs(), self.val_contexts()
         return self.segmenter(model).infer_outputs(
             [inputs[i] for i in indices], [contexts[i] for i in indices], self.cfg.train.val_batch_size

@@ -31,6 +31,10 @@ class AugmentConfig:
     gamma: float = 0.0
     noise_std: float = 0.0
     p_spatial: float = 0.8
+    #: 3D patches: flip probability per axis, and rotation ranges (degrees) about each axis (RAS order;
+    #: the last is the in-plane rotation of axial slices)
+    flip3d: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    rotate3d_deg: tuple[float, float, float] = (5.0, 5.0, 15.0)
 
 
 def _uniform(gen: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:

@@ -60,7 +60,8 @@ def without_validation_images(records: list, val_records: list) -> list:
 
 
 def load_unlabeled(trainer) -> None:
-    """``trainer.unlabeled``: the unlabelled images at the network size (never a validation image)."""
+    """``trainer.unlabeled``: the unlabelled images at the network size (never a validation image); for a
+    volume run, a :class:`covseg.training.volumes.VolumePool` of cached unlabelled volumes."""
     from fnmatch import fnmatch
 
     from covseg.training.data import build_image_tensors, open_records
@@ -77,6 +78,12 @@ def load_unlabeled(trainer) -> None:
         keep = np.random.default_rng(12345).permutation(len(records))[: u.limit]
         records = [records[i] for i in sorted(keep)]
     trainer.unlabeled_records = records
+    if getattr(trainer, "volume_plan", None) is not None:  # volumes: cached with the labelled plan, patched
+        from covseg.training.volumes import unlabeled_volumes
+
+        trainer.unlabeled = unlabeled_volumes(trainer, records)
+        trainer.split_info["unlabeled"] = {"root": u.root, "split": u.split, "include": u.include, "cases": len(records)}
+        return
     with trainer._progress() as prog:
         task = prog.add_task("reading unlabelled", total=len(records), info="")
         trainer.unlabeled = build_image_tensors(records, trainer.preprocessing, progress=lambda: prog.advance(task))

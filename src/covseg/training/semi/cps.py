@@ -128,6 +128,8 @@ class CPSTrainer(Trainer):
 
         self.model.eval()
         self.model_b.eval()
+        if self.volume_plan is not None:  # whole unlabelled volumes, each through both networks' inferer
+            return self._score_volumes()
         scores = []
         with torch.inference_mode():
             for start in range(0, len(self.unlabeled), self.cfg.train.val_batch_size):
@@ -135,6 +137,20 @@ class CPSTrainer(Trainer):
                 pa = logits_to_probs(self.unlabeled_forward(self.model, x), self.num_classes)
                 pb = logits_to_probs(self.unlabeled_forward(self.model_b, x), self.num_classes)
                 scores.append(image_uncertainty(pa, pb, self.cfg.semi.cps.uif.score).float().cpu())
+        return torch.cat(scores)
+
+    def _score_volumes(self):
+        import torch
+
+        seg_a, seg_b = self.segmenter(self.model), self.segmenter(self.model_b)
+        batch = self.cfg.train.val_batch_size
+        scores = []
+        for i in range(len(self.unlabeled)):
+            x = self.unlabeled.volume(i)
+            pa, pb = (torch.from_numpy(s.infer([x], batch_size=batch)[0]) for s in (seg_a, seg_b))
+            if self.num_classes == 1:
+                pa, pb = pa[None], pb[None]
+            scores.append(image_uncertainty(pa[None], pb[None], self.cfg.semi.cps.uif.score).float())
         return torch.cat(scores)
 
     def update_filter(self, epoch: int) -> None:
@@ -203,9 +219,13 @@ class CPSTrainer(Trainer):
         cps = self.cfg.semi.cps
         ub = (cps.unlabeled_batch_size or self.cfg.train.batch_size) * self.runtime.world_size
         uidx = self.kept[torch.randint(len(self.kept), (ub,), generator=aux_generator)]
-        draws = draw_augmentation((ub, *self.unlabeled.images.shape[1:]), self.augment_cfg, aux_generator)
-        uidx, draws = self.shard_rows(uidx), self.shard_rows(draws)
-        xu, _ = apply_augmentation(self.unlabeled.images[uidx], {}, self.augment_cfg, draws)
+        if self.volume_plan is not None:  # volumes: augmented patches of the kept unlabelled volumes
+            sampler = self.unlabeled.sampler
+            xu = sampler.load(self.shard_rows(sampler.plan(uidx, aux_generator)))["image"]
+        else:
+            draws = draw_augmentation((ub, *self.unlabeled.images.shape[1:]), self.augment_cfg, aux_generator)
+            uidx, draws = self.shard_rows(uidx), self.shard_rows(draws)
+            xu, _ = apply_augmentation(self.unlabeled.images[uidx], {}, self.augment_cfg, draws)
         xu = self.runtime.to_device(xu)
         targets = None
         if cps.cutmix:

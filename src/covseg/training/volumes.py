@@ -1,0 +1,279 @@
+"""Training on volumes: the plan, the cache of preprocessed volumes, validation volumes, unlabelled volumes.
+
+When a dataset's cases are volumes (NIfTI, DICOM series), :func:`setup_volume_data` replaces the
+2D in-memory path of the trainer: it fingerprints the training volumes and plans the
+preprocessing (:mod:`covseg.training.planning`; the fingerprint is cached beside the case cache),
+preprocesses every training case once into the on-disk case cache
+(:func:`covseg.transforms.volume.prepare_volume`; epoch 2 reads no NIfTI), and samples patches
+with foreground oversampling. A 3D model (``spatial_dims: 3``) trains on 3D patches and predicts
+with a sliding window; a 2D model trains on axial slices with ``context_slices`` neighbours as
+channels (2.5D) and predicts slice by slice. Validation runs the saved run's own path on whole
+volumes at their original geometry (:meth:`covseg.engine.segmenter.Segmenter.volume_probabilities`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Any
+
+import numpy as np
+
+from covseg.data.sample import CaseRecord
+from covseg.errors import ConfigError, DataError
+from covseg.training.cache import CaseCache, _fingerprint, default_cache_root
+from covseg.training.data import CaseTensors, case_label
+from covseg.transforms.volume import VolumePlan, prepare_labels, prepare_volume
+from covseg.utils.paths import expand
+
+
+def is_volume_dataset(records: list[CaseRecord]) -> bool:
+    """True when the cases are volumes (NIfTI files, DICOM series)."""
+    from covseg.data.imageio import is_volume
+
+    return bool(records) and is_volume(records[0].image)
+
+
+def model_spatial_dims(cfg: Any) -> int:
+    """2 or 3: the configured model's ``spatial_dims`` (2 for models without the parameter)."""
+    return int(cfg.model.params.get("spatial_dims", 2))
+
+
+def _read(rec: CaseRecord, cfg: Any, labelled: bool = True):
+    from covseg.data import load_sample
+
+    sample = load_sample(rec, channels=None, derive_edge=False)
+    label = case_label(sample, rec, cfg.data) if labelled else None
+    return sample, label
+
+
+# --------------------------------------------------------------------------------------- planning
+def fingerprint_cases(trainer, records: list[CaseRecord]) -> list[dict[str, Any]]:
+    """Each training volume's fingerprint entry, cached beside the case cache (keyed by the files)."""
+    from covseg.training.planning import case_fingerprint
+
+    base = expand(trainer.cfg.sampler.cache_dir) if trainer.cfg.sampler.cache_dir else default_cache_root()
+    path = base / f"fingerprint_{_fingerprint(records, {'fingerprint': 1, 'mask': trainer.cfg.data.mask})}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                if len(meta) == len(records):
+                    return [{**m, "sample": z[f"s{i}"], "foreground_sample": z[f"f{i}"]} for i, m in enumerate(meta)]
+        except (OSError, ValueError, KeyError):
+            pass  # rebuilt below
+    cases = []
+    with trainer._progress() as prog:
+        task = prog.add_task("fingerprinting volumes", total=len(records), info="")
+        for i, rec in enumerate(records):
+            sample, label = _read(rec, trainer.cfg)
+            cases.append(case_fingerprint(sample.image, sample.affine, label, seed=i))
+            prog.advance(task)
+    try:
+        from covseg.utils.atomic import write_with
+
+        arrays = {f"s{i}": c["sample"] for i, c in enumerate(cases)} | {f"f{i}": c["foreground_sample"] for i, c in enumerate(cases)}
+        meta = json.dumps([{k: v for k, v in c.items() if k not in ("sample", "foreground_sample")} for c in cases])
+        base.mkdir(parents=True, exist_ok=True)
+        write_with(path, lambda p: np.savez(p, meta=np.array(meta), **arrays))
+    except OSError:
+        pass  # a cache that cannot be written is only slower
+    return cases
+
+
+def plan_volumes(trainer) -> VolumePlan:
+    """Fingerprint the training volumes and plan their preprocessing; the record goes to ``plan.json``."""
+    from covseg.training.planning import dataset_fingerprint, make_plan
+
+    cfg = trainer.cfg
+    cases = fingerprint_cases(trainer, trainer.train_records)
+    fingerprint = dataset_fingerprint(cases)
+    dims = model_spatial_dims(cfg)
+    patch = cfg.sampler.patch_size
+    if patch is not None and len(patch) != dims:
+        raise ConfigError(
+            f"sampler.patch_size {list(patch)} has {len(patch)} numbers but the model is {dims}D "
+            f"({'in-plane size of axial slices' if dims == 2 else '3 numbers'} expected)"
+        )
+    plan = make_plan(fingerprint, cases, cfg.preprocess.volume, patch_dims=dims, patch_size=patch)
+    if dims == 3 and plan.context_slices:
+        raise ConfigError("preprocess.volume.context_slices is for 2D models on volumes (2.5D); a 3D model sees the volume")
+    trainer.plan_record = {"fingerprint": fingerprint, "plan": plan.to_dict()}
+    return plan
+
+
+# ------------------------------------------------------------------------------------------ cases
+def read_volume_case(rec: CaseRecord, plan: VolumePlan, cfg: Any, coarse: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """A training case for the cache: the preprocessed volume ``(C, *grid)`` and its label map on the grid
+    (cascade: cut to the coarse stage's region united with the label's, so no lesion is cut off)."""
+    sample, label = _read(rec, cfg)
+    x, geometry = prepare_volume(sample.image, sample.affine, plan)
+    y = prepare_labels(label, geometry)
+    if coarse is not None:
+        from covseg.engine.cascade import crop_to
+
+        box = coarse.box(sample.image, sample.affine, geometry, extra=label)
+        if box is not None:
+            x, _ = crop_to(x, geometry, box)
+            y = np.ascontiguousarray(y[tuple(slice(a, b) for a, b in box)])
+    return x, y
+
+
+def _check_supported(trainer) -> None:
+    cfg = trainer.cfg
+    if trainer.text is not None or cfg.data.prior_run:
+        raise ConfigError("volumes take no text or cascade prior channel yet (for a 3D cascade use preprocess.volume.coarse_run)")
+    if cfg.data.edges:
+        raise ConfigError("data.edges (edge supervision) is for 2D images; volumes train without edge maps")
+
+
+def setup_volume_data(trainer) -> None:
+    """The trainer's data when the cases are volumes: plan, coarse stage, validation volumes, patch sampler."""
+    _check_supported(trainer)
+    cfg = trainer.cfg
+    plan = plan_volumes(trainer)
+    trainer.volume_plan = plan
+    trainer.cascade_stage = coarse_stage(trainer) if cfg.preprocess.volume.coarse_run else None
+    val_ids, images, affines, masks, spacings = [], [], [], [], []
+    with trainer._progress() as prog:
+        task = prog.add_task("reading validation volumes", total=len(trainer.val_records), info="")
+        for rec in trainer.val_records:
+            sample, label = _read(rec, cfg)
+            val_ids.append(rec.case_id)
+            images.append(sample.image)
+            affines.append(sample.affine)
+            masks.append(label)
+            spacings.append(sample.spacing)
+            prog.advance(task)
+    channels = int(images[0].shape[-1]) if images and images[0].ndim == 4 else cfg.preprocess.channels
+    trainer.in_channels = channels * (2 * plan.context_slices + 1) if model_spatial_dims(cfg) == 2 else channels
+    trainer.val_data = CaseTensors(
+        ids=val_ids, images=None, original_masks=masks, original_images=images, spacings=spacings, affines=affines,
+        shapes=[tuple(int(s) for s in m.shape) for m in masks], foreground=[float((m > 0).mean()) for m in masks],
+    )
+    trainer.sampler = volume_sampler(trainer)
+    cache = trainer.sampler.cache
+    trainer.train_data = CaseTensors(
+        ids=[str(r.case_id) for r in trainer.train_records],
+        images=None,
+        shapes=[tuple(int(v) for v in c["shape"][1:]) for c in cache.cases],
+        foreground=[float(c.get("foreground_voxels", 0)) / float(np.prod(c["shape"][1:])) for c in cache.cases],
+    )
+
+
+def _cache(trainer, records: list[CaseRecord], read, what: str) -> CaseCache:
+    cfg = trainer.cfg
+    settings = {
+        "volume_plan": trainer.volume_plan.to_dict(),
+        "mask": cfg.data.mask,
+        "layout": cfg.data.layout,
+        "what": what,
+        "coarse": None if trainer.cascade_stage is None else str(trainer.cascade_stage.run_dir),
+    }
+    with trainer._progress() as prog:
+        task = prog.add_task(f"caching {what} volumes", total=len(records), info="")
+        cache = CaseCache.build(records, read, settings, trainer.num_classes, cfg.sampler.cache_dir, progress=lambda: prog.advance(task))
+    return cache
+
+
+def _patch_sampler(trainer, cache: CaseCache, foreground_fraction: float):
+    from covseg.training.sampling import PatchSampler
+
+    s, plan = trainer.cfg.sampler, trainer.volume_plan
+    context = plan.context_slices if model_spatial_dims(trainer.cfg) == 2 else None
+    return PatchSampler(
+        cache, plan.patch_size, trainer.global_batch_size, trainer.augment_cfg, foreground_fraction, s.batches_per_epoch, context
+    )
+
+
+def volume_sampler(trainer):
+    """Patches of the cached training volumes, ``sampler.foreground_fraction`` of each batch on foreground."""
+    plan, cfg, coarse = trainer.volume_plan, trainer.cfg, trainer.cascade_stage
+    cache = _cache(trainer, trainer.train_records, lambda rec: read_volume_case(rec, plan, cfg, coarse), "training")
+    trainer.split_info["cache"] = str(cache.folder)
+    return _patch_sampler(trainer, cache, cfg.sampler.foreground_fraction)
+
+
+def inferer_spec(trainer) -> dict[str, Any]:
+    """How a volume run meets its network: a sliding window of the patch size (3D; ``inferer`` settings
+    kept), or the 2D model slice by slice along the axial axis with the plan's context (2.5D)."""
+    plan = trainer.volume_plan
+    spec = trainer.cfg.inferer.model_dump()
+    if model_spatial_dims(trainer.cfg) == 2:
+        return {"name": "slices", "params": {"axis": 2, "context": plan.context_slices, "inner": {"name": "resize", "params": {"size": None}}}}
+    if spec["name"] == "resize":  # the 2D default: not for volumes
+        spec = {"name": "sliding_window", "params": {}}
+    if spec["name"] == "sliding_window":
+        spec["params"].setdefault("roi_size", list(plan.patch_size))
+    return spec
+
+
+def coarse_stage(trainer):
+    """The cascade's coarse stage, copied into ``<run>/coarse`` so the fine run folder predicts on its own."""
+    from covseg.engine.cascade import CoarseStage
+    from covseg.engine.segmenter import Segmenter
+    from covseg.runs.folder import RunFolder
+
+    v = trainer.cfg.preprocess.volume
+    source = expand(str(v.coarse_run).replace("{fold}", str(trainer.cfg.data.fold)))
+    checkpoint = RunFolder(source).resolve_checkpoint(v.coarse_checkpoint)
+    if RunFolder(source).description().volume is None:
+        raise ConfigError("preprocess.volume.coarse_run must be a volume run (trained on volumes)", source)
+    target = trainer.run.path / "coarse"
+    if trainer.runtime.is_main and not (target / "model.json").exists():
+        (target / "checkpoints").mkdir(parents=True, exist_ok=True)
+        for name in ("model.json", "config.yaml", "plan.json"):
+            if (source / name).exists():
+                shutil.copy2(source / name, target / name)
+        shutil.copy2(checkpoint, target / "checkpoints" / checkpoint.name)
+    trainer.runtime.barrier()
+    segmenter = Segmenter.from_run(target, checkpoint.stem, trainer.runtime)
+    return CoarseStage(segmenter, v.coarse_margin_mm, 0.5, source.resolve(), checkpoint.stem)
+
+
+# --------------------------------------------------------------------------------------- unlabelled
+class VolumePool:
+    """Unlabelled volumes for semi-supervised training: cached, patched, scored whole."""
+
+    def __init__(self, cache: CaseCache, sampler: Any, ids: list[str]) -> None:
+        self.cache = cache
+        self.sampler = sampler
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def volume(self, i: int):
+        """Case ``i``'s preprocessed volume as a tensor ``(C, *grid)`` (for uncertainty scoring)."""
+        import torch
+
+        return torch.from_numpy(np.array(self.cache.arrays(i)[0], dtype=np.float32))
+
+
+def unlabeled_volumes(trainer, records: list[CaseRecord]) -> VolumePool:
+    """The unlabelled volumes of a semi-supervised run, preprocessed with the labelled run's plan."""
+    if not is_volume_dataset(records):
+        raise DataError("semi.unlabeled.root holds 2D images but the labelled cases are volumes", records[0].image if records else None)
+    plan = trainer.volume_plan
+
+    def read(rec):
+        sample, _ = _read(rec, trainer.cfg, labelled=False)
+        return prepare_volume(sample.image, sample.affine, plan)[0], None
+
+    cache = _cache(trainer, records, read, "unlabelled")
+    return VolumePool(cache, _patch_sampler(trainer, cache, 0.0), [str(r.case_id) for r in records])
+
+
+def write_plan(trainer) -> None:
+    """``plan.json``: the fingerprint and the plan (its preprocessing part is ``model.json``'s ``volume``)."""
+    record = dict(trainer.plan_record)
+    if trainer.cascade_stage is not None:
+        record["cascade"] = {"coarse_run": str(trainer.cascade_stage.run_dir), "copied_to": "coarse"}
+    trainer.run.write_json("plan.json", record)
+
+
+def describe_cascade(trainer) -> dict[str, Any] | None:
+    stage = trainer.cascade_stage
+    if stage is None:
+        return None
+    return {"run": "coarse", "checkpoint": stage.checkpoint, "margin_mm": stage.margin_mm, "threshold": stage.threshold}

@@ -636,7 +636,12 @@ def trace_nifti_training_folder(ctx: Ctx) -> Spec:
         vol = rng.normal(size=(16, 16, 4)).astype(np.float32)
         write_volume(data / "images" / f"v{k}.nii.gz", vol, np.eye(4), dtype="float32")
         write_volume(data / "masks" / f"v{k}.nii.gz", (vol > 1).astype(np.uint8), np.eye(4), dtype="uint8")
-    return Spec(["train", "-c", ctx.base["cfg"], "-o", ctx.tmp / "run", "-q", f"data.root={data}", "data.folds=2"], 2, r"holds 3D volumes .* the model is 2D", "v0.nii.gz", [data])
+    run = ctx.tmp / "run"
+
+    def trained_in_2_5d() -> None:  # volumes with a 2D model are the 2.5D mode: planned, not refused
+        assert (run / "plan.json").is_file() and '"volume"' in (run / "model.json").read_text()
+
+    return Spec(["train", "-c", ctx.base["cfg"], "-o", run, "-q", f"data.root={data}", "data.folds=2"], 0, inputs=[data], check=trained_in_2_5d)
 
 
 def _write_fault(kind: int, after: int = 0):

@@ -140,11 +140,14 @@ class Segmenter:
             if adapter is not None:
                 adapters.append(adapter)
         pre = Preprocessing.from_dict(description.preprocessing.model_dump())
-        wanted = pre.channels + sum(int(a.extra_channels) for a in adapters)
+        image_channels = pre.channels
+        if description.volume is not None and int(description.init_args.get("spatial_dims", 2)) == 2:
+            image_channels *= 2 * description.volume.context_slices + 1  # 2.5D: neighbouring slices as channels
+        wanted = image_channels + sum(int(a.extra_channels) for a in adapters)
         takes = getattr(model, "input_channels", None)
         if takes is not None and wanted != takes:
             raise CovsegError(
-                f"model.json gives the model {wanted} input channel(s) (preprocessing.channels {pre.channels} + extra inputs) "
+                f"model.json gives the model {wanted} input channel(s) (image channels {image_channels} + extra inputs) "
                 f"but the checkpoint's model takes {takes}",
                 run.path / "model.json",
             )

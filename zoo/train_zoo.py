@@ -48,7 +48,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "modality": "CT",
         "config": "resunet_cosup_covid_semiseg",
         "fold": 0,
-        "overrides": ["preprocess.size=[256,256]", "train.epochs=60", "train.val_every=60"],
+        "overrides": ["preprocess.size=[256,256]", "train.epochs=30", "train.val_every=30"],
         "data": "Inf-Net COVID-SemiSeg labelled slices (50): fold 0 of the project's 5-fold split, "
         "40 slices trained on, 10 held out and scored (unlabelled slices not used)",
         "kind": "ct",
@@ -58,7 +58,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "modality": "CT",
         "config": "multiclass_covid_semiseg",
         "fold": 0,
-        "overrides": ["preprocess.size=[256,256]", "train.epochs=40", "train.val_every=40"],
+        "overrides": ["preprocess.size=[256,256]", "train.epochs=24", "train.val_every=24"],
         "data": "Inf-Net COVID-SemiSeg multi-class masks (50 slices): fold 0 of the project's 5-fold split, "
         "40 trained on, 10 held out and scored",
         "kind": "ct",

@@ -8,6 +8,7 @@ import typer
 
 from covseg import __version__
 from covseg.cli import (
+    app_cmd,
     data_cmd,
     demo_cmd,
     evaluate_cmd,
@@ -38,6 +39,7 @@ app.command("explain")(explain_cmd.explain)
 app.command("pseudo-label")(pseudo_cmd.pseudo_label)
 app.command("models")(train_cmd.list_models)
 app.command("export")(export_cmd.export)
+app.command("app")(app_cmd.app)
 
 
 def _version_callback(value: bool) -> None:

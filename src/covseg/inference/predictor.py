@@ -177,17 +177,21 @@ class Predictor(BasePredictor):
 
 
 def list_inputs(path: Path) -> list[Path]:
-    """Image and NIfTI files of a file or folder (sorted), with a clear error when empty."""
-    from covseg.data.imageio import IMAGE_SUFFIXES, suffix_of
+    """Image and NIfTI files of a file or folder (sorted), with a clear error when empty.
+
+    A folder of DICOM slices is one volume (a series); a folder's sub-folders that are DICOM
+    series are volumes too."""
+    from covseg.data.imageio import IMAGE_SUFFIXES, is_dicom_series, suffix_of
 
     if not path.exists():
         raise DataError("input not found", path)
-    if path.is_file():
+    if path.is_file() or is_dicom_series(path):
         return [path]
     # broken links and link loops stay in the list: reading them gives a one-line problem, not silence
     files = sorted(
         p for p in path.iterdir() if (p.is_file() or p.is_symlink()) and suffix_of(p) in (*IMAGE_SUFFIXES, ".nii", ".nii.gz", ".npy")
     )
+    files += sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink() and is_dicom_series(p))
     if not files:
         raise DataError("no images (PNG/JPG/TIF/BMP/NIfTI) in folder", path)
     return files

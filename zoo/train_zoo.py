@@ -37,8 +37,8 @@ RUNS = ROOT / "runs" / "zoo"
 ZOO = ROOT / "src" / "covseg" / "zoo"
 DISCLAIMER = (
     "Reduced CPU recipe (one fold / a subset, few epochs, one CPU thread on a shared 2-core machine): "
-    "not the 5-fold cross-validated recipes or accuracy targets of issue 18. The numbers below are "
-    "measured on this model's own held-out cases only."
+    "not the 5-fold cross-validated recipes or accuracy targets of issue 18. Its numbers are "
+    "measured on this model's own held-out cases only (see validation)."
 )
 
 # name -> how it is made; `overrides` go to `covseg train` after the shipped config `config`.

@@ -90,17 +90,20 @@ def _list_pretrained(console) -> None:
         console.print("no trained models are shipped with this installation")
         return
     table = Table(title="trained models shipped with covseg (covseg predict --model NAME)", show_lines=True)
-    for column in ("name", "task", "data", "recipe", "held-out result", "trained"):
+    table.add_column("name", no_wrap=True)
+    for column in ("task", "data", "recipe", "held-out result", "trained"):
         table.add_column(column, overflow="fold")
     for name in names:
         card = zoo.card(name)
         recipe = card.get("recipe", {})
         size = "×".join(str(s) for s in recipe.get("input_size", []))
+        epochs, done = recipe.get("epochs", "?"), recipe.get("epochs_completed")
+        epochs_text = f"{done} of {epochs} epochs" if done is not None and done != epochs else f"{epochs} epochs"
         cost = card.get("training", {}).get("cpu_minutes")
         trained = f"{card.get('date', '?')}" + (f"\n{cost} CPU-min" if cost is not None else "")
         table.add_row(
             escape(name), escape(str(card.get("task", ""))), escape(str(card.get("data", ""))),
-            escape(f"{recipe.get('model', '?')} {size}, {recipe.get('epochs', '?')} epochs"),
+            escape(f"{recipe.get('model', '?')} {size}, {epochs_text}"),
             escape(_card_result(card)), escape(trained),
         )  # fmt: skip
     console.print(table)

@@ -110,8 +110,9 @@ def test_pretrained_demo_without_data_says_so(tiny_zoo, tmp_path, monkeypatch, c
 
 # -- the shipped models (real weights) ------------------------------------------------------------
 SHIPPED = ("covid-ct-infection", "covid-ct-multiclass", "covid-cxr", "covid-cxr-text")
-# Dice floors measured on these few cases with the shipped weights (see each test), minus a margin
-CT_FLOOR, CXR_FLOOR, TEXT_FLOOR = 0.55, 0.40, 0.40
+# Dice floors: measured with the shipped weights on exactly these cases (CT: the first 4 held-out slices 0.662;
+# X-ray: 6 valid images spread over the split, image-only 0.637, text-guided 0.541), less about 0.1
+CT_FLOOR, CXR_FLOOR, TEXT_FLOOR = 0.55, 0.52, 0.44
 
 
 def _shipped(name: str) -> Path:

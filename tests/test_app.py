@@ -189,3 +189,25 @@ def test_page_uploads_and_shows_the_overlay_in_headless_chromium(trained, tmp_pa
         browser.quit()
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_joint_model_upload_has_class_probabilities_and_a_gradcam_map(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from covseg.app import create_app
+    from covseg.data.synthetic import write_phantom_dataset
+
+    from tests.test_jcs import SMALL, TERMS
+
+    data = write_phantom_dataset(tmp_path / "data", n=8, size=32, seed=1, negatives=0.5)
+    raw = tiny_config(data, size=32, epochs=1, data__folds=2, data__labels=str(data / "labels.csv"),
+                      model={"name": "jcs", "params": SMALL}, loss={"terms": TERMS})  # fmt: skip
+    build_trainer(load_config(raw=raw), tmp_path / "run", quiet=True).fit()
+    client = TestClient(create_app([tmp_path / "run"]))
+    path = sorted((data / "images").iterdir())[0]
+    resp = client.post("/api/segment", files={"file": (path.name, path.read_bytes())}, data={"model": "run0:run"})
+    assert resp.status_code == 200, resp.text
+    info = resp.json()
+    assert sum(info["class_probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    heat = Image.open(io.BytesIO(client.get(info["explanation_url"]).content))
+    assert heat.size == (32, 32) and heat.mode == "RGB"

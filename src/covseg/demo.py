@@ -186,3 +186,108 @@ def _write_report(output: Path, source: str, cfg, train_summary, summaries, timi
         items.append((overlay(image, gt, pred), rec.case_id))
     rep.gallery(items, width=220)
     return rep.write(output / "report.html")
+
+
+# -- the second path: a shipped (zoo) model on real example images ---------------------------------
+PRETRAINED_EXAMPLES = {  # model kind -> dataset folder (under COVSEG_DATA) whose images it predicts
+    "CT": "covid_semiseg_infnet/train",
+    "X-ray": "qata_cov19_sgseg/valid",
+}
+
+
+def example_records(model: str, cases: int) -> tuple[list, Path | None]:
+    """Real example cases for a shipped model from COVSEG_DATA (empty when the data is absent).
+
+    CT models get the slices their card says were held out of training; X-ray models get
+    ``cases`` QaTa ``valid`` images spread over the split (never trained on)."""
+    from covseg import zoo
+    from covseg.training.data import open_records
+    from covseg.utils.paths import data_root
+
+    card = zoo.card(model)
+    folder = data_root() / PRETRAINED_EXAMPLES.get(card.get("modality", "CT"), PRETRAINED_EXAMPLES["CT"])
+    if not (folder / "images").is_dir():
+        return [], None
+    records = sorted((r for r in open_records(str(folder)) if r.mask is not None), key=lambda r: r.case_id)
+    held_out = set(card.get("validation", {}).get("held_out_case_ids", []))
+    if held_out:
+        records = [r for r in records if r.case_id in held_out]
+    if len(records) > cases:
+        records = [records[i] for i in sorted({round(k * (len(records) - 1) / (cases - 1)) for k in range(cases)})] if cases > 1 else records[:1]
+    captions = folder / "captions.csv"
+    return records, captions if captions.is_file() else None
+
+
+def run_pretrained_demo(output: Path, model: str = "covid-ct-infection", cases: int = 8, quiet: bool = False) -> dict[str, Any] | None:
+    """Predict real example images with a shipped model (no training), score them and write report.html.
+
+    Returns None, after one line saying why, when COVSEG_DATA holds no example images (the
+    datasets cannot be bundled with covseg)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from covseg import zoo
+    from covseg.inference.batch import predict_files
+    from covseg.inference.loading import load_predictor, text_resolver
+    from covseg.utils.outputs import OutputFolder
+    from covseg.utils.paths import DATA_ENV, data_root
+    from covseg.viz.callbacks import prediction_overlay
+
+    console = Console(stderr=True, highlight=False, quiet=quiet)
+    if zoo.resolve(model) is None:
+        raise CovsegError(f"no shipped model named {model!r} (shipped: {', '.join(zoo.names()) or 'none'})")
+    records, captions = example_records(model, cases)
+    if not records:
+        Console(stderr=True, highlight=False).print(
+            f"no example images: the datasets cannot be bundled with covseg and none were found under {escape(str(data_root()))} "
+            f"(set {DATA_ENV}); predict your own with: covseg predict --model {escape(model)} -i FILE -o OUT"
+        )
+        return None
+    output = Path(output)
+    t0 = time.perf_counter()
+    predictor = load_predictor(model)
+    if predictor.num_classes != 1:
+        raise CovsegError(f"the demo scores binary models; {model!r} has {predictor.num_classes} classes (use covseg predict)")
+    console.print(f"[bold]1/2[/] predicting {len(records)} real example images with {escape(model)} (shipped weights, no training)")
+    predictions = output / "predictions"
+    if OutputFolder(predictions, "predict", legacy=("predictions.csv",)).written_by_us():
+        shutil.rmtree(predictions)
+    text_file = captions if predictor.text_guided else None
+    extra_for = text_resolver(predictor, None, text_file)
+    report = predict_files(predictor, [r.image for r in records], predictions, overlays=prediction_overlay, extra_for=extra_for)
+    if report.failed:
+        raise CovsegError(f"{len(report.failed)} example images could not be predicted: {report.failed[0][1]}", report.failed[0][0])
+    timings = {"predict_s": time.perf_counter() - t0}
+    console.print("[bold]2/2[/] evaluating and writing the report")
+    summaries = _evaluate(records, predictions, output / "evaluation")
+    timings["total_s"] = time.perf_counter() - t0
+    card = zoo.card(model)
+    source = f"{len(records)} images of {records[0].image.parent.parent} (held out of the model's training)"
+    page = _pretrained_report(output, model, card, source, summaries, timings, records, predictions)
+    console.print(
+        f"[bold green]done[/] in {timings['total_s']:.0f}s: Dice {_mean(summaries['medical'], 'dice'):.3f} (threshold 0.5), "
+        f"sod mean Dice {_mean(summaries['sod'], 'mean_dice'):.3f} on {len(records)} example images; report: {escape(str(page))}"
+    )
+    return {"summaries": summaries, "timings": timings, "report": str(page), "cases": [r.case_id for r in records]}
+
+
+def _pretrained_report(output: Path, model: str, card: dict[str, Any], source: str, summaries, timings, records, predictions: Path) -> Path:
+    from covseg.data.imageio import read_image, read_mask, stem_of
+    from covseg.viz.overlay import overlay
+    from covseg.viz.report import HtmlReport
+
+    rep = HtmlReport(f"covseg demo: shipped model {model}", f"data: {source}")
+    rep.paragraph(f"{card.get('task', '')}. {card.get('status', '')}")
+    rep.table([{"step": "prediction", "seconds": timings["predict_s"]}, {"step": "total", "seconds": timings["total_s"]}], float_format=".1f")
+    rows = []
+    for protocol, keys in (("medical", ("dice", "iou", "sensitivity", "hd95")), ("sod", ("mean_dice", "s_measure", "mae"))):
+        metrics = summaries[protocol].get("metrics", {})
+        rows += [{"protocol": protocol, "metric": k, "mean": metrics[k].get("mean"), "std": metrics[k].get("std")} for k in keys if k in metrics]
+    rep.table(rows)
+    rep.heading("Overlays (ground truth green, prediction red, overlap yellow)")
+    items = []
+    for rec in records[:8]:
+        pred = read_mask(predictions / "masks" / f"{stem_of(rec.image)}.png")
+        items.append((overlay(read_image(rec.image), read_mask(rec.mask), pred), rec.case_id))
+    rep.gallery(items, width=220)
+    return rep.write(output / "report.html")

@@ -8,6 +8,7 @@ import typer
 
 from covseg import __version__
 from covseg.cli import (
+    app_cmd,
     data_cmd,
     demo_cmd,
     evaluate_cmd,
@@ -40,6 +41,7 @@ app.command("pseudo-label")(pseudo_cmd.pseudo_label)
 app.command("models")(train_cmd.list_models)
 app.command("export")(export_cmd.export)
 app.command("lungmask")(lungmask_cmd.lungmask)
+app.command("app")(app_cmd.app)
 
 
 def _version_callback(value: bool) -> None:

@@ -36,7 +36,7 @@ def _numbers(text: str | None, option: str, count: int | None = None, kind: type
 
 
 def predict(
-    model: list[Path] = typer.Option(..., "--model", "-m", metavar="RUN_DIR", help="Run folder written by covseg train; repeat to average several (an ensemble); with --engine onnx|torchscript a folder written by covseg export."),
+    model: list[Path] = typer.Option(..., "--model", "-m", metavar="RUN_DIR|NAME", help="Run folder written by covseg train, or a shipped model's name (covseg models --pretrained); repeat to average several (an ensemble); with --engine onnx|torchscript a folder written by covseg export."),
     input: Path = typer.Option(..., "--input", "-i", help="Image/NIfTI file or a folder of them."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (masks/, probs/, overlays/)."),
     checkpoint: str = typer.Option("best", help="best or last."),

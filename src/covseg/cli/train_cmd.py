@@ -40,17 +40,23 @@ def train(
     )
 
 
-def list_models() -> None:
-    """List everything registered: models, encoders, losses, trainers, inferers, input adapters, samplers, layouts."""
+def list_models(
+    pretrained: bool = typer.Option(False, "--pretrained", help="List the trained models shipped with covseg (the zoo) and their cards."),
+) -> None:
+    """List everything registered (models, encoders, losses, trainers, inferers, input adapters, samplers,
+    layouts), or with --pretrained the shipped trained models, usable by name: ``covseg predict --model NAME``."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
+    console = Console()
+    if pretrained:
+        _list_pretrained(console)
+        return
     from covseg.builtins import load_all
     from covseg.registry import REGISTRIES
 
     load_all()
-    console = Console()
     for kind, registry in REGISTRIES.items():
         if not len(registry):
             continue
@@ -60,3 +66,46 @@ def list_models() -> None:
         for name, desc in registry.describe().items():
             table.add_row(escape(name), escape(desc))
         console.print(table)
+
+
+def _card_result(card: dict) -> str:
+    """The measured held-out numbers of a model card, one line per number."""
+    v = card.get("validation", {})
+    keys = [("dice_at_0.5", "Dice@0.5"), ("sod_mean_dice", "sod mean Dice"), ("sod_s_measure", "S-measure"), ("sod_mae", "MAE"),
+            ("ground_glass_dice", "ground-glass Dice"), ("consolidation_dice", "consolidation Dice")]  # fmt: skip
+    lines = [f"{label} {v[k]:.3f}" for k, label in keys if isinstance(v.get(k), (int, float))]
+    if "cases" in v:
+        lines.append(f"on {v['cases']} held-out cases")
+    return "\n".join(lines)
+
+
+def _list_pretrained(console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from covseg import zoo
+
+    names = zoo.names()
+    if not names:
+        console.print("no trained models are shipped with this installation")
+        return
+    table = Table(title="trained models shipped with covseg (covseg predict --model NAME)", show_lines=True)
+    table.add_column("name", no_wrap=True)
+    for column in ("task", "data", "recipe", "held-out result", "trained"):
+        table.add_column(column, overflow="fold")
+    for name in names:
+        card = zoo.card(name)
+        recipe = card.get("recipe", {})
+        size = "×".join(str(s) for s in recipe.get("input_size", []))
+        epochs, done = recipe.get("epochs", "?"), recipe.get("epochs_completed")
+        epochs_text = f"{done} of {epochs} epochs" if done is not None and done != epochs else f"{epochs} epochs"
+        cost = card.get("training", {}).get("cpu_minutes")
+        trained = f"{card.get('date', '?')}" + (f"\n{cost} CPU-min" if cost is not None else "")
+        table.add_row(
+            escape(name), escape(str(card.get("task", ""))), escape(str(card.get("data", ""))),
+            escape(f"{recipe.get('model', '?')} {size}, {epochs_text}"),
+            escape(_card_result(card)), escape(trained),
+        )  # fmt: skip
+    console.print(table)
+    console.print(escape(str(zoo.card(names[0]).get("status", ""))))
+    console.print(f"cards: {escape(str(zoo.ZOO_DIR))}/<name>/card.json")

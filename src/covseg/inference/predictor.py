@@ -202,9 +202,7 @@ def list_inputs(
 
     if not path.exists():
         raise DataError("input not found", path)
-    if path.is_file():
-        return [path]
-    if is_dicom_series(path):
+    if path.is_file() or is_dicom_series(path):
         return [path]
     # broken links and link loops stay in the list: reading them gives a one-line problem, not silence
     files: list[Any] = sorted(
@@ -212,7 +210,7 @@ def list_inputs(
     )
     series = []
     if series_folders:
-        series = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and is_dicom_series(p))
+        series = sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and is_dicom_series(p))
     if volumes:
         from covseg.data.stack import DEFAULT_SPACING, find_stacks
 

@@ -2,9 +2,10 @@
 
 ``covseg predict --model covid-ct-infection ...`` finds ``covseg/zoo/covid-ct-infection/``: a
 packed run folder with ``model.json`` (the run description), ``weights.safetensors`` (fp16
-weights, loaded without pickle) and ``card.json`` (data, recipe, date, hardware and the
-cross-validated numbers of the recipe). The folders are made by ``zoo/train_zoo.py`` in the
-repository. This module only finds them: it imports nothing heavy.
+weights, loaded without pickle) and ``card.json`` (data, recipe, date, hardware, CPU minutes
+and the numbers measured with the packed weights on the model's held-out cases). The folders
+are made by ``zoo/train_zoo.py`` in the repository from reduced CPU recipes (see each card's
+``status``). This module only finds them: it imports nothing heavy.
 """
 
 from __future__ import annotations

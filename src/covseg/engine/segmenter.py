@@ -175,15 +175,18 @@ class Segmenter:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def forward(self, x: torch.Tensor, contexts: Sequence[dict[str, Any]]) -> torch.Tensor:
-        """Logits (float32) of a network-size batch; the adapters give the model's keyword inputs."""
+    def _call_model(self, call, x: torch.Tensor, contexts: Sequence[dict[str, Any]]):
+        """``call(input, **keyword inputs)`` on the device under autocast; the adapters give the keywords."""
         rt = self.runtime
         kwargs: dict[str, Any] = {}
         for adapter in self.adapters:
             kwargs.update(rt.to_device(adapter.model_kwargs(contexts)))
         with rt.autocast():
-            logits = self.model(self.as_input(rt.to_device(x)), **kwargs)
-        return logits.float()
+            return call(self.as_input(rt.to_device(x)), **kwargs)
+
+    def forward(self, x: torch.Tensor, contexts: Sequence[dict[str, Any]]) -> torch.Tensor:
+        """Logits (float32) of a network-size batch; the adapters give the model's keyword inputs."""
+        return self._call_model(self.model, x, contexts).float()
 
     @property
     def classifies(self) -> bool:
@@ -192,12 +195,7 @@ class Segmenter:
 
     def forward_with_classes(self, x: torch.Tensor, contexts: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Segmentation logits and class logits of a network-size batch (joint models)."""
-        rt = self.runtime
-        kwargs: dict[str, Any] = {}
-        for adapter in self.adapters:
-            kwargs.update(rt.to_device(adapter.model_kwargs(contexts)))
-        with rt.autocast():
-            out = self.model.forward_heads(self.as_input(rt.to_device(x)), **kwargs)
+        out = self._call_model(self.model.forward_heads, x, contexts)
         return out["logits"].float(), out["class_logits"].float()
 
     def _recording_forward(self, record: dict[int, list[torch.Tensor]], tta_flip: bool):
@@ -206,10 +204,7 @@ class Segmenter:
         def forward(x: torch.Tensor, contexts: Sequence[dict[str, Any]]) -> torch.Tensor:
             logits, class_logits = self.forward_with_classes(x, contexts)
             if tta_flip:
-                flipped_contexts = list(contexts)
-                for adapter in self.adapters:
-                    flipped_contexts = [adapter.flip_context(c) for c in flipped_contexts]
-                flipped, flipped_classes = self.forward_with_classes(torch.flip(x, dims=[-1]), flipped_contexts)
+                flipped, flipped_classes = self.forward_with_classes(torch.flip(x, dims=[-1]), self._flipped_contexts(contexts))
                 logits = 0.5 * (logits + torch.flip(flipped, dims=[-1]))
                 class_logits = 0.5 * (class_logits + flipped_classes)
             for context, row in zip(contexts, class_logits):
@@ -235,12 +230,16 @@ class Segmenter:
 
         return forward
 
-    def _flip_tta(self, x: torch.Tensor, contexts: Sequence[dict[str, Any]]) -> torch.Tensor:
-        flipped_contexts = list(contexts)
+    def _flipped_contexts(self, contexts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The contexts of a left-right flipped batch (e.g. captions with left and right swapped)."""
+        flipped = list(contexts)
         for adapter in self.adapters:
-            flipped_contexts = [adapter.flip_context(c) for c in flipped_contexts]
+            flipped = [adapter.flip_context(c) for c in flipped]
+        return flipped
+
+    def _flip_tta(self, x: torch.Tensor, contexts: Sequence[dict[str, Any]]) -> torch.Tensor:
         logits = self.forward(x, contexts)
-        flipped = self.forward(torch.flip(x, dims=[-1]), flipped_contexts)
+        flipped = self.forward(torch.flip(x, dims=[-1]), self._flipped_contexts(contexts))
         return 0.5 * (logits + torch.flip(flipped, dims=[-1]))
 
     # -- inputs -----------------------------------------------------------------------------------------

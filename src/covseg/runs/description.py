@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from covseg.errors import CovsegError
+from covseg.utils.checks import ordered_window, positive_spacing, positive_stds
 
 DESCRIPTION_FORMAT = 2  # 1: the untyped model.json of covseg ≤ 0.1 (no "format" key)
 
@@ -37,9 +38,7 @@ class PreprocessingSpec(_Described):
     @field_validator("std")
     @classmethod
     def _positive_std(cls, v: list[float]) -> list[float]:
-        if not v or any(not s > 0 for s in v):
-            raise ValueError(f"every std must be > 0, got {v}")
-        return v
+        return positive_stds(v)
 
     @field_validator("size")
     @classmethod
@@ -51,9 +50,7 @@ class PreprocessingSpec(_Described):
     @field_validator("window")
     @classmethod
     def _ordered_window(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
-        if v is not None and not v[0] < v[1]:
-            raise ValueError(f"window needs low < high, got {list(v)}")
-        return v
+        return ordered_window(v)
 
     @model_validator(mode="after")
     def _one_value_per_channel(self) -> PreprocessingSpec:
@@ -83,16 +80,12 @@ class VolumeSpec(_Described):
     @field_validator("spacing")
     @classmethod
     def _positive_spacing(cls, v: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
-        if v is not None and any(not s > 0 for s in v):
-            raise ValueError(f"spacing must be positive, got {list(v)}")
-        return v
+        return positive_spacing(v)
 
     @field_validator("window")
     @classmethod
     def _ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
-        if v is not None and not v[0] < v[1]:
-            raise ValueError(f"window needs low < high, got {list(v)}")
-        return v
+        return ordered_window(v)
 
 
 class CascadeSpec(_Described):

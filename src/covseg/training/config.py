@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from covseg.errors import ConfigError
 from covseg.transforms.augment import AugmentConfig
+from covseg.utils.checks import ordered_window, positive_spacing, positive_stds
 
 
 class _Strict(BaseModel):
@@ -116,10 +117,8 @@ class VolumeConfig(_Strict):
 
     @model_validator(mode="after")
     def _positive(self) -> VolumeConfig:
-        if isinstance(self.spacing, tuple) and any(not s > 0 for s in self.spacing):
-            raise ValueError(f"spacing must be positive, got {list(self.spacing)}")
-        if isinstance(self.window, tuple) and not self.window[0] < self.window[1]:
-            raise ValueError(f"window needs low < high, got {list(self.window)}")
+        positive_spacing(self.spacing)
+        ordered_window(self.window)
         return self
 
 
@@ -146,16 +145,12 @@ class PreprocessConfig(_Strict):
     @field_validator("std")
     @classmethod
     def _positive_std(cls, v: list[float]) -> list[float]:
-        if not v or any(not s > 0 for s in v):
-            raise ValueError(f"every std must be > 0, got {v}")
-        return v
+        return positive_stds(v)
 
     @field_validator("window")
     @classmethod
     def _ordered_window(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
-        if v is not None and not v[0] < v[1]:
-            raise ValueError(f"window needs low < high, got {list(v)}")
-        return v
+        return ordered_window(v)
 
     @model_validator(mode="after")
     def _one_value_per_channel(self) -> PreprocessConfig:

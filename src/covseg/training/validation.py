@@ -14,6 +14,10 @@ import numpy as np
 
 
 def _accumulator(num_classes: int, threshold: float, surface: bool):
+    """``MedicalMetrics`` per foreground class with ``empty="one"``: a case whose ground truth and
+    prediction are both empty scores 1 (nothing to find, nothing found), so empty validation slices
+    do not count as failures. Surface distances are off unless asked for (they cost more than the
+    rest of validation together)."""
     from covseg.metrics.medical import MedicalMetrics
 
     classes = max(1, num_classes - 1) if num_classes > 1 else 1
@@ -54,31 +58,6 @@ def summarise_records(records: list[tuple[int, list[dict[str, Any]]]], num_class
     if num_classes > 1:
         for cls, metrics in agg.get("per_class", {}).items():
             out[f"dice_c{cls}"] = float(metrics["dice"]["mean"])
-    return out
-
-
-def score_cases(
-    probs: list[np.ndarray],
-    gts: list[np.ndarray | None],
-    num_classes: int,
-    threshold: float = 0.5,
-    spacings: list | None = None,
-    surface: bool = False,
-    class_probs: list[np.ndarray] | None = None,
-    labels: list[int] | None = None,
-) -> dict[str, float]:
-    """Mean Dice and IoU over cases with ``covseg.metrics.MedicalMetrics`` (per class for K > 1).
-
-    ``empty="one"``: a case whose ground truth and prediction are both empty scores 1 (nothing
-    to find, nothing found), so empty validation slices do not count as failures. Surface
-    distances are off by default (they cost more than the rest of validation together).
-    Label-only cases (ground truth ``None``) count for classification alone. With
-    ``class_probs`` and ``labels``: AUC, accuracy, sensitivity, specificity and F1 as well.
-    """
-    records = case_records(probs, gts, num_classes, threshold, spacings=spacings, surface=surface)
-    out = summarise_records(records, num_classes, threshold, surface)
-    if class_probs is not None and labels is not None:
-        out.update(classification_scores(class_probs, labels))
     return out
 
 

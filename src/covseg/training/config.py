@@ -261,6 +261,9 @@ class TrainSettings(_Strict):
     threshold: float = Field(0.5, gt=0, lt=1)
     val_batch_size: int = Field(8, ge=1)
     channels_last: bool = Field(True, description="NHWC tensors: about 2x faster depthwise convolutions on CPU.")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="Average the weights over steps (EMA, this decay per step); validation and checkpoints use the average."
+    )
 
     @field_validator("monitor")
     @classmethod

@@ -372,6 +372,11 @@ class Trainer:
         self.steps_per_epoch = self.sampler.steps_per_epoch()
         self.total_epochs = self.cfg.train.epochs
         self.total_steps = self.total_epochs * self.steps_per_epoch
+        self.average = None
+        if self.cfg.train.ema_decay is not None:
+            from covseg.training.averaging import WeightAverage
+
+            self.average = WeightAverage(self.model, self.cfg.train.ema_decay)
 
     def make_optimizer(self, params):
         import torch
@@ -465,7 +470,7 @@ class Trainer:
 
         state = {
             "model_spec": {"name": self.cfg.model.name, "init_args": self.model.init_args},
-            "model_state": self.model.state_dict(),
+            "model_state": self.evaluated_model().state_dict(),
             "optimizer_state": self.optimizer.state_dict(),
             "epoch": epoch,
             "best_metric": self.best_metric,
@@ -479,6 +484,9 @@ class Trainer:
         }
         if self.runtime.scaler is not None:
             state["scaler_state"] = self.runtime.scaler.state_dict()
+        if self.average is not None:  # model_state is the average; the raw weights resume training
+            state["train_model_state"] = self.model.state_dict()
+            state["ema"] = self.average.state()
         if self.text_adapter is not None:
             enc = self.text_adapter.encoder
             state["text"] = {"encoder": enc.spec.to_dict() if enc is not None else None}
@@ -488,7 +496,9 @@ class Trainer:
         return state
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model_state"])
+        self.model.load_state_dict(ckpt.get("train_model_state", ckpt["model_state"]))
+        if self.average is not None and "ema" in ckpt:
+            self.average.load(ckpt["model_state"], ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
         if self.runtime.scaler is not None and ckpt.get("scaler_state"):
             self.runtime.scaler.load_state_dict(ckpt["scaler_state"])
@@ -522,7 +532,7 @@ class Trainer:
                 row: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v for k, v in parts.items()}}
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
                 if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == self.total_epochs:
-                    metrics = self.validate()
+                    metrics = self.validate(self.evaluated_model())
                     row.update({f"val_{k}": v for k, v in metrics.items()})
                     value = metrics.get(cfg.monitor, float("nan"))
                     if value > self.best_metric:
@@ -737,6 +747,12 @@ class Trainer:
     def optimizer_step(self, loss) -> None:
         """The one optimiser step of every method: backward (scaled for fp16), per-model clipping, step."""
         self.runtime.backward_step(loss, self.optimizer, self.clip_groups(), self.cfg.optim.grad_clip)
+        if self.average is not None:
+            self.average.update(self.model)
+
+    def evaluated_model(self):
+        """What validation scores and checkpoints keep as ``model_state``: the weight average if any."""
+        return self.average.module if self.average is not None else self.model
 
     # ----------------------------------------------------------------- validation
     def segmenter(self, model=None):

@@ -113,6 +113,9 @@ def predict(
     tta_axes: Sequence[int] | None = None,
     stack_spacing: tuple[float, float, float] | None = None,
     probs: bool = True,
+    lungs_only: bool = False,
+    lung_margin_mm: float | None = None,
+    save_lung_mask: bool = False,
 ):
     """Segment a file or folder with one run folder, or several averaged; returns the batch report.
 
@@ -120,13 +123,23 @@ def predict(
     ``NAME_<k>`` (stacked, ``stack_spacing`` mm); ``tta_axes`` flips those spatial axes (all
     combinations) where ``tta`` flips one.
 
+    ``lungs_only`` (CT volumes in HU) sets everything outside the input's classical lung mask
+    (:func:`covseg.transforms.lungmask.lung_mask`, grown by ``lung_margin_mm``, default
+    :data:`covseg.inference.postprocess.LUNG_MARGIN_MM`) to background in
+    masks and soft maps, as TotalSegmentator-style postprocessing; ``predictions.csv`` gains the
+    lung volume (``lung_ml``), and ``save_lung_mask`` writes the mask into ``lungs/``. 2D images
+    are refused (a folder of them: each listed as failed), and so is a volume without lungs. Folders
+    of slices ``NAME_<k>`` are then stacked into volumes for 2D runs too.
+
     ``engine``: ``torch`` (run folders), or ``onnx`` / ``torchscript`` (a folder written by
     ``covseg export``). Under ``torchrun`` each process predicts its share of the files and the
     main process writes ``predictions.csv`` (every output is written once).
     """
+    from covseg.data.imageio import is_volume
     from covseg.engine.runtime import Runtime
     from covseg.inference.batch import predict_files
     from covseg.inference.loading import load_predictors, text_resolver
+    from covseg.inference.postprocess import LUNG_MARGIN_MM
     from covseg.inference.predictor import PostprocessOptions, list_inputs
     from covseg.viz.callbacks import prediction_overlay
 
@@ -146,14 +159,20 @@ def predict(
         for segmenter in predictor.segmenters():
             if hasattr(segmenter.inferer, "sw_batch_size"):
                 segmenter.inferer.sw_batch_size = int(sw_batch_size)
-    files = list_inputs(Path(input), volumes=predictor.volumetric, stack_spacing=stack_spacing, series_folders=True)
+    files = list_inputs(Path(input), volumes=predictor.volumetric or lungs_only, stack_spacing=stack_spacing, series_folders=True)
+    if lungs_only and not any(is_volume(f) for f in files):
+        from covseg.errors import DataError
+        from covseg.inference.postprocess import LUNGS_NEED_VOLUME
+
+        raise DataError(f"{LUNGS_NEED_VOLUME} (NIfTI, DICOM series or a stack of HU slices); no volume among the inputs", input)
     extra_for = text_resolver(predictor, text, None if text_file is None else Path(text_file), missing_text, prompt_type)
     return predict_files(
         predictor,
         files,
         Path(output),
         tta_flip=tuple(tta_axes) if tta_axes else tta,
-        post=PostprocessOptions(largest=largest, min_size=min_size),
+        post=PostprocessOptions(largest=largest, min_size=min_size, lungs_only=lungs_only,
+                                 lung_margin_mm=LUNG_MARGIN_MM if lung_margin_mm is None else lung_margin_mm),
         window=window,
         strict=strict,
         overlays=prediction_overlay if overlays else None,
@@ -162,6 +181,7 @@ def predict(
         batch_size=batch_size,
         runtime=runtime,
         probs=probs,
+        save_lung_mask=save_lung_mask,
     )
 
 

@@ -45,6 +45,9 @@ def predict(
     stack_spacing: str = typer.Option(None, "--stack-spacing", help="Volume runs: spacing X,Y,Z mm of folders of slices NAME_<k> (default 1,1,1)."),
     largest: int = typer.Option(0, help="Keep only the N largest components per class (0 = all)."),
     min_size: int = typer.Option(0, help="Drop components smaller than this many pixels/voxels."),
+    lungs_only: bool = typer.Option(False, "--lungs-only", help="CT volumes in HU: set everything outside the input's lung mask (covseg lungmask) to background, in masks and soft maps; 2D images are refused, a volume without lungs fails."),
+    lung_margin: float = typer.Option(None, "--lung-margin", metavar="MM", help="With --lungs-only: keep predictions up to this many mm outside the lung mask, where dense lesions at the lung border lie (default 15; 0 = the mask itself)."),
+    save_lung_mask: bool = typer.Option(False, "--save-lung-mask", help="With --lungs-only: write each volume's lung mask into lungs/."),
     window: str = typer.Option(None, help="HU window LOW,HIGH for NIfTI input (default -1250,250)."),
     text: str = typer.Option(None, "--text", help="Text prompt for text-guided models (all inputs)."),
     text_file: Path = typer.Option(None, "--text-file", help="Per-image text: CSV/xlsx/JSON mapping image → text."),
@@ -73,6 +76,8 @@ def predict(
         sw_batch_size=(sw_batch_size is None or sw_batch_size >= 1, f"{sw_batch_size} must be at least 1"),
         missing_text=(missing_text in ("error", "image-only"), f"{missing_text!r} must be error or image-only"),
         engine=(engine in ("torch", "onnx", "torchscript"), f"{engine!r} must be torch, onnx or torchscript"),
+        lung_margin=(lung_margin is None or (lungs_only and 0 <= lung_margin <= 50), f"{lung_margin} needs --lungs-only and 0 to 50 mm"),
+        save_lung_mask=(lungs_only or not save_lung_mask, "needs --lungs-only"),
     )
     rank, world, _ = torchrun_env()
     total = len(list_inputs(input))
@@ -101,5 +106,8 @@ def predict(
             tta_axes=_numbers(tta_axes, "--tta-axes", kind=int),
             stack_spacing=_numbers(stack_spacing, "--stack-spacing", 3),
             probs=not no_probs,
+            lungs_only=lungs_only,
+            lung_margin_mm=lung_margin,
+            save_lung_mask=save_lung_mask,
         )
     finish(report, output, f"{len(report.written)} predicted into {output}", quiet_rank=rank > 0)

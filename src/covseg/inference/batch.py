@@ -105,13 +105,17 @@ def run_dirs_of(predictor: BasePredictor) -> list[Path]:
 
 
 def output_paths(out_dir: Path, stem: str, volume: bool) -> dict[str, Path]:
-    """Where one input's outputs go: ``masks/``, ``probs/``, ``overlays/`` under ``out_dir``."""
+    """Where one input's outputs go: ``masks/``, ``probs/``, ``overlays/`` (and a volume's lung mask,
+    ``lungs/``) under ``out_dir``."""
     suffix = ".nii.gz" if volume else ".png"
-    return {
+    paths = {
         "mask": out_dir / "masks" / f"{stem}{suffix}",
         "prob": out_dir / "probs" / f"{stem}{suffix}",
         "overlay": out_dir / "overlays" / f"{stem}.png",
     }
+    if volume:
+        paths["lungs"] = out_dir / "lungs" / f"{stem}{suffix}"
+    return paths
 
 
 #: draws a label map over an image: ``render(image, labels) -> RGB uint8`` (``covseg.viz`` gives one)
@@ -132,22 +136,29 @@ def predict_files(
     batch_size: int = 8,
     runtime: Runtime | None = None,
     probs: bool = True,
+    save_lung_mask: bool = False,
 ) -> BatchReport:
     """Predict each file; a bad file is recorded and skipped unless ``strict``.
 
     ``overlays`` draws each prediction over its image into ``overlays/`` (None: no overlays);
     ``probs=False`` writes no soft maps (``probs/``), which for large volumes saves time and disk.
+    With ``post.lungs_only`` a 2D image is a bad file (the lung mask needs a CT volume in HU), and
+    each row has the volume's ``lung_ml``; ``save_lung_mask`` writes that mask into ``lungs/``.
     Each row records the file's seconds and peak memory (CUDA: ``max_memory_allocated`` for the
     file; CPU: the process's peak resident memory so far). Under torchrun (``runtime`` with
     several processes) each process predicts its share of ``files`` and the main one writes
     ``predictions.csv`` with every row: each output is written exactly once.
     """
     from covseg.data.imageio import is_volume
+    from covseg.inference.postprocess import LUNGS_NEED_VOLUME
 
+    lungs_only = post is not None and post.lungs_only
+    save_lung_mask = save_lung_mask and lungs_only
     runtime = runtime or getattr(predictor, "runtime", None) or Runtime()
     folder = OutputFolder(
         out_dir, "predict", [*files, *run_dirs_of(predictor)],
-        owned=("masks", "probs", "overlays", "predictions.csv", "failed.txt"), legacy=("predictions.csv",),
+        owned=("masks", "probs", "overlays", "predictions.csv", "failed.txt", *(("lungs",) if save_lung_mask else ())),
+        legacy=("predictions.csv",),
     )
     if runtime.is_main:
         folder.prepare()
@@ -162,7 +173,9 @@ def predict_files(
         runtime.reset_peak_memory()
         extra = extra_for(path) if extra_for else {}
         if is_volume(path):
-            row = _predict_volume(predictor, path, folder, tta_flip, post, window, overlays, extra, batch_size, probs)
+            row = _predict_volume(predictor, path, folder, tta_flip, post, window, overlays, extra, batch_size, probs, save_lung_mask)
+        elif lungs_only:
+            raise DataError(f"{LUNGS_NEED_VOLUME} (NIfTI, DICOM series or a stack of HU slices), not a 2D image", path)
         else:
             row = _predict_image(predictor, path, folder, tta_flip, post, overlays, extra, probs)
         row["peak_memory_mb"] = round(runtime.peak_memory_mb(), 1)
@@ -235,14 +248,18 @@ def class_columns(class_probs: np.ndarray | None, names: list[str] | None) -> di
 
 
 def _predict_volume(
-    predictor: BasePredictor, path: Path, folder: OutputFolder, tta, post, window, overlays, extra, batch_size, probs: bool = True
+    predictor: BasePredictor, path: Path, folder: OutputFolder, tta, post, window, overlays, extra, batch_size,
+    probs: bool = True, save_lung_mask: bool = False,
 ) -> dict:
     from covseg.data.imageio import read_volume, write_image, write_volume
     from covseg.transforms.orientation import volume_to_slices
 
     paths = _checked_paths(folder, path, volume=True)
     volume, spacing, affine = read_volume(path)
-    pred = predictor.predict_volume(volume, affine, tta_flip=tta, post=post, window=window, batch_size=batch_size, **extra)
+    try:
+        pred = predictor.predict_volume(volume, affine, tta_flip=tta, post=post, window=window, batch_size=batch_size, **extra)
+    except DataError as exc:  # the volume's own problem (no lungs in it): name the file, --strict included
+        raise exc if exc.path else DataError(exc.problem, path) from None
     write_volume(paths["mask"], pred.labels, affine, dtype="uint8")
     if probs:
         soft = pred.probs if pred.probs.ndim == 3 else np.moveaxis(pred.probs, 0, -1)
@@ -259,13 +276,19 @@ def _predict_volume(
         shown = np.clip((slices[z] - lo) / (hi - lo), 0, 1) * 255.0
         write_image(paths["overlay"], overlays(shown, label_slices[z]))
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    return {
+    row = {
         "input": str(path),
         "mask": str(paths["mask"]),
         "prob": str(paths["prob"]),
         "foreground_fraction": float((pred.labels > 0).mean()),
         "foreground_ml": float((pred.labels > 0).sum() * voxel_ml),
     }
+    lungs = pred.meta.get("lung_mask")
+    if lungs is not None:
+        row["lung_ml"] = float(lungs.sum() * voxel_ml)
+        if save_lung_mask:
+            row["lung_mask"] = str(write_volume(paths["lungs"], lungs, affine, dtype="uint8"))
+    return row
 
 
 def _write_index(out_dir: Path, report: BatchReport) -> None:
@@ -273,6 +296,8 @@ def _write_index(out_dir: Path, report: BatchReport) -> None:
         return
     buf = io.StringIO()
     keys = ["input", "mask", "prob", "foreground_fraction", "foreground_ml", "seconds", "cpu_seconds", "peak_memory_mb"]
+    lung_keys = [k for k in ("lung_ml", "lung_mask") if any(k in row for row in report.written)]
+    keys[5:5] = lung_keys
     keys += list(dict.fromkeys(k for row in report.written for k in row if k.startswith(("p_", "predicted_class"))))
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()

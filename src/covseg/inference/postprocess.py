@@ -36,3 +36,41 @@ def keep_largest_components(mask: np.ndarray, k: int = 1) -> np.ndarray:
         keep = np.argsort(sizes)[::-1][:k] + 1
         out[np.isin(comps, keep)] = label
     return out
+
+
+#: ``lungs_only``: how far (mm) predictions may reach beyond the classical lung mask. That mask
+#: is air below -400 HU, so a dense lesion at the lung border (subpleural consolidation, the
+#: typical COVID-19 site) lies partly outside it; the margin keeps it (measured on 3D phantoms and
+#: the real CT by bench/bench_lungs_only.py: README "Restricting CT predictions to the lungs").
+LUNG_MARGIN_MM = 15.0
+
+#: the one-line problem of --lungs-only (``lungs_only=True``) on anything but a CT volume in HU
+LUNGS_NEED_VOLUME = "--lungs-only needs a CT volume in HU"
+
+
+def lungs_of(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The classical lung mask (:func:`covseg.transforms.lungmask.lung_mask`) of a CT volume in HU, as bool;
+    a ``DataError`` when the volume holds display values, not HU, or no lungs are found in it."""
+    from covseg.errors import DataError
+    from covseg.transforms.lungmask import lung_mask
+    from covseg.transforms.volume import is_display_range
+
+    if is_display_range(volume):
+        raise DataError(f"{LUNGS_NEED_VOLUME}; this volume holds 0..255 display values")
+    lungs = lung_mask(volume, affine).astype(bool)
+    if not lungs.any():
+        raise DataError("--lungs-only found no lungs in this volume (no air-filled region inside the body); is it a chest CT in HU?")
+    return lungs
+
+
+def zero_outside(probs: np.ndarray, region: np.ndarray, num_classes: int) -> np.ndarray:
+    """Soft maps with every voxel outside ``region`` set to background: binary maps ``(*spatial)`` to 0;
+    K-class maps ``(K, *spatial)`` to class 0 (probability 1 there, 0 for the others, so voxels still sum to 1)."""
+    region = np.asarray(region, dtype=bool)
+    out = np.array(probs, dtype=np.float32, copy=True)
+    if num_classes == 1:
+        out[~region] = 0.0
+    else:
+        out[:, ~region] = 0.0
+        out[0][~region] = 1.0
+    return out

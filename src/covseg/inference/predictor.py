@@ -18,6 +18,7 @@ import numpy as np
 from covseg.engine.runtime import Runtime
 from covseg.engine.segmenter import Segmenter, probs_to_labels
 from covseg.errors import CovsegError, DataError
+from covseg.inference.postprocess import LUNG_MARGIN_MM
 
 # 8-bit slices of the field are CT shown through a lung window; NIfTI volumes in HU are
 # mapped the same way before a model trained on such slices sees them.
@@ -26,10 +27,17 @@ DEFAULT_CT_WINDOW = (-1250.0, 250.0)
 
 @dataclass
 class PostprocessOptions:
-    """Applied to the thresholded mask: keep the k largest components, drop small ones."""
+    """Applied to the thresholded mask: keep the k largest components, drop small ones.
+
+    ``lungs_only`` (CT volumes in HU only) first sets every voxel of the soft maps, and so of the
+    masks, outside the input's lung mask grown by ``lung_margin_mm`` to background
+    (:func:`covseg.inference.postprocess.lungs_of`), before the component rules run.
+    """
 
     largest: int = 0
     min_size: int = 0
+    lungs_only: bool = False
+    lung_margin_mm: float = LUNG_MARGIN_MM
 
     def apply(self, labels: np.ndarray) -> np.ndarray:
         from covseg.inference.postprocess import keep_largest_components, remove_small_components
@@ -88,6 +96,10 @@ class BasePredictor:
         return post.apply(labels) if post else labels
 
     def predict_image(self, image: np.ndarray, tta_flip: bool = False, post: PostprocessOptions | None = None, **extra: Any) -> Prediction:
+        if post is not None and post.lungs_only:
+            from covseg.inference.postprocess import LUNGS_NEED_VOLUME
+
+            raise DataError(f"{LUNGS_NEED_VOLUME}; this is a 2D image")
         out = self.predict_outputs([image], tta_flip=tta_flip, **extra)
         probs = out.probs[0]
         class_probs = None if out.class_probs is None else out.class_probs[0]
@@ -103,9 +115,22 @@ class BasePredictor:
         batch_size: int = 8,
         **extra: Any,
     ) -> Prediction:
-        """A volume's prediction in its own geometry (shape and axis order of ``volume``)."""
+        """A volume's prediction in its own geometry (shape and axis order of ``volume``); with
+        ``post.lungs_only`` the lung mask used is in ``meta["lung_mask"]`` (uint8, without the margin)."""
+        meta: dict[str, Any] = {}
+        lungs = None
+        if post is not None and post.lungs_only:  # before the network: a volume without lungs costs no inference
+            from covseg.inference.postprocess import lungs_of
+
+            lungs = lungs_of(volume, affine)
         probs = self.volume_probabilities(volume, affine, tta_flip=tta_flip, window=window, batch_size=batch_size, **extra)
-        return Prediction(probs=probs.astype(np.float32), labels=self.to_labels(probs, post))
+        if lungs is not None:
+            from covseg.inference.postprocess import zero_outside
+            from covseg.transforms.lungmask import dilate_mm
+
+            probs = zero_outside(probs, dilate_mm(lungs, affine, post.lung_margin_mm), self.num_classes)
+            meta["lung_mask"] = lungs.astype(np.uint8)
+        return Prediction(probs=probs.astype(np.float32), labels=self.to_labels(probs, post), meta=meta)
 
 
 class Predictor(BasePredictor):

@@ -54,6 +54,35 @@ def _ball(radius: tuple[int, ...]) -> np.ndarray:
     return sum((g / max(r, 1)) ** 2 for g, r in zip(grids, radius)) <= 1.0
 
 
+def _axes(affine: np.ndarray) -> tuple[int, list[float]]:
+    """The input axis that runs inferior–superior, and the voxel spacing (mm) along each input axis."""
+    from covseg.transforms.volume import oriented_spacing, ras_orientation
+
+    ornt = ras_orientation(affine)
+    spacing_ras = oriented_spacing(affine, ornt)
+    return int(np.flatnonzero(ornt[:, 0] == 2)[0]), [spacing_ras[int(ornt[i, 0])] for i in range(3)]
+
+
+def dilate_mm(mask: np.ndarray, affine: np.ndarray, margin_mm: float) -> np.ndarray:
+    """``mask`` (bool) grown to every voxel whose centre lies within ``margin_mm`` of it, in mm along each
+    axis (anisotropic voxels honoured). A Euclidean distance transform over the mask's bounding box
+    grown by the margin: its cost does not grow with the margin, as a ball-shaped dilation's would."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    if margin_mm <= 0 or not mask.any():
+        return mask
+    _, spacing = _axes(affine)
+    pad = [math.floor(margin_mm / s) for s in spacing]
+    box = tuple(
+        slice(max(int(idx.min()) - p, 0), min(int(idx.max()) + p + 1, n))
+        for idx, p, n in zip(np.nonzero(mask), pad, mask.shape)
+    )
+    out = mask.copy()
+    out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing) <= margin_mm
+    return out
+
+
 def lung_mask(
     volume: np.ndarray,
     affine: np.ndarray,
@@ -66,13 +95,8 @@ def lung_mask(
     """Lungs (uint8 0/1) of a CT volume ``(X, Y, Z)`` in HU, in the volume's own geometry."""
     from scipy import ndimage
 
-    from covseg.transforms.volume import oriented_spacing, ras_orientation
-
     vol = np.asarray(volume, dtype=np.float32)
-    ornt = ras_orientation(affine)
-    axial = int(np.flatnonzero(ornt[:, 0] == 2)[0])  # the input axis that runs inferior–superior
-    spacing_ras = oriented_spacing(affine, ornt)
-    spacing = [spacing_ras[int(ornt[i, 0])] for i in range(3)]
+    axial, spacing = _axes(affine)
     body = _fill_slices(_largest(vol > body_hu), axial)
     air = (vol < air_hu) & body
     opened = ndimage.binary_opening(air, structure=_ball(tuple(max(1, round(2.0 / s)) for s in spacing)))

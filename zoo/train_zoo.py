@@ -59,7 +59,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "cv_variant": "resunet_all_e100",
         "status": CT_STATUS,
         "data": "Inf-Net COVID-SemiSeg labelled slices: all 50 trained on (the 1,600 unlabelled slices are not used: "
-        "Semi-Inf-Net pre-training on them lowered 5-fold Dice, see the README's semi-supervised section)",
+        "Semi-Inf-Net pre-training on them lowered Dice on the folds it was run on, see the README's semi-supervised section)",
         "kind": "ct",
     },
     "covid-ct-multiclass": {

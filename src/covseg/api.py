@@ -37,7 +37,9 @@ def fit(cfg: Any, run_dir: str | Path, resume: bool = False, quiet: bool = False
         if primary:
             folder.prepare()
         trainer = build_trainer(cfg, run_dir, resume=resume, quiet=quiet, callbacks=[training_curves_callback])
-        return trainer.fit(stop_after=stop_after)
+        summary = trainer.fit(stop_after=stop_after)
+        trainer.runtime.close()  # under torchrun: end the process group before exit
+        return summary
 
 
 def train(
@@ -166,7 +168,7 @@ def predict(
 
         raise DataError(f"{LUNGS_NEED_VOLUME} (NIfTI, DICOM series or a stack of HU slices); no volume among the inputs", input)
     extra_for = text_resolver(predictor, text, None if text_file is None else Path(text_file), missing_text, prompt_type)
-    return predict_files(
+    report = predict_files(
         predictor,
         files,
         Path(output),
@@ -183,6 +185,8 @@ def predict(
         probs=probs,
         save_lung_mask=save_lung_mask,
     )
+    runtime.close()  # under torchrun: end the process group before exit (gloo threads left alive can abort it)
+    return report
 
 
 def explain(

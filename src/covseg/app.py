@@ -3,7 +3,8 @@
 Open a PNG/JPEG/TIFF/DICOM image or a NIfTI volume (and a caption for text-guided models),
 pick a shipped model (``covseg models --pretrained``) or a run folder given on the command line,
 and see the prediction drawn over the image (a slice slider for volumes), the infected area or
-volume, the Grad-CAM map of joint models, and download the mask. It runs on this machine and makes
+volume (with "lungs only", CT volumes: predictions outside the lungs dropped, and the share of the
+lungs infected), the Grad-CAM map of joint models, and download the mask. It runs on this machine and makes
 no external calls: the page has no CDN assets, every user-supplied text reaches it as JSON and is
 shown with ``textContent``, never as HTML. Results live in memory (the last few) until the app stops.
 """
@@ -94,9 +95,13 @@ def _suffix(filename: str) -> str:
     return suffix
 
 
-def segment_upload(predictor: Any, data: bytes, filename: str, text: str = "") -> Result:
-    """Segment one uploaded file (its bytes and name) with ``predictor``."""
+def segment_upload(predictor: Any, data: bytes, filename: str, text: str = "", lungs_only: bool = False) -> Result:
+    """Segment one uploaded file (its bytes and name) with ``predictor``.
+
+    ``lungs_only`` (CT volumes in HU) drops predictions outside the lungs grown by the default
+    margin, as ``covseg predict --lungs-only``, and adds the lung volume to the summary."""
     from covseg.data.imageio import read_image, read_volume, write_mask, write_volume
+    from covseg.inference.postprocess import LUNGS_NEED_VOLUME
 
     suffix = _suffix(filename)
     extra: dict[str, Any] = {}
@@ -109,11 +114,16 @@ def segment_upload(predictor: Any, data: bytes, filename: str, text: str = "") -
         path = Path(tmp) / f"upload{suffix}"
         path.write_bytes(data)
         if suffix in VOLUME_UPLOADS:
-            from covseg.inference.predictor import DEFAULT_CT_WINDOW
+            from covseg.inference.batch import lung_involvement_percent
+            from covseg.inference.predictor import DEFAULT_CT_WINDOW, PostprocessOptions
             from covseg.transforms.orientation import volume_to_slices
 
             volume, spacing, affine = read_volume(path)
-            pred = predictor.predict_volume(volume, affine, **extra)
+            post = PostprocessOptions(lungs_only=True) if lungs_only else None
+            try:
+                pred = predictor.predict_volume(volume, affine, post=post, **extra)
+            except CovsegError as exc:
+                raise CovsegError(exc.problem, name) from None  # the temporary file's path means nothing to the user
             lo, hi = DEFAULT_CT_WINDOW
             slices = np.clip((volume_to_slices(volume, affine) - lo) / (hi - lo), 0, 1) * 255.0
             label_slices = volume_to_slices(pred.labels, affine)
@@ -127,7 +137,13 @@ def segment_upload(predictor: Any, data: bytes, filename: str, text: str = "") -
                 "infected_fraction": round(float((pred.labels > 0).mean()), 5),
                 "start_slice": int(np.argmax(per_slice)) if voxels else len(slices) // 2,
             }  # fmt: skip
+            if "lung_mask" in pred.meta:
+                voxel_ml = float(np.prod(spacing)) / 1000.0
+                summary["lung_ml"] = round(float(pred.meta["lung_mask"].sum()) * voxel_ml, 3)
+                summary["infected_percent_of_lungs"] = round(lung_involvement_percent(voxels * voxel_ml, summary["lung_ml"]), 3)
             return Result(name, list(slices), list(label_slices), mask, f"{_stem(name)}_mask.nii.gz", summary)
+        if lungs_only:
+            raise CovsegError(f"{LUNGS_NEED_VOLUME} (NIfTI); this is a 2D image", name)
         image = read_image(path)
         pred = predictor.predict_image(image, **extra)
         write_mask(Path(tmp) / "mask.png", pred.labels, scale_binary=predictor.num_classes == 1)
@@ -191,13 +207,15 @@ def create_app(run_dirs: list[Path] | tuple[Path, ...] = (), max_upload_mb: int 
         return choices.listing()
 
     @app.post("/api/segment")
-    def segment(file: UploadFile = File(...), model: str = Form(...), text: str = Form("")) -> dict[str, Any]:
+    def segment(
+        file: UploadFile = File(...), model: str = Form(...), text: str = Form(""), lungs_only: bool = Form(False)
+    ) -> dict[str, Any]:
         data = file.file.read(max_upload_mb * 2**20 + 1)
         if len(data) > max_upload_mb * 2**20:
             raise CovsegError(f"file larger than {max_upload_mb} MB")
         if not data:
             raise CovsegError("empty file", Path(file.filename or "upload"))
-        result = segment_upload(choices.predictor(model), data, file.filename or "upload", text)
+        result = segment_upload(choices.predictor(model), data, file.filename or "upload", text, lungs_only)
         rid = uuid.uuid4().hex
         with lock:
             results[rid] = result

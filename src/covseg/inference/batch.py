@@ -143,7 +143,8 @@ def predict_files(
     ``overlays`` draws each prediction over its image into ``overlays/`` (None: no overlays);
     ``probs=False`` writes no soft maps (``probs/``), which for large volumes saves time and disk.
     With ``post.lungs_only`` a 2D image is a bad file (the lung mask needs a CT volume in HU), and
-    each row has the volume's ``lung_ml``; ``save_lung_mask`` writes that mask into ``lungs/``.
+    each row has the volume's ``lung_ml`` and ``infected_percent_of_lungs``; ``save_lung_mask``
+    writes that mask into ``lungs/``.
     Each row records the file's seconds and peak memory (CUDA: ``max_memory_allocated`` for the
     file; CPU: the process's peak resident memory so far). Under torchrun (``runtime`` with
     several processes) each process predicts its share of ``files`` and the main one writes
@@ -286,9 +287,18 @@ def _predict_volume(
     lungs = pred.meta.get("lung_mask")
     if lungs is not None:
         row["lung_ml"] = float(lungs.sum() * voxel_ml)
+        row["infected_percent_of_lungs"] = lung_involvement_percent(row["foreground_ml"], row["lung_ml"])
         if save_lung_mask:
             row["lung_mask"] = str(write_volume(paths["lungs"], lungs, affine, dtype="uint8"))
     return row
+
+
+def lung_involvement_percent(infected_ml: float, lung_ml: float) -> float:
+    """Infected volume as a percentage of the lung mask's volume (the share CT severity scores grade).
+
+    The lung mask is the classical air-based one, which can leave dense consolidation out, so on
+    such scans this overstates the share (it can pass 100 with ``--lung-margin`` > 0)."""
+    return float(100.0 * infected_ml / lung_ml) if lung_ml > 0 else 0.0
 
 
 def _write_index(out_dir: Path, report: BatchReport) -> None:
@@ -296,7 +306,7 @@ def _write_index(out_dir: Path, report: BatchReport) -> None:
         return
     buf = io.StringIO()
     keys = ["input", "mask", "prob", "foreground_fraction", "foreground_ml", "seconds", "cpu_seconds", "peak_memory_mb"]
-    lung_keys = [k for k in ("lung_ml", "lung_mask") if any(k in row for row in report.written)]
+    lung_keys = [k for k in ("lung_ml", "infected_percent_of_lungs", "lung_mask") if any(k in row for row in report.written)]
     keys[5:5] = lung_keys
     keys += list(dict.fromkeys(k for row in report.written for k in row if k.startswith(("p_", "predicted_class"))))
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")

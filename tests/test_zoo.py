@@ -110,9 +110,11 @@ def test_pretrained_demo_without_data_says_so(tiny_zoo, tmp_path, monkeypatch, c
 
 # -- the shipped models (real weights) ------------------------------------------------------------
 SHIPPED = ("covid-ct-infection", "covid-ct-multiclass", "covid-cxr", "covid-cxr-text")
-# Dice floors: measured with the shipped weights on exactly these cases (CT: the first 4 held-out slices 0.662;
-# X-ray: 6 valid images spread over the split, image-only 0.637, text-guided 0.541), less about 0.1
-CT_FLOOR, CXR_FLOOR, TEXT_FLOOR = 0.55, 0.52, 0.44
+# Dice floors: measured with the shipped weights on exactly these cases, less about 0.1. All were trained on
+# (the shipped models saw every labelled image): the tests check that real weights load and segment;
+# held-out accuracy is on the cards. CT: the first 4 slices 0.890 (the demo's 3: 0.902); X-ray: 6 valid
+# images spread over the split, image-only 0.729, text-guided 0.735.
+CT_FLOOR, CXR_FLOOR, TEXT_FLOOR = 0.78, 0.63, 0.63
 
 
 def _shipped(name: str) -> Path:
@@ -132,8 +134,10 @@ def test_shipped_zoo_is_small_and_has_honest_cards():
         card = zoo.card(name)
         for key in ("task", "data", "recipe", "date", "hardware", "validation", "status", "training"):
             assert key in card, (name, key)
-        # a reduced recipe says so; a model trained on all labelled data carries its recipe's 5-fold numbers
-        assert "Reduced CPU recipe" in card["status"] or card["validation"].get("folds") == 5, name
+        # trained on all labelled data, a card carries its recipe's held-out numbers: CT 5-fold CV, X-ray
+        # trained on QaTa train and scored on the 1,429 valid images
+        v = card["validation"]
+        assert v.get("folds") == 5 or (v.get("train_cases") == 1000 and v["cases"] == 1429), name
         assert card["validation"]["cases"] >= 5
         if "packing_check" in card["validation"]:  # the shipped fp16 weights predict what the fp32 run did
             assert card["validation"]["packing_check"]["mean_label_dice_fp16_vs_fp32"] > 0.99

@@ -75,7 +75,9 @@ def _card_result(card: dict) -> str:
             ("ground_glass_dice", "ground-glass Dice"), ("consolidation_dice", "consolidation Dice")]  # fmt: skip
     lines = [f"{label} {v[k]:.3f}" for k, label in keys if isinstance(v.get(k), (int, float))]
     if "cases" in v:
-        lines.append(f"on {v['cases']} held-out cases" + (f" ({v['folds']}-fold CV of the recipe)" if v.get("folds") else ""))
+        how = f" ({v['folds']}-fold CV of the recipe)" if v.get("folds") else ""
+        how = how or (f" (the recipe trained on {v['train_cases']:,} other images)" if v.get("train_cases") else "")
+        lines.append(f"on {v['cases']:,} held-out cases{how}")
     return "\n".join(lines)
 
 

@@ -3,8 +3,8 @@
 ``covseg predict --model covid-ct-infection ...`` finds ``covseg/zoo/covid-ct-infection/``: a
 packed run folder with ``model.json`` (the run description), ``weights.safetensors`` (fp16
 weights, loaded without pickle) and ``card.json`` (data, recipe, date, hardware, CPU minutes
-and the numbers measured with the packed weights on the model's held-out cases). The folders
-are made by ``zoo/train_zoo.py`` in the repository from reduced CPU recipes (see each card's
+and the held-out numbers of the model's recipe: the shipped weights trained on all labelled
+data). The folders are made by ``zoo/train_zoo.py`` in the repository (see each card's
 ``status``). This module only finds them: it imports nothing heavy.
 """
 

@@ -61,7 +61,6 @@ RECIPES: dict[str, dict[str, Any]] = {
         "task": "binary lung-infection segmentation of axial CT slices (2D; volumes slice by slice)",
         "modality": "CT",
         "config": "resunet_cosup_covid_semiseg",
-        "fold": None,
         # the recipe of bench_covid_semiseg.py's resunet_all_e100 row, on all 50 slices
         "overrides": ["preprocess.size=[256,256]", "train.epochs=100", "train.val_every=100", f"data.val_root={CT_ROOT}"],
         "cv_variant": "resunet_all_e100",
@@ -74,7 +73,6 @@ RECIPES: dict[str, dict[str, Any]] = {
         "task": "ground-glass opacity / consolidation segmentation of axial CT slices",
         "modality": "CT",
         "config": "multiclass_covid_semiseg",
-        "fold": None,
         # the recipe of bench_covid_semiseg.py's multiclass_e100 row, on all 50 slices
         "overrides": ["preprocess.size=[256,256]", "train.epochs=100", "train.val_every=100", f"data.val_root={CT_ROOT}"],
         "cv_variant": "multiclass_e100",
@@ -86,7 +84,6 @@ RECIPES: dict[str, dict[str, Any]] = {
         "task": "binary infection segmentation of chest X-rays (image only)",
         "modality": "X-ray",
         "config": "unet_qata",
-        "fold": None,
         "overrides": CXR_ALL,
         "heldout_model": "unet",
         "status": CXR_STATUS,
@@ -98,7 +95,6 @@ RECIPES: dict[str, dict[str, Any]] = {
         "task": "text-guided infection segmentation of chest X-rays (image + caption)",
         "modality": "X-ray",
         "config": "c2fvl_qata",
-        "fold": None,
         "overrides": CXR_ALL,
         "heldout_model": "c2fvl",
         "status": CXR_STATUS,
@@ -110,10 +106,6 @@ RECIPES: dict[str, dict[str, Any]] = {
         "(e.g. 'bilateral pulmonary infection, two infected areas, lower left lung and lower right lung.')",
     },
 }
-
-
-def data_root() -> Path:
-    return Path(os.environ.get("COVSEG_DATA", ROOT.parent / "shared" / "data"))
 
 
 # --------------------------------------------------------------------------------------- training
@@ -136,8 +128,6 @@ def train(name: str, recipe: dict[str, Any]) -> None:
         return
     cmd = [sys.executable, "-m", "covseg.cli.main", "train", "-c", recipe["config"], "-o", str(run_dir), "-q",
            "train.threads=1", *recipe["overrides"]]  # fmt: skip
-    if recipe["fold"] is not None:
-        cmd += ["--fold", str(recipe["fold"])]
     if (run_dir / "checkpoints" / "last.pt").exists():
         cmd.append("--resume")
     env = {**os.environ, "COVSEG_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
@@ -262,7 +252,6 @@ def recipe_card(name: str, recipe: dict[str, Any], run_dir: Path) -> dict[str, A
         "loss": cfg["loss"]["main"],
         "seed": cfg["train"]["seed"],
         "command": f"covseg train -c {recipe.get('config', cfg.get('name'))}"
-        + (f" --fold {recipe['fold']}" if recipe.get("fold") is not None else "")
         + " train.threads=1 " + " ".join(recipe.get("overrides", [])),
         "checkpoint": "last (fixed schedule; nothing selected on the held-out cases)",
     }
@@ -276,7 +265,7 @@ def make_card(name: str, recipe: dict[str, Any], run_dir: Path, validation: dict
         "status": recipe["status"],
         "data": recipe["data"],
         "recipe": recipe_card(name, recipe, run_dir),
-        "weights": "fp16 safetensors of the run's last checkpoint; scored after packing (what this package ships)",
+        "weights": "fp16 safetensors of the run's last checkpoint (what this package ships); validation.packing_check compares them with the fp32 checkpoint",
         "validation": validation,
         "date": dt.date.today().isoformat(),
         "hardware": machine(),

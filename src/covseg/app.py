@@ -129,18 +129,18 @@ def segment_upload(predictor: Any, data: bytes, filename: str, text: str = "", l
             label_slices = volume_to_slices(pred.labels, affine)
             write_volume(Path(tmp) / "mask.nii.gz", pred.labels, affine, dtype="uint8")
             mask = (Path(tmp) / "mask.nii.gz").read_bytes()
-            voxels = int((pred.labels > 0).sum())
+            voxels, voxel_ml = int((pred.labels > 0).sum()), float(np.prod(spacing)) / 1000.0
             per_slice = (label_slices > 0).sum(axis=(1, 2))
             summary = {
                 "kind": "volume", "slices": len(slices), "infected_voxels": voxels,
-                "infected_ml": round(voxels * float(np.prod(spacing)) / 1000.0, 3),
+                "infected_ml": round(voxels * voxel_ml, 3),
                 "infected_fraction": round(float((pred.labels > 0).mean()), 5),
                 "start_slice": int(np.argmax(per_slice)) if voxels else len(slices) // 2,
             }  # fmt: skip
             if "lung_mask" in pred.meta:
-                voxel_ml = float(np.prod(spacing)) / 1000.0
-                summary["lung_ml"] = round(float(pred.meta["lung_mask"].sum()) * voxel_ml, 3)
-                summary["infected_percent_of_lungs"] = round(lung_involvement_percent(voxels * voxel_ml, summary["lung_ml"]), 3)
+                lung_ml = float(pred.meta["lung_mask"].sum()) * voxel_ml
+                summary["lung_ml"] = round(lung_ml, 3)
+                summary["infected_percent_of_lungs"] = round(lung_involvement_percent(voxels * voxel_ml, lung_ml), 3)
             return Result(name, list(slices), list(label_slices), mask, f"{_stem(name)}_mask.nii.gz", summary)
         if lungs_only:
             raise CovsegError(f"{LUNGS_NEED_VOLUME} (NIfTI); this is a 2D image", name)

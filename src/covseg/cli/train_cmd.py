@@ -75,8 +75,11 @@ def _card_result(card: dict) -> str:
             ("ground_glass_dice", "ground-glass Dice"), ("consolidation_dice", "consolidation Dice")]  # fmt: skip
     lines = [f"{label} {v[k]:.3f}" for k, label in keys if isinstance(v.get(k), (int, float))]
     if "cases" in v:
-        how = f" ({v['folds']}-fold CV of the recipe)" if v.get("folds") else ""
-        how = how or (f" (the recipe trained on {v['train_cases']:,} other images)" if v.get("train_cases") else "")
+        how = ""
+        if v.get("folds"):
+            how = f" ({v['folds']}-fold CV of the recipe)"
+        elif v.get("train_cases"):
+            how = f" (the recipe trained on {v['train_cases']:,} other images)"
         lines.append(f"on {v['cases']:,} held-out cases{how}")
     return "\n".join(lines)
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from covseg.engine.memory_format import to_channels_last
 from covseg.errors import ConfigError
 
 AMP_MODES = ("off", "bf16", "fp16")
@@ -191,10 +192,14 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def prepare_model(self, model: torch.nn.Module, channels_last: bool = True) -> torch.nn.Module:
-        """A model on the device, in the memory format training and prediction use."""
+        """A model on the device, in the memory format training and prediction use.
+
+        Channels-last goes through :func:`~covseg.engine.memory_format.to_channels_last`, which
+        keeps strided 1×1 convolutions off a oneDNN kernel that crashes in their backward pass.
+        """
         model = model.to(self.device)
         if channels_last and getattr(model, "spatial_dims", 2) != 3:
-            model = model.to(memory_format=torch.channels_last)
+            model = to_channels_last(model)
         return model
 
     def wrap_ddp(self, module: torch.nn.Module) -> torch.nn.Module:

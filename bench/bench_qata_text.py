@@ -139,6 +139,7 @@ def run_model(name: str, args, run_root: Path) -> dict[str, Any]:
         overrides.append(f"data.limit={args.limit}")
     if args.val_limit:
         overrides.append(f"data.val_limit={args.val_limit}")
+    overrides += args.override
     cfg = load_config(f"{name}_qata", overrides)
     run_dir = run_root / name
     run = RunFolder(run_dir)
@@ -324,6 +325,7 @@ def main() -> None:
     parser.add_argument("--val-limit", type=int, default=0, help="validation cases (smoke runs)")
     parser.add_argument("--tag", default="", help="suffix of the result files and run folder")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--override", action="append", default=[], help="extra config override for every model (repeatable), e.g. runtime.device=cuda")
     parser.add_argument("--figures-only", action="store_true", help="redraw the figures from the JSON and run folders")
     args = parser.parse_args()
     import torch

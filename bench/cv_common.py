@@ -126,4 +126,8 @@ def cpu_name() -> str:
 def machine() -> str:
     import platform
 
-    return f"{os.cpu_count()} cores ({cpu_name()}), {platform.system()} {platform.machine()}, Python {platform.python_version()}"
+    text = f"{os.cpu_count()} cores ({cpu_name()}), {platform.system()} {platform.machine()}, Python {platform.python_version()}"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text

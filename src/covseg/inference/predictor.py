@@ -92,10 +92,12 @@ class BasePredictor:
         raise NotImplementedError
 
     def to_labels(self, probs: np.ndarray, post: PostprocessOptions | None = None) -> np.ndarray:
+        """Labels from soft maps (threshold, or argmax for several classes), then the postprocessing asked for."""
         labels = probs_to_labels(probs, self.threshold, self.num_classes)
         return post.apply(labels) if post else labels
 
     def predict_image(self, image: np.ndarray, tta_flip: bool = False, post: PostprocessOptions | None = None, **extra: Any) -> Prediction:
+        """One 2D image (H×W or H×W×C) at its own size: soft map, labels and, for joint models, class probabilities."""
         if post is not None and post.lungs_only:
             from covseg.inference.postprocess import LUNGS_NEED_VOLUME
 

@@ -108,9 +108,9 @@ def medical_metrics(
 class MedicalMetrics(MetricAccumulator):
     """Accumulate the medical protocol over cases.
 
-    >>> m = MedicalMetrics(threshold=0.5, tolerance=1.0)
-    >>> m.update(pred, gt, spacing=(0.7, 0.7), case_id="0001")   # doctest: +SKIP
-    >>> m.aggregate()["metrics"]["dice"]["mean"]                  # doctest: +SKIP
+        >>> m = MedicalMetrics(threshold=0.5, tolerance=1.0)
+        >>> m.update(pred, gt, spacing=(0.7, 0.7), case_id="0001")   # doctest: +SKIP
+        >>> m.aggregate()["metrics"]["dice"]["mean"]                  # doctest: +SKIP
 
     ``per_case()`` gives one record per case and class: ``case_id``, ``class``, the metrics,
     ``gt_voxels``, ``pred_voxels`` and ``spacing``. ``aggregate()`` summarises every metric over all

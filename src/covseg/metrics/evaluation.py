@@ -26,6 +26,7 @@ import csv
 import io
 import json
 import math
+import numbers
 import platform
 import re
 import time
@@ -473,14 +474,25 @@ def _finite_or_none(obj: Any) -> Any:
     return obj
 
 
-def _format_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (float, np.floating)):
-        return "nan" if math.isnan(value) else format(float(value), ".10g")
+def _format_cell(value: Any) -> Any:
+    """A tuple (spacing) as ``AxB``; everything else as it is, for the CSV writer (numbers stay numbers)."""
     if isinstance(value, tuple):
         return "x".join(format(float(v), "g") for v in value)
-    return str(value)
+    return value
+
+
+def _csv_cell(value: Any) -> str:
+    """Numbers as numbers (floats to 10 significant digits, NaN as ``nan``), text neutralised against formulas:
+    the guard applies to text only, so a negative metric (``-0.13``) stays a number a spreadsheet computes with."""
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return format(float(value), ".10g")
+    return str(spreadsheet_safe(str(value)))
 
 
 def per_case_rows(run: EvaluationRun) -> list[dict[str, Any]]:
@@ -512,7 +524,7 @@ def csv_text(rows: Sequence[dict[str, Any]]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([spreadsheet_safe(_format_cell(row.get(c))) for c in columns])
+        writer.writerow([_csv_cell(_format_cell(row.get(c))) for c in columns])
     return buf.getvalue()
 
 

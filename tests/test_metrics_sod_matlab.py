@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from covseg.metrics import SodMetrics
-from covseg.metrics.sod_matlab import matlab_thresholds
+from covseg.metrics.sod_matlab import matlab_thresholds, prepare, s_measure
 
 MATLAB_EPS = 2.0**-52
 
@@ -141,7 +141,10 @@ def structure_measure(pred, gt) -> float:
     if y == 1:
         return mean2([pred[i][j] for j in range(cols) for i in range(rows)])
     alpha = 0.5
-    return alpha * s_object(pred, gt) + (1 - alpha) * s_region(pred, gt)
+    q = alpha * s_object(pred, gt) + (1 - alpha) * s_region(pred, gt)
+    if q < 0:  # NaN < 0 is false in MATLAB too
+        q = 0.0
+    return q
 
 
 # ---------------------------------------------------------------------------- Enhancedmeasure.m
@@ -189,7 +192,9 @@ def fmeasure_calu(smap, gtmap, threshold: float) -> tuple[float, float, float]:
 
 
 # ---------------------------------------------------------------------------- main.m
-def main_m(resmaps: list[np.ndarray], gts: list[np.ndarray]) -> dict[str, float]:
+def main_m(resmaps: list[np.ndarray], gts: list[np.ndarray], e_inclusive: bool = False) -> dict[str, float]:
+    """``main.m`` at commit fb3a03b (E-measure on ``resmap > threshold``) or, with ``e_inclusive``, at
+    e723632 (``resmap >= threshold``); ``gts`` are the logical ground truths."""
     thresholds = colon(1, -1 / 255, 0)
     e_rows, sen_rows, spe_rows, dic_rows, sm, mae = [], [], [], [], [], []
     for raw, gt_arr in zip(resmaps, gts):
@@ -207,7 +212,7 @@ def main_m(resmaps: list[np.ndarray], gts: list[np.ndarray]) -> dict[str, float]
             sen_row.append(sen)
             spe_row.append(spe)
             dic_row.append(dic)
-            bi = [[v > t for v in row] for row in resmap]
+            bi = [[(v >= t if e_inclusive else v > t) for v in row] for row in resmap]
             e_row.append(enhanced_measure(bi, gt))
         e_rows.append(e_row)
         sen_rows.append(sen_row)
@@ -256,6 +261,7 @@ def _cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     edge[5:9, 17] = 1  # ground truth on the last column: the right quadrants are empty
     cases["ground truth on the right edge (NaN)"] = (np.clip(edge * 200 + rng.normal(40, 20, edge.shape), 0, 255).astype(np.uint8), edge)
     cases["all-foreground ground truth (NaN specificity)"] = (soft, np.ones(shape, np.uint8))
+    cases["inverted map (negative S-measure, clamped at 0)"] = (((1 - g) * 255).astype(np.uint8), g)
     return cases
 
 
@@ -274,13 +280,14 @@ def test_thresholds_are_matlab_colon():
     assert (ours != np.arange(255, -1, -1) / 255).sum() > 0  # not the same numbers as k/255
 
 
+@pytest.mark.parametrize("toolbox", ["matlab", "matlab-2020-11"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_matlab_variant_matches_the_transliteration(name):
+def test_matlab_variant_matches_the_transliteration(name, toolbox):
     pred, gt = CASES[name]
-    acc = SodMetrics(toolbox="matlab")
+    acc = SodMetrics(toolbox=toolbox)
     acc.update(pred, gt, case_id=name)
     ours = acc.aggregate()["toolbox"]
-    ref = main_m([pred], [gt])
+    ref = main_m([pred], [gt], e_inclusive=toolbox == "matlab-2020-11")
     for key in ("s_measure", "mae", *(f"{s}_{c}" for s in ("mean", "max") for c in ("e_measure", "dice", "sensitivity", "specificity"))):
         assert _same(ours[key], ref[key]), (name, key, ours[key], ref[key])
 
@@ -336,3 +343,85 @@ def test_matlab_variant_on_real_infnet_masks(real_data):
     for key, value in ref.items():
         if key != "per_image_s_measure":
             assert _same(ours[key], value), key
+
+
+# ---------------------------------------------------------------------------- issue 25
+def test_s_measure_is_clamped_at_zero_as_structure_measure_m():
+    """An inverted map scores below 0 before the clamp; StructureMeasure.m returns 0 (``if (Q<0) Q=0;``)."""
+    pred, gt = CASES["inverted map (negative S-measure, clamped at 0)"]
+    p, g = prepare(pred, gt)
+    unclamped = 0.5 * s_object(p.tolist(), g.tolist()) + 0.5 * s_region(p.tolist(), g.tolist())
+    assert unclamped == pytest.approx(-0.1804786874, abs=1e-9)  # what covseg reported before
+    acc = SodMetrics(toolbox="matlab")
+    acc.update(pred, gt, case_id="inverted")
+    assert acc.per_case()[0]["s_measure"] == 0.0
+    assert acc.aggregate()["toolbox"]["s_measure"] == 0.0
+
+
+def test_s_measure_clamp_only_where_the_toolbox_clamps():
+    """No clamp in the empty / full ground-truth branches (never negative there) and NaN stays NaN."""
+    assert s_measure(np.full((4, 4), 0.25), np.zeros((4, 4), bool)) == 0.75  # 1 - mean
+    assert s_measure(np.full((4, 4), 0.25), np.ones((4, 4), bool)) == 0.25  # mean
+    pred, gt = CASES["ground truth on the right edge (NaN)"]
+    p, g = prepare(pred, gt)
+    assert math.isnan(s_measure(1.0 - p, g))  # an inverted map with an empty quadrant: NaN, not 0
+
+
+def test_two_toolbox_versions_differ_only_in_the_e_measure():
+    """``matlab`` (fb3a03b, published numbers) binarises the E-measure at p > t, ``matlab-2020-11``
+    (e723632) at p >= t: different where pixels lie on a threshold, identical otherwise."""
+    pred, gt = CASES["full 0..255 range, pixels exactly on levels"]
+    results = {}
+    for toolbox in ("matlab", "matlab-2020-11"):
+        acc = SodMetrics(toolbox=toolbox)
+        acc.update(pred, gt)
+        results[toolbox] = acc.aggregate()["toolbox"]
+    old, new = results["matlab"], results["matlab-2020-11"]
+    assert old["mean_e_measure"] == pytest.approx(main_m([pred], [gt])["mean_e_measure"], abs=1e-12)
+    assert new["mean_e_measure"] == pytest.approx(main_m([pred], [gt], e_inclusive=True)["mean_e_measure"], abs=1e-12)
+    assert abs(old["mean_e_measure"] - new["mean_e_measure"]) > 5e-5  # 8.7e-5 on this map
+    for key in ("s_measure", "mae", "mean_dice", "max_dice", "mean_sensitivity", "mean_specificity"):
+        assert old[key] == new[key], key
+
+
+def test_toolbox_versions_are_named_by_commit():
+    from covseg.metrics.sod_matlab import TOOLBOX_VERSIONS
+
+    assert TOOLBOX_VERSIONS["matlab"].commit.startswith("fb3a03b") and not TOOLBOX_VERSIONS["matlab"].e_inclusive
+    assert TOOLBOX_VERSIONS["matlab-2020-11"].commit.startswith("e723632") and TOOLBOX_VERSIONS["matlab-2020-11"].e_inclusive
+    params = SodMetrics(toolbox="matlab-2020-11").params
+    assert "e723632" in params["reference"] and "p >= t" in params["thresholds"]
+    assert "fb3a03b" in SodMetrics(toolbox="matlab").params["reference"]
+
+
+def imread_gt(stored: np.ndarray) -> list[list[bool]]:
+    """``main.m``'s ground-truth lines: ``if ndims(gt)>2, gt = rgb2gray(gt)``; ``if ~islogical(gt), gt = gt(:,:,1) > 128``."""
+    if stored.dtype == bool:
+        return stored.tolist()
+    if stored.ndim > 2:
+        weights = (0.298936021293775, 0.587043074451121, 0.114020904255103)
+        rows, cols = stored.shape[:2]
+        grey = [[math.floor(sum(w * float(stored[i, j, c]) for c, w in enumerate(weights)) + 0.5) for j in range(cols)] for i in range(rows)]
+        return [[v > 128 for v in row] for row in grey]
+    return [[float(v) > 128 for v in row] for row in stored.tolist()]
+
+
+@pytest.mark.parametrize(
+    "stored, foreground",
+    [
+        (np.array([[0, 255], [255, 0]], np.uint8), 2),  # 0/255: the masks the toolbox was written for
+        (np.array([[0, 1], [1, 0]], np.uint8), 0),  # 0/1: empty to the toolbox
+        (np.array([[0, 128], [129, 0]], np.uint8), 1),  # > 128, not >= 128
+        (np.array([[0, 1], [1, 0]], bool), 2),  # 1-bit (logical) files are kept
+        (np.array([[0, 1], [2, 0]], np.uint16), 0),  # 16-bit label indices: raw values, not scaled
+        (np.array([[0, 65535], [0, 0]], np.uint16), 1),
+        (np.array([[[255, 0, 0], [255, 255, 255]], [[0, 0, 0], [0, 0, 255]]], np.uint8), 1),  # red: grey 76
+        (np.array([[[128, 130, 128], [127, 129, 128]]], np.uint8), 1),  # rgb2gray rounds 129.17 / 128.41
+    ],
+)
+def test_toolbox_ground_truth_reads_as_main_m(stored, foreground):
+    from covseg.metrics.sod_matlab import toolbox_ground_truth
+
+    g = toolbox_ground_truth(stored)
+    assert g.dtype == bool and g.tolist() == imread_gt(stored)
+    assert int(g.sum()) == foreground

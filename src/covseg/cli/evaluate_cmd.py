@@ -19,7 +19,7 @@ _PRED_TYPES = ("auto", "soft", "mask")
 _SPEC_RULES = ("pysodmetrics", "infnet")
 _REDUCTIONS = ("nanmean", "mean")
 _MISSING = ("error", "empty")
-_TOOLBOXES = ("pysodmetrics", "matlab")
+_TOOLBOXES = ("pysodmetrics", "matlab", "matlab-2020-11")
 
 
 def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
@@ -120,7 +120,10 @@ def evaluate(
     toolbox: str = typer.Option(
         "pysodmetrics",
         "--toolbox",
-        help="sod: pysodmetrics (default) or matlab (the Inf-Net MATLAB toolbox to the digit, NaN where it gives NaN).",
+        help="sod: pysodmetrics (default); matlab: Inf-Net's MATLAB EvaluationTool as it made the published "
+        "numbers (commit fb3a03b, E-measure at p > t), to 1e-12 and NaN where it gives NaN, S-measure clamped at 0; "
+        "matlab-2020-11: the same at commit e723632 (E-measure at p >= t). Both read ground-truth image files as "
+        "main.m does: foreground where the value > 128 (colour via rgb2gray), so a 0/1 mask is empty.",
     ),
     classes: Path | None = typer.Option(
         None,
@@ -267,6 +270,13 @@ def evaluate(
     for kind, agg in joint.get("explanation", {}).items():
         share = agg["metrics"]["inside_share"]["mean"]
         console.print(f"{kind}: share inside the lesion {share:.4f}, pointing game {agg['pointing_game']:.4f}")
+    if run.toolbox_gt_differs:
+        console.print(
+            f"[yellow]note[/] {len(run.toolbox_gt_differs)} ground-truth mask(s) read as the MATLAB toolbox reads "
+            "them (value > 128; a 0/1 mask is empty) differ from their non-zero foreground, scored as the toolbox "
+            f"reads them: {', '.join(user_text(c) for c in run.toolbox_gt_differs[:10])}"
+            + (" …" if len(run.toolbox_gt_differs) > 10 else "")
+        )
     if run.resized:
         console.print(
             f"[yellow]note[/] {len(run.resized)} prediction(s) resized to their ground truth's size "

@@ -26,6 +26,7 @@ import csv
 import io
 import json
 import math
+import numbers
 import platform
 import re
 import time
@@ -89,6 +90,8 @@ class LoadedCase:
     gt: np.ndarray
     spacing: tuple[float, ...] | None
     resized_from: tuple[int, ...] | None = None
+    #: the ground truth was read with the MATLAB toolbox's rule and differs from covseg's (non-zero) reading
+    toolbox_gt_differs: bool = False
 
 
 @dataclass
@@ -104,6 +107,8 @@ class EvaluationRun:
     options: dict[str, Any] = field(default_factory=dict)
     #: more results of the same cases (``covseg.metrics.joint``): ``summary`` entries, ``per_case`` columns, ``panels``
     extras: dict[str, Any] = field(default_factory=dict)
+    #: cases whose ground truth, read as the MATLAB toolbox reads it (``gt > 128``), differs from covseg's reading
+    toolbox_gt_differs: list[str] = field(default_factory=list)
 
 
 def make_accumulator(
@@ -118,7 +123,7 @@ def make_accumulator(
     specificity_rule: SpecificityRule = "pysodmetrics",
     toolbox: str = "pysodmetrics",
 ) -> MetricAccumulator:
-    """The accumulator of a protocol by name (``toolbox``: the sod variant, ``pysodmetrics`` or ``matlab``)."""
+    """The accumulator of a protocol by name (``toolbox``: the sod variant, ``pysodmetrics``, ``matlab`` or ``matlab-2020-11``)."""
     if protocol == "medical":
         return MedicalMetrics(
             num_classes=num_classes,
@@ -276,6 +281,28 @@ def read_ground_truth(path: Path, num_classes: int = 1) -> tuple[np.ndarray, tup
         raise DataError(str(exc), path) from None
 
 
+def read_toolbox_ground_truth(path: Path) -> np.ndarray | None:
+    """The logical ground truth Inf-Net's ``main.m`` makes of an image file (``gt(:,:,1) > 128``, colour
+    through ``rgb2gray``, 1-bit kept: :func:`covseg.metrics.sod_matlab.toolbox_ground_truth`), from the
+    values ``imread`` returns (palette images: their indices); None for files ``main.m`` cannot read
+    (``.npy``, NIfTI), which keep covseg's reading."""
+    from covseg.data.imageio import _open_pil, _read_tiff
+    from covseg.metrics.sod_matlab import toolbox_ground_truth
+
+    path = Path(path)
+    suf = suffix_of(path)
+    if suf not in IMAGE_SUFFIXES:
+        return None
+    if suf in (".tif", ".tiff"):
+        stored = np.asarray(_read_tiff(path))
+    else:
+        with _open_pil(path) as im:
+            stored = np.asarray(im, dtype=bool if im.mode == "1" else None).copy()
+            if im.mode in ("LA", "La", "PA"):
+                stored = stored[..., 0]  # imread returns the grey (or index) plane; alpha is another output
+    return toolbox_ground_truth(stored)
+
+
 def _resize_2d(arr: np.ndarray, shape: tuple[int, int], nearest: bool) -> np.ndarray:
     from PIL import Image
 
@@ -351,11 +378,23 @@ def load_case(
     num_classes: int = 1,
     pred_type: PredType = "auto",
     spacing: tuple[float, ...] | None = None,
+    toolbox_gt: bool = False,
 ) -> LoadedCase:
-    """Read and reconcile one pair; every problem becomes a ``DataError`` naming the file at fault."""
+    """Read and reconcile one pair; every problem becomes a ``DataError`` naming the file at fault.
+
+    ``toolbox_gt``: binarise an image file's ground truth as the MATLAB toolbox does (``gt > 128``)
+    once covseg's checks have passed it (see :func:`read_toolbox_ground_truth`).
+    """
     gt, gt_spacing = read_ground_truth(case.gt_path, num_classes)
+    differs = False
+    toolbox = read_toolbox_ground_truth(case.gt_path) if toolbox_gt else None
+    if toolbox is not None:
+        if toolbox.shape != gt.shape:
+            raise DataError(f"read as the MATLAB toolbox reads it, the mask has shape {toolbox.shape}, not {gt.shape}", case.gt_path)
+        differs = not np.array_equal(toolbox, gt > 0)
+        gt = toolbox.astype(np.uint8)
     if case.pred_path is None:  # --missing-pred empty: nothing predicted
-        return LoadedCase(np.zeros(gt.shape, dtype=np.uint8), gt, _spacing_for(spacing, gt_spacing, gt, case), None)
+        return LoadedCase(np.zeros(gt.shape, dtype=np.uint8), gt, _spacing_for(spacing, gt_spacing, gt, case), None, differs)
     raw, is_mask_file = read_prediction(case.pred_path)
     if suffix_of(case.pred_path) in VOLUME_SUFFIXES and suffix_of(case.gt_path) in VOLUME_SUFFIXES:
         _same_geometry(case.pred_path, case.gt_path)
@@ -365,7 +404,7 @@ def load_case(
         )
     except ValueError as exc:
         raise DataError(str(exc), case.pred_path) from None
-    return LoadedCase(pred, gt, _spacing_for(spacing, gt_spacing, gt, case), resized_from)
+    return LoadedCase(pred, gt, _spacing_for(spacing, gt_spacing, gt, case), resized_from, differs)
 
 
 def _spacing_for(spacing, gt_spacing, gt: np.ndarray, case: Case) -> tuple[float, ...] | None:
@@ -390,6 +429,11 @@ def _same_geometry(pred_path: Path, gt_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ scoring
+def reads_gt_as_toolbox(accumulator: MetricAccumulator) -> bool:
+    """True when ground-truth files are binarised as the MATLAB toolbox does (``--toolbox matlab*``)."""
+    return isinstance(accumulator, SodMetrics) and accumulator.matlab
+
+
 def evaluate_cases(
     cases: Sequence[Case],
     accumulator: MetricAccumulator,
@@ -402,6 +446,7 @@ def evaluate_cases(
 ) -> EvaluationRun:
     """Score every case into ``accumulator``; bad cases are collected (or raised at once when ``strict``)."""
     run = EvaluationRun(accumulator=accumulator)
+    toolbox_gt = reads_gt_as_toolbox(accumulator)
     start = time.perf_counter()
     header_spacing = False
     for case in cases:
@@ -413,6 +458,7 @@ def evaluate_cases(
                 num_classes=num_classes,
                 pred_type=pred_type,
                 spacing=spacing,
+                toolbox_gt=toolbox_gt,
             )
             try:
                 accumulator.update(loaded.pred, loaded.gt, spacing=loaded.spacing, case_id=case.case_id)
@@ -421,6 +467,8 @@ def evaluate_cases(
             run.cases.append(case)
             if loaded.resized_from is not None:
                 run.resized[case.case_id] = loaded.resized_from
+            if loaded.toolbox_gt_differs:
+                run.toolbox_gt_differs.append(case.case_id)
             header_spacing = header_spacing or (spacing is None and loaded.spacing is not None)
         except DataError as exc:
             if strict:
@@ -473,14 +521,25 @@ def _finite_or_none(obj: Any) -> Any:
     return obj
 
 
-def _format_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (float, np.floating)):
-        return "nan" if math.isnan(value) else format(float(value), ".10g")
+def _format_cell(value: Any) -> Any:
+    """A tuple (spacing) as ``AxB``; everything else as it is, for the CSV writer (numbers stay numbers)."""
     if isinstance(value, tuple):
         return "x".join(format(float(v), "g") for v in value)
-    return str(value)
+    return value
+
+
+def _csv_cell(value: Any) -> str:
+    """Numbers as numbers (floats to 10 significant digits, NaN as ``nan``), text neutralised against formulas:
+    the guard applies to text only, so a negative metric (``-0.13``) stays a number a spreadsheet computes with."""
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return format(float(value), ".10g")
+    return str(spreadsheet_safe(str(value)))
 
 
 def per_case_rows(run: EvaluationRun) -> list[dict[str, Any]]:
@@ -512,7 +571,7 @@ def csv_text(rows: Sequence[dict[str, Any]]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([spreadsheet_safe(_format_cell(row.get(c))) for c in columns])
+        writer.writerow([_csv_cell(_format_cell(row.get(c))) for c in columns])
     return buf.getvalue()
 
 
@@ -534,6 +593,17 @@ def build_summary(run: EvaluationRun, reduction: Reduction = "nanmean") -> dict[
         "seconds": round(run.seconds, 3),
         "versions": package_versions(),
         "surface_distances": "scipy KD-tree reproducing monai.metrics (monai itself is not imported)",
+        **(
+            {
+                "toolbox_ground_truth": {
+                    "cases": list(run.toolbox_gt_differs),
+                    "note": "read as Inf-Net's main.m reads masks (gt > 128; a 0/1 or label-index mask is empty), "
+                    "these ground truths differ from their non-zero foreground; they were scored as the toolbox reads them",
+                }
+            }
+            if run.toolbox_gt_differs
+            else {}
+        ),
         **run.extras.get("summary", {}),
     }
 
@@ -604,7 +674,7 @@ def case_display_arrays(
     acc = run.accumulator
     num_classes = getattr(acc, "num_classes", 1)
     pred_type = getattr(acc, "pred_type", "auto")
-    loaded = load_case(case, protocol=acc.protocol, num_classes=num_classes, pred_type=pred_type)
+    loaded = load_case(case, protocol=acc.protocol, num_classes=num_classes, pred_type=pred_type, toolbox_gt=reads_gt_as_toolbox(acc))
     gt = loaded.gt
     if acc.protocol == "sod":
         p, _ = prepare_sod_inputs(loaded.pred, gt)

@@ -27,10 +27,11 @@ It scores the *soft* map, 2D only, and matches ``py_sod_metrics`` 1.6 (pysodmetr
   writes it back over the prediction file; ``covseg evaluate`` resizes bilinearly in memory and
   never modifies its inputs;
 * **MATLAB variant** – ``SodMetrics(toolbox="matlab")`` (``covseg evaluate --toolbox matlab``)
-  reproduces Inf-Net's MATLAB toolbox to the digit instead, NaN included
-  (:mod:`covseg.metrics.sod_matlab`): its ``1:-1/255:0`` thresholds, half-away-from-zero centroid
-  rounding, NaN specificity on an all-foreground ground truth, NaN S-measure where a quadrant is
-  empty;
+  reproduces Inf-Net's MATLAB toolbox instead, to 1e-12 and NaN included, as it was when the
+  published numbers were made (commit ``fb3a03b``; ``"matlab-2020-11"``: commit ``e723632``, whose
+  E-measure binarises at ``>=``) (:mod:`covseg.metrics.sod_matlab`): its ``1:-1/255:0``
+  thresholds, half-away-from-zero centroid rounding, S-measure clamped at 0, NaN specificity on an
+  all-foreground ground truth, NaN S-measure where a quadrant is empty;
 * **S-measure** (Fan et al. ICCV'17, α = 0.5; where the ground truth touches the right or bottom
   edge, a quadrant of the region term is empty: pysodmetrics and the MATLAB toolbox give NaN,
   covseg gives that quadrant weight 0, which is its weight in the formula), **E-measure** (Fan et al. IJCAI'18: curve over the
@@ -52,8 +53,8 @@ EPS = float(np.spacing(1))  # MATLAB's eps, used where the reference implementat
 NUM_THRESHOLDS = 256
 SpecificityRule = Literal["pysodmetrics", "infnet"]
 SPECIFICITY_RULES: tuple[str, ...] = ("pysodmetrics", "infnet")
-Toolbox = Literal["pysodmetrics", "matlab"]
-TOOLBOXES: tuple[str, ...] = ("pysodmetrics", "matlab")
+Toolbox = Literal["pysodmetrics", "matlab", "matlab-2020-11"]
+TOOLBOXES: tuple[str, ...] = ("pysodmetrics", "matlab", "matlab-2020-11")
 CURVE_NAMES: tuple[str, ...] = ("e_measure", "dice", "sensitivity", "specificity")
 SOD_METRICS: tuple[str, ...] = (
     "s_measure",
@@ -324,15 +325,27 @@ class SodMetrics(MetricAccumulator):
         self._curves: list[dict[str, np.ndarray]] = []
 
     @property
+    def matlab(self) -> bool:
+        """True for the MATLAB-toolbox variants (:mod:`covseg.metrics.sod_matlab`)."""
+        return self.toolbox != "pysodmetrics"
+
+    @property
     def params(self) -> dict[str, Any]:
-        if self.toolbox == "matlab":
+        if self.matlab:
+            from covseg.metrics.sod_matlab import TOOLBOX_VERSIONS
+
+            version = TOOLBOX_VERSIONS[self.toolbox]
+            e_at = ">= t" if version.e_inclusive else "> t"
             return {
-                "toolbox": "matlab",
+                "toolbox": self.toolbox,
                 "alpha": self.alpha,
                 "normalisation": "im2double by type, then mapminmax(x, 0, 1)",
-                "thresholds": "1:-1/255:0 (MATLAB colon); Dice/Sen/Spe at p >= t, E-measure at p > t",
-                "gt": "foreground where label > 0",
-                "reference": "Inf-Net EvaluationTool/main.m, Fmeasure_calu.m, StructureMeasure.m, Enhancedmeasure.m",
+                "thresholds": f"1:-1/255:0 (MATLAB colon); Dice/Sen/Spe at p >= t, E-measure at p {e_at}",
+                "s_measure": "StructureMeasure.m: clamped at 0 unless the ground truth is empty or full; NaN where a quadrant is empty",
+                "gt": "files: main.m's gt(:,:,1) > 128 (colour via rgb2gray, 1-bit as stored; a 0/1 mask is empty); "
+                "arrays: foreground where non-zero",
+                "reference": f"Inf-Net EvaluationTool (github.com/DengPingFan/Inf-Net) at commit {version.commit} "
+                f"({version.date}): main.m, Fmeasure_calu.m, StructureMeasure.m, Enhancedmeasure.m",
             }
         return {
             "toolbox": "pysodmetrics",
@@ -347,7 +360,7 @@ class SodMetrics(MetricAccumulator):
 
     def update(self, pred: Any, gt: Any, spacing: Any = None, case_id: str | None = None) -> dict[str, Any]:
         """Score one case; ``spacing`` is accepted for a uniform interface and ignored (pixel-based protocol)."""
-        if self.toolbox == "matlab":
+        if self.matlab:
             return self._update_matlab(pred, gt, case_id)
         result = sod_metrics(
             pred,
@@ -366,7 +379,7 @@ class SodMetrics(MetricAccumulator):
     def _update_matlab(self, pred: Any, gt: Any, case_id: str | None) -> dict[str, Any]:
         from covseg.metrics import sod_matlab
 
-        scores, curves, (p, g) = sod_matlab.case_metrics(pred, gt, self.alpha)
+        scores, curves, (p, g) = sod_matlab.case_metrics(pred, gt, self.alpha, self.toolbox)
         # not part of main.m: computed as in the default variant, left out of the toolbox numbers
         scores["weighted_f_measure"] = weighted_f_measure(p, g, self.beta2)
         scores["adaptive_e_measure"] = adaptive_e_measure(p, g)
@@ -387,7 +400,7 @@ class SodMetrics(MetricAccumulator):
 
     def aggregate(self, reduction: Reduction = "nanmean") -> dict[str, Any]:
         out = super().aggregate(reduction)
-        if self.toolbox == "matlab":
+        if self.matlab:
             from covseg.metrics import sod_matlab
 
             descending = [{k: v[::-1] for k, v in c.items()} for c in self._curves]

@@ -1,10 +1,26 @@
 """The ``sod`` protocol exactly as Inf-Net's MATLAB toolbox computes it (``toolbox="matlab"``).
 
 The published COVID-SemiSeg numbers come from ``EvaluationTool/main.m`` of the Inf-Net repository
-with ``Fmeasure_calu.m``, Fan et al.'s ``StructureMeasure.m`` (``S_object``, ``S_region``) and
-``Enhancedmeasure.m``. Where it differs from pysodmetrics (covseg's default sod variant, see
-:mod:`covseg.metrics.sod`) this module follows the MATLAB code:
+(github.com/DengPingFan/Inf-Net) with ``Fmeasure_calu.m``, Fan et al.'s ``StructureMeasure.m``
+(``S_object``, ``S_region``) and ``Enhancedmeasure.m``. Two versions of ``main.m`` exist, and
+covseg offers both (:data:`TOOLBOX_VERSIONS`):
 
+* ``matlab`` – commit ``fb3a03b`` (2020-05-12), the one that committed
+  ``EvaluateResults/LungInfection-Test-1_result.txt``, i.e. the published numbers; ``main.m``
+  computes the same from ``f5a99a5`` (2020-05-03) to ``4a75db7`` (2020-06-28). E-measure at
+  ``resmap > threshold``;
+* ``matlab-2020-11`` – commit ``e723632`` (2020-11-21, unchanged since): E-measure at
+  ``resmap >= threshold``. Everything else is the same (the helper ``.m`` files never changed).
+
+Where it differs from pysodmetrics (covseg's default sod variant, see :mod:`covseg.metrics.sod`)
+this module follows the MATLAB code:
+
+* **ground truth** – ``main.m`` reads a mask file as ``gt(:,:,1) > 128`` (colour files through
+  ``rgb2gray`` first; a 1-bit file is logical and kept as stored): a 0/1 or label-index mask is
+  *empty* to the toolbox. :func:`toolbox_ground_truth` applies that rule to the stored values, and
+  ``covseg evaluate --toolbox matlab`` applies it to every ground-truth image file (it names the
+  cases where it differs from covseg's reading, foreground where non-zero). Arrays given to
+  ``SodMetrics.update`` are the toolbox's logical ``gt`` already: foreground where non-zero;
 * **preparation** – ``im2double`` by data type (``uint8`` / 255, ``uint16`` / 65535), then
   ``mapminmax(x, 0, 1)``, which computes ``(x − min) · (1 / (max − min))`` and leaves a constant
   map unchanged;
@@ -14,24 +30,26 @@ with ``Fmeasure_calu.m``, Fan et al.'s ``StructureMeasure.m`` (``S_object``, ``S
 * **Dice, sensitivity, specificity** (``Fmeasure_calu``: foreground where ``p >= t``): every value
   0 when TP = 0; otherwise specificity ``TN / (TN + FP)`` is NaN when the ground truth covers the
   whole image (0/0);
-* **E-measure** at each threshold on ``p > t`` (strictly greater, as ``main.m`` binarises);
+* **E-measure** at each threshold on ``p > t`` (``matlab``) or ``p >= t`` (``matlab-2020-11``);
 * **S-measure** – the ground truth's centroid is ``round(mean of 1-based coordinates)`` with
   MATLAB's half-away-from-zero rounding (pysodmetrics rounds half to even); a quadrant that is
   empty (the centroid on the last row or column: ground truth touching the right or bottom edge)
-  gives NaN, as in MATLAB (0 · NaN); no clamping at 0;
+  gives NaN, as in MATLAB (0 · NaN); a negative score is clamped to 0 (``if (Q<0) Q=0;``) when the
+  ground truth is neither empty nor full, the only branch where ``StructureMeasure.m`` clamps
+  (NaN stays NaN: ``NaN < 0`` is false);
 * **data-set numbers** – curves averaged over images with ``mean`` (NaN propagates), then
   ``mean`` over thresholds (NaN propagates) and ``max`` over thresholds (MATLAB's ``max`` skips
   NaN); ``Sm`` and ``mae`` are plain means over images.
 
-The ground truth is read by covseg (foreground where the label is non-zero); the toolbox's
-``gt > 128`` gives the same for the 0/255 masks it was written for. Weighted F-measure and
-adaptive E-measure are not part of ``main.m``; per image they are computed as in the default
-variant and left out of the data-set numbers.
+What is not reproduced: ``main.m`` resizes a prediction of the wrong size with ``imresize``
+(bicubic) and writes it back over the file; covseg resizes bilinearly in memory. Weighted
+F-measure and adaptive E-measure are not part of ``main.m``; per image they are computed as in
+the default variant and left out of the data-set numbers.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -39,6 +57,26 @@ from covseg.metrics._arrays import gt_labels, soft_map, to_numpy
 
 EPS = float(np.spacing(1))
 CURVES: tuple[str, ...] = ("e_measure", "dice", "sensitivity", "specificity")
+
+
+class ToolboxVersion(NamedTuple):
+    """One version of Inf-Net's ``EvaluationTool/main.m``: its commit, date and E-measure binarisation."""
+
+    commit: str
+    date: str
+    e_inclusive: bool  # E-measure on resmap >= threshold (else resmap > threshold)
+
+    @property
+    def e_rule(self) -> str:
+        return "resmap >= threshold" if self.e_inclusive else "resmap > threshold"
+
+
+TOOLBOX_VERSIONS: dict[str, ToolboxVersion] = {
+    "matlab": ToolboxVersion("fb3a03b5b2f70642fbf2a12cde9e5c41b5ebd28e", "2020-05-12", e_inclusive=False),
+    "matlab-2020-11": ToolboxVersion("e72363255d3433c88bcb04dad74dc8c0170b3328", "2020-11-21", e_inclusive=True),
+}
+#: MATLAB ``rgb2gray`` weights (the first row of the inverse NTSC transform)
+RGB2GRAY = (0.298936021293775, 0.587043074451121, 0.114020904255103)
 
 
 def matlab_thresholds() -> np.ndarray:
@@ -68,6 +106,32 @@ def mapminmax01(x: np.ndarray) -> np.ndarray:
         return x.astype(np.float64)
     gain = 1 / (hi - lo)
     return (x - lo) * gain + 0
+
+
+def rgb2gray(rgb: np.ndarray) -> np.ndarray:
+    """MATLAB ``rgb2gray``: the weighted sum of R, G, B, rounded half away from zero back to an integer type."""
+    grey = rgb[..., 0] * RGB2GRAY[0] + rgb[..., 1] * RGB2GRAY[1] + rgb[..., 2] * RGB2GRAY[2]
+    if np.issubdtype(rgb.dtype, np.integer):
+        top = np.iinfo(rgb.dtype).max
+        return np.clip(np.floor(grey + 0.5), 0, top).astype(rgb.dtype)
+    return grey
+
+
+def toolbox_ground_truth(stored: Any) -> np.ndarray:
+    """``main.m``'s logical ``gt`` from the values a mask file stores, as ``imread`` returns them.
+
+    A logical (1-bit) image is kept as it is; a colour image goes through ``rgb2gray``; then
+    ``gt(:,:,1) > 128`` on the raw values, whatever their type: a 0/255 mask gives its foreground,
+    a 0/1 or label-index mask (palette indices included) gives an empty ground truth.
+    """
+    g = to_numpy(stored)
+    if g.dtype == bool:
+        return g
+    if g.ndim == 3 and g.shape[-1] >= 3:
+        g = rgb2gray(g[..., :3])
+    elif g.ndim == 3:
+        g = g[..., 0]
+    return g > 128
 
 
 def prepare(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +188,8 @@ def s_measure(pred: np.ndarray, gt: np.ndarray, alpha: float = 0.5) -> float:
     w4 = 1.0 - w1 - w2 - w3
     boxes = (np.s_[:cy, :cx], np.s_[:cy, cx:], np.s_[cy:, :cx], np.s_[cy:, cx:])
     s_reg = sum(w * _ssim(pred[b], gt[b]) for w, b in zip((w1, w2, w3, w4), boxes))
-    return float(alpha * s_obj + (1 - alpha) * s_reg)
+    q = float(alpha * s_obj + (1 - alpha) * s_reg)
+    return 0.0 if q < 0 else q  # StructureMeasure.m: if (Q<0) Q=0; (NaN passes: NaN < 0 is false)
 
 
 def enhanced_measure(tp: np.ndarray, fp: np.ndarray, n_fg: int, size: int) -> np.ndarray:
@@ -148,8 +213,12 @@ def enhanced_measure(tp: np.ndarray, fp: np.ndarray, n_fg: int, size: int) -> np
     return total / (size - 1 + EPS)
 
 
-def curves(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
-    """E-measure (``p > t``), Dice, sensitivity, specificity (``p >= t``) at :func:`matlab_thresholds` (descending)."""
+def curves(pred: np.ndarray, gt: np.ndarray, e_inclusive: bool = False) -> dict[str, np.ndarray]:
+    """E-measure, Dice, sensitivity, specificity at :func:`matlab_thresholds` (descending).
+
+    Dice, sensitivity and specificity binarise at ``p >= t``; the E-measure at ``p > t``, or at
+    ``p >= t`` with ``e_inclusive`` (``main.m`` from commit ``e723632``, November 2020).
+    """
     t = matlab_thresholds()
     fg, bg = np.sort(pred[gt]), np.sort(pred[~gt])
     n_fg, n_bg, size = fg.size, bg.size, gt.size
@@ -157,7 +226,7 @@ def curves(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
     fp_ge = n_bg - np.searchsorted(bg, t, side="left")
     tp_gt = n_fg - np.searchsorted(fg, t, side="right")
     fp_gt = n_bg - np.searchsorted(bg, t, side="right")
-    e = enhanced_measure(tp_gt, fp_gt, n_fg, size)
+    e = enhanced_measure(tp_ge, fp_ge, n_fg, size) if e_inclusive else enhanced_measure(tp_gt, fp_gt, n_fg, size)
     fn = n_fg - tp_ge
     tn = (size - (tp_ge + fp_ge)) - fn
     found = tp_ge > 0
@@ -173,10 +242,15 @@ def _nanmax(values: np.ndarray) -> float:
     return float(finite.max()) if finite.size else float("nan")
 
 
-def case_metrics(pred: Any, gt: Any, alpha: float = 0.5) -> tuple[dict[str, float], dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """One image as ``main.m`` scores it: scalars, the four curves (descending thresholds), the prepared inputs."""
+def case_metrics(
+    pred: Any, gt: Any, alpha: float = 0.5, toolbox: str = "matlab"
+) -> tuple[dict[str, float], dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """One image as ``main.m`` of ``toolbox`` (a :data:`TOOLBOX_VERSIONS` key) scores it: scalars, the four
+    curves (descending thresholds), the prepared inputs."""
+    if toolbox not in TOOLBOX_VERSIONS:
+        raise ValueError(f"toolbox must be one of {tuple(TOOLBOX_VERSIONS)}, got {toolbox!r}")
     p, g = prepare(pred, gt)
-    c = curves(p, g)
+    c = curves(p, g, e_inclusive=TOOLBOX_VERSIONS[toolbox].e_inclusive)
     out = {"s_measure": s_measure(p, g, alpha), "mae": float(np.mean(np.abs(g.astype(np.float64) - p)))}
     for name in CURVES:
         out[f"mean_{name}"] = float(np.mean(c[name]))

@@ -91,12 +91,25 @@ def test_unknown_model_name_is_one_line(tiny_zoo, tmp_path):
         predict("no-such-model", image, tmp_path / "out")
 
 
-def test_models_pretrained_lists_the_cards(tiny_zoo):
+def test_models_pretrained_lists_the_cards_in_80_columns(tiny_zoo):
+    """A compact table a normal terminal can read (it wrapped each card into one-word columns); the
+    whole card is ``covseg models show NAME``."""
+    from covseg import zoo
     from covseg.cli.main import app
 
-    result = CliRunner().invoke(app, ["models", "--pretrained"], env={"COLUMNS": "300"})
+    result = CliRunner().invoke(app, ["models", "--pretrained"], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
-    assert TINY in result.output and "phantom test model" in result.output and "Dice@0.5 0.500" in result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for name in zoo.names():  # each name whole on one line, with its headline number
+        row = next(line for line in lines if line.startswith(name + " "))
+        assert "(" in row
+    assert any(line.startswith(TINY + " ") and "Dice 0.500" in line for line in lines)
+    shown = CliRunner().invoke(app, ["models", "show", TINY], env={"COLUMNS": "80"})
+    assert shown.exit_code == 0, shown.output
+    assert "phantom test model" in shown.output and "0.5" in shown.output and "validation" in shown.output
+    unknown = CliRunner().invoke(app, ["models", "show", "no-such-model"])
+    assert unknown.exit_code != 0 and "no shipped model has this name" in str(unknown.exception or unknown.output)
 
 
 def test_pretrained_demo_without_data_says_so(tiny_zoo, tmp_path, monkeypatch, capsys):

@@ -15,6 +15,7 @@ from covseg.cli import (
     explain_cmd,
     export_cmd,
     lungmask_cmd,
+    models_cmd,
     predict_cmd,
     prompts_cmd,
     pseudo_cmd,
@@ -38,7 +39,7 @@ app.command("train")(train_cmd.train)
 app.command("predict")(predict_cmd.predict)
 app.command("explain")(explain_cmd.explain)
 app.command("pseudo-label")(pseudo_cmd.pseudo_label)
-app.command("models")(train_cmd.list_models)
+app.add_typer(models_cmd.app, name="models", help="Registered parts, and the trained models shipped with covseg.")
 app.command("export")(export_cmd.export)
 app.command("lungmask")(lungmask_cmd.lungmask)
 app.command("app")(app_cmd.app)

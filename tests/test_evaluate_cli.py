@@ -358,3 +358,26 @@ def test_real_data_ct100_run(real_data, tmp_path):
     assert math.isnan(rows["0048"]["dice"])
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "0048" in html  # listed as not ranked
+
+
+@pytest.mark.parametrize("soft_maps", [True, False], ids=["probs", "masks-only"])
+def test_a_predict_output_folder_is_read_as_its_predictions(tmp_path, capsys, soft_maps):
+    """``--pred OUT`` on what ``covseg predict -o OUT`` wrote (probs/, masks/, predictions.csv) reads
+    OUT/probs, or OUT/masks when the run wrote no soft maps; it found nothing before (issue 28)."""
+    ds, out = tmp_path / "ds", tmp_path / "predicted"
+    (ds / "masks").mkdir(parents=True)
+    (out / "masks").mkdir(parents=True)
+    gt = _disk(24, 24, 9)
+    _save_png(ds / "masks" / "c1.png", gt * 255)
+    _save_png(out / "masks" / "c1.png", np.roll(gt, 2, axis=1) * 255)  # a shifted mask
+    if soft_maps:
+        (out / "probs").mkdir()
+        _save_png(out / "probs" / "c1.png", (gt * 255).astype(np.uint8))  # the exact soft map
+    (out / "predictions.csv").write_text("image,mask\nc1.png,masks/c1.png\n")
+    code = run_cli(["evaluate", "--pred", out, "--gt", ds, "--out", tmp_path / "eval"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert ("probs" if soft_maps else "masks") in err
+    dice = json.loads((tmp_path / "eval" / "summary.json").read_text())["metrics"]["dice"]["mean"]
+    expected = 1.0 if soft_maps else 2 * (gt & np.roll(gt, 2, axis=1)).sum() / (2 * gt.sum())
+    assert dice == pytest.approx(expected, abs=1e-6)

@@ -175,6 +175,11 @@ def evaluate(
     spacing_values = parse_spacing(spacing)
     empty_dist = parse_empty_distance(empty_distance)
 
+    inner = ev.resolve_prediction_folder(pred)
+    if inner != pred:
+        err_console().print(f"reading the predictions in {user_text(inner)} (the soft maps of a covseg predict output folder)"
+                            if inner.name == "probs" else f"reading the masks in {user_text(inner)} (this predict run wrote no soft maps)")
+        pred = inner
     out_dir = out if out is not None else Path("outputs") / "evaluate" / f"{pred.resolve().name}-{protocol}"
     cases, bad, image_dir = ev.pair_cases(pred, gt, images, missing=missing_pred)
     folder = OutputFolder(

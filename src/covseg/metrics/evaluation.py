@@ -166,6 +166,22 @@ def resolve_gt_folder(gt_dir: Path) -> tuple[Path, Path | None]:
     return gt_dir, None
 
 
+def resolve_prediction_folder(pred_dir: Path) -> Path:
+    """The folder of predictions inside ``pred_dir`` when it is a ``covseg predict`` output folder.
+
+    ``covseg predict -o OUT`` writes ``OUT/probs`` (soft maps) and ``OUT/masks`` beside
+    ``predictions.csv``; given ``OUT`` itself, evaluation reads ``probs`` (``masks`` when the run
+    wrote no soft maps). Any other folder is returned unchanged.
+    """
+    pred_dir = Path(pred_dir)
+    if not (pred_dir / "predictions.csv").is_file() or _files_by_stem(pred_dir, FILE_SUFFIXES):
+        return pred_dir
+    for sub in ("probs", "masks"):
+        if (pred_dir / sub).is_dir() and _files_by_stem(pred_dir / sub, FILE_SUFFIXES):
+            return pred_dir / sub
+    return pred_dir
+
+
 def pair_cases(
     pred_dir: Path, gt_dir: Path, images_dir: Path | None = None, missing: str = "error"
 ) -> tuple[list[Case], list[BadCase], Path | None]:

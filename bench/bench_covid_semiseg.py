@@ -125,6 +125,13 @@ VARIANTS["semi_resunet_e100_radiopaedia"] = (
     ],
     1,
 )
+# Issue 24: the same recipe on all 1,600 slices, histogram-standardised per volume onto the fold's labelled
+# training slices (bench_unlabeled_shift.py measures the shift before and after), 5 folds:
+VARIANTS["semi_resunet_e100_std"] = (
+    "resunet_cosup_covid_semiseg",
+    [*VARIANTS["semi_resunet_e100"][1], "semi.unlabeled.standardize=histogram", "semi.unlabeled.standardize_per=volume"],
+    1,
+)
 # Variants whose runs need other variants' finished runs of the same fold.
 NEEDS = {
     "multiclass_prior": ["resunet_all"],
@@ -132,6 +139,7 @@ NEEDS = {
     "multiclass_prior_oof_e100": ["resunet_all", *(f"resunet_all_inner{j}" for j in range(4))],
     "semi_resunet_e100": ["resunet_all_e100"],
     "semi_resunet_e100_radiopaedia": ["resunet_all_e100"],
+    "semi_resunet_e100_std": ["resunet_all_e100"],
 }
 # The same runs scored with flip test-time augmentation (``covseg predict --tta``): no training.
 TTA_OF = {"resunet_all_tta": "resunet_all", "infnet_pretrained_tta": "infnet_pretrained", "resunet_all_e100_tta": "resunet_all_e100"}

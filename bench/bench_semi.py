@@ -25,9 +25,20 @@ Twice the compute (300 steps), compared with each other:
   cps2x        CPS, 300 steps
   cps_cutmix2x CPS + CutMix on the unlabelled images (the CPS paper's best setting), 300 steps
 
+Issue 24, long runs on all 1,600 unlabelled slices, histogram-standardised per volume onto the
+fold's labelled training slices (``semi.unlabeled.standardize=histogram``), with the best supervised
+CT model (the co-supervised ResUNet, ``resunet_cosup_covid_semiseg``, at 256²):
+  res_sup          supervised only, RES_STEPS steps (the baseline, and the teacher of res_semi_std)
+  res_semi_std     Semi-Inf-Net's recipe: the fold's ``res_sup`` run pseudo-labels all 1,600 slices,
+                   a fresh ResUNet pre-trains on them (3 passes) and fine-tunes on the labels
+                   (RES_FINETUNE_STEPS at 0.3x the learning rate), as ``semi_resunet_e100``
+  res_cps_uif_std  CPS + UIF (two ResUNets; the most certain half, re-scored 4 times), RES_STEPS steps
+
 Usage::
 
     python bench/bench_semi.py --parallel 2
+    python bench/bench_semi.py --methods res_sup --parallel 2       # first: the teachers
+    python bench/bench_semi.py --methods res_semi_std,res_cps_uif_std --parallel 2
     python bench/bench_semi.py --report
 
 Results: ``bench/results/semi/<method>_<budget>/fold<k>.json``, ``summary.{json,md,png}``.
@@ -58,8 +69,21 @@ BASE = [
 OUT = ROOT / "bench" / "results" / "semi"
 RUNS = ROOT / "runs" / "bench" / "semi"
 BUDGETS = {"all": None, "10": 10}
-METHODS = ("sup", "pseudo", "cps", "cps_uif", "sup2x", "pseudo_init", "pseudo_cont", "cps2x", "cps_cutmix2x")
+RESUNET = ("res_sup", "res_semi_std", "res_cps_uif_std")  # issue 24: compared with res_sup
+METHODS = ("sup", "pseudo", "cps", "cps_uif", "sup2x", "pseudo_init", "pseudo_cont", "cps2x", "cps_cutmix2x", *RESUNET)
 LONG = ("sup2x", "pseudo_init", "pseudo_cont", "cps2x", "cps_cutmix2x")  # twice the optimiser steps; compared with sup2x
+RES_STEPS = 500  # 100 epochs of 40 slices at batch 8: the steps of resunet_all_e100, the CV table's best row
+RES_FINETUNE_STEPS = 200  # resunet_all_e100's 40 fine-tuning epochs of semi_resunet_e100
+RES_PRETRAIN_PASSES = 3  # over all 1,600 pseudo-labelled slices: 600 steps
+RES_BASE = [
+    "preprocess.size=[256,256]",
+    f"train.batch_size={BATCH}",
+    "semi.cps.unlabeled_batch_size=4",
+    "semi.unlabeled.root=${COVSEG_DATA}/covid_semiseg_infnet/unlabeled",
+    "semi.unlabeled.limit=null",
+    "semi.unlabeled.standardize=histogram",
+    "semi.unlabeled.standardize_per=volume",
+]
 
 
 # Semi-Inf-Net phases as fractions of STEPS: labelled start (None: start from the ``sup`` run of
@@ -102,7 +126,39 @@ def epochs_for(labelled: int, steps: int = STEPS) -> int:
     return max(1, round(steps / steps_per_epoch))
 
 
+def resunet_spec(method: str, budget: str, fold: int) -> tuple[str, list[str]]:
+    """Issue 24's long ResUNet runs on all 1,600 standardised slices (``RESUNET``)."""
+    labelled = 40 if BUDGETS[budget] is None else BUDGETS[budget]
+    limit = [] if BUDGETS[budget] is None else [f"data.limit={BUDGETS[budget]}"]
+    epochs = epochs_for(labelled, RES_STEPS)
+    val_every = f"train.val_every={max(1, epochs // 4)}"
+    if method == "res_sup":
+        return "resunet_cosup_covid_semiseg", ["preprocess.size=[256,256]", f"train.batch_size={BATCH}", *limit, f"train.epochs={epochs}", val_every]
+    over = [*RES_BASE, *limit]
+    if method == "res_semi_std":
+        finetune = epochs_for(labelled, RES_FINETUNE_STEPS)
+        return "resunet_cosup_covid_semiseg", [
+            *over,
+            "trainer=semi_infnet",
+            f"semi.semi_infnet.init_run={RUNS / f'res_sup_{budget}' / f'fold{fold}'}",
+            "semi.semi_infnet.initial_epochs=0",
+            "semi.semi_infnet.group_size=1600",
+            "semi.semi_infnet.epochs_per_group=1",
+            f"semi.semi_infnet.pretrain_epochs={RES_PRETRAIN_PASSES}",
+            f"semi.semi_infnet.finetune_epochs={finetune}",
+            "semi.semi_infnet.finetune_lr_scale=0.3",
+            f"train.val_every={max(1, finetune // 4)}",
+        ]
+    return "resunet_cosup_covid_semiseg", [
+        *over, "trainer=cps", f"train.epochs={epochs}", val_every, "semi.cps.weight=1.0",
+        "semi.cps.uif.enabled=true", "semi.cps.uif.keep_fraction=0.5", "semi.cps.uif.score=disagreement",
+        f"semi.cps.rampup_epochs={max(1, epochs // 4)}", f"semi.cps.uif.rescore_every={max(1, epochs // 4)}",
+    ]  # fmt: skip
+
+
 def spec(method: str, budget: str, fold: int = 0) -> tuple[str, list[str]]:
+    if method in RESUNET:
+        return resunet_spec(method, budget, fold)
     labelled = 40 if BUDGETS[budget] is None else BUDGETS[budget]
     steps = 2 * STEPS if method.endswith("2x") else STEPS
     method = method.removesuffix("2x")
@@ -127,6 +183,8 @@ def work(variant: str, fold: int, _spec) -> None:
     result_file = OUT / variant / f"fold{fold}.json"
     if result_file.exists():
         return
+    if method == "res_semi_std" and not (OUT / f"res_sup_{budget}" / f"fold{fold}.json").exists():
+        raise RuntimeError(f"needs the finished fold {fold} of res_sup_{budget} (its teacher); run --methods res_sup first")
     config, overrides = spec(method, budget, fold)
     run_dir = RUNS / variant / f"fold{fold}"
     wall = train_fold(config, overrides, run_dir, fold, RUNS / variant / f"fold{fold}.log")
@@ -159,12 +217,14 @@ def report() -> None:
     (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
     lines = ["| labels | method | steps | folds | medical Dice@0.5 | Δ vs sup | sod mean Dice | Δ vs sup | S-measure | train min/fold |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        base_method = "sup2x" if r["method"] in LONG else "sup"
+        base_method = "res_sup" if r["method"] in RESUNET else "sup2x" if r["method"] in LONG else "sup"
         base = next((b for b in rows if b["budget"] == r["budget"] and b["method"] == base_method), None)
         dd = f"{100 * (r['dice@0.5'] - base['dice@0.5']):+.1f}" if base else "–"
         ds = f"{100 * (r['sod_mean_dice'] - base['sod_mean_dice']):+.1f}" if base else "–"
         labels = "40 (all)" if r["budget"] == "all" else r["budget"]
         steps = f"{STEPS} + {STEPS}" if r["method"].startswith("pseudo_") else (2 * STEPS if r["method"] in LONG else STEPS)
+        if r["method"] in RESUNET:
+            steps = {"res_sup": RES_STEPS, "res_semi_std": f"{RES_STEPS} + {RES_PRETRAIN_PASSES * 200 + RES_FINETUNE_STEPS}"}.get(r["method"], RES_STEPS)
         lines.append(f"| {labels} | {r['method']} | {steps} | {r['folds']} | {r['dice@0.5']:.3f} ± {r['dice@0.5_std']:.3f} | {dd} | {r['sod_mean_dice']:.3f} | {ds} | {r['s_measure']:.3f} | {r['train_min_per_fold']:.1f} |")
     (OUT / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -287,6 +287,16 @@ class UnlabeledConfig(_Strict):
         "(e.g. one source of a mixed folder, '*radiopaedia*').",
     )
     limit: int | None = Field(None, ge=1)
+    standardize: Literal["none", "histogram", "percentile"] = Field(
+        "none",
+        description="Map the unlabelled slices' grey levels onto the run's labelled training slices "
+        "(covseg.transforms.standardize): histogram = Nyúl–Udupa deciles, percentile = 1st/99th "
+        "percentiles inside the body. Labelled and prediction inputs are never changed.",
+    )
+    standardize_per: Literal["volume", "slice"] = Field(
+        "volume",
+        description="One mapping per volume (the slices <volume>_<k> of a file-name stem share it) or per slice.",
+    )
 
 
 class UIFConfig(_Strict):

@@ -241,8 +241,11 @@ def dataset_summary(records: list[CaseRecord], tensors: CaseTensors, cfg: DataCo
     }
 
 
-def build_image_tensors(records: list[CaseRecord], pre: Preprocessing, progress: Any = None) -> CaseTensors:
-    """Images only (unlabelled data for semi-supervised training), at the network size."""
+def build_image_tensors(
+    records: list[CaseRecord], pre: Preprocessing, progress: Any = None, read: Any = None
+) -> CaseTensors:
+    """Images only (unlabelled data for semi-supervised training), at the network size. ``read``
+    (record → raw image) replaces plain reading, e.g. to standardise the grey levels first."""
     import torch
 
     from covseg.data.imageio import read_image
@@ -250,7 +253,7 @@ def build_image_tensors(records: list[CaseRecord], pre: Preprocessing, progress:
 
     images, ids, texts, shapes = [], [], [], []
     for rec in records:
-        image = read_image(rec.image)
+        image = read_image(rec.image) if read is None else read(rec)
         x = torch.from_numpy(pre.normalise(image))[None]
         size = pre.size or tuple(x.shape[-2:])
         images.append(resize_tensor(x, size)[0])

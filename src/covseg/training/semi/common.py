@@ -78,16 +78,26 @@ def load_unlabeled(trainer) -> None:
         keep = np.random.default_rng(12345).permutation(len(records))[: u.limit]
         records = [records[i] for i in sorted(keep)]
     trainer.unlabeled_records = records
+    info = {"root": u.root, "split": u.split, "include": u.include, "cases": len(records)}
     if getattr(trainer, "volume_plan", None) is not None:  # volumes: cached with the labelled plan, patched
         from covseg.training.volumes import unlabeled_volumes
 
+        if u.standardize != "none":
+            raise ConfigError("semi.unlabeled.standardize applies to 2D slices, not to volumes", u.root)
         trainer.unlabeled = unlabeled_volumes(trainer, records)
-        trainer.split_info["unlabeled"] = {"root": u.root, "split": u.split, "include": u.include, "cases": len(records)}
+        trainer.split_info["unlabeled"] = info
         return
+    read = None
     with trainer._progress() as prog:
+        if u.standardize != "none":  # onto the labelled training slices; nothing else is changed
+            from covseg.training.semi.standardize import standardized_reader
+
+            task = prog.add_task("standardising unlabelled", total=len(records), info="")
+            read, info["standardize"] = standardized_reader(trainer.train_records, records, u, lambda: prog.advance(task))
+            info["standardize"]["method"] = u.standardize
         task = prog.add_task("reading unlabelled", total=len(records), info="")
-        trainer.unlabeled = build_image_tensors(records, trainer.preprocessing, progress=lambda: prog.advance(task))
-    trainer.split_info["unlabeled"] = {"root": u.root, "split": u.split, "include": u.include, "cases": len(records)}
+        trainer.unlabeled = build_image_tensors(records, trainer.preprocessing, progress=lambda: prog.advance(task), read=read)
+    trainer.split_info["unlabeled"] = info
 
 
 def split_outputs(out: dict[str, Any], n: int) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -506,11 +506,14 @@ def write_image(path: str | Path, image: np.ndarray, *, spacing: tuple[float, fl
     return write_with(path, lambda p: Image.fromarray(arr).save(p, format=fmt, **extra))
 
 
-def write_volume(path: str | Path, volume: np.ndarray, affine: np.ndarray, dtype: str | None = None) -> Path:
+def write_volume(
+    path: str | Path, volume: np.ndarray, affine: np.ndarray, dtype: str | None = None, *, descrip: bytes | None = None
+) -> Path:
     """Write a NIfTI volume atomically with the given affine.
 
     ``dtype="scaled-uint8"`` stores a float map (probabilities) as uint8 with the NIfTI slope and
     intercept that nibabel picks, a quarter of float32's size; readers get floats back.
+    ``descrip`` goes into the header (covseg's intensity marker, :func:`covseg.data.intensity.nifti_marker`).
     """
     import nibabel as nib
 
@@ -525,4 +528,6 @@ def write_volume(path: str | Path, volume: np.ndarray, affine: np.ndarray, dtype
         img.set_data_dtype(np.uint8)
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
+    if descrip is not None:
+        img.header["descrip"] = descrip
     return write_with(path, lambda p: nib.save(img, str(p)))

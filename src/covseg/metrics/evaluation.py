@@ -89,6 +89,8 @@ class LoadedCase:
     gt: np.ndarray
     spacing: tuple[float, ...] | None
     resized_from: tuple[int, ...] | None = None
+    #: one voxel in ml from the ground truth's affine (|det|; NIfTI only), right on sheared grids
+    voxel_ml: float | None = None
 
 
 @dataclass
@@ -365,7 +367,12 @@ def load_case(
         )
     except ValueError as exc:
         raise DataError(str(exc), case.pred_path) from None
-    return LoadedCase(pred, gt, _spacing_for(spacing, gt_spacing, gt, case), resized_from)
+    loaded = LoadedCase(pred, gt, _spacing_for(spacing, gt_spacing, gt, case), resized_from)
+    if spacing is None and suffix_of(case.gt_path) in VOLUME_SUFFIXES:
+        from covseg.transforms.volume import voxel_volume_ml
+
+        loaded.voxel_ml = voxel_volume_ml(read_volume(case.gt_path, check_finite=False)[2])
+    return loaded
 
 
 def _spacing_for(spacing, gt_spacing, gt: np.ndarray, case: Case) -> tuple[float, ...] | None:
@@ -415,7 +422,8 @@ def evaluate_cases(
                 spacing=spacing,
             )
             try:
-                accumulator.update(loaded.pred, loaded.gt, spacing=loaded.spacing, case_id=case.case_id)
+                extra = {"voxel_ml": loaded.voxel_ml} if loaded.voxel_ml is not None and isinstance(accumulator, MedicalMetrics) else {}
+                accumulator.update(loaded.pred, loaded.gt, spacing=loaded.spacing, case_id=case.case_id, **extra)
             except ValueError as exc:
                 raise DataError(str(exc), case.pred_path) from None
             run.cases.append(case)

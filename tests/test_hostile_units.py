@@ -221,7 +221,6 @@ def test_gantry_tilt_is_kept_in_the_affine_and_volumes_use_the_determinant(tmp_p
     """The affine's slice axis is the step between slice origins (not the normal), so the top slice lands
     where the scanner put it (before: off by dz·tan(tilt)·(n-1)); voxel volume is |det|, not the product."""
     from covseg.data.dicom import read_dicom_series
-    from covseg.transforms.volume import voxel_volume_ml
 
     files = _tilted_series(tmp_path / "tilted", tilt_deg=20.0, n=6)
     volume, spacing, affine = read_dicom_series(tmp_path / "tilted")
@@ -231,7 +230,9 @@ def test_gantry_tilt_is_kept_in_the_affine_and_volumes_use_the_determinant(tmp_p
     top = affine @ np.array([0.0, 0.0, 5.0, 1.0])
     np.testing.assert_allclose(top[:3], [-last[0], -last[1], last[2]], atol=1e-6)  # RAS = LPS with x, y negated
     assert volume.shape == (12, 10, 6)
-    assert spacing[2] == pytest.approx(2.5 / np.cos(np.radians(20.0)))  # the step's length, as nibabel's zooms
+    assert spacing[2] == pytest.approx(2.5 / np.cos(np.radians(20.0)))
+    from covseg.transforms.volume import voxel_volume_ml
+  # the step's length, as nibabel's zooms
     assert voxel_volume_ml(affine) == pytest.approx(0.8 * 0.8 * 2.5 / 1000.0)  # slab thickness along the normal
     assert float(np.prod(spacing)) / 1000.0 > 1.06 * voxel_volume_ml(affine)  # what the product would claim
 
@@ -278,3 +279,33 @@ def test_sheared_volumes_in_ml_use_the_determinant(tmp_path, real_data):
     assert code == 0, text
     row = next(csv.DictReader((tmp_path / "eval" / "per_case.csv").open()))
     assert float(row["gt_ml"]) == pytest.approx(mask.sum() * det_ml, rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------ EXIF orientation
+def _sideways_jpeg(path: Path) -> np.ndarray:
+    """A 20×30 JPEG with a bright block at the top left, tagged EXIF Orientation 6 (viewers turn it 90° clockwise)."""
+    pixels = np.zeros((20, 30), np.uint8)
+    pixels[:6, :8] = 250
+    im = Image.fromarray(pixels)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(path, quality=100, exif=exif.tobytes())
+    return pixels
+
+
+def test_exif_orientation_is_applied_and_checked(tmp_path):
+    from covseg.data.imageio import image_size, read_image
+
+    path = tmp_path / "data" / "images" / "a.jpg"
+    path.parent.mkdir(parents=True)
+    stored = _sideways_jpeg(path)
+    image = read_image(path)
+    assert image.shape == (30, 20) and image_size(path) == (30, 20)  # upright, as a viewer shows it
+    np.testing.assert_allclose(image, np.rot90(stored, -1), atol=12)  # the block is now at the top right
+    assert image[:8, -6:].mean() > 200 and image[:6, :8].mean() < 50
+    # a mask drawn on the stored (sideways) pixels no longer fits: data check says so
+    (tmp_path / "data" / "masks").mkdir()
+    Image.fromarray((stored > 128).astype(np.uint8) * 255).save(tmp_path / "data" / "masks" / "a.png")
+    code, text = run_cli("data", "check", tmp_path / "data")
+    assert code != 0, text
+    assert "mask is 20×30 but image" in text and "30×20 after its EXIF orientation" in text

@@ -309,3 +309,35 @@ def test_exif_orientation_is_applied_and_checked(tmp_path):
     code, text = run_cli("data", "check", tmp_path / "data")
     assert code != 0, text
     assert "mask is 20×30 but image" in text and "30×20 after its EXIF orientation" in text
+
+
+# ------------------------------------------------------------------------------------------ text files
+def test_text_files_with_a_bom_and_duplicate_captions(tmp_path):
+    """A UTF-8 BOM (Excel, Notepad) no longer hides the first image's caption; an image listed twice with
+    different captions is refused in one line naming the file and the image, not silently overwritten."""
+    from covseg.data.text_sources import read_text_mapping
+    from covseg.errors import DataError
+
+    tsv = tmp_path / "captions.txt"
+    tsv.write_bytes("\ufeffa.png\tbilateral opacity\nb.png\tleft lower lung\n".encode())
+    table = read_text_mapping(tsv)
+    assert table.lookup("images/a.png").text == "bilateral opacity"
+    as_json = tmp_path / "captions.json"
+    as_json.write_bytes('\ufeff{"a.png": "right upper lung"}'.encode())
+    assert read_text_mapping(as_json).lookup("a.png").text == "right upper lung"
+    twice = tmp_path / "twice.txt"
+    twice.write_text("a.png\tbilateral opacity\nb.png\tleft lung\na.png\tno infection\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"row 3: 'a\.png' is listed twice with different texts") as err:
+        read_text_mapping(twice)
+    assert err.value.path == str(twice)
+
+
+# ------------------------------------------------------------------------------------------ smaller ones
+def test_convert_labels_out_of_range_or_absent_are_refused(tmp_path, real_data):
+    """``--labels 999`` cannot occur in a uint8 label volume: refused up front (before: empty masks written)."""
+    ct = real_data / "ct3d_totalseg_example"
+    code, text = run_cli("data", "convert", ct, tmp_path / "out", "--to", "folder", "--labels", "999")
+    assert code == 2 and "bad --labels '999'" in text and "1..255" in text
+    assert not (tmp_path / "out").exists()
+    code, text = run_cli("data", "convert", ct, tmp_path / "out2", "--to", "folder", "--labels", "200")
+    assert code == 1 and "none of --labels 200 occurs in this mask" in text and "example_ct_sm" in text

@@ -59,8 +59,9 @@ def header_space(path: Any) -> str | None:
     intensities, or None when only the values can tell. Never raises: an unreadable header says nothing."""
     from covseg.data.imageio import IMAGE_SUFFIXES, NIFTI_SUFFIXES, suffix_of
 
-    if callable(getattr(path, "read_volume", None)):  # a stack of slice images
-        return DISPLAY
+    files = getattr(path, "files", None)
+    if callable(getattr(path, "read_volume", None)):  # a stack of slice images: what its slices' header says
+        return header_space(files[0]) if files else None
     p = Path(path)
     suffix = suffix_of(p)
     try:

@@ -369,7 +369,7 @@ def load_case(
         raise DataError(str(exc), case.pred_path) from None
     loaded = LoadedCase(pred, gt, _spacing_for(spacing, gt_spacing, gt, case), resized_from)
     if spacing is None and suffix_of(case.gt_path) in VOLUME_SUFFIXES:
-        from covseg.transforms.volume import voxel_volume_ml
+        from covseg.transforms.orientation import voxel_volume_ml
 
         loaded.voxel_ml = voxel_volume_ml(read_volume(case.gt_path, check_finite=False)[2])
     return loaded

@@ -28,6 +28,7 @@ import numpy as np
 
 from covseg.transforms.intensity import DISPLAY_MAX as DISPLAY_MAX
 from covseg.transforms.intensity import LUNG_WINDOW as LUNG_WINDOW
+from covseg.transforms.orientation import voxel_volume_ml as voxel_volume_ml
 
 
 @dataclass
@@ -83,12 +84,6 @@ class VolumeGeometry:
     @property
     def cropped_shape(self) -> tuple[int, ...]:
         return tuple(b - a for a, b in self.box)
-
-
-def voxel_volume_ml(affine: np.ndarray) -> float:
-    """One voxel's volume in ml: ``|det(affine[:3, :3])| / 1000``. The product of the voxel sizes overstates
-    it on a sheared grid (a gantry-tilted series: +11.8 % at a 27° shear), the determinant never does."""
-    return abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
 
 
 def ras_orientation(affine: np.ndarray) -> np.ndarray:

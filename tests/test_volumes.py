@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from covseg.data.imageio import read_volume, write_image, write_volume
+from covseg.data.intensity import intensity_space
 from covseg.data.synthetic3d import make_phantom_volume, write_phantom_volumes
 from covseg.transforms.volume import (
     VolumePlan,
-    is_display_range,
     prepare_labels,
     prepare_volume,
     restore_volume,
@@ -101,7 +101,7 @@ def test_labels_go_to_the_grid_and_back_to_the_input_geometry(stored):
     elif stored == "oblique":
         affine = _oblique(affine)
     plan = VolumePlan(spacing=(6.0, 6.0, 9.0), crop="body")
-    x, geometry = prepare_volume(image, affine, plan)
+    x, geometry = prepare_volume(image, affine, plan, "hu")
     grid_labels = prepare_labels(labels, geometry)
     assert x.shape[1:] == grid_labels.shape and x.dtype == np.float32
     assert geometry.grid_shape == (53, 53, 27)  # 40·8/6, 40·8/6, 20·12/9
@@ -110,7 +110,7 @@ def test_labels_go_to_the_grid_and_back_to_the_input_geometry(stored):
     assert back.shape == (1, *labels.shape)
     assert dice(back[0] >= 0.5, labels) > 0.95
     # same scan, either storage: the same network input
-    x_ref, _ = prepare_volume(ph.image, ph.affine, plan)
+    x_ref, _ = prepare_volume(ph.image, ph.affine, plan, "hu")
     np.testing.assert_allclose(x, x_ref, atol=1e-5)
 
 
@@ -122,13 +122,13 @@ def test_real_ct_round_trip_and_lung_window(real_data):
     labels, _, _ = read_label_volume(src / "masks" / "example_ct_sm.nii.gz")
     lungs = np.isin(labels, [10, 11, 12, 13, 14]).astype(np.uint8)
     plan = VolumePlan(spacing=(2.0, 2.0, 2.0), normalise="none", crop="none")
-    x, geometry = prepare_volume(volume, affine, plan)
+    x, geometry = prepare_volume(volume, affine, plan, "hu")
     assert geometry.spacing == pytest.approx((2.0, 2.0, 2.0), rel=0.02)
     assert not geometry.display and x.min() >= 0.0 and x.max() <= 1.0  # HU through the lung window
     windowed = np.clip((volume + 1250.0) / 1500.0, 0, 1)
     assert abs(float(x.mean()) - float(windowed.mean())) < 0.01 and (windowed == 1).any() and (windowed < 0.2).any()
     plan = VolumePlan(spacing=(2.0, 2.0, 2.0), normalise="none")
-    x, geometry = prepare_volume(volume, affine, plan)
+    x, geometry = prepare_volume(volume, affine, plan, "hu")
     back = restore_volume(torch.from_numpy(prepare_labels(lungs, geometry)[None].astype(np.float32)), geometry)[0]
     assert back.shape == volume.shape and dice(back >= 0.5, lungs) > 0.9
 
@@ -136,8 +136,8 @@ def test_real_ct_round_trip_and_lung_window(real_data):
 def test_display_range_volumes_are_scaled_not_windowed_again():
     rng = np.random.default_rng(0)
     display = rng.integers(0, 256, size=(16, 16, 8)).astype(np.float32)
-    assert is_display_range(display) and not is_display_range(display - 1000.0)
-    x, geometry = prepare_volume(display, np.eye(4), VolumePlan(normalise="none", crop="none"))
+    assert intensity_space(display) == "display" and intensity_space(display - 1000.0) == "hu"
+    x, geometry = prepare_volume(display, np.eye(4), VolumePlan(normalise="none", crop="none"), intensity_space(display))
     assert geometry.display
     np.testing.assert_allclose(x[0], display / 255.0, atol=1e-6)  # not clipped by a lung window
 
@@ -202,7 +202,7 @@ def test_real_unlabelled_slices_stack_into_a_volume(real_data, tmp_path):
     with pytest.raises(DataError, match="--pad"):  # each slice has its own lung crop: sizes differ
         smallest.read_volume()
     volume, _, _ = find_stacks(folder, pad=True)[list(stacks).index(smallest.name)].read_volume()
-    assert volume.shape[2] == len(smallest.files) and is_display_range(volume)
+    assert volume.shape[2] == len(smallest.files) and intensity_space(volume) == "display"
 
 
 # ------------------------------------------------------------------------------------ samplers, inferers

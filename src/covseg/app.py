@@ -114,22 +114,24 @@ def segment_upload(predictor: Any, data: bytes, filename: str, text: str = "", l
         path = Path(tmp) / f"upload{suffix}"
         path.write_bytes(data)
         if suffix in VOLUME_UPLOADS:
+            from covseg.data.intensity import space_of, to_unit
             from covseg.inference.batch import lung_involvement_percent
-            from covseg.inference.predictor import DEFAULT_CT_WINDOW, PostprocessOptions
+            from covseg.inference.predictor import PostprocessOptions
             from covseg.transforms.orientation import volume_to_slices
+            from covseg.transforms.volume import voxel_volume_ml
 
-            volume, spacing, affine = read_volume(path)
+            volume, _, affine = read_volume(path)
+            space = space_of(path, volume)
             post = PostprocessOptions(lungs_only=True) if lungs_only else None
             try:
-                pred = predictor.predict_volume(volume, affine, post=post, **extra)
+                pred = predictor.predict_volume(volume, affine, post=post, space=space, **extra)
             except CovsegError as exc:
                 raise CovsegError(exc.problem, name) from None  # the temporary file's path means nothing to the user
-            lo, hi = DEFAULT_CT_WINDOW
-            slices = np.clip((volume_to_slices(volume, affine) - lo) / (hi - lo), 0, 1) * 255.0
+            slices = to_unit(volume_to_slices(volume, affine), space) * 255.0
             label_slices = volume_to_slices(pred.labels, affine)
             write_volume(Path(tmp) / "mask.nii.gz", pred.labels, affine, dtype="uint8")
             mask = (Path(tmp) / "mask.nii.gz").read_bytes()
-            voxels, voxel_ml = int((pred.labels > 0).sum()), float(np.prod(spacing)) / 1000.0
+            voxels, voxel_ml = int((pred.labels > 0).sum()), voxel_volume_ml(affine)
             per_slice = (label_slices > 0).sum(axis=(1, 2))
             summary = {
                 "kind": "volume", "slices": len(slices), "infected_voxels": voxels,
@@ -144,8 +146,11 @@ def segment_upload(predictor: Any, data: bytes, filename: str, text: str = "", l
             return Result(name, list(slices), list(label_slices), mask, f"{_stem(name)}_mask.nii.gz", summary)
         if lungs_only:
             raise CovsegError(f"{LUNGS_NEED_VOLUME} (NIfTI); this is a 2D image", name)
+        from covseg.data.intensity import space_of, to_unit
+
         image = read_image(path)
-        pred = predictor.predict_image(image, **extra)
+        space = space_of(path, image)
+        pred = predictor.predict_image(image, space=space, **extra)
         write_mask(Path(tmp) / "mask.png", pred.labels, scale_binary=predictor.num_classes == 1)
         mask = (Path(tmp) / "mask.png").read_bytes()
     pixels = int((pred.labels > 0).sum())
@@ -156,7 +161,8 @@ def segment_upload(predictor: Any, data: bytes, filename: str, text: str = "", l
     if pred.class_probs is not None:
         names = getattr(predictor, "class_names", None) or [f"class{c}" for c in range(len(pred.class_probs))]
         summary["class_probabilities"] = {str(n): round(float(p), 4) for n, p in zip(names, pred.class_probs)}
-    result = Result(name, [image], [pred.labels], mask, f"{_stem(name)}_mask.png", summary)
+    shown = image if space == "display" else to_unit(image, space) * 255.0  # HU or 0..1 shown as display values
+    result = Result(name, [shown], [pred.labels], mask, f"{_stem(name)}_mask.png", summary)
     if getattr(getattr(predictor, "segmenter", None), "classifies", False):
         from covseg.inference.explain import Explainer
 

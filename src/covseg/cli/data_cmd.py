@@ -146,6 +146,9 @@ def convert(
             label_values = [int(v) for v in labels.replace(" ", "").split(",") if v]
         except ValueError:
             raise DataError(f"bad --labels {labels!r}: give whole numbers separated by commas") from None
+        wrong = [v for v in label_values if not 1 <= v <= 255]
+        if not label_values or wrong:
+            raise DataError(f"bad --labels {labels!r}: label volumes hold whole numbers 0..255 and 0 is background; give labels 1..255")
     console = Console()
     with _progress_bar("converting") as advance:
         report = convert_dataset(

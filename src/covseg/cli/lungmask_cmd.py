@@ -21,15 +21,15 @@ def lungmask(
     import csv
     import io
 
-    import numpy as np
-
     from covseg.cli._batch import finish, progress_bar
     from covseg.data.imageio import is_volume, read_volume, stem_of, write_volume
+    from covseg.data.intensity import HU, space_of
     from covseg.errors import DataError
     from covseg.inference.batch import for_each_file, write_failures
     from covseg.inference.predictor import list_inputs
+    from covseg.transforms.intensity import SPACE_WORDS
     from covseg.transforms.lungmask import lung_mask
-    from covseg.transforms.volume import is_display_range
+    from covseg.transforms.volume import voxel_volume_ml
     from covseg.utils.atomic import write_text
 
     files = list_inputs(input, series_folders=True)
@@ -37,12 +37,13 @@ def lungmask(
     def work(path: Path) -> dict:
         if not is_volume(path):
             raise DataError("not a CT volume (NIfTI file or DICOM series)", path)
-        volume, spacing, affine = read_volume(path)
-        if is_display_range(volume):
-            raise DataError("volume holds 0..255 display values, not HU: the lung mask needs HU", path)
+        volume, _, affine = read_volume(path)
+        space = space_of(path, volume)
+        if space != HU:
+            raise DataError(f"volume holds {SPACE_WORDS[space]}, not HU: the lung mask needs HU", path)
         mask = lung_mask(volume, affine)
         out = write_volume(output / f"{stem_of(path)}.nii.gz", mask, affine, dtype="uint8")
-        return {"input": str(path), "mask": str(out), "lung_ml": round(float(mask.sum()) * float(np.prod(spacing)) / 1000.0, 2)}
+        return {"input": str(path), "mask": str(out), "lung_ml": round(float(mask.sum()) * voxel_volume_ml(affine), 2)}
 
     with progress_bar("lung masks", len(files), quiet) as advance:
         report = for_each_file(files, work, strict=strict, on_done=advance)

@@ -216,8 +216,9 @@ def _check_image_record(record: CaseRecord, found: list[Finding], seen: dict) ->
             found.append(finding("unreadable", path, exc.problem))
             continue
         if info.labels.shape != shape:
+            turned = " after its EXIF orientation (the file stores it turned)" if _exif_turned(Path(record.image)) else ""
             found.append(
-                finding("size_mismatch", path, f"{role} is {_fmt(info.labels.shape)} but image {record.image} is {_fmt(shape)}")
+                finding("size_mismatch", path, f"{role} is {_fmt(info.labels.shape)} but image {record.image} is {_fmt(shape)}{turned}")
             )
         if info.kind in ("ambiguous", "colour"):
             found.append(finding("non_binary_mask", path, _describe_values(role, info.kind, info.stored_values)))
@@ -274,6 +275,19 @@ def _check_volume_record(record: CaseRecord, found: list[Finding]) -> None:
             labels = np.unique(arr)
             labels = labels[labels > 0]
             found.append(finding("multiclass_mask", path, f"{labels.size} labels ({_values(tuple(int(v) for v in labels))})"))
+
+
+def _exif_turned(path: Path) -> bool:
+    """Whether an image file carries an EXIF rotation (which covseg applies when it reads the image)."""
+    from PIL import Image
+
+    from covseg.data.imageio import exif_rotation
+
+    try:
+        with Image.open(path) as im:
+            return exif_rotation(im)
+    except Exception:
+        return False
 
 
 def _fmt(shape: tuple[int, ...]) -> str:

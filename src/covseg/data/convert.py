@@ -33,6 +33,7 @@ from covseg.data.imageio import (
     write_mask,
 )
 from covseg.data.index import DatasetIndex
+from covseg.data.intensity import HU, space_of, to_unit
 from covseg.data.layouts import INFNET_MASK_DIRS, list_splits, open_dataset
 from covseg.data.sample import CaseRecord
 from covseg.errors import CovsegError, DataError, OutputError
@@ -343,11 +344,12 @@ def _write_cosup(rec: CaseRecord, name: str, image_dir: Path, mask_dir: Path, ed
 
 
 def _convert_volume(rec: CaseRecord, name: str, out: Path, options: _Options, report: ConvertReport) -> list[dict[str, Any]]:
-    if options.window is None:
-        raise DataError("volumes need an HU window (--window lung or --window low,high)", rec.image)
     if len(rec.meta.get("channels", [])) > 1:
         options.uncarried["channels after the first"] = options.uncarried.get("channels after the first", 0) + 1
     volume, _, affine = read_volume(rec.image)
+    space = space_of(rec.image, volume)  # the window is for HU; display or 0..1 volumes are never windowed again
+    if space == HU and options.window is None:
+        raise DataError("volumes in HU need a window (--window lung or --window low,high)", rec.image)
     slices, spacing, z_mm = axial_slices(volume, affine, options.orientation)
     mask_slices = None
     if rec.mask is not None:
@@ -357,6 +359,10 @@ def _convert_volume(rec: CaseRecord, name: str, out: Path, options: _Options, re
         if not np.allclose(mask_affine, affine, atol=1e-3):
             raise DataError(f"mask affine differs from volume {rec.image}'s", rec.mask)
         if options.labels:
+            present = np.unique(labels)
+            if not np.isin(options.labels, present).any():
+                shown = ", ".join(str(int(v)) for v in present[:20]) + (", ..." if present.size > 20 else "")
+                raise DataError(f"none of --labels {','.join(str(v) for v in options.labels)} occurs in this mask (it holds {shown})", rec.mask)
             labels = np.isin(labels, options.labels).astype(np.uint8)
         mask_slices = axial_slices(labels, affine, options.orientation)[0]
     # One encoding per volume: binary volumes as 0/255 (0/1 for cosup), label volumes as indices.
@@ -367,7 +373,10 @@ def _convert_volume(rec: CaseRecord, name: str, out: Path, options: _Options, re
         if options.skip_empty and (slice_mask is None or not slice_mask.any()):
             continue
         slice_name = f"{name}_{k:03d}"
-        pixels = apply_window(slices[k], options.window)
+        if space == HU:
+            pixels = apply_window(slices[k], options.window)
+        else:
+            pixels = np.rint(to_unit(slices[k], space) * 255.0).astype(np.uint8)
         options.put(report, options.dir("image", out) / f"{slice_name}.png", lambda p, a=pixels: write_image(p, a, spacing=spacing))
         if slice_mask is not None:
             options.put(
@@ -390,7 +399,7 @@ def _convert_volume(rec: CaseRecord, name: str, out: Path, options: _Options, re
                 "row_mm": spacing[0],
                 "col_mm": spacing[1],
                 "orientation": options.orientation,
-                "window": f"{options.window[0]:g},{options.window[1]:g}",
+                "window": f"{options.window[0]:g},{options.window[1]:g}" if space == HU and options.window else f"none ({space})",
             }
         )
     return rows

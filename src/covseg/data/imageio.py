@@ -27,6 +27,8 @@ VOLUME_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".npy")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # PNG text key under which covseg stores the pixel spacing "row_mm,col_mm" of 2D slices.
 SPACING_KEY = "covseg:spacing"
+# EXIF tag of the orientation a viewer applies (1: as stored; 5..8 swap width and height).
+EXIF_ORIENTATION = 0x0112
 # Grey values below this count as class indices (0, 1, 2, ...) rather than intensities.
 MAX_CLASS_INDEX = 31
 
@@ -75,11 +77,23 @@ def _open_pil(path: Path, load: bool = True):
             raise DataError(f"holds {frames} frames or pages; covseg reads single 2D images (split it first)", path)
         if load:
             im.load()
+            if exif_rotation(im):
+                from PIL import ImageOps
+
+                im = ImageOps.exif_transpose(im)  # as viewers show it: a phone photo stored sideways is upright
     except Image.DecompressionBombError as exc:
         raise DataError(f"image too large to decode safely ({str(exc).split(',')[0]})", path) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DataError(f"unreadable image ({type(exc).__name__}: {exc})", path) from None
     return im
+
+
+def exif_rotation(im) -> bool:
+    """True when an image's EXIF Orientation tag asks for a rotation or mirror (any value but 1)."""
+    try:
+        return int(im.getexif().get(EXIF_ORIENTATION, 1) or 1) != 1
+    except Exception:
+        return False
 
 
 def bit_depth_scale(arr: np.ndarray) -> float:
@@ -102,7 +116,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
         arr = read_image(path)
         return int(arr.shape[0]), int(arr.shape[1])
     im = _open_pil(path, load=False)
-    return int(im.size[1]), int(im.size[0])
+    turned = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1) in (5, 6, 7, 8)  # read_image applies it
+    return (int(im.size[0]), int(im.size[1])) if turned else (int(im.size[1]), int(im.size[0]))
 
 
 def read_image(path: str | Path, channels: int | None = None, *, check_finite: bool = True) -> np.ndarray:
@@ -506,11 +521,14 @@ def write_image(path: str | Path, image: np.ndarray, *, spacing: tuple[float, fl
     return write_with(path, lambda p: Image.fromarray(arr).save(p, format=fmt, **extra))
 
 
-def write_volume(path: str | Path, volume: np.ndarray, affine: np.ndarray, dtype: str | None = None) -> Path:
+def write_volume(
+    path: str | Path, volume: np.ndarray, affine: np.ndarray, dtype: str | None = None, *, descrip: bytes | None = None
+) -> Path:
     """Write a NIfTI volume atomically with the given affine.
 
     ``dtype="scaled-uint8"`` stores a float map (probabilities) as uint8 with the NIfTI slope and
     intercept that nibabel picks, a quarter of float32's size; readers get floats back.
+    ``descrip`` goes into the header (covseg's intensity marker, :func:`covseg.data.intensity.nifti_marker`).
     """
     import nibabel as nib
 
@@ -525,4 +543,6 @@ def write_volume(path: str | Path, volume: np.ndarray, affine: np.ndarray, dtype
         img.set_data_dtype(np.uint8)
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
+    if descrip is not None:
+        img.header["descrip"] = descrip
     return write_with(path, lambda p: nib.save(img, str(p)))

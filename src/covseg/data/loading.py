@@ -15,6 +15,7 @@ from covseg.data.imageio import (
     read_spacing_2d,
     read_volume,
 )
+from covseg.data.intensity import space_of
 from covseg.data.sample import CaseRecord, Sample
 from covseg.errors import DataError
 
@@ -58,7 +59,7 @@ def load_sample(record: CaseRecord, channels: int | None = None, derive_edge: bo
         spacing=None if spacing is None else tuple(float(s) for s in spacing),
         affine=None,
         source=Path(record.image),
-        meta=dict(record.meta),
+        meta={**record.meta, "intensity_space": space_of(record.image, image)},
     )
 
 
@@ -136,5 +137,5 @@ def _load_volume(record: CaseRecord, derive_edge: bool, edge_width: int) -> Samp
         spacing=tuple(float(s) for s in spacing),
         affine=affine,
         source=Path(record.image),
-        meta=dict(record.meta),
+        meta={**record.meta, "intensity_space": space_of(channel_files[0], volumes[0])},
     )

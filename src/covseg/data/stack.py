@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from covseg.data.imageio import IMAGE_SUFFIXES, read_image, read_mask, stem_of, suffix_of, write_volume
+from covseg.data.intensity import DISPLAY, nifti_marker
 from covseg.errors import DataError
 
 SLICE_NAME = re.compile(r"^(?P<name>.+)_(?P<k>\d+)$")
@@ -136,7 +137,8 @@ def stack_folder(
             volume, _, affine = stack.read_volume()
             labels = stack.read_labels(mask_dir) if mask_dir is not None else None
             dtype = "uint8" if volume.min() >= 0 and volume.max() <= 255 and np.all(volume == np.round(volume)) else "float32"
-            written.append(write_volume(dst / "images" / f"{stack.name}.nii.gz", volume, affine, dtype=dtype))
+            marker = nifti_marker(DISPLAY)  # slices are display values, whatever dtype they are stored in
+            written.append(write_volume(dst / "images" / f"{stack.name}.nii.gz", volume, affine, dtype=dtype, descrip=marker))
             if labels is not None:
                 written.append(write_volume(dst / "labels" / f"{stack.name}.nii.gz", labels, affine, dtype="uint8"))
         except DataError as exc:

@@ -453,7 +453,7 @@ def read_text_mapping(source: Mapping[str, Any] | str | Path) -> TextTable:
         raise DataError("file not found", path)
     entries: dict[str, TextEntry] = {}
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"text file is not UTF-8 ({exc.reason})", path) from None
     for n, line in enumerate(text.splitlines(), start=1):
@@ -465,7 +465,10 @@ def read_text_mapping(source: Mapping[str, Any] | str | Path) -> TextTable:
         name, text = line.split(sep, 1)
         if not text.strip():
             raise DataError(f"row {n}: empty text for {name.strip()!r} (missing caption)", path)
-        entries[name.strip()] = TextEntry(text.strip())
+        name, text = name.strip(), text.strip()
+        if name in entries and entries[name].text != text:
+            raise DataError(f"row {n}: {name!r} is listed twice with different texts; keep one", path)
+        entries[name] = TextEntry(text)
     return TextTable(entries, path, "mapping")
 
 
@@ -538,7 +541,7 @@ def _json(path: Path) -> Any:
     if key not in _JSON_CACHE:
         try:
             _JSON_CACHE.clear()
-            _JSON_CACHE[key] = json.loads(path.read_text(encoding="utf-8"))
+            _JSON_CACHE[key] = json.loads(path.read_text(encoding="utf-8-sig"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"unreadable JSON ({exc})", path) from None
     return _JSON_CACHE[key]

@@ -54,23 +54,23 @@ class CoarseStage:
             path = Path(run_dir) / path
         return cls(load_run(path, spec.checkpoint), spec.margin_mm, spec.threshold, path, spec.checkpoint)
 
-    def foreground(self, volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    def foreground(self, volume: np.ndarray, affine: np.ndarray, space: str | None = None) -> np.ndarray:
         """The coarse run's foreground on the input volume (binary: ``p >= threshold``; K classes: argmax > 0)."""
-        probs = self.segmenter.volume_probabilities(volume, affine)
+        probs = self.segmenter.volume_probabilities(volume, affine, space=space)
         return probs >= self.threshold if probs.ndim == 3 else probs.argmax(axis=0) > 0
 
-    def box(self, volume: np.ndarray, affine: np.ndarray, geometry: Any, extra: np.ndarray | None = None):
+    def box(self, volume: np.ndarray, affine: np.ndarray, geometry: Any, extra: np.ndarray | None = None, space: str | None = None):
         """The region of interest on the fine grid (``extra``: a mask on the input added to the coarse one)."""
         from covseg.transforms.volume import prepare_labels
 
-        fg = self.foreground(volume, affine)
+        fg = self.foreground(volume, affine, space)
         if extra is not None:
             fg = fg | (np.asarray(extra) > 0)
         return roi_box(prepare_labels(fg.astype(np.uint8), geometry) > 0, geometry.spacing, self.margin_mm)
 
-    def crop(self, fine: Any, volume: np.ndarray, affine: np.ndarray, x: np.ndarray, geometry: Any):
+    def crop(self, fine: Any, volume: np.ndarray, affine: np.ndarray, x: np.ndarray, geometry: Any, space: str | None = None):
         """``(x, geometry)`` cut to the region of interest, or ``(None, geometry)`` when the coarse map is empty."""
-        box = self.box(volume, affine, geometry)
+        box = self.box(volume, affine, geometry, space=space)
         if box is None:
             return None, geometry
         return crop_to(x, geometry, box)

@@ -30,6 +30,9 @@ def logits_to_probs(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.sigmoid(logits) if num_classes == 1 else torch.softmax(logits, dim=1)
 
 
+#: context keys of an input's intensity space (``hu``, ``display``, ``unit``) and of a user's HU window
+SPACE_KEY = "intensity_space"
+WINDOW_KEY = "window"
 #: context key the segmenter adds so that class logits find their image (windows, slices, batches)
 CASE_KEY = "_case"
 
@@ -245,11 +248,19 @@ class Segmenter:
     # -- inputs -----------------------------------------------------------------------------------------
     def prepare(self, image: np.ndarray, context: dict[str, Any] | None = None) -> torch.Tensor:
         """The network input at the image's size: normalised channels, then the adapters' channels."""
-        x = torch.from_numpy(self.preprocessing.normalise(image))
+        x = torch.from_numpy(self.normalise(image, context or {}))
         extra = [a.channels(image, context or {}) for a in self.adapters if a.extra_channels]
         if extra:
             x = torch.cat([x, *(torch.from_numpy(np.ascontiguousarray(e, dtype=np.float32)) for e in extra)], dim=0)
         return x
+
+    def normalise(self, image: np.ndarray, context: dict[str, Any]) -> np.ndarray:
+        """The image's normalised channels: its intensity space (``context["intensity_space"]``, else decided
+        from its values by :func:`covseg.data.intensity.intensity_space`) mapped to what the run read in training."""
+        from covseg.data.intensity import intensity_space
+
+        space = context.get(SPACE_KEY) or intensity_space(image)
+        return self.preprocessing.normalise(image, space, context.get(WINDOW_KEY))
 
     def infer(
         self,
@@ -328,16 +339,20 @@ class Segmenter:
         tta_flip: bool | Sequence[int] = False,
         batch_size: int = 8,
         context: dict[str, Any] | None = None,
+        space: str | None = None,
     ) -> np.ndarray:
         """A volume's probabilities in its own geometry, through the volume plan: ``(X, Y, Z)`` for
-        binary models, ``(K, X, Y, Z)`` for K classes. ``tta_flip=True`` flips the left–right axis."""
+        binary models, ``(K, X, Y, Z)`` for K classes. ``tta_flip=True`` flips the left–right axis;
+        ``space`` is the volume's intensity space (None: :func:`covseg.data.intensity.intensity_space` of its values)."""
+        from covseg.data.intensity import intensity_space
         from covseg.transforms.volume import prepare_volume, restore_volume
 
         if self.volume_plan is None:
             raise CovsegError("this run has no volume plan (a 2D run predicts volumes slice by slice)", self.run_dir)
-        x, geometry = prepare_volume(volume, affine, self.volume_plan)
+        space = space or intensity_space(volume)
+        x, geometry = prepare_volume(volume, affine, self.volume_plan, space)
         if self.cascade is not None:
-            x, geometry = self.cascade.crop(self, volume, affine, x, geometry)
+            x, geometry = self.cascade.crop(self, volume, affine, x, geometry, space)
             if x is None:  # the coarse stage found nothing: nothing to refine
                 empty = np.zeros((self.num_classes, *geometry.shape), np.float32)
                 if self.num_classes > 1:

@@ -215,10 +215,11 @@ def _checked_paths(folder: OutputFolder, path: Path, volume: bool) -> dict[str, 
 
 def _predict_image(predictor: BasePredictor, path: Path, folder: OutputFolder, tta, post, overlays, extra, probs: bool = True) -> dict:
     from covseg.data.imageio import read_image, write_image, write_mask
+    from covseg.data.intensity import space_of
 
     paths = _checked_paths(folder, path, volume=False)
     image = read_image(path)
-    pred = predictor.predict_image(image, tta_flip=tta, post=post, **extra)
+    pred = predictor.predict_image(image, tta_flip=tta, post=post, space=space_of(path, image), **extra)
     write_mask(paths["mask"], pred.labels, scale_binary=predictor.num_classes == 1)
     if not probs:
         paths["prob"] = ""  # type: ignore[assignment]
@@ -256,9 +257,12 @@ def _predict_volume(
     from covseg.transforms.orientation import volume_to_slices
 
     paths = _checked_paths(folder, path, volume=True)
-    volume, spacing, affine = read_volume(path)
+    from covseg.data.intensity import space_of
+
+    volume, _, affine = read_volume(path)
+    space = space_of(path, volume)
     try:
-        pred = predictor.predict_volume(volume, affine, tta_flip=tta, post=post, window=window, batch_size=batch_size, **extra)
+        pred = predictor.predict_volume(volume, affine, tta_flip=tta, post=post, window=window, batch_size=batch_size, space=space, **extra)
     except DataError as exc:  # the volume's own problem (no lungs in it): name the file, --strict included
         raise exc if exc.path else DataError(exc.problem, path) from None
     write_volume(paths["mask"], pred.labels, affine, dtype="uint8")
@@ -268,15 +272,16 @@ def _predict_volume(
     else:
         paths["prob"] = ""  # type: ignore[assignment]
     if overlays is not None:
-        from covseg.transforms.volume import is_display_range
+        from covseg.data.intensity import to_unit
 
         slices = volume_to_slices(volume, affine)
         label_slices = volume_to_slices(pred.labels, affine)
         z = int(np.argmax((label_slices > 0).sum(axis=(1, 2)))) if label_slices.any() else len(slices) // 2
-        lo, hi = window or ((0.0, 255.0) if is_display_range(volume) else (-1250.0, 250.0))
-        shown = np.clip((slices[z] - lo) / (hi - lo), 0, 1) * 255.0
+        shown = to_unit(slices[z], space, window) * 255.0
         write_image(paths["overlay"], overlays(shown, label_slices[z]))
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    from covseg.transforms.volume import voxel_volume_ml
+
+    voxel_ml = voxel_volume_ml(affine)
     row = {
         "input": str(path),
         "mask": str(paths["mask"]),

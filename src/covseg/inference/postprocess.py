@@ -48,15 +48,17 @@ LUNG_MARGIN_MM = 15.0
 LUNGS_NEED_VOLUME = "--lungs-only needs a CT volume in HU"
 
 
-def lungs_of(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+def lungs_of(volume: np.ndarray, affine: np.ndarray, space: str | None = None) -> np.ndarray:
     """The classical lung mask (:func:`covseg.transforms.lungmask.lung_mask`) of a CT volume in HU, as bool;
-    a ``DataError`` when the volume holds display values, not HU, or no lungs are found in it."""
+    a ``DataError`` when the volume is not in HU (``space``, else decided from its values), or no lungs are found in it."""
+    from covseg.data.intensity import HU, intensity_space
     from covseg.errors import DataError
+    from covseg.transforms.intensity import SPACE_WORDS
     from covseg.transforms.lungmask import lung_mask
-    from covseg.transforms.volume import is_display_range
 
-    if is_display_range(volume):
-        raise DataError(f"{LUNGS_NEED_VOLUME}; this volume holds 0..255 display values")
+    space = space or intensity_space(volume)
+    if space != HU:
+        raise DataError(f"{LUNGS_NEED_VOLUME}; this volume holds {SPACE_WORDS[space]}")
     lungs = lung_mask(volume, affine).astype(bool)
     if not lungs.any():
         raise DataError("--lungs-only found no lungs in this volume (no air-filled region inside the body); is it a chest CT in HU?")

@@ -15,14 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from covseg.data.intensity import LUNG_WINDOW, intensity_space
 from covseg.engine.runtime import Runtime
-from covseg.engine.segmenter import Segmenter, probs_to_labels
+from covseg.engine.segmenter import SPACE_KEY, WINDOW_KEY, Segmenter, probs_to_labels
 from covseg.errors import CovsegError, DataError
 from covseg.inference.postprocess import LUNG_MARGIN_MM
 
-# 8-bit slices of the field are CT shown through a lung window; NIfTI volumes in HU are
-# mapped the same way before a model trained on such slices sees them.
-DEFAULT_CT_WINDOW = (-1250.0, 250.0)
+# 8-bit slices of the field are CT shown through a lung window; inputs in HU are mapped the same
+# way before a model trained on such slices sees them (covseg.data.intensity decides what is HU).
+DEFAULT_CT_WINDOW = LUNG_WINDOW
 
 
 @dataclass
@@ -60,13 +61,28 @@ class Prediction:
     class_probs: np.ndarray | None = None
 
 
-def contexts_for(n: int, text: str | None = None, texts: Sequence[str | None] | None = None, **_: Any) -> list[dict[str, Any]]:
-    """Per-image contexts from ``text`` (one for all) or ``texts`` (one per image)."""
+def contexts_for(
+    n: int,
+    text: str | None = None,
+    texts: Sequence[str | None] | None = None,
+    space: str | None = None,
+    window: tuple[float, float] | None = None,
+    **_: Any,
+) -> list[dict[str, Any]]:
+    """Per-image contexts from ``text`` (one for all) or ``texts`` (one per image), with the images'
+    intensity ``space`` and a user's HU ``window`` when given (the segmenter maps intensities with them)."""
     if texts is not None:
         if len(texts) != n:
             raise CovsegError(f"{len(texts)} texts for {n} images")
-        return [{"text": t} for t in texts]
-    return [{"text": text} for _ in range(n)]
+        contexts = [{"text": t} for t in texts]
+    else:
+        contexts = [{"text": text} for _ in range(n)]
+    for context in contexts:
+        if space is not None:
+            context[SPACE_KEY] = space
+        if window is not None:
+            context[WINDOW_KEY] = window
+    return contexts
 
 
 class BasePredictor:
@@ -115,17 +131,21 @@ class BasePredictor:
         post: PostprocessOptions | None = None,
         window: tuple[float, float] | None = None,
         batch_size: int = 8,
+        space: str | None = None,
         **extra: Any,
     ) -> Prediction:
         """A volume's prediction in its own geometry (shape and axis order of ``volume``); with
-        ``post.lungs_only`` the lung mask used is in ``meta["lung_mask"]`` (uint8, without the margin)."""
+        ``post.lungs_only`` the lung mask used is in ``meta["lung_mask"]`` (uint8, without the margin).
+        ``space`` is the volume's intensity space (``hu``, ``display``, ``unit``; give
+        :func:`covseg.data.intensity.space_of` of its file, else its values decide); ``window`` applies to HU."""
         meta: dict[str, Any] = {}
         lungs = None
+        space = space or intensity_space(volume)
         if post is not None and post.lungs_only:  # before the network: a volume without lungs costs no inference
             from covseg.inference.postprocess import lungs_of
 
-            lungs = lungs_of(volume, affine)
-        probs = self.volume_probabilities(volume, affine, tta_flip=tta_flip, window=window, batch_size=batch_size, **extra)
+            lungs = lungs_of(volume, affine, space)
+        probs = self.volume_probabilities(volume, affine, tta_flip=tta_flip, window=window, batch_size=batch_size, space=space, **extra)
         if lungs is not None:
             from covseg.inference.postprocess import zero_outside
             from covseg.transforms.lungmask import dilate_mm
@@ -195,20 +215,19 @@ class Predictor(BasePredictor):
         contexts = contexts_for(len(images), **extra)
         return self.segmenter.outputs(images, contexts, batch_size=batch_size, tta_flip=tta_flip)
 
-    def volume_probabilities(self, volume, affine, tta_flip=False, window=None, batch_size=8, **extra):
+    def volume_probabilities(self, volume, affine, tta_flip=False, window=None, batch_size=8, space=None, **extra):
         """Probabilities of a volume in the volume's own geometry: a volume run (3D or 2.5D) through its
-        volume plan (its own window; ``tta_flip`` True or spatial axes of the RAS grid), a 2D run slice by slice."""
+        volume plan (its own window; ``tta_flip`` True or spatial axes of the RAS grid), a 2D run slice by
+        slice; both map intensities by the volume's ``space`` (None: decided from the whole volume's values)."""
         from covseg.transforms.orientation import slices_to_volume, volume_to_slices
 
+        space = space or intensity_space(volume)
         if self.volumetric:
             context = contexts_for(1, **extra)[0]
-            return self.segmenter.volume_probabilities(volume, affine, tta_flip=tta_flip, batch_size=batch_size, context=context)
+            return self.segmenter.volume_probabilities(volume, affine, tta_flip=tta_flip, batch_size=batch_size, context=context, space=space)
 
         slices = volume_to_slices(volume, affine)
-        if self.preprocessing.window is None:
-            lo, hi = window or DEFAULT_CT_WINDOW
-            slices = np.clip((slices - lo) / (hi - lo), 0, 1) * self.preprocessing.scale
-        stacked = np.stack(self.predict_arrays(list(slices), tta_flip=tta_flip, batch_size=batch_size, **extra))
+        stacked = np.stack(self.predict_arrays(list(slices), tta_flip=tta_flip, batch_size=batch_size, space=space, window=window, **extra))
         if stacked.ndim == 3:  # (Z, rows, cols)
             return slices_to_volume(stacked, affine)
         return np.stack([slices_to_volume(stacked[:, k], affine) for k in range(stacked.shape[1])])

@@ -92,6 +92,8 @@ class LoadedCase:
     resized_from: tuple[int, ...] | None = None
     #: the ground truth was read with the MATLAB toolbox's rule and differs from covseg's (non-zero) reading
     toolbox_gt_differs: bool = False
+    #: one voxel in ml from the ground truth's affine (|det|; NIfTI only), right on sheared grids
+    voxel_ml: float | None = None
 
 
 @dataclass
@@ -420,7 +422,12 @@ def load_case(
         )
     except ValueError as exc:
         raise DataError(str(exc), case.pred_path) from None
-    return LoadedCase(pred, gt, _spacing_for(spacing, gt_spacing, gt, case), resized_from, differs)
+    loaded = LoadedCase(pred, gt, _spacing_for(spacing, gt_spacing, gt, case), resized_from, differs)
+    if spacing is None and suffix_of(case.gt_path) in VOLUME_SUFFIXES:
+        from covseg.transforms.orientation import voxel_volume_ml
+
+        loaded.voxel_ml = voxel_volume_ml(read_volume(case.gt_path, check_finite=False)[2])
+    return loaded
 
 
 def _spacing_for(spacing, gt_spacing, gt: np.ndarray, case: Case) -> tuple[float, ...] | None:
@@ -477,7 +484,8 @@ def evaluate_cases(
                 toolbox_gt=toolbox_gt,
             )
             try:
-                accumulator.update(loaded.pred, loaded.gt, spacing=loaded.spacing, case_id=case.case_id)
+                extra = {"voxel_ml": loaded.voxel_ml} if loaded.voxel_ml is not None and isinstance(accumulator, MedicalMetrics) else {}
+                accumulator.update(loaded.pred, loaded.gt, spacing=loaded.spacing, case_id=case.case_id, **extra)
             except ValueError as exc:
                 raise DataError(str(exc), case.pred_path) from None
             run.cases.append(case)

@@ -71,12 +71,14 @@ def medical_metrics(
     empty_distance: EmptyDistance = "nan",
     pred_type: PredType = "auto",
     surface: bool = True,
+    voxel_ml: float | None = None,
 ) -> list[dict[str, Any]]:
     """Score one case: a list with one dict per class ``1..num_classes`` (key ``class``).
 
     ``pred`` and ``gt`` must already have the same spatial shape (numpy arrays or torch tensors);
     ``spacing`` is one number or one per axis, in mm. Volumes with a spacing also get each class's
-    volume in ml (``gt_ml``, ``pred_ml``).
+    volume in ml (``gt_ml``, ``pred_ml``): one voxel is ``voxel_ml`` when given (``|det(affine)|``, right on
+    sheared grids), else the product of the spacing.
     """
     g = gt_labels(gt, num_classes)
     p = prediction_labels(pred, g.shape, num_classes=num_classes, threshold=threshold, pred_type=pred_type)
@@ -99,9 +101,9 @@ def medical_metrics(
             }
         )
         if sp is not None and g.ndim == 3:
-            voxel_ml = float(np.prod(sp)) / 1000.0
-            rows[-1]["gt_ml"] = rows[-1]["gt_voxels"] * voxel_ml
-            rows[-1]["pred_ml"] = rows[-1]["pred_voxels"] * voxel_ml
+            ml = float(np.prod(sp)) / 1000.0 if voxel_ml is None else float(voxel_ml)
+            rows[-1]["gt_ml"] = rows[-1]["gt_voxels"] * ml
+            rows[-1]["pred_ml"] = rows[-1]["pred_voxels"] * ml
     return rows
 
 
@@ -177,9 +179,10 @@ class MedicalMetrics(MetricAccumulator):
         }
 
     def update(
-        self, pred: Any, gt: Any, spacing: Sequence[float] | float | None = None, case_id: str | None = None
+        self, pred: Any, gt: Any, spacing: Sequence[float] | float | None = None, case_id: str | None = None, voxel_ml: float | None = None
     ) -> list[dict[str, Any]]:
-        """Score one case (validated before anything is recorded) and return its records."""
+        """Score one case (validated before anything is recorded) and return its records; ``voxel_ml`` as in
+        :func:`medical_metrics`."""
         rows = medical_metrics(
             pred,
             gt,
@@ -191,6 +194,7 @@ class MedicalMetrics(MetricAccumulator):
             empty_distance=self.empty_distance,
             pred_type=self.pred_type,
             surface=self.surface,
+            voxel_ml=voxel_ml,
         )
         ndim = np.ndim(gt) if not hasattr(gt, "ndim") else gt.ndim
         sp = normalise_spacing(spacing, ndim)

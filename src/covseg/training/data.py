@@ -153,7 +153,7 @@ def build_tensors(
         has_mask.append(with_mask)
         size = pre.size or tuple(label.shape)
         if want_images:
-            x = torch.from_numpy(pre.normalise(sample.image))[None]
+            x = torch.from_numpy(pre.normalise(sample.image, sample.meta.get("intensity_space")))[None]
             images.append(resize_tensor(x, size)[0])
         lab = torch.from_numpy(label.astype(np.float32))[None, None]
         lab = resize_tensor(lab, size, mode="nearest")[0]
@@ -214,7 +214,7 @@ def read_case(rec: CaseRecord, pre: Preprocessing, cfg: DataConfig) -> tuple[np.
     from covseg.data import load_sample
 
     sample = load_sample(rec, channels=None)
-    return pre.normalise(sample.image), case_label(sample, rec, cfg)
+    return pre.normalise(sample.image, sample.meta.get("intensity_space")), case_label(sample, rec, cfg)
 
 
 def _edge_from_mask(mask: np.ndarray) -> np.ndarray:
@@ -249,12 +249,13 @@ def build_image_tensors(
     import torch
 
     from covseg.data.imageio import read_image
+    from covseg.data.intensity import space_of
     from covseg.transforms.preprocess import resize_tensor
 
     images, ids, texts, shapes = [], [], [], []
     for rec in records:
         image = read_image(rec.image) if read is None else read(rec)
-        x = torch.from_numpy(pre.normalise(image))[None]
+        x = torch.from_numpy(pre.normalise(image, space_of(rec.image, image)))[None]
         size = pre.size or tuple(x.shape[-2:])
         images.append(resize_tensor(x, size)[0])
         ids.append(rec.case_id)

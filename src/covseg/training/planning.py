@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from covseg.data.intensity import DISPLAY, HU, intensity_space
 from covseg.transforms.volume import (
     LUNG_WINDOW,
     VolumePlan,
-    is_display_range,
     oriented_spacing,
     ras_orientation,
     scale_intensity,
@@ -32,8 +32,12 @@ PATCH_MULTIPLE = 16
 ANISOTROPY = 3.0
 
 
-def case_fingerprint(volume: np.ndarray, affine: np.ndarray, label: np.ndarray | None, seed: int = 0) -> dict[str, Any]:
-    """Spacing and shape along RAS, display range or HU, and a sample of intensities (all, foreground)."""
+def case_fingerprint(
+    volume: np.ndarray, affine: np.ndarray, label: np.ndarray | None, seed: int = 0, space: str | None = None
+) -> dict[str, Any]:
+    """Spacing and shape along RAS, intensity space (``space``, else decided from the values by
+    :func:`covseg.data.intensity.intensity_space`), and a sample of intensities (all, foreground)."""
+    space = space or intensity_space(volume)
     ornt = ras_orientation(affine)
     shape = [0, 0, 0]
     for axis_in, (axis_out, _) in enumerate(ornt):
@@ -48,7 +52,8 @@ def case_fingerprint(volume: np.ndarray, affine: np.ndarray, label: np.ndarray |
     return {
         "spacing": list(oriented_spacing(affine, ornt)),
         "shape": shape,
-        "display": bool(is_display_range(volume)),
+        "display": space != HU,
+        "space": space,
         "sample": sample,
         "foreground_sample": fg,
     }
@@ -129,7 +134,7 @@ def make_plan(
     display = bool(fingerprint["display_range"])
     crop = cfg.crop if cfg.crop != "auto" else ("none" if display else "body")
     scaling = VolumePlan(window=window)  # type: ignore[arg-type]
-    scaled = np.concatenate([scale_intensity(c["sample"], scaling, c["display"])[0] for c in cases])
+    scaled = np.concatenate([scale_intensity(c["sample"], scaling, c.get("space") or (DISPLAY if c["display"] else HU))[0] for c in cases])
     mean, std = float(scaled.mean()), float(scaled.std()) or 1.0
     if patch_size is None:
         median_spacing = np.asarray(fingerprint["median_spacing"], dtype=np.float64)

@@ -47,6 +47,13 @@ def _read(rec: CaseRecord, cfg: Any, labelled: bool = True):
     return sample, label
 
 
+def sample_space(sample) -> str:
+    """A training volume's intensity space: what the loader read from its header, else its values decide."""
+    from covseg.data.intensity import intensity_space
+
+    return sample.meta.get("intensity_space") or intensity_space(sample.image)
+
+
 # --------------------------------------------------------------------------------------- planning
 def fingerprint_cases(trainer, records: list[CaseRecord]) -> list[dict[str, Any]]:
     """Each training volume's fingerprint entry, cached beside the case cache (keyed by the files)."""
@@ -67,7 +74,7 @@ def fingerprint_cases(trainer, records: list[CaseRecord]) -> list[dict[str, Any]
         task = prog.add_task("fingerprinting volumes", total=len(records), info="")
         for i, rec in enumerate(records):
             sample, label = _read(rec, trainer.cfg)
-            cases.append(case_fingerprint(sample.image, sample.affine, label, seed=i))
+            cases.append(case_fingerprint(sample.image, sample.affine, label, seed=i, space=sample_space(sample)))
             prog.advance(task)
     try:
         from covseg.utils.atomic import write_with
@@ -107,12 +114,12 @@ def read_volume_case(rec: CaseRecord, plan: VolumePlan, cfg: Any, coarse: Any = 
     """A training case for the cache: the preprocessed volume ``(C, *grid)`` and its label map on the grid
     (cascade: cut to the coarse stage's region united with the label's, so no lesion is cut off)."""
     sample, label = _read(rec, cfg)
-    x, geometry = prepare_volume(sample.image, sample.affine, plan)
+    x, geometry = prepare_volume(sample.image, sample.affine, plan, sample_space(sample))
     y = prepare_labels(label, geometry)
     if coarse is not None:
         from covseg.engine.cascade import crop_to
 
-        box = coarse.box(sample.image, sample.affine, geometry, extra=label)
+        box = coarse.box(sample.image, sample.affine, geometry, extra=label, space=sample_space(sample))
         if box is not None:
             x, _ = crop_to(x, geometry, box)
             y = np.ascontiguousarray(y[tuple(slice(a, b) for a, b in box)])
@@ -258,7 +265,7 @@ def unlabeled_volumes(trainer, records: list[CaseRecord]) -> VolumePool:
 
     def read(rec):
         sample, _ = _read(rec, trainer.cfg, labelled=False)
-        return prepare_volume(sample.image, sample.affine, plan)[0], None
+        return prepare_volume(sample.image, sample.affine, plan, sample_space(sample))[0], None
 
     cache = _cache(trainer, records, read, "unlabelled")
     return VolumePool(cache, _patch_sampler(trainer, cache, 0.0), [str(r.case_id) for r in records])

@@ -45,3 +45,9 @@ def slice_spacing(spacing: tuple[float, ...], affine: np.ndarray) -> tuple[float
     for i, (axis, _) in enumerate(ornt):
         out_spacing[int(axis)] = float(spacing[i])
     return out_spacing[1], out_spacing[0]
+
+
+def voxel_volume_ml(affine: np.ndarray) -> float:
+    """One voxel's volume in ml: ``|det(affine[:3, :3])| / 1000``. The product of the voxel sizes overstates
+    it on a sheared grid (a gantry-tilted series: +12.2 % at a 27° shear), the determinant never does."""
+    return abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0

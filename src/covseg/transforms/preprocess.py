@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from covseg.errors import DataError
+from covseg.transforms.intensity import DISPLAY_MAX, HU, SPACE_WORDS, UNIT, to_unit
+
 
 @dataclass
 class Preprocessing:
@@ -38,12 +41,26 @@ class Preprocessing:
             d["window"] = tuple(d["window"])
         return cls(**d)
 
-    def normalise(self, image: np.ndarray) -> np.ndarray:
-        """Raw image (H, W) or (H, W, C) → float32 (C, H, W), intensity-normalised, original size."""
+    def normalise(self, image: np.ndarray, space: str | None = None, window: tuple[float, float] | None = None) -> np.ndarray:
+        """Raw image (H, W) or (H, W, C) → float32 (C, H, W), intensity-normalised, original size.
+
+        ``space`` (:func:`covseg.data.intensity.intensity_space`) says what the image holds. A run
+        without ``window`` was trained on 0..255 display images: HU inputs are windowed to display
+        values first (``window``, else the lung window) and 0..1 inputs scaled up, then divided by
+        ``scale`` as display images are. A run with ``window`` reads HU and refuses anything else.
+        ``space`` None keeps the stored values (training data of one kind, the old behaviour).
+        """
         x = np.asarray(image, dtype=np.float32)
         if self.window is not None:
+            if space not in (None, HU):
+                raise DataError(
+                    f"image holds {SPACE_WORDS[space]}, but this model reads CT in HU (its window is "
+                    f"{self.window[0]:g},{self.window[1]:g}); give the scan in HU"
+                )
             lo, hi = self.window
             x = (np.clip(x, lo, hi) - lo) / (hi - lo)
+        elif space in (HU, UNIT):
+            x = to_unit(x, space, window) * np.float32(DISPLAY_MAX / self.scale)
         else:
             x = x / self.scale
         if x.ndim == 2:

@@ -26,8 +26,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-LUNG_WINDOW = (-1250.0, 250.0)
-DISPLAY_MAX = 255.0
+from covseg.transforms.intensity import DISPLAY_MAX as DISPLAY_MAX
+from covseg.transforms.intensity import LUNG_WINDOW as LUNG_WINDOW
+from covseg.transforms.orientation import voxel_volume_ml as voxel_volume_ml
 
 
 @dataclass
@@ -85,12 +86,6 @@ class VolumeGeometry:
         return tuple(b - a for a, b in self.box)
 
 
-def is_display_range(volume: np.ndarray) -> bool:
-    """True for volumes stored as 0..255 display values (stacked 8-bit slices), which are not HU."""
-    lo, hi = float(np.min(volume)), float(np.max(volume))
-    return lo >= 0.0 and hi <= DISPLAY_MAX and hi > 1.0
-
-
 def ras_orientation(affine: np.ndarray) -> np.ndarray:
     """nibabel orientation transform from the volume's axes to RAS."""
     import nibabel.orientations as nio
@@ -125,20 +120,18 @@ def from_ras(volume: np.ndarray, ornt: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(nio.apply_orientation(volume, inverse))
 
 
-def scale_intensity(volume: np.ndarray, plan: VolumePlan, display: bool | None = None) -> tuple[np.ndarray, bool]:
-    """Intensities to 0..1: the plan's HU window (MONAI ``ScaleIntensityRange``, clipped), or /255 for
-    display-range volumes (detected when ``display`` is None); returns ``(scaled, display)``."""
-    from monai.transforms import ScaleIntensityRange
+def scale_intensity(volume: np.ndarray, plan: VolumePlan, space: str) -> tuple[np.ndarray, bool]:
+    """Intensities to 0..1 (:func:`covseg.transforms.intensity.to_unit`): HU through the plan's window
+    (MONAI ``ScaleIntensityRange`` semantics, clipped), display values /255, 0..1 kept; a plan without
+    window keeps HU as stored. ``space`` comes from :func:`covseg.data.intensity.intensity_space`;
+    returns ``(scaled, not HU)``."""
+    from covseg.transforms.intensity import HU, SPACES, to_unit
 
-    display = is_display_range(volume) if display is None else display
-    if display:
-        lo, hi = 0.0, DISPLAY_MAX
-    elif plan.window is not None:
-        lo, hi = plan.window
-    else:
-        return np.asarray(volume, dtype=np.float32), display
-    scaled = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True, dtype=np.float32)(volume)
-    return np.asarray(scaled, dtype=np.float32), display
+    if space not in SPACES:
+        raise ValueError(f"unknown intensity space {space!r}")
+    if space == HU and plan.window is None:
+        return np.asarray(volume, dtype=np.float32), False
+    return to_unit(volume, space, plan.window), space != HU
 
 
 def grid_shape_for(shape: tuple[int, ...], spacing: tuple[float, ...], target: tuple[float, ...] | None) -> tuple[int, int, int]:
@@ -215,15 +208,16 @@ def _channels_first(volume: np.ndarray) -> np.ndarray:
     return volume[None] if volume.ndim == 3 else np.moveaxis(volume, -1, 0)
 
 
-def prepare_volume(volume: np.ndarray, affine: np.ndarray, plan: VolumePlan) -> tuple[np.ndarray, VolumeGeometry]:
-    """A volume ``(X, Y, Z)`` (or ``(X, Y, Z, C)``) as the network input ``(C, *grid)`` float32, and its geometry."""
+def prepare_volume(volume: np.ndarray, affine: np.ndarray, plan: VolumePlan, space: str) -> tuple[np.ndarray, VolumeGeometry]:
+    """A volume ``(X, Y, Z)`` (or ``(X, Y, Z, C)``) as the network input ``(C, *grid)`` float32, and its geometry;
+    ``space`` is the volume's intensity space (:func:`covseg.data.intensity.intensity_space`)."""
     volume = np.asarray(volume)
     if volume.ndim not in (3, 4):
         raise ValueError(f"a volume (X, Y, Z) or (X, Y, Z, C) is needed, got shape {volume.shape}")
     shape = tuple(int(s) for s in volume.shape[:3])
     oriented, ornt = to_ras(volume, affine)
     spacing = oriented_spacing(affine, ornt)
-    scaled, display = scale_intensity(oriented, plan)
+    scaled, display = scale_intensity(oriented, plan, space)
     x = _channels_first(scaled)
     grid = grid_shape_for(x.shape[1:], spacing, plan.spacing)
     x = resample(x, grid, "bspline" if plan.interpolation == "bspline" else "linear")

@@ -218,7 +218,7 @@ def read_text_table(
     split = None
     if not isinstance(source, dict) and Path(str(source)).suffix.lower() == ".json" and split_hint:
         try:
-            data = json.loads(Path(source).read_text(encoding="utf-8"))
+            data = json.loads(Path(source).read_text(encoding="utf-8-sig"))
         except (OSError, ValueError):
             data = None
         if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):

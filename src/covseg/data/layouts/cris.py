@@ -23,7 +23,7 @@ from covseg.errors import DataError
 
 def _looks_like_cris(path: Path) -> bool:
     try:
-        with path.open(encoding="utf-8") as fh:
+        with path.open(encoding="utf-8-sig") as fh:
             head = fh.read(65536)
     except (OSError, UnicodeDecodeError):
         return False

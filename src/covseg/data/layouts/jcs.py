@@ -23,7 +23,7 @@ _PAIR_SUFFIXES = (*IMAGE_SUFFIXES, *NIFTI_SUFFIXES, ".dcm", ".npy")
 
 def _is_pair_list(path: Path) -> bool:
     try:
-        with path.open(encoding="utf-8") as fh:
+        with path.open(encoding="utf-8-sig") as fh:
             lines = [ln.split() for ln in (fh.readline() for _ in range(20)) if ln.strip() and not ln.startswith("#")]
     except (OSError, UnicodeDecodeError):
         return False
@@ -62,7 +62,7 @@ def _read_jcs(root: Path, split: str | None, opts: ReadOptions) -> DatasetIndex:
     seen: dict[str, int] = {}
     unlabelled = 0
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:
         raise DataError(f"pair list is not UTF-8 text ({exc.reason})", path) from None
     for n, line in enumerate(lines, start=1):

@@ -28,7 +28,7 @@ def _detect_qata(p: Path) -> bool:
     if ann is None:
         return False
     try:
-        with ann.open(encoding="utf-8") as fh:
+        with ann.open(encoding="utf-8-sig") as fh:
             head = fh.read(2048)
     except OSError:
         return False

@@ -1,0 +1,39 @@
+"""Intensity spaces of scans and the arithmetic that maps each to 0..1.
+
+Which space an input is in is decided once, in :func:`covseg.data.intensity.intensity_space`
+(header and values); this module only knows what each space means:
+
+- ``hu``: CT in Hounsfield units, mapped to 0..1 through a window (the lung window by default);
+- ``display``: 0..255 grey values (8-bit slices, already windowed when they were made): ``/ 255``;
+- ``unit``: 0..1 values (an already windowed and scaled volume): kept.
+
+No space is windowed twice: a window applies to ``hu`` only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+HU = "hu"
+DISPLAY = "display"
+UNIT = "unit"
+SPACES = (HU, DISPLAY, UNIT)
+#: what each space holds, in words for one-line errors
+SPACE_WORDS = {HU: "CT in HU", DISPLAY: "0..255 display values", UNIT: "0..1 values"}
+
+#: the lung window (W1500 L-500) in HU: how 8-bit CT slices of the field show the lungs
+LUNG_WINDOW = (-1250.0, 250.0)
+DISPLAY_MAX = 255.0
+
+
+def to_unit(values: np.ndarray, space: str, window: tuple[float, float] | None = None) -> np.ndarray:
+    """``values`` of ``space`` mapped to 0..1 float32 (clipped); ``window`` (HU) applies to ``hu`` only."""
+    x = np.asarray(values, dtype=np.float32)
+    if space == HU:
+        lo, hi = window or LUNG_WINDOW
+        return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32)
+    if space == DISPLAY:
+        return np.clip(x / np.float32(DISPLAY_MAX), 0.0, 1.0).astype(np.float32)
+    if space == UNIT:
+        return np.clip(x, 0.0, 1.0).astype(np.float32)
+    raise ValueError(f"unknown intensity space {space!r} (one of {', '.join(SPACES)})")

@@ -22,8 +22,6 @@ an empty prediction. The output files are written as one unit, ``summary.json`` 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import platform
@@ -43,7 +41,7 @@ from covseg.metrics.base import MetricAccumulator, Reduction
 from covseg.metrics.medical import MedicalMetrics
 from covseg.metrics.sod import SodMetrics, SpecificityRule, prepare_sod_inputs
 from covseg.utils.atomic import write_unit
-from covseg.utils.outputs import spreadsheet_safe
+from covseg.utils.outputs import csv_text as neutral_csv_text
 
 PROTOCOLS: tuple[str, ...] = ("medical", "sod")
 VOLUME_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
@@ -473,14 +471,11 @@ def _finite_or_none(obj: Any) -> Any:
     return obj
 
 
-def _format_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (float, np.floating)):
-        return "nan" if math.isnan(value) else format(float(value), ".10g")
+def _format_cell(value: Any) -> Any:
+    """A tuple (spacing) as ``AxB``; everything else as it is, for the CSV writer (numbers stay numbers)."""
     if isinstance(value, tuple):
         return "x".join(format(float(v), "g") for v in value)
-    return str(value)
+    return value
 
 
 def per_case_rows(run: EvaluationRun) -> list[dict[str, Any]]:
@@ -505,15 +500,7 @@ def per_case_rows(run: EvaluationRun) -> list[dict[str, Any]]:
 
 def csv_text(rows: Sequence[dict[str, Any]]) -> str:
     """CSV of the rows (columns in first-seen order; NaN as ``nan``)."""
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([spreadsheet_safe(_format_cell(row.get(c))) for c in columns])
-    return buf.getvalue()
+    return neutral_csv_text([{k: _format_cell(v) for k, v in row.items()} for row in rows], float_format=".10g")
 
 
 def build_summary(run: EvaluationRun, reduction: Reduction = "nanmean") -> dict[str, Any]:

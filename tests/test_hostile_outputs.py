@@ -371,6 +371,20 @@ def test_evaluate_prompts_per_case_csv_is_neutralised(tmp_path, capsys):
         assert not any(cell.startswith(("=", "+", "@", "\t", "\r")) for cell in row), row
 
 
+def test_captions_of_a_formula_like_file_name_read_back(base, tmp_path, capsys):
+    """make-captions neutralises the case name ``=1``; the text sources read it back as ``=1``."""
+    from covseg.data.text_sources import load_texts
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    shutil.copyfile(base["data"] / "masks" / "phantom_0001.png", masks / "=1.png")
+    out = tmp_path / "captions.csv"
+    assert run_cli("text", "make-captions", "--masks", masks, "--out", out, "-q", capsys=capsys)[0] == 0
+    assert "\n'=1," in out.read_text()
+    entry = load_texts(out).lookup(masks / "=1.png")
+    assert entry is not None and entry.text
+
+
 def test_every_csv_goes_through_the_one_writer():
     """No module of covseg but utils/outputs.py makes CSV text itself."""
     offenders = []

@@ -22,6 +22,10 @@ REAL_SIZE = 192
 REAL_EPOCHS = 40
 
 
+#: what the demo writes into its output folder (besides the phantoms' ``data/``)
+DEMO_OUTPUTS = ("run", "predictions", "evaluation", "report.html")
+
+
 def demo_config(data_root: Path, size: int, epochs: int, seed: int) -> dict[str, Any]:
     """The demo's training config: a small U-Net, Dice + BCE, AdamW, poly schedule."""
     return {
@@ -56,6 +60,8 @@ def run_demo(
 
     console = Console(stderr=True, highlight=False, quiet=quiet)
     output = Path(output)
+    # a folder with someone's run/ or data/ is refused: the demo replaces its own run/ and predictions/
+    OutputFolder(output, "demo", [data], owned=("data", *DEMO_OUTPUTS)).prepare()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if data is None:
@@ -253,6 +259,7 @@ def run_pretrained_demo(output: Path, model: str = "covid-ct-infection", cases: 
         )
         return None
     output = Path(output)
+    OutputFolder(output, "demo", [r.image for r in records], owned=DEMO_OUTPUTS).prepare()
     t0 = time.perf_counter()
     predictor = load_predictor(model)
     if predictor.num_classes != 1:

@@ -192,6 +192,7 @@ def _stack(src: Path, dst: Path, spacing_text: str, overwrite: bool, pad: bool) 
     from covseg.data.convert import _check_destination
     from covseg.data.stack import stack_folder
     from covseg.errors import DataError
+    from covseg.utils.outputs import OutputFolder
 
     try:
         spacing = tuple(float(v) for v in spacing_text.replace(" ", "").split(","))
@@ -202,6 +203,10 @@ def _stack(src: Path, dst: Path, spacing_text: str, overwrite: bool, pad: bool) 
     if not src.is_dir():
         raise DataError("source folder not found", src)
     _check_destination(src, dst, overwrite)
+    guard = OutputFolder(dst, "data convert", [src])
+    guard.prepare()
+    for folder in ("images", "labels"):  # never through a link out of the destination (--overwrite)
+        guard.check(dst / folder / "volume.nii.gz")
     console = Console()
     with _progress_bar("stacking") as advance:
         written, failed = stack_folder(src, dst, spacing, lambda done, total: advance("", done, total), pad)  # type: ignore[arg-type]
@@ -225,6 +230,7 @@ def phantoms(
 ) -> None:
     """Write synthetic chest-CT phantoms with infection masks (2D slices, or 3D volumes with --3d)."""
     from covseg.errors import DataError
+    from covseg.utils.outputs import OutputFolder
 
     def numbers(text: str, n: int, what: str) -> tuple:
         try:
@@ -237,6 +243,8 @@ def phantoms(
 
     if cases < 1:
         raise DataError(f"--cases must be at least 1, got {cases}")
+    owned = ("images", "labels", "labels_multiclass", "lungs") if three_d else ("images", "masks", "masks_multiclass", "edges", "labels.csv")
+    OutputFolder(dst, "data phantoms", owned=owned).prepare()
     if three_d:
         from covseg.data.synthetic3d import write_phantom_volumes
 

@@ -18,8 +18,6 @@ def lungmask(
     Writes one uint8 mask per volume with the input's shape and affine, and ``lungs.csv`` with the
     lung volume in ml; a volume that cannot be read is listed and the others go on.
     """
-    import csv
-    import io
 
     from covseg.cli._batch import finish, progress_bar
     from covseg.data.imageio import is_volume, read_volume, stem_of, write_volume
@@ -30,9 +28,13 @@ def lungmask(
     from covseg.transforms.intensity import SPACE_WORDS
     from covseg.transforms.lungmask import lung_mask
     from covseg.transforms.volume import voxel_volume_ml
-    from covseg.utils.atomic import write_text
+    from covseg.utils.outputs import OutputFolder, write_csv
 
     files = list_inputs(input, series_folders=True)
+    folder = OutputFolder(
+        output, "lungmask", files, owned=(*(f"{stem_of(f)}.nii.gz" for f in files), "lungs.csv", "failed.txt")
+    )  # no legacy name: a lungs.csv without the marker may be anyone's
+    folder.prepare()
 
     def work(path: Path) -> dict:
         if not is_volume(path):
@@ -42,16 +44,12 @@ def lungmask(
         if space != HU:
             raise DataError(f"volume holds {SPACE_WORDS[space]}, not HU: the lung mask needs HU", path)
         mask = lung_mask(volume, affine)
-        out = write_volume(output / f"{stem_of(path)}.nii.gz", mask, affine, dtype="uint8")
+        out = write_volume(folder.check(output / f"{stem_of(path)}.nii.gz"), mask, affine, dtype="uint8")
         return {"input": str(path), "mask": str(out), "lung_ml": round(float(mask.sum()) * voxel_volume_ml(affine), 2)}
 
     with progress_bar("lung masks", len(files), quiet) as advance:
         report = for_each_file(files, work, strict=strict, on_done=advance)
     if report.written:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["input", "mask", "lung_ml", "seconds", "cpu_seconds"])
-        writer.writeheader()
-        writer.writerows(report.written)
-        write_text(output / "lungs.csv", buf.getvalue())
+        write_csv(output / "lungs.csv", report.written, ["input", "mask", "lung_ml", "seconds", "cpu_seconds"])
     write_failures(output, report)
     finish(report, output, f"{len(report.written)} lung masks written to {output}")

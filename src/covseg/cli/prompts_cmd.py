@@ -46,12 +46,20 @@ def evaluate_prompts(
         summary,
     )
     from covseg.utils.atomic import write_json, write_text
+    from covseg.utils.outputs import OutputFolder, write_csv
     from covseg.viz.prompts import prompt_figure
 
     types = [t.strip() for t in prompt_types.split(",") if t.strip()]
+    specs = [parse_model_spec(spec) for spec in model]
+    folder = OutputFolder(
+        out, "evaluate-prompts", [data, texts, *(path for _, path in specs)],
+        owned=("summary.json", "prompt_table.md", "prompt_table.csv", "per_case.csv", "prompts_figure.png",
+               *(f"zero_shot_{label}" for label, _ in specs)),
+        legacy=("prompt_table.md",),
+    )  # fmt: skip
+    folder.prepare()  # before a CLIPSeg folder's zero-shot run is made in it
     predictors, sources = {}, {}
-    for spec in model:
-        label, path = parse_model_spec(spec)
+    for label, path in specs:
         if label in predictors:
             raise CovsegError(f"two models labelled {label!r}; name them LABEL=PATH")
         predictors[label] = load_prompt_model(path, out, checkpoint, label)
@@ -77,13 +85,12 @@ def evaluate_prompts(
     result = summary(scores, sources, str(data))
     write_json(out / "summary.json", result)
     write_text(out / "prompt_table.md", markdown_table(scores, examples))
-    write_text(out / "prompt_table.csv", _csv([list(r) for r in [result["table"][0].keys()]] + [list(r.values()) for r in result["table"]]))
-    rows = [["case", "prompt_type", "model", "dice", "iou", "prompt"]]
-    for k, case in enumerate(scores.case_ids):
-        for t in types:
-            for m in scores.models:
-                rows.append([case, t, m, f"{scores.dice[m][t][k]:.5f}", f"{scores.iou[m][t][k]:.5f}", scores.prompts[t][k]])
-    write_text(out / "per_case.csv", _csv(rows))
+    write_csv(out / "prompt_table.csv", result["table"], list(result["table"][0]))
+    rows = [
+        [case, t, m, float(scores.dice[m][t][k]), float(scores.iou[m][t][k]), scores.prompts[t][k]]
+        for k, case in enumerate(scores.case_ids) for t in types for m in scores.models
+    ]  # fmt: skip
+    write_csv(out / "per_case.csv", rows, ["case", "prompt_type", "model", "dice", "iou", "prompt"], float_format=".5f")
     if "image" in figure:
         from covseg.data import load_sample
 
@@ -99,12 +106,4 @@ def evaluate_prompts(
     if scores.skipped:
         con.print(f"[yellow]{len(scores.skipped)} cases skipped[/] (listed in summary.json), e.g. {scores.skipped[0][0]}: {scores.skipped[0][1]}")
 
-
-def _csv(rows: list[list]) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(rows)
-    return buf.getvalue()
 

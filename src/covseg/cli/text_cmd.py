@@ -30,7 +30,14 @@ def make_captions(
     from covseg.data.captions import caption_for_file, captions_csv, mask_files, prompts_json
     from covseg.errors import CovsegError
     from covseg.utils.atomic import write_json, write_text
+    from covseg.utils.outputs import real, report_file
 
+    inputs = [masks, lungs, captions]
+    for target in (out, prompts):
+        if target is not None:
+            report_file(target, "text make-captions", inputs)
+    if prompts is not None and real(prompts) == real(out):
+        raise CovsegError("--prompts and --out name the same file; give two", prompts)
     human = None
     if captions is not None:
         from covseg.data.text_sources import load_texts

@@ -307,15 +307,9 @@ def caption_for_file(mask_path: Any, lungs_dir: Any = None, human: Any = None, *
 
 def captions_csv(rows: Sequence[CaptionRow]) -> str:
     """QaTa's ``captions.csv`` columns (+ ``regions``, ``extent``), readable by ``load_texts``."""
-    import csv
-    import io
+    from covseg.utils.outputs import csv_text
 
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CAPTION_COLUMNS)
-    for row in rows:
-        writer.writerow(row.csv_cells())
-    return buf.getvalue()
+    return csv_text([row.csv_cells() for row in rows], CAPTION_COLUMNS)
 
 
 def prompts_json(rows: Sequence[CaptionRow]) -> list[dict[str, Any]]:

@@ -13,8 +13,6 @@ Images are copied byte for byte where the target allows it; masks already stored
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +35,8 @@ from covseg.data.intensity import HU, space_of, to_unit
 from covseg.data.layouts import INFNET_MASK_DIRS, list_splits, open_dataset
 from covseg.data.sample import CaseRecord
 from covseg.errors import CovsegError, DataError, OutputError
-from covseg.utils.atomic import write_bytes, write_json, write_text
-from covseg.utils.outputs import OutputFolder
+from covseg.utils.atomic import write_bytes, write_json
+from covseg.utils.outputs import OutputFolder, write_csv
 
 WINDOWS: dict[str, tuple[float, float]] = {
     "lung": (-1250.0, 250.0),  # W1500 L-500
@@ -218,7 +216,7 @@ def convert_dataset(
             if progress:
                 progress(done, total)
         if provenance:
-            write_text(options.guard.check(out / "slices.csv"), _csv_text(provenance))
+            write_csv(options.guard.check(out / "slices.csv"), provenance)
             report.written += 1
         if texts:
             write_json(options.guard.check(out / "texts.json"), texts)
@@ -412,10 +410,4 @@ def _input_files(rec: CaseRecord) -> list[Path]:
     return files + [Path(p) for p in rec.masks.values()]
 
 
-def _csv_text(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 

@@ -129,12 +129,12 @@ def write_phantom_dataset(
     the folders, as a classification data set ships its labels.
     """
     from covseg.data.imageio import write_image, write_mask
-    from covseg.utils.atomic import write_text
+    from covseg.utils.outputs import write_csv
 
     if not 0.0 <= negatives <= 1.0:
         raise ValueError(f"negatives must be a share in [0, 1], got {negatives}")
     root = Path(root)
-    rows = ["image,label"]
+    rows = []
     for i in range(n):
         negative = is_negative_case(i, negatives)
         ph = make_phantom(seed * 100003 + i, size=size, lesions=(0, 0) if negative else (1, 4))
@@ -144,9 +144,9 @@ def write_phantom_dataset(
         write_mask(root / "masks_multiclass" / f"{stem}.png", ph.classes, scale_binary=False)
         if edges:
             write_mask(root / "edges" / f"{stem}.png", _edge_of(ph.infection))
-        rows.append(f"images/{stem}.png,{int(ph.infection.any())}")
+        rows.append([f"images/{stem}.png", int(ph.infection.any())])
     if negatives > 0:
-        write_text(root / "labels.csv", "\n".join(rows) + "\n")
+        write_csv(root / "labels.csv", rows, ["image", "label"])
     return root
 
 

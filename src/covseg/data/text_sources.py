@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from covseg.errors import DataError
+from covseg.utils.outputs import from_spreadsheet_safe
 
 MASK_PREFIXES = ("mask_", "mask-")
 MASK_SUFFIXES = ("_mask", "-mask", "_gt", "_seg", "_label")
@@ -424,7 +425,8 @@ def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
             header = next(reader, None)
             if header is None:
                 raise DataError("CSV file is empty", path)
-            rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
+            # covseg's own CSVs (captions.csv, predictions.csv) read back as written: no formula guard apostrophe
+            rows = [(reader.line_num, [from_spreadsheet_safe(c) for c in row]) for row in reader if any(c.strip() for c in row)]
     except UnicodeDecodeError as exc:
         raise DataError(f"CSV is not UTF-8 text ({exc.reason})", path) from None
     except csv.Error as exc:

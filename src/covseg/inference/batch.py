@@ -1,14 +1,17 @@
 """Predict a folder of files: masks, soft maps, overlays; bad files are listed, not fatal.
 
-The output folder is checked against the inputs first (:class:`covseg.utils.outputs.OutputFolder`);
-inputs whose outputs would share a name (``a.png`` and ``a.jpg``) are refused, not overwritten;
-a failed write (disk full, read-only folder) stops the batch with one line.
+The output folder is checked against the inputs first (:class:`covseg.utils.outputs.OutputFolder`)
+and locked while the batch writes it; inputs whose outputs would share a name (``a.png`` and
+``a.jpg``) are refused, not overwritten; a failed write (disk full, read-only folder) stops the
+batch with one line. A second run into the same folder adds to its index: ``predictions.csv``
+keeps the earlier rows of cases this run did not redo (:class:`EarlierIndex`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import io
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +23,7 @@ from covseg.engine.runtime import Runtime
 from covseg.errors import CovsegError, DataError, OutputError
 from covseg.inference.predictor import BasePredictor, PostprocessOptions
 from covseg.utils.atomic import write_text
-from covseg.utils.outputs import OutputFolder, one_line, spreadsheet_safe
+from covseg.utils.outputs import OutputFolder, one_line, read_csv, write_csv
 
 
 @dataclass
@@ -95,7 +98,64 @@ def distinct_stems(files: list[Path]) -> tuple[list[Path], list[tuple[str, str]]
 def write_failures(out_dir: Path, report: BatchReport) -> None:
     """``failed.txt``: one line per input that failed, with its reason."""
     if report.failed:
-        write_text(out_dir / "failed.txt", "".join(f"{one_line(p)}: {one_line(m)}\n" for p, m in report.failed))
+        write_text(out_dir / "failed.txt", "".join(failure_line(p, m) for p, m in report.failed))
+
+
+def failure_line(path: str, problem: str) -> str:
+    return f"{one_line(path)}: {one_line(problem)}\n"
+
+
+_NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-?(inf|nan)")
+
+
+def _typed(text: str) -> object:
+    """A cell read back from an index file: numbers as numbers (so the CSV writer keeps them numbers)."""
+    if not _NUMBER.fullmatch(text):
+        return text
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+class EarlierIndex:
+    """The index file (``predictions.csv``, ``confidence.csv``) and ``failed.txt`` of earlier runs into a folder.
+
+    Read before a run starts; :meth:`merge` gives the earlier rows of cases the new run did not redo,
+    followed by the new rows, so two runs into one folder (one after the other) lose no row. A
+    case is keyed by ``key(row)``: the name of its output file, so ``-o out`` and ``-o ./out/`` agree.
+    """
+
+    def __init__(self, out_dir: Path, index_name: str, key: Callable[[dict], str]) -> None:
+        self.index = Path(out_dir) / index_name
+        self.failed_path = Path(out_dir) / "failed.txt"
+        self.key = key
+        self.rows: list[dict] = []
+        self.failed_lines: list[str] = []
+        try:
+            if self.index.is_file():
+                self.rows = [{k: _typed(v) for k, v in row.items()} for row in read_csv(self.index)]
+            if self.failed_path.is_file():
+                self.failed_lines = self.failed_path.read_text(encoding="utf-8", errors="surrogateescape").splitlines(keepends=True)
+        except (OSError, csv.Error) as exc:
+            raise OutputError(f"cannot read the earlier run's file to add to it ({exc}); move it away", self.index) from None
+
+    def merge(self, report: BatchReport, inputs: list[Path]) -> tuple[list[dict], list[str]]:
+        """(rows, failed.txt lines) of the earlier runs and ``report`` together; the later run wins per case."""
+        redone = {self.key(row) for row in report.written}
+        rows = [row for row in self.rows if self.key(row) not in redone] + report.written
+        tried = tuple(f"{one_line(p)}: " for p in inputs)
+        failed = [line for line in self.failed_lines if not line.startswith(tried)]
+        return rows, failed + [failure_line(p, m) for p, m in report.failed]
+
+
+def write_index(
+    out_dir: Path, name: str, rows: list[dict], columns: list[str], failed: list[str], float_format: str | None = None
+) -> None:
+    """Write a batch's index file and ``failed.txt`` (removed when nothing failed)."""
+    if rows:
+        write_csv(out_dir / name, rows, columns, float_format)
+    if failed:
+        write_text(out_dir / "failed.txt", "".join(failed))
+    else:
+        (out_dir / "failed.txt").unlink(missing_ok=True)
 
 
 def run_dirs_of(predictor: BasePredictor) -> list[Path]:
@@ -148,24 +208,38 @@ def predict_files(
     Each row records the file's seconds and peak memory (CUDA: ``max_memory_allocated`` for the
     file; CPU: the process's peak resident memory so far). Under torchrun (``runtime`` with
     several processes) each process predicts its share of ``files`` and the main one writes
-    ``predictions.csv`` with every row: each output is written exactly once.
+    ``predictions.csv`` with every row: each output is written exactly once. The folder is locked
+    while the batch runs, and an earlier run's rows of other cases stay in ``predictions.csv``.
     """
-    from covseg.data.imageio import is_volume
-    from covseg.inference.postprocess import LUNGS_NEED_VOLUME
-
-    lungs_only = post is not None and post.lungs_only
-    save_lung_mask = save_lung_mask and lungs_only
+    save_lung_mask = save_lung_mask and post is not None and post.lungs_only
     runtime = runtime or getattr(predictor, "runtime", None) or Runtime()
     folder = OutputFolder(
         out_dir, "predict", [*files, *run_dirs_of(predictor)],
         owned=("masks", "probs", "overlays", "predictions.csv", "failed.txt", *(("lungs",) if save_lung_mask else ())),
         legacy=("predictions.csv",),
     )
-    if runtime.is_main:
-        folder.prepare()
-    else:
-        folder.validate()
-    runtime.barrier()
+    folder.validate()
+    with folder.lock() if runtime.is_main else contextlib.nullcontext():
+        earlier = None
+        if runtime.is_main:
+            folder.prepare()
+            earlier = EarlierIndex(out_dir, "predictions.csv", key=lambda row: Path(str(row.get("mask", ""))).name)
+        runtime.barrier()
+        return _predict_all(
+            predictor, files, folder, earlier, tta_flip, post, window, strict, overlays, extra_for, on_done, batch_size,
+            runtime, probs, save_lung_mask,
+        )  # fmt: skip
+
+
+def _predict_all(
+    predictor: BasePredictor, files: list[Path], folder: OutputFolder, earlier: EarlierIndex | None, tta_flip, post, window,
+    strict, overlays, extra_for, on_done, batch_size, runtime: Runtime, probs: bool, save_lung_mask: bool,
+) -> BatchReport:
+    from covseg.data.imageio import is_volume
+    from covseg.inference.postprocess import LUNGS_NEED_VOLUME
+
+    lungs_only = post is not None and post.lungs_only
+    all_files = list(files)
     files, clashes = distinct_stems(files)
     if clashes and strict:
         raise DataError(clashes[0][1], clashes[0][0])
@@ -188,8 +262,8 @@ def predict_files(
         path, problem = report.failed[0]
         raise CovsegError(problem, path)
     report.failed = clashes + report.failed
-    if runtime.is_main:
-        _write_index(out_dir, report)
+    if earlier is not None:
+        _write_index(folder.path, report, earlier, all_files)
     return report
 
 
@@ -306,17 +380,13 @@ def lung_involvement_percent(infected_ml: float, lung_ml: float) -> float:
     return float(100.0 * infected_ml / lung_ml) if lung_ml > 0 else 0.0
 
 
-def _write_index(out_dir: Path, report: BatchReport) -> None:
+def _write_index(out_dir: Path, report: BatchReport, earlier: EarlierIndex, files: list[Path]) -> None:
+    """``predictions.csv`` and ``failed.txt``: this run's rows and failures added to the earlier runs'."""
     if not report.written and not report.failed:
         return
-    buf = io.StringIO()
+    rows, failed = earlier.merge(report, files)
     keys = ["input", "mask", "prob", "foreground_fraction", "foreground_ml", "seconds", "cpu_seconds", "peak_memory_mb"]
-    lung_keys = [k for k in ("lung_ml", "infected_percent_of_lungs", "lung_mask") if any(k in row for row in report.written)]
+    lung_keys = [k for k in ("lung_ml", "infected_percent_of_lungs", "lung_mask") if any(k in row for row in rows)]
     keys[5:5] = lung_keys
-    keys += list(dict.fromkeys(k for row in report.written for k in row if k.startswith(("p_", "predicted_class"))))
-    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
-    writer.writeheader()
-    for row in report.written:
-        writer.writerow({k: spreadsheet_safe(v) for k, v in row.items()})
-    write_text(out_dir / "predictions.csv", buf.getvalue())
-    write_failures(out_dir, report)
+    keys += list(dict.fromkeys(k for row in rows for k in row if k.startswith(("p_", "predicted_class"))))
+    write_index(out_dir, "predictions.csv", rows, keys, failed)

@@ -173,8 +173,14 @@ def explain_files(
     )
     from covseg.metrics.explanation import ExplanationMetrics
     from covseg.utils.atomic import write_json, write_with
+    from covseg.utils.outputs import OutputFolder
 
     out_dir = Path(out_dir)
+    folder = OutputFolder(
+        out_dir, "explain", [*files, getattr(explainer.predictor, "run_dir", None), gt_dir],
+        owned=("heatmaps", "panels", "explanations.csv", "summary.json", "failed.txt"), legacy=("explanations.csv",),
+    )  # fmt: skip
+    folder.prepare()
     masks: dict[str, list[Path]] = {}
     if gt_dir is not None:
         mask_dir, _ = resolve_gt_folder(Path(gt_dir))
@@ -182,7 +188,7 @@ def explain_files(
     scores = {kind: ExplanationMetrics(kind, tolerance) for kind in ("gradcam", "attention")}
 
     def save_map(path: Path, heat: np.ndarray) -> str:
-        write_with(path, lambda p: np.save(p, heat.astype(np.float16), allow_pickle=False))
+        write_with(folder.check(path), lambda p: np.save(p, heat.astype(np.float16), allow_pickle=False))
         return str(path)
 
     def work(path: Path) -> dict:
@@ -211,7 +217,7 @@ def explain_files(
                     rec = scores[kind].update(heat, gt, case_id=stem)
                     row[f"{kind}_inside_share"], row[f"{kind}_pointing_hit"] = rec["inside_share"], rec["pointing_hit"]
         if panels is not None:
-            row["panel"] = str(write_image(out_dir / "panels" / f"{stem}.png", panels(image, ex, explainer.class_names, gt)))
+            row["panel"] = str(write_image(folder.check(out_dir / "panels" / f"{stem}.png"), panels(image, ex, explainer.class_names, gt)))
         return row
 
     report = for_each_file(files, work, strict, on_done)
@@ -231,14 +237,6 @@ def explain_files(
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    import csv
-    import io
+    from covseg.utils.outputs import write_csv
 
-    from covseg.utils.atomic import write_text
-
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())
+    write_csv(path, rows)

@@ -23,6 +23,7 @@ from covseg import __version__
 from covseg.engine.runtime import Runtime
 from covseg.errors import CovsegError
 from covseg.runs.description import RunDescription
+from covseg.utils.outputs import OutputFolder
 
 CARD = "model_card.json"
 FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
@@ -98,11 +99,12 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, checkpoint: s
         raise CovsegError("export: a cascade run needs its prior run as a second input; export the runs separately", run.path)
     if description.cascade is not None:
         raise CovsegError("export: a coarse-to-fine run needs its coarse run too; export the coarse and fine runs separately", run.path)
+    folder = OutputFolder(out_dir, "export", [run.path], owned=(*FILES.values(), CARD))
+    folder.validate()
     path = run.resolve_checkpoint(checkpoint)
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path=path).eval()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = folder.prepare()
     target = out / FILES[fmt]
     if fmt == "onnx":
         write_with(target, lambda p: export_onnx(model, p, method="torchscript"))

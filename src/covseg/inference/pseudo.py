@@ -8,8 +8,6 @@ Images are hard-linked (or copied) into ``images/``; the inputs are never modifi
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import shutil
@@ -19,10 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from covseg.errors import DataError
-from covseg.inference.batch import BatchReport, distinct_stems, for_each_file, run_dirs_of, write_failures
+from covseg.inference.batch import (
+    BatchReport,
+    EarlierIndex,
+    distinct_stems,
+    for_each_file,
+    run_dirs_of,
+    write_index,
+)
 from covseg.inference.predictor import BasePredictor
-from covseg.utils.atomic import atomic_path, write_text
-from covseg.utils.outputs import OutputFolder, spreadsheet_safe
+from covseg.utils.atomic import atomic_path
+from covseg.utils.outputs import OutputFolder
 
 
 def prediction_confidence(probs: np.ndarray) -> float:
@@ -60,15 +65,29 @@ def pseudo_label_files(
     """Write ``images/``, ``masks/``, ``edges/`` and ``confidence.csv`` for each readable image.
 
     ``extra_for(path)`` gives a file's model inputs beside the image (its text, for text-guided runs).
+    The folder is locked while it is written; a second run into it keeps the earlier rows of
+    ``confidence.csv`` for the cases it did not redo.
     """
-    from covseg.data.imageio import read_image, stem_of, write_mask
-    from covseg.transforms.edges import mask_to_edge
-
     folder = OutputFolder(
         out_dir, "pseudo-label", [*files, *run_dirs_of(predictor)],
         owned=("images", "masks", "edges", "confidence.csv", "failed.txt"), legacy=("confidence.csv",),
     )
-    folder.prepare()
+    folder.validate()
+    with folder.lock():
+        folder.prepare()
+        earlier = EarlierIndex(out_dir, "confidence.csv", key=lambda row: str(row.get("case_id", "")))
+        return _pseudo_label_all(predictor, files, folder, earlier, tta_flip, edge_width, strict, on_done, extra_for)
+
+
+def _pseudo_label_all(
+    predictor: BasePredictor, files: list[Path], folder: OutputFolder, earlier: EarlierIndex, tta_flip: bool,
+    edge_width: int, strict: bool, on_done: Callable[[], None] | None, extra_for: Callable[[Path], dict] | None,
+) -> BatchReport:
+    from covseg.data.imageio import read_image, stem_of, write_mask
+    from covseg.transforms.edges import mask_to_edge
+
+    out_dir = folder.path
+    all_files = list(files)
     files, clashes = distinct_stems(files)
     if clashes and strict:
         raise DataError(clashes[0][1], clashes[0][0])
@@ -92,11 +111,6 @@ def pseudo_label_files(
 
     report = for_each_file(files, work, strict, on_done)
     report.failed = clashes + report.failed
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["case_id", "image", "confidence", "foreground_fraction"], extrasaction="ignore")
-    writer.writeheader()
-    for row in report.written:
-        writer.writerow({**{k: spreadsheet_safe(v) for k, v in row.items()}, "confidence": f"{row['confidence']:.6f}", "foreground_fraction": f"{row['foreground_fraction']:.6f}"})
-    write_text(out_dir / "confidence.csv", buf.getvalue())
-    write_failures(out_dir, report)
+    rows, failed = earlier.merge(report, all_files)
+    write_index(out_dir, "confidence.csv", rows, ["case_id", "image", "confidence", "foreground_fraction"], failed, float_format=".6f")
     return report

@@ -22,11 +22,8 @@ an empty prediction. The output files are written as one unit, ``summary.json`` 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
-import numbers
 import platform
 import re
 import time
@@ -44,7 +41,7 @@ from covseg.metrics.base import MetricAccumulator, Reduction
 from covseg.metrics.medical import MedicalMetrics
 from covseg.metrics.sod import SodMetrics, SpecificityRule, prepare_sod_inputs
 from covseg.utils.atomic import write_unit
-from covseg.utils.outputs import spreadsheet_safe
+from covseg.utils.outputs import csv_text as neutral_csv_text
 
 PROTOCOLS: tuple[str, ...] = ("medical", "sod")
 VOLUME_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
@@ -552,20 +549,6 @@ def _format_cell(value: Any) -> Any:
     return value
 
 
-def _csv_cell(value: Any) -> str:
-    """Numbers as numbers (floats to 10 significant digits, NaN as ``nan``), text neutralised against formulas:
-    the guard applies to text only, so a negative metric (``-0.13``) stays a number a spreadsheet computes with."""
-    if value is None:
-        return ""
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, numbers.Real):
-        return format(float(value), ".10g")
-    return str(spreadsheet_safe(str(value)))
-
-
 def per_case_rows(run: EvaluationRun) -> list[dict[str, Any]]:
     """Accumulator records joined with file names and resize information."""
     by_id = {c.case_id: c for c in run.cases}
@@ -588,15 +571,7 @@ def per_case_rows(run: EvaluationRun) -> list[dict[str, Any]]:
 
 def csv_text(rows: Sequence[dict[str, Any]]) -> str:
     """CSV of the rows (columns in first-seen order; NaN as ``nan``)."""
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_csv_cell(_format_cell(row.get(c))) for c in columns])
-    return buf.getvalue()
+    return neutral_csv_text([{k: _format_cell(v) for k, v in row.items()} for row in rows], float_format=".10g")
 
 
 def build_summary(run: EvaluationRun, reduction: Reduction = "nanmean") -> dict[str, Any]:

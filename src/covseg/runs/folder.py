@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,15 +61,9 @@ class RunFolder:
         """Rewrite ``history.csv`` atomically from all epoch rows so far."""
         if not rows:
             return
-        keys: list[str] = []
-        for r in rows:
-            keys.extend(k for k in r if k not in keys)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=keys)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: _fmt(r.get(k)) for k in keys})
-        write_text(self.path / "history.csv", buf.getvalue())
+        from covseg.utils.outputs import write_csv
+
+        write_csv(self.path / "history.csv", rows, float_format=".6g")
 
     def read_history(self) -> list[dict[str, str]]:
         p = self.path / "history.csv"
@@ -91,34 +83,14 @@ class RunFolder:
         """Hold the run folder for one training: a second ``covseg train`` into it is refused in one line.
 
         An advisory lock on ``RUN/.lock`` (``flock``), released when the training ends or its
-        process dies (``kill -9`` included), so a crash never leaves a stale lock behind.
+        process dies (``kill -9`` included), so a crash never leaves a stale lock behind
+        (:func:`covseg.utils.outputs.folder_lock`).
         """
-        from covseg.errors import OutputError
-        from covseg.utils.atomic import output_error
+        from covseg.utils.outputs import folder_lock
 
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            handle = open(self.path / ".lock", "a+", encoding="utf-8")  # noqa: SIM115 - held until the training ends
-        except OSError as exc:
-            raise output_error(exc, self.path / ".lock") from None
-        try:
-            try:
-                import fcntl
-
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except ImportError:  # no flock (Windows): the lock is not enforced there
-                pass
-            except OSError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                raise OutputError(f"another covseg train is writing this run folder ({holder}); wait for it or choose another --output", self.path) from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()}\n")
-            handle.flush()
+        busy = "another covseg train is writing this run folder ({holder}); wait for it or choose another --output"
+        with folder_lock(self.path, busy):
             yield
-        finally:
-            handle.close()
 
     def is_run(self) -> bool:
         return (self.path / "model.json").exists()
@@ -141,9 +113,3 @@ class RunFolder:
         if not path.exists() and which == "best":
             path = self.checkpoint("last")
         return path
-
-
-def _fmt(v: Any) -> Any:
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return "" if v is None else v

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from covseg.errors import ConfigError
 from covseg.transforms.augment import AugmentConfig
 from covseg.utils.checks import ordered_window, positive_spacing, positive_stds
+from covseg.utils.safe_yaml import YamlRefused, parse_yaml
 
 
 class _Strict(BaseModel):
@@ -416,7 +417,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not keys:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = parse_yaml(value) if value.strip() else None
+    except YamlRefused as exc:
+        raise ConfigError(f"override {text!r}: {exc}") from None
     except yaml.YAMLError:
         parsed = value
     return keys, parsed
@@ -444,7 +447,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if p.is_dir():
             raise ConfigError("a folder, not a config file", p)
         try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            raw = parse_yaml(p.read_text(encoding="utf-8")) or {}
+        except YamlRefused as exc:
+            raise ConfigError(str(exc), p) from None
         except UnicodeDecodeError:
             raise ConfigError("config file is not UTF-8 text", p) from None
         except OSError as exc:

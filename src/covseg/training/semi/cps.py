@@ -10,8 +10,6 @@ box pasted from another image and the cross labels are mixed with the same box.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from typing import Any
 
@@ -169,17 +167,13 @@ class CPSTrainer(Trainer):
         self._write_scores(epoch)
 
     def _write_scores(self, epoch: int) -> None:
-        from covseg.utils.atomic import write_text
+        from covseg.utils.outputs import write_csv
 
         if not self.runtime.is_main:
             return
         kept = set(self.kept.tolist())
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["case_id", "uncertainty", "kept", "epoch"])
-        for i, case_id in enumerate(self.unlabeled.ids):
-            w.writerow([case_id, f"{float(self.uncertainty[i]):.6f}", int(i in kept), epoch])
-        write_text(self.run.path / "uif_scores.csv", buf.getvalue())
+        rows = [[case_id, float(self.uncertainty[i]), int(i in kept), epoch] for i, case_id in enumerate(self.unlabeled.ids)]
+        write_csv(self.run.path / "uif_scores.csv", rows, ["case_id", "uncertainty", "kept", "epoch"], float_format=".6f")
 
     def cutmix_unlabeled(self, xu, generator, global_size: int | None = None):
         """Paste a box of the next image of the batch into each image; the two networks' logits on

@@ -119,7 +119,7 @@ class ModelChoices:
             if not (run / "model.json").is_file():
                 raise CovsegError("not a run folder (no model.json)", run)
             key = f"run{k}:{run.name}"
-            self.entries[key] = {"key": key, "label": f"run folder {run}", "source": "run", "task": "", "modality": "", "path": str(run)}
+            self.entries[key] = {"key": key, "label": f"run folder {run}", "source": "run", "task": "", "modality": "", "path": str(run.resolve())}  # a path: never taken for a shipped name
         self._loaded: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -420,7 +420,28 @@ def _copy_bounded(source: Any, target: Path, limit: int) -> int:
 
 
 def serve(run_dirs: list[Path] | tuple[Path, ...] = (), host: str = "127.0.0.1", port: int = 8765, max_voxels: int = MAX_VOXELS) -> None:
-    """Serve the app with uvicorn until Ctrl-C."""
+    """Serve the app with uvicorn until Ctrl-C (then ``KeyboardInterrupt``, which the CLI reports
+    as "interrupted", as every command does; uvicorn itself would end quietly)."""
     import uvicorn
 
-    uvicorn.run(create_app(run_dirs, host=host, port=port, max_voxels=max_voxels), host=host, port=port, log_level="warning")
+    _check_address(host, port)
+    app = create_app(run_dirs, host=host, port=port, max_voxels=max_voxels)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server.run()
+    if server.should_exit:  # set by uvicorn's signal handler (Ctrl-C, SIGTERM)
+        raise KeyboardInterrupt
+
+
+def _check_address(host: str, port: int) -> None:
+    """One line when the app cannot listen on ``host``:``port`` (a port in use, an unknown host name),
+    before uvicorn would log it and exit."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise CovsegError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+

@@ -99,6 +99,9 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, checkpoint: s
     if description.cascade is not None:
         raise CovsegError("export: a coarse-to-fine run needs its coarse run too; export the coarse and fine runs separately", run.path)
     path = run.resolve_checkpoint(checkpoint)
+    if path.exists() and not path.resolve().is_relative_to(run.path.resolve()):  # a path, or a link leaving the run
+        raise CovsegError(f"checkpoint {checkpoint!r} is {path.resolve()}, outside this run folder: its card and "
+                          "model.json would describe another run's weights (export that run instead)", run.path)  # fmt: skip
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path=path).eval()
     out = Path(out_dir)

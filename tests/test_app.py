@@ -47,7 +47,7 @@ def client(trained, monkeypatch):
 
     run, zoo_dir, _ = trained
     monkeypatch.setattr(zoo, "ZOO_DIR", zoo_dir)
-    return TestClient(create_app([run]))
+    return TestClient(create_app([run]), base_url="http://127.0.0.1:8765")
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -118,7 +118,7 @@ def test_text_guided_model_needs_a_caption():
 
     if zoo.resolve("covid-cxr-text") is None:
         pytest.skip("covid-cxr-text is not shipped in this checkout (zoo/train_zoo.py makes it)")
-    text_client = TestClient(create_app())
+    text_client = TestClient(create_app(), base_url="http://127.0.0.1:8765")
     image = _png((np.random.default_rng(0).random((96, 96)) * 255).astype(np.uint8))
     resp = text_client.post("/api/segment", files={"file": ("cxr.png", image)}, data={"model": "covid-cxr-text"})
     assert resp.status_code == 400 and "caption" in resp.json()["error"]
@@ -203,7 +203,7 @@ def test_joint_model_upload_has_class_probabilities_and_a_gradcam_map(tmp_path):
     raw = tiny_config(data, size=32, epochs=1, data__folds=2, data__labels=str(data / "labels.csv"),
                       model={"name": "jcs", "params": SMALL}, loss={"terms": TERMS})  # fmt: skip
     build_trainer(load_config(raw=raw), tmp_path / "run", quiet=True).fit()
-    client = TestClient(create_app([tmp_path / "run"]))
+    client = TestClient(create_app([tmp_path / "run"]), base_url="http://127.0.0.1:8765")
     path = sorted((data / "images").iterdir())[0]
     resp = client.post("/api/segment", files={"file": (path.name, path.read_bytes())}, data={"model": "run0:run"})
     assert resp.status_code == 200, resp.text

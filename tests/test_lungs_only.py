@@ -228,7 +228,7 @@ def test_app_lungs_only_switch(run, tmp_path):
 
     from covseg.app import create_app
 
-    client = TestClient(create_app([run]))
+    client = TestClient(create_app([run]), base_url="http://127.0.0.1:8765")
     write_volume(tmp_path / "chest.nii.gz", chest(), AFFINE, dtype="int16")
     upload = {"file": ("chest.nii.gz", (tmp_path / "chest.nii.gz").read_bytes())}
     plain = client.post("/api/segment", files=upload, data={"model": f"run0:{run.name}"}).json()

@@ -6,16 +6,25 @@ and see the prediction drawn over the image (a slice slider for volumes), the in
 volume (with "lungs only", CT volumes: predictions outside the lungs dropped, and the share of the
 lungs infected), the Grad-CAM map of joint models, and download the mask. It runs on this machine and makes
 no external calls: the page has no CDN assets, every user-supplied text reaches it as JSON and is
-shown with ``textContent``, never as HTML. Results live in memory (the last few) until the app stops.
+shown with ``textContent``, never as HTML.
+
+Only its user can drive it: every request must name the app's own loopback address in ``Host``
+(a DNS-rebinding page cannot read it) and a POST from a browser must come from the app's own page
+(``Origin``/``Referer``: another web page cannot make it segment). An upload's decoded size is read
+from its header and refused over a limit before anything is allocated (``covseg.data.limits``),
+one upload is segmented at a time, and results (the last few) live in a temporary folder on disk,
+removed when the app stops, not in memory.
 """
 
 
 import io
+import shutil
 import tempfile
 import threading
 import uuid
+import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +35,64 @@ from covseg.errors import CovsegError
 UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".npy", ".nii", ".nii.gz")
 VOLUME_UPLOADS = (".nii", ".nii.gz")
 MAX_RESULTS = 16
+MAX_VOXELS = 512**3  # an upload's decoded values (a 512×512×512 CT); larger ones are refused from the header
+MAX_PIXELS = 2**25  # 2D uploads: 32 M values (e.g. a 3,300² RGB image)
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 PAGE = Path(__file__).resolve().parent / "viz" / "templates" / "app.html"
 
 
 @dataclass
 class Result:
-    """One segmented upload: the display slices, the label slices, the mask file and the numbers."""
+    """One segmented upload, kept on disk in ``folder``: display slices (``display.npy``, 8-bit RGB),
+    label slices (``labels.npy``), the mask file, the Grad-CAM map (``explanation.npy``) and overlays."""
 
     name: str
-    images: list[np.ndarray]
-    labels: list[np.ndarray]
-    mask_bytes: bytes
+    folder: Path
     mask_name: str
     summary: dict[str, Any]
-    explanation: np.ndarray | None = None
-    overlays: dict[int, bytes] = field(default_factory=dict)
+    slices: int
+    has_explanation: bool = False
+
+    @property
+    def mask_path(self) -> Path:
+        return self.folder / ("mask.nii.gz" if self.mask_name.endswith(".nii.gz") else "mask.png")
+
+    def display(self, z: int) -> np.ndarray:
+        return np.asarray(np.load(self.folder / "display.npy", mmap_mode="r")[z])
+
+    def labels(self, z: int) -> np.ndarray:
+        return np.asarray(np.load(self.folder / "labels.npy", mmap_mode="r")[z])
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    from covseg.utils.atomic import write_with
+
+    write_with(path, lambda tmp: np.save(tmp, array, allow_pickle=False))
+
+
+def _write_display(path: Path, images: list[np.ndarray] | np.ndarray) -> None:
+    """The 8-bit display of each slice (as the overlay draws it), written slice by slice to a memory map."""
+    from covseg.viz.overlay import to_display_rgb
+
+    grey = np.asarray(images[0]).ndim == 2
+    first = to_display_rgb(images[0])
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(images), *first.shape[: 2 if grey else 3]))
+    for k, image in enumerate(images):
+        rgb = first if k == 0 else to_display_rgb(image)
+        out[k] = rgb[..., 0] if grey else rgb
+    out.flush()
+    del out
+
+
+def _store(folder: Path, name: str, display: list[np.ndarray] | np.ndarray, labels: np.ndarray, mask_name: str,
+           summary: dict[str, Any], explanation: np.ndarray | None = None) -> Result:  # fmt: skip
+    """Write a result's arrays into ``folder`` (the mask is already there) and return its handle."""
+    _write_display(folder / "display.npy", display)
+    _save_array(folder / "labels.npy", np.asarray(labels, dtype=np.uint8))
+    if explanation is not None:
+        _save_array(folder / "explanation.npy", np.asarray(explanation, dtype=np.float32))
+    return Result(name, folder, mask_name, summary, len(display), explanation is not None)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
@@ -67,7 +119,7 @@ class ModelChoices:
             if not (run / "model.json").is_file():
                 raise CovsegError("not a run folder (no model.json)", run)
             key = f"run{k}:{run.name}"
-            self.entries[key] = {"key": key, "label": f"run folder {run}", "source": "run", "task": "", "modality": "", "path": str(run)}
+            self.entries[key] = {"key": key, "label": f"run folder {run}", "source": "run", "task": "", "modality": "", "path": str(run.resolve())}  # a path: never taken for a shipped name
         self._loaded: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -95,8 +147,30 @@ def _suffix(filename: str) -> str:
     return suffix
 
 
-def segment_upload(predictor: Any, data: bytes, filename: str, text: str = "", lungs_only: bool = False) -> Result:
-    """Segment one uploaded file (its bytes and name) with ``predictor``.
+def prepare_upload(raw: Path, filename: str, max_voxels: int = MAX_VOXELS, max_pixels: int = MAX_PIXELS) -> Path:
+    """Check an uploaded file's declared size before decoding it; the path to read it from.
+
+    A NIfTI volume's header is read first and a shape over ``max_voxels`` refused; a ``.nii.gz`` is
+    decompressed beside ``raw`` only as far as its header accounts for. 2D images are refused over
+    ``max_pixels`` values from their header. Errors name ``filename``, not the temporary file."""
+    from covseg.data.limits import check_image_pixels, check_nifti, inflate_nifti
+
+    suffix, name = _suffix(filename), Path(filename).name
+    if suffix == ".nii.gz":
+        return inflate_nifti(raw, raw.with_name("upload.nii"), max_voxels, name=name)
+    if suffix == ".nii":
+        try:
+            check_nifti(raw, max_voxels)
+        except CovsegError as exc:
+            raise CovsegError(exc.problem, name) from None
+        return raw
+    check_image_pixels(raw, max_pixels, name=name)
+    return raw
+
+
+def segment_upload(predictor: Any, path: Path, filename: str, folder: Path, text: str = "", lungs_only: bool = False) -> Result:
+    """Segment one uploaded file (``path``, checked by :func:`prepare_upload`; its name ``filename``)
+    with ``predictor``, writing the result into ``folder``.
 
     ``lungs_only`` (CT volumes in HU) drops predictions outside the lungs grown by the default
     margin, as ``covseg predict --lungs-only``, and adds the lung volume to the summary."""
@@ -110,9 +184,7 @@ def segment_upload(predictor: Any, data: bytes, filename: str, text: str = "", l
             raise CovsegError("this model is text-guided: give a caption (e.g. 'bilateral pulmonary infection, lower left lung')")
         extra["text"] = text.strip()
     name = Path(filename).name
-    with tempfile.TemporaryDirectory(prefix="covseg_app_") as tmp:
-        path = Path(tmp) / f"upload{suffix}"
-        path.write_bytes(data)
+    try:
         if suffix in VOLUME_UPLOADS:
             from covseg.data.intensity import space_of, to_unit
             from covseg.inference.batch import lung_involvement_percent
@@ -123,14 +195,11 @@ def segment_upload(predictor: Any, data: bytes, filename: str, text: str = "", l
             volume, _, affine = read_volume(path)
             space = space_of(path, volume)
             post = PostprocessOptions(lungs_only=True) if lungs_only else None
-            try:
-                pred = predictor.predict_volume(volume, affine, post=post, space=space, **extra)
-            except CovsegError as exc:
-                raise CovsegError(exc.problem, name) from None  # the temporary file's path means nothing to the user
+            pred = predictor.predict_volume(volume, affine, post=post, space=space, **extra)
             slices = to_unit(volume_to_slices(volume, affine), space) * 255.0
+            del volume
             label_slices = volume_to_slices(pred.labels, affine)
-            write_volume(Path(tmp) / "mask.nii.gz", pred.labels, affine, dtype="uint8")
-            mask = (Path(tmp) / "mask.nii.gz").read_bytes()
+            write_volume(folder / "mask.nii.gz", pred.labels, affine, dtype="uint8")
             voxels, voxel_ml = int((pred.labels > 0).sum()), voxel_volume_ml(affine)
             per_slice = (label_slices > 0).sum(axis=(1, 2))
             summary = {
@@ -143,7 +212,7 @@ def segment_upload(predictor: Any, data: bytes, filename: str, text: str = "", l
                 lung_ml = float(pred.meta["lung_mask"].sum()) * voxel_ml
                 summary["lung_ml"] = round(lung_ml, 3)
                 summary["infected_percent_of_lungs"] = round(lung_involvement_percent(voxels * voxel_ml, lung_ml), 3)
-            return Result(name, list(slices), list(label_slices), mask, f"{_stem(name)}_mask.nii.gz", summary)
+            return _store(folder, name, slices, label_slices, f"{_stem(name)}_mask.nii.gz", summary)
         if lungs_only:
             raise CovsegError(f"{LUNGS_NEED_VOLUME} (NIfTI); this is a 2D image", name)
         from covseg.data.intensity import space_of, to_unit
@@ -151,8 +220,11 @@ def segment_upload(predictor: Any, data: bytes, filename: str, text: str = "", l
         image = read_image(path)
         space = space_of(path, image)
         pred = predictor.predict_image(image, space=space, **extra)
-        write_mask(Path(tmp) / "mask.png", pred.labels, scale_binary=predictor.num_classes == 1)
-        mask = (Path(tmp) / "mask.png").read_bytes()
+    except CovsegError as exc:
+        if exc.path is not None and Path(exc.path).parent == path.parent:  # the temporary file's path means nothing to the user
+            raise type(exc)(exc.problem, name) from None
+        raise
+    write_mask(folder / "mask.png", pred.labels, scale_binary=predictor.num_classes == 1)
     pixels = int((pred.labels > 0).sum())
     summary = {"kind": "image", "slices": 1, "infected_pixels": pixels,
                "infected_fraction": round(float((pred.labels > 0).mean()), 5), "start_slice": 0}  # fmt: skip
@@ -162,12 +234,12 @@ def segment_upload(predictor: Any, data: bytes, filename: str, text: str = "", l
         names = getattr(predictor, "class_names", None) or [f"class{c}" for c in range(len(pred.class_probs))]
         summary["class_probabilities"] = {str(n): round(float(p), 4) for n, p in zip(names, pred.class_probs)}
     shown = image if space == "display" else to_unit(image, space) * 255.0  # HU or 0..1 shown as display values
-    result = Result(name, [shown], [pred.labels], mask, f"{_stem(name)}_mask.png", summary)
+    explanation = None
     if getattr(getattr(predictor, "segmenter", None), "classifies", False):
         from covseg.inference.explain import Explainer
 
-        result.explanation = Explainer(predictor).explain(image).gradcam
-    return result
+        explanation = Explainer(predictor).explain(image).gradcam
+    return _store(folder, name, [shown], pred.labels[None], f"{_stem(name)}_mask.png", summary, explanation)
 
 
 def _stem(name: str) -> str:
@@ -176,27 +248,91 @@ def _stem(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem_of(name))[:80] or "upload"
 
 
-def create_app(run_dirs: list[Path] | tuple[Path, ...] = (), max_upload_mb: int = 512):
-    """The FastAPI application (``uvicorn`` serves it; tests call it through ``TestClient``).
+def own_hosts(host: str = "127.0.0.1", port: int = 8765) -> frozenset[str]:
+    """The ``Host`` header values that name this app: its loopback names (and ``host`` itself) with ``port``."""
+    names = set(LOOPBACK_NAMES)
+    if host not in ("", "0.0.0.0", "::"):
+        names.add(f"[{host}]" if ":" in host and not host.startswith("[") else host)
+    return frozenset(f"{n.lower()}:{port}" for n in names) | (frozenset(n.lower() for n in names) if port == 80 else frozenset())
 
-    (This module does not use postponed annotations: FastAPI reads the endpoint signatures, whose
-    types are imported here, inside the function.)"""
+
+def request_refusal(method: str, headers: dict[str, str], hosts: frozenset[str]) -> str | None:
+    """Why a request must not reach the app (``None``: it may).
+
+    ``Host`` must name the app (a DNS-rebinding page sends its own name); a POST from a browser
+    must come from the app's own page: ``Origin`` (or, without it, ``Referer``) must be the app's,
+    and ``Sec-Fetch-Site: cross-site`` is refused. Clients that are not browsers send neither."""
+    from urllib.parse import urlsplit
+
+    host = headers.get("host", "").strip().lower()
+    if host not in hosts:
+        return f"refused: Host {host!r} is not this app's address (covseg app answers only {', '.join(sorted(hosts))})"
+    if method.upper() in SAFE_METHODS:
+        return None
+    if headers.get("sec-fetch-site", "").lower() == "cross-site":
+        return "refused: a request from another web site (Sec-Fetch-Site: cross-site)"
+    origin = headers.get("origin")
+    if origin is None and headers.get("referer"):
+        parts = urlsplit(headers["referer"])
+        origin = f"{parts.scheme}://{parts.netloc}"
+    if origin is not None:
+        parts = urlsplit(origin.strip().lower())
+        if parts.scheme != "http" or parts.netloc not in hosts:
+            return f"refused: a request from another origin ({origin[:100]!r}); use the app's own page"
+    return None
+
+
+class _OwnPageOnly:
+    """ASGI middleware: :func:`request_refusal` (403), and request bodies bounded by their Content-Length (413/411)."""
+
+    def __init__(self, app: Any, hosts: frozenset[str], max_body: int) -> None:
+        self.app, self.hosts, self.max_body = app, hosts, max_body
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from fastapi.responses import JSONResponse
+
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        problem, status = request_refusal(scope["method"], headers, self.hosts), 403
+        if problem is None and scope["method"].upper() not in SAFE_METHODS:
+            length = headers.get("content-length", "").strip()
+            if not length.isdigit():
+                problem, status = "refused: a request body without Content-Length", 411
+            elif int(length) > self.max_body:
+                problem, status = f"upload larger than {self.max_body // 2**20} MB", 413
+        if problem is not None:
+            return await JSONResponse({"error": problem}, status_code=status)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def create_app(run_dirs: list[Path] | tuple[Path, ...] = (), max_upload_mb: int = 512, *, host: str = "127.0.0.1",
+               port: int = 8765, max_voxels: int = MAX_VOXELS, max_pixels: int = MAX_PIXELS):  # fmt: skip
+    """The FastAPI application (``uvicorn`` serves it on ``host``:``port``; tests call it through
+    ``TestClient(app, base_url="http://127.0.0.1:8765")``): requests must name that address.
+
+    Results are kept in a temporary folder (``app.state.workdir``), removed when the app is
+    garbage-collected or the process exits. (This module does not use postponed annotations:
+    FastAPI reads the endpoint signatures, whose types are imported here, inside the function.)"""
     from fastapi import FastAPI, File, Form, HTTPException, UploadFile
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
     from covseg.viz.callbacks import prediction_overlay
     from covseg.viz.explanations import heatmap_overlay
 
     choices = ModelChoices(run_dirs)
     results: OrderedDict[str, Result] = OrderedDict()
-    lock = threading.Lock()
+    lock, one_at_a_time = threading.Lock(), threading.Lock()
     app = FastAPI(title="covseg", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.choices = choices
+    app.state.workdir = workdir = Path(tempfile.mkdtemp(prefix="covseg_app_"))
+    weakref.finalize(app, shutil.rmtree, workdir, ignore_errors=True)
+    app.add_middleware(_OwnPageOnly, hosts=own_hosts(host, port), max_body=max_upload_mb * 2**20 + 2**20)
 
     def get(rid: str) -> Result:
         with lock:
             found = results.get(rid)
-        if found is None:
+        if found is None or not found.folder.is_dir():
             raise HTTPException(404, "no such result (the app keeps the last few)")
         return found
 
@@ -216,51 +352,102 @@ def create_app(run_dirs: list[Path] | tuple[Path, ...] = (), max_upload_mb: int 
     def segment(
         file: UploadFile = File(...), model: str = Form(...), text: str = Form(""), lungs_only: bool = Form(False)
     ) -> dict[str, Any]:
-        data = file.file.read(max_upload_mb * 2**20 + 1)
-        if len(data) > max_upload_mb * 2**20:
-            raise CovsegError(f"file larger than {max_upload_mb} MB")
-        if not data:
-            raise CovsegError("empty file", Path(file.filename or "upload"))
-        result = segment_upload(choices.predictor(model), data, file.filename or "upload", text, lungs_only)
+        name = file.filename or "upload"
+        if model not in choices.entries:
+            raise CovsegError(f"unknown model {model!r}")
         rid = uuid.uuid4().hex
+        folder = workdir / rid
+        folder.mkdir()
+        try:
+            with one_at_a_time:  # one upload in memory at a time
+                raw = folder / f"upload{_suffix(name)}"
+                if _copy_bounded(file.file, raw, max_upload_mb * 2**20) == 0:
+                    raise CovsegError("empty file", Path(name))
+                readable = prepare_upload(raw, name, max_voxels, max_pixels)
+                result = segment_upload(choices.predictor(model), readable, name, folder, text, lungs_only)
+                for leftover in {raw, readable}:
+                    leftover.unlink(missing_ok=True)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         with lock:
             results[rid] = result
             while len(results) > MAX_RESULTS:
-                results.popitem(last=False)
+                shutil.rmtree(results.popitem(last=False)[1].folder, ignore_errors=True)
         base = f"/api/results/{rid}"
         return {
             "id": rid, "name": result.name, "model": model, **result.summary,
             "overlay_url": f"{base}/overlay.png", "mask_url": f"{base}/mask",
-            "explanation_url": f"{base}/explanation.png" if result.explanation is not None else None,
+            "explanation_url": f"{base}/explanation.png" if result.has_explanation else None,
         }  # fmt: skip
 
     @app.get("/api/results/{rid}/overlay.png")
     def overlay_png(rid: str, z: int = 0) -> Response:
         result = get(rid)
-        if not 0 <= z < len(result.images):
-            raise HTTPException(404, f"slice {z} outside 0..{len(result.images) - 1}")
-        if z not in result.overlays:
-            result.overlays[z] = png_bytes(prediction_overlay(result.images[z], result.labels[z]))
-        return Response(result.overlays[z], media_type="image/png")
+        if not 0 <= z < result.slices:
+            raise HTTPException(404, f"slice {z} outside 0..{result.slices - 1}")
+        cached = result.folder / f"overlay_{z}.png"
+        try:
+            if not cached.is_file():
+                from covseg.utils.atomic import write_bytes
+
+                write_bytes(cached, png_bytes(prediction_overlay(result.display(z), result.labels(z))))
+            return Response(cached.read_bytes(), media_type="image/png")
+        except (FileNotFoundError, CovsegError):  # removed meanwhile (more results came)
+            raise HTTPException(404, "no such result (the app keeps the last few)") from None
 
     @app.get("/api/results/{rid}/explanation.png")
     def explanation_png(rid: str) -> Response:
         result = get(rid)
-        if result.explanation is None:
+        if not result.has_explanation:
             raise HTTPException(404, "this model has no classification head, so no explanation map")
-        return Response(png_bytes(heatmap_overlay(result.images[0], result.explanation)), media_type="image/png")
+        heat = np.load(result.folder / "explanation.npy")
+        return Response(png_bytes(heatmap_overlay(result.display(0), heat)), media_type="image/png")
 
     @app.get("/api/results/{rid}/mask")
     def mask(rid: str) -> Response:
         result = get(rid)
         kind = "application/gzip" if result.mask_name.endswith(".gz") else "image/png"
-        return Response(result.mask_bytes, media_type=kind, headers={"Content-Disposition": f'attachment; filename="{result.mask_name}"'})
+        return FileResponse(result.mask_path, media_type=kind, filename=result.mask_name)
 
     return app
 
 
-def serve(run_dirs: list[Path] | tuple[Path, ...] = (), host: str = "127.0.0.1", port: int = 8765) -> None:
-    """Serve the app with uvicorn until Ctrl-C."""
+def _copy_bounded(source: Any, target: Path, limit: int) -> int:
+    """Copy an upload's file object to ``target`` in chunks; refuse it past ``limit`` bytes. Returns the size."""
+    size = 0
+    with open(target, "wb") as out:
+        while chunk := source.read(2**20):
+            size += len(chunk)
+            if size > limit:
+                raise CovsegError(f"file larger than {limit // 2**20} MB")
+            out.write(chunk)
+    return size
+
+
+def serve(run_dirs: list[Path] | tuple[Path, ...] = (), host: str = "127.0.0.1", port: int = 8765, max_voxels: int = MAX_VOXELS) -> None:
+    """Serve the app with uvicorn until Ctrl-C (then ``KeyboardInterrupt``, which the CLI reports
+    as "interrupted", as every command does; uvicorn itself would end quietly)."""
     import uvicorn
 
-    uvicorn.run(create_app(run_dirs), host=host, port=port, log_level="warning")
+    _check_address(host, port)
+    app = create_app(run_dirs, host=host, port=port, max_voxels=max_voxels)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server.run()
+    if server.should_exit:  # set by uvicorn's signal handler (Ctrl-C, SIGTERM)
+        raise KeyboardInterrupt
+
+
+def _check_address(host: str, port: int) -> None:
+    """One line when the app cannot listen on ``host``:``port`` (a port in use, an unknown host name),
+    before uvicorn would log it and exit."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise CovsegError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+

@@ -81,3 +81,15 @@ def check_options(**checks: tuple[bool, str]) -> None:
     for name, (ok, problem) in checks.items():
         if not ok:
             raise ConfigError(f"--{name.replace('_', '-')}: {problem}")
+
+
+def say_models(models: list[str] | str, quiet: bool = False) -> None:
+    """One line per model saying which one runs (a shipped model, or a run folder's absolute path);
+    shown even when ``quiet`` if a shipped model's name hides a local folder of that name."""
+    from covseg.runs.packing import describe_model
+
+    for given in [models] if isinstance(models, str) else models:
+        text = describe_model(given)
+        if not quiet or "not the local folder" in text:
+            console().print(f"model: {user_text(text)}")
+

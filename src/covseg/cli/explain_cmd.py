@@ -8,7 +8,7 @@ import typer
 
 
 def explain(
-    model: Path = typer.Option(..., "--model", "-m", metavar="RUN_DIR", help="Run folder of a joint model (jcs, or a model with a classification head)."),
+    model: str = typer.Option(..., "--model", "-m", metavar="RUN_DIR", help="Run folder of a joint model (jcs, or a model with a classification head)."),
     input: Path = typer.Option(..., "--input", "-i", help="2D image file or a folder of them."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (panels/, heatmaps/, explanations.csv, summary.json)."),
     gt: Path = typer.Option(None, "--gt", help="Ground-truth masks (folder, or dataset folder with masks/) to score the heatmaps against."),
@@ -23,12 +23,13 @@ def explain(
 ) -> None:
     """Explain a joint model's decisions: segmentation, Grad-CAM of the classifier and attention, per image."""
     from covseg.api import explain as run_explain
-    from covseg.cli._batch import console, finish, progress_bar
+    from covseg.cli._batch import console, finish, progress_bar, say_models
     from covseg.errors import ConfigError
     from covseg.inference.predictor import list_inputs
 
     if tolerance < 0:
         raise ConfigError(f"--tolerance: {tolerance} must be non-negative")
+    say_models(model, quiet)
     total = len(list_inputs(input))
     with progress_bar("explaining", total, quiet) as advance:
         report, summary = run_explain(

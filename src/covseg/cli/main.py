@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
 
     * ``CovsegError`` (bad input, config or output; names the file): exit 2;
     * ``OSError`` from the system (a file that vanished, a folder without permission): exit 2;
-    * Ctrl-C: exit 130; running out of memory: exit 3;
+    * Ctrl-C: one line "interrupted", exit 130 (typer's own silent exit 130 included); running out of memory: exit 3;
     * anything else is a covseg bug: one line saying so, exit 3 (``COVSEG_DEBUG=1`` shows the traceback).
     """
     import os
@@ -74,7 +74,12 @@ def main(argv: list[str] | None = None) -> None:
     from covseg.errors import CovsegError
 
     try:
-        app(args=argv, prog_name="covseg")
+        try:
+            app(args=argv, prog_name="covseg")
+        except SystemExit as exc:  # typer turns Ctrl-C into a silent exit 130: say so
+            if _caused_by(exc, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            raise
     except CovsegError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
@@ -92,6 +97,18 @@ def main(argv: list[str] | None = None) -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         _fail(f"internal error ({type(exc).__name__}: {first}); this is a covseg bug: please report it "
               "(COVSEG_DEBUG=1 shows the traceback)", 3)
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """True when ``kind`` is in ``exc``'s chain of causes and contexts."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, kind):
+            return True
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -36,7 +36,7 @@ def _numbers(text: str | None, option: str, count: int | None = None, kind: type
 
 
 def predict(
-    model: list[Path] = typer.Option(..., "--model", "-m", metavar="RUN_DIR|NAME", help="Run folder written by covseg train, or a shipped model's name (covseg models --pretrained); repeat to average several (an ensemble); with --engine onnx|torchscript a folder written by covseg export."),
+    model: list[str] = typer.Option(..., "--model", "-m", metavar="RUN_DIR|NAME", help="Run folder written by covseg train, or a shipped model's name (covseg models --pretrained; it wins over a local folder of that name: write ./NAME for the folder); repeat to average several (an ensemble); with --engine onnx|torchscript a folder written by covseg export."),
     input: Path = typer.Option(..., "--input", "-i", help="Image/NIfTI file or a folder of them."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (masks/, probs/, overlays/)."),
     checkpoint: str = typer.Option("best", help="best or last."),
@@ -65,7 +65,7 @@ def predict(
 ) -> None:
     """Predict masks, soft maps and overlays at each input's original size."""
     from covseg.api import predict as run_predict
-    from covseg.cli._batch import check_options, finish, progress_bar
+    from covseg.cli._batch import check_options, finish, progress_bar, say_models
     from covseg.engine.runtime import torchrun_env
     from covseg.inference.predictor import list_inputs
 
@@ -79,7 +79,11 @@ def predict(
         lung_margin=(lung_margin is None or (lungs_only and 0 <= lung_margin <= 50), f"{lung_margin} needs --lungs-only and 0 to 50 mm"),
         save_lung_mask=(lungs_only or not save_lung_mask, "needs --lungs-only"),
     )
+    axes = _numbers(tta_axes, "--tta-axes", kind=int)
+    check_options(tta_axes=(axes is None or all(0 <= a <= 2 for a in axes), f"{tta_axes!r}: axes are 0, 1 or 2 (of the RAS grid)"))
     rank, world, _ = torchrun_env()
+    if engine == "torch":
+        say_models(model, quiet or rank > 0)
     total = len(list_inputs(input))
     with progress_bar("predicting", -(-total // world), quiet or rank > 0) as advance:
         report = run_predict(
@@ -103,7 +107,7 @@ def predict(
             device=device,
             amp=amp,
             engine=engine,
-            tta_axes=_numbers(tta_axes, "--tta-axes", kind=int),
+            tta_axes=axes,
             stack_spacing=_numbers(stack_spacing, "--stack-spacing", 3),
             probs=not no_probs,
             lungs_only=lungs_only,

@@ -8,7 +8,7 @@ import typer
 
 
 def pseudo_label(
-    model: list[Path] = typer.Option(..., "--model", "-m", metavar="RUN_DIR", help="Run folder written by covseg train; repeat to average several (an ensemble)."),
+    model: list[str] = typer.Option(..., "--model", "-m", metavar="RUN_DIR|NAME", help="Run folder written by covseg train, or a shipped model's name (./NAME for a local folder of that name); repeat to average several (an ensemble)."),
     input: Path = typer.Option(..., "--input", "-i", help="Folder of unlabelled images."),
     output: Path = typer.Option(..., "--output", "-o", help="Output dataset folder (images/ masks/ edges/ confidence.csv)."),
     checkpoint: str = typer.Option("best", help="best or last."),
@@ -22,13 +22,14 @@ def pseudo_label(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Pseudo-label unlabelled images so a trainer can use them as a second source."""
-    from covseg.cli._batch import check_options, finish, progress_bar
+    from covseg.cli._batch import check_options, finish, progress_bar, say_models
     from covseg.engine.runtime import Runtime
     from covseg.inference.loading import load_predictors, text_resolver
     from covseg.inference.predictor import list_inputs
     from covseg.inference.pseudo import pseudo_label_files
 
     check_options(edge_width=(edge_width >= 1, f"{edge_width} must be at least 1"))
+    say_models(model, quiet)
     predictor = load_predictors(model, checkpoint, Runtime.create(device, distributed=False))
     files = [f for f in list_inputs(input) if not f.name.endswith((".nii", ".nii.gz"))]
     extra_for = text_resolver(predictor, text, text_file, missing_text)

@@ -164,6 +164,18 @@ def run_dirs_of(predictor: BasePredictor) -> list[Path]:
     return [Path(d) for d in dirs if d is not None]
 
 
+def model_label(predictor: BasePredictor) -> str:
+    """Which model(s) a predictor runs, as recorded in ``predictions.csv`` (``shipped model NAME`` or
+    ``run folder /absolute/path``; an ensemble's members joined by `` + ``)."""
+    from covseg import zoo
+
+    def one(folder: Path) -> str:
+        folder = folder.resolve()
+        return f"shipped model {folder.name}" if folder.parent == zoo.ZOO_DIR.resolve() else f"run folder {folder}"
+
+    return " + ".join(one(d) for d in run_dirs_of(predictor)) or type(predictor).__name__
+
+
 def output_paths(out_dir: Path, stem: str, volume: bool) -> dict[str, Path]:
     """Where one input's outputs go: ``masks/``, ``probs/``, ``overlays/`` (and a volume's lung mask,
     ``lungs/``) under ``out_dir``."""
@@ -243,6 +255,7 @@ def _predict_all(
     files, clashes = distinct_stems(files)
     if clashes and strict:
         raise DataError(clashes[0][1], clashes[0][0])
+    model = model_label(predictor)
 
     def work(path: Path) -> dict:
         runtime.reset_peak_memory()
@@ -254,6 +267,7 @@ def _predict_all(
         else:
             row = _predict_image(predictor, path, folder, tta_flip, post, overlays, extra, probs)
         row["peak_memory_mb"] = round(runtime.peak_memory_mb(), 1)
+        row["model"] = model
         return row
 
     report = for_each_file(runtime.shard(files), work, strict and not runtime.distributed, on_done)
@@ -385,7 +399,7 @@ def _write_index(out_dir: Path, report: BatchReport, earlier: EarlierIndex, file
     if not report.written and not report.failed:
         return
     rows, failed = earlier.merge(report, files)
-    keys = ["input", "mask", "prob", "foreground_fraction", "foreground_ml", "seconds", "cpu_seconds", "peak_memory_mb"]
+    keys = ["input", "mask", "prob", "foreground_fraction", "foreground_ml", "seconds", "cpu_seconds", "peak_memory_mb", "model"]
     lung_keys = [k for k in ("lung_ml", "infected_percent_of_lungs", "lung_mask") if any(k in row for row in rows)]
     keys[5:5] = lung_keys
     keys += list(dict.fromkeys(k for row in rows for k in row if k.startswith(("p_", "predicted_class"))))

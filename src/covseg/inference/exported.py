@@ -102,6 +102,9 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, checkpoint: s
     folder = OutputFolder(out_dir, "export", [run.path], owned=(*FILES.values(), CARD))
     folder.validate()
     path = run.resolve_checkpoint(checkpoint)
+    if path.exists() and not path.resolve().is_relative_to(run.path.resolve()):  # a path, or a link leaving the run
+        raise CovsegError(f"checkpoint {checkpoint!r} is {path.resolve()}, outside this run folder: its card and "
+                          "model.json would describe another run's weights (export that run instead)", run.path)  # fmt: skip
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path=path).eval()
     out = folder.prepare()

@@ -69,6 +69,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(_safe_globals()):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Unsupported operand" in str(exc) or "invalid load key" in str(exc):  # not a pickle at all: junk bytes
+            raise CovsegError("unreadable checkpoint (not a PyTorch checkpoint: damaged or another kind of file)", path) from None
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             raise CovsegError(
                 "checkpoint needs full unpickling, which could run code; covseg loads weights only "
@@ -114,8 +116,23 @@ def model_from_checkpoint(ckpt: dict[str, Any], key: str = "model", path: str | 
         if len(detail) > 200:  # a long list of missing keys: the first few are enough
             detail = detail[:200].rsplit(",", 1)[0] + ", …"
         raise CovsegError(f"checkpoint weights do not fit model {spec['name']!r} ({detail})", path) from None
+    _refuse_non_finite(state, path)
     model.eval()
     return model
+
+
+def _refuse_non_finite(state: dict[str, Any], path: str | Path | None) -> None:
+    """One line when weights hold NaN or infinity: such a model predicts NaN, i.e. empty masks
+    that would be reported as success."""
+    import torch
+
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()}
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        first = next(iter(bad))
+        more = f" and {len(bad) - 1} more tensor(s)" if len(bad) > 1 else ""
+        raise CovsegError(f"checkpoint weights hold {sum(bad.values())} NaN or infinite value(s) (in {first!r}{more}); "
+                          "the model would predict nothing", path)  # fmt: skip
 
 
 def _convert_trusted(path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from covseg.errors import CovsegError
-from covseg.utils.checks import ordered_window, positive_spacing, positive_stds
+from covseg.utils.checks import finite_means, ordered_window, positive_spacing, positive_stds
 
 DESCRIPTION_FORMAT = 2  # 1: the untyped model.json of covseg ≤ 0.1 (no "format" key)
 
@@ -34,6 +34,11 @@ class PreprocessingSpec(_Described):
     mean: list[float] = [0.5]
     std: list[float] = [0.25]
     window: tuple[float, float] | None = None
+
+    @field_validator("mean")
+    @classmethod
+    def _finite_mean(cls, v: list[float]) -> list[float]:
+        return finite_means(v)
 
     @field_validator("std")
     @classmethod
@@ -67,8 +72,8 @@ class VolumeSpec(_Described):
     spacing: tuple[float, float, float] | None = None
     window: tuple[float, float] | None = (-1250.0, 250.0)
     normalise: Literal["zscore", "percentile", "none"] = "zscore"
-    mean: float = 0.0
-    std: float = Field(1.0, gt=0)
+    mean: float = Field(0.0, allow_inf_nan=False)
+    std: float = Field(1.0, gt=0, allow_inf_nan=False)
     percentiles: tuple[float, float] = (0.5, 99.5)
     crop: Literal["body", "none"] = "body"
     crop_threshold: float = 0.5

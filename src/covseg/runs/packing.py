@@ -18,15 +18,30 @@ TEXT_PREFIX = "text_encoder."
 
 
 def resolve_run_dir(run_dir: str | Path) -> Path:
-    """A run folder path, or the folder of a shipped model named ``run_dir`` (``covid-ct-infection``)."""
+    """The folder of a shipped model named ``run_dir`` (``covid-ct-infection``), else the run folder path.
+
+    A shipped model's name wins over a local folder of the same name, so a folder that happens to
+    be called ``covid-ct-infection`` never silently replaces the shipped model: written as a path
+    (``./covid-ct-infection``, ``runs/x``, an absolute path) it is the folder. (A ``Path`` object
+    has lost a leading ``./``: the command line passes the text as typed.)"""
     from covseg import zoo
 
-    path = Path(run_dir)
-    if not path.exists():
-        shipped = zoo.resolve(str(run_dir))
-        if shipped is not None:
-            return shipped
-    return path
+    shipped = zoo.resolve(str(run_dir))
+    return shipped if shipped is not None else Path(run_dir)
+
+
+def describe_model(run_dir: str | Path) -> str:
+    """Which model ``run_dir`` (as given) runs, for the console and the outputs: ``shipped model NAME``
+    (saying when a local folder of that name is not used) or ``run folder /absolute/path``."""
+    from covseg import zoo
+
+    shipped = zoo.resolve(str(run_dir))
+    if shipped is None:
+        return f"run folder {Path(run_dir).resolve()}"
+    text = f"shipped model {shipped.name}"
+    if Path(str(run_dir)).exists():
+        text += f" (not the local folder of that name: give ./{run_dir} for it)"
+    return text
 
 
 def is_packed(folder: Path) -> bool:

@@ -10,7 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from covseg.errors import ConfigError
 from covseg.transforms.augment import AugmentConfig
-from covseg.utils.checks import ordered_window, positive_spacing, positive_stds
+from covseg.utils.checks import (
+    bounded_parallel,
+    finite_means,
+    ordered_window,
+    positive_spacing,
+    positive_stds,
+)
 from covseg.utils.safe_yaml import YamlRefused, parse_yaml
 
 
@@ -143,6 +149,11 @@ class PreprocessConfig(_Strict):
             raise ValueError(f"size must be positive, got {list(v)}")
         return v
 
+    @field_validator("mean")
+    @classmethod
+    def _finite_mean(cls, v: list[float]) -> list[float]:
+        return finite_means(v)
+
     @field_validator("std")
     @classmethod
     def _positive_std(cls, v: list[float]) -> list[float]:
@@ -201,6 +212,11 @@ class RuntimeConfig(_Strict):
         "the run does not depend on this number."
     )
     pin_memory: bool = Field(True, description="Pinned host memory for batches going to a CUDA device.")
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int) -> int:
+        return bounded_parallel(v, "workers")
 
 
 class InfererConfig(_Strict):
@@ -265,6 +281,11 @@ class TrainSettings(_Strict):
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="Average the weights over steps (EMA, this decay per step); validation and checkpoints use the average."
     )
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v: int | None) -> int | None:
+        return bounded_parallel(v, "threads")
 
     @field_validator("monitor")
     @classmethod

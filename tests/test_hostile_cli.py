@@ -294,3 +294,73 @@ def test_a_nan_mean_or_infinite_std_in_model_json_is_refused(base, tmp_path, cap
     error = one_error(lines)
     assert "model.json" in error and pattern in error
     assert not (tmp_path / "out" / "masks").exists()
+
+
+# -- the issue's "smaller ones": each refused in one line, naming the file or option -----------------------
+def test_stack_with_a_negative_slice_number_is_refused(tmp_path, capsys):
+    """``vol_-1.png`` was skipped silently and the volume stacked without it."""
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "slices").mkdir()
+    for k in (-1, 0, 1):
+        Image.fromarray(np.full((16, 16), 50 + k, np.uint8)).save(tmp_path / "slices" / f"vol_{k}.png")
+    code, lines = run_cli(capsys, "data", "convert", tmp_path / "slices", tmp_path / "out", "--stack")
+    assert code == 2 and "slice number -1 is negative" in lines[-1] and "vol_-1.png" in lines[-1]
+    assert not (tmp_path / "out" / "images" / "vol.nii.gz").exists()
+
+
+def test_pseudo_label_lists_a_nifti_input_as_failed(base, tmp_path, capsys):
+    """A volume was dropped silently ("0 pseudo-labelled", exit 0)."""
+    import nibabel as nib
+    import numpy as np
+
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 4), np.int16), np.eye(4)), tmp_path / "in" / "a.nii.gz")
+    code, lines = run_cli(capsys, "pseudo-label", "--model", base["run"], "-i", tmp_path / "in", "-o", tmp_path / "pl")
+    assert code == 1 and any("a.nii.gz" in line and "takes no volumes" in line for line in lines)
+
+
+def test_make_captions_refuses_a_grey_level_mask(tmp_path, capsys):
+    """Anti-aliased grey levels were read as infection (``> 0``) and captioned."""
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "masks").mkdir()
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:30, 10:30], mask[40:50, 40:50] = 128, 255
+    Image.fromarray(mask).save(tmp_path / "masks" / "g.png")
+    code, lines = run_cli(capsys, "text", "make-captions", "--masks", tmp_path / "masks", "--out", tmp_path / "c.csv")
+    assert code == 2 and "grey levels" in lines[-1] and "g.png" in lines[-1]
+    assert not (tmp_path / "c.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["demo", "--epochs", "0"], "--epochs: 0 must be at least 1"),
+        (["demo", "--size", "0"], "--size: 0 must lie in 32..1024"),
+        (["explain", "-m", "RUN", "-i", "IN", "-o", "OUT", "--tolerance", "nan"], "--tolerance: nan must be non-negative"),
+        (["evaluate", "--pred", "IN", "--gt", "IN", "--pointing-tolerance", "nan"], "--pointing-tolerance: nan must be non-negative"),
+    ],
+    ids=["demo-epochs-0", "demo-size-0", "explain-tolerance-nan", "evaluate-pointing-nan"],
+)
+def test_impossible_option_values_are_refused(base, tmp_path, capsys, args, problem):
+    """``demo --epochs 0`` fell back to the default, a NaN tolerance scored nothing as a hit."""
+    (tmp_path / "in").mkdir()
+    subst = {"RUN": base["run"], "IN": tmp_path / "in", "OUT": tmp_path / "out"}
+    code, lines = run_cli(capsys, *(subst.get(a, a) for a in args))
+    assert code == 2 and problem in lines[-1]
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["augment.scale=[0,0]", "augment.scale=[1.2,0.8]", "augment.hflip=2", "augment.rotate_deg=nan"],
+)
+def test_impossible_augmentation_is_refused_when_the_config_is_read(base, override):
+    """``augment.scale=[0,0]`` divided the sampling grid by zero: NaN images were trained on silently."""
+    from covseg.errors import ConfigError
+    from covseg.training.config import load_config
+
+    with pytest.raises(ConfigError, match=r"augment\."):
+        load_config(base["cfg"], [override])

@@ -16,7 +16,8 @@ from PIL import Image
 from covseg import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+# building and installing a wheel with all its dependencies takes minutes on a busy 2-core machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")

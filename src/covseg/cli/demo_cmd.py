@@ -33,6 +33,11 @@ def demo(
         check_options(cases=(cases >= 1, f"{cases} must be at least 1"))
         run_pretrained_demo(output=output, model=model, cases=cases, quiet=quiet)
         return
+    from covseg.cli._batch import check_options
     from covseg.demo import run_demo
 
+    check_options(
+        epochs=(epochs is None or epochs >= 1, f"{epochs} must be at least 1"),
+        size=(size is None or 32 <= size <= 1024, f"{size} must lie in 32..1024"),
+    )
     run_demo(output=output, data=data, epochs=epochs, size=size, seed=seed, quiet=quiet)

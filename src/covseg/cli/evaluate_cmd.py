@@ -168,6 +168,8 @@ def evaluate(
         raise ConfigError(f"--threshold: {threshold} must lie in [0, 1]")
     if not tolerance >= 0:
         raise ConfigError(f"--tolerance: {tolerance} must be non-negative")
+    if not pointing_tolerance >= 0:
+        raise ConfigError(f"--pointing-tolerance: {pointing_tolerance} must be non-negative")
     if num_classes < 1:
         raise ConfigError(f"--num-classes: {num_classes} must be at least 1")
     if show < 0:

@@ -27,7 +27,7 @@ def explain(
     from covseg.errors import ConfigError
     from covseg.inference.predictor import list_inputs
 
-    if tolerance < 0:
+    if not tolerance >= 0:  # NaN too
         raise ConfigError(f"--tolerance: {tolerance} must be non-negative")
     say_models(model, quiet)
     total = len(list_inputs(input))

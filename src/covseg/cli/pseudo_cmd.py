@@ -31,7 +31,7 @@ def pseudo_label(
     check_options(edge_width=(edge_width >= 1, f"{edge_width} must be at least 1"))
     say_models(model, quiet)
     predictor = load_predictors(model, checkpoint, Runtime.create(device, distributed=False))
-    files = [f for f in list_inputs(input) if not f.name.endswith((".nii", ".nii.gz"))]
+    files = list_inputs(input)  # volumes are listed as failed, not skipped silently
     extra_for = text_resolver(predictor, text, text_file, missing_text)
     with progress_bar("pseudo-labelling", len(files), quiet) as advance:
         report = pseudo_label_files(

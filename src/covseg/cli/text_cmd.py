@@ -55,7 +55,8 @@ def make_captions(
                 failed.append((path, str(exc)))
             advance()
     if not rows:
-        raise CovsegError("no mask could be captioned", masks)
+        why = f" ({failed[0][1]}{f'; and {len(failed) - 1} more' if len(failed) > 1 else ''})" if failed else ""
+        raise CovsegError(f"no mask could be captioned{why}", masks)
     write_text(out, captions_csv(rows))
     if prompts is not None:
         write_json(prompts, prompts_json(rows))

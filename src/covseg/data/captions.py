@@ -282,10 +282,11 @@ def caption_for_file(mask_path: Any, lungs_dir: Any = None, human: Any = None, *
     from pathlib import Path
 
     from covseg.data.imageio import read_mask
+    from covseg.data.loading import read_label_mask
     from covseg.errors import DataError
 
     mask_path = Path(mask_path)
-    mask = read_mask(mask_path)
+    mask = read_label_mask(mask_path)  # grey-level masks are refused: "> 0" would caption their anti-aliasing
     if mask.ndim != 2:
         raise DataError(f"make-captions takes 2D masks, this one has shape {mask.shape}", mask_path)
     lungs = None

@@ -89,6 +89,11 @@ def _clean_mask(path: Path) -> np.ndarray:
     return info.labels
 
 
+def read_label_mask(path: str | Path) -> np.ndarray:
+    """A mask file as labels, refused in one line when it holds grey levels or colours (as ``data check`` flags)."""
+    return _clean_mask(Path(path))
+
+
 def _fmt(shape: tuple[int, ...]) -> str:
     return "×".join(str(s) for s in shape)
 

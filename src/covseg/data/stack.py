@@ -26,7 +26,7 @@ from covseg.data.imageio import IMAGE_SUFFIXES, read_image, read_mask, stem_of, 
 from covseg.data.intensity import DISPLAY, nifti_marker
 from covseg.errors import DataError
 
-SLICE_NAME = re.compile(r"^(?P<name>.+)_(?P<k>\d+)$")
+SLICE_NAME = re.compile(r"^(?P<name>.+)_(?P<k>-?\d+)$")
 DEFAULT_SPACING = (1.0, 1.0, 1.0)
 
 
@@ -105,6 +105,8 @@ def find_stacks(folder: str | Path, spacing: tuple[float, float, float] = DEFAUL
     for name in sorted(groups):
         items = sorted(groups[name])
         numbers = [k for k, _ in items]
+        if numbers[0] < 0:
+            raise DataError(f"volume {name}: slice number {numbers[0]} is negative (slices are numbered from 0 or 1)", items[0][1])
         if len(set(numbers)) != len(numbers):
             raise DataError(f"volume {name}: two slices share a number", folder)
         gap = next((a + 1 for a, b in itertools.pairwise(numbers) if b != a + 1), None)

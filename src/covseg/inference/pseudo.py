@@ -83,7 +83,7 @@ def _pseudo_label_all(
     predictor: BasePredictor, files: list[Path], folder: OutputFolder, earlier: EarlierIndex, tta_flip: bool,
     edge_width: int, strict: bool, on_done: Callable[[], None] | None, extra_for: Callable[[Path], dict] | None,
 ) -> BatchReport:
-    from covseg.data.imageio import read_image, stem_of, write_mask
+    from covseg.data.imageio import is_volume, read_image, stem_of, write_mask
     from covseg.transforms.edges import mask_to_edge
 
     out_dir = folder.path
@@ -93,6 +93,9 @@ def _pseudo_label_all(
         raise DataError(clashes[0][1], clashes[0][0])
 
     def work(path: Path) -> dict:
+        if is_volume(path):
+            raise DataError("pseudo-label writes 2D image/mask pairs and takes no volumes; cut it into slices first "
+                            "(covseg data convert VOLUME DIR --to folder)", path)
         extra = extra_for(path) if extra_for else {}
         stem = stem_of(path)
         targets = [folder.check(t) for t in (out_dir / "images" / path.name, out_dir / "masks" / f"{stem}.png", out_dir / "edges" / f"{stem}.png")]

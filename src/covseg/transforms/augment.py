@@ -12,7 +12,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import ConfigDict
+from pydantic import ConfigDict, field_validator
 from pydantic.dataclasses import dataclass
 
 
@@ -35,6 +35,28 @@ class AugmentConfig:
     #: the last is the in-plane rotation of axial slices)
     flip3d: tuple[float, float, float] = (0.5, 0.5, 0.5)
     rotate3d_deg: tuple[float, float, float] = (5.0, 5.0, 15.0)
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        """A zero or negative factor divides the sampling grid by zero (NaN images trained on silently)."""
+        if not (0 < v[0] <= v[1] < math.inf):
+            raise ValueError(f"scale {list(v)} must be a range 0 < low <= high, e.g. [0.85, 1.15]")
+        return v
+
+    @field_validator("hflip", "vflip", "p_spatial")
+    @classmethod
+    def _probability(cls, v: float) -> float:
+        if not 0 <= v <= 1:
+            raise ValueError(f"{v} is a probability: it must lie in [0, 1]")
+        return v
+
+    @field_validator("rotate_deg", "brightness", "contrast", "gamma", "noise_std", "elastic")
+    @classmethod
+    def _finite_non_negative(cls, v: float) -> float:
+        if not 0 <= v < math.inf:
+            raise ValueError(f"{v} must be a finite number >= 0")
+        return v
 
 
 def _uniform(gen: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:

@@ -227,3 +227,31 @@ def test_pretrained_demo_scores_real_held_out_slices(real_data, tmp_path):
     assert out["summaries"]["medical"]["metrics"]["dice"]["mean"] > CT_FLOOR
     assert (tmp_path / "demo" / "report.html").is_file()
     assert json.loads(json.dumps(out["timings"]))["total_s"] > 0
+
+
+def test_a_shipped_model_exports_by_name_and_the_onnx_engine_agrees(tmp_path):
+    """``covseg export --model covid-ct-infection`` failed ("run folder not found"; given the zoo folder:
+    "checkpoints/last.pt: checkpoint not found"). It now exports the packed weights, and ``predict
+    --engine onnx`` on the export gives the shipped model's masks (issue 28)."""
+    from covseg.cli.main import app
+
+    name = "covid-ct-infection"
+    if zoo.resolve(name) is None:
+        pytest.skip(f"{name} is not shipped in this installation")
+    result = CliRunner().invoke(app, ["export", "--model", name, "--format", "onnx", "--output", str(tmp_path / "exp")])
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "exp" / "model_card.json").read_text())
+    assert card["source"]["checkpoint"] == "packed" and card["source"]["run"].endswith(name)
+    yy, xx = np.mgrid[:96, :80]
+    image = np.where((yy - 48) ** 2 / 40**2 + (xx - 40) ** 2 / 34**2 < 1, 60, 200).astype(np.uint8)
+    image[40:56, 20:36] = 150  # a dense patch inside the "lung"
+    write_image(tmp_path / "in" / "slice.png", image)
+    for engine, model, out in (("torch", name, "pt"), ("onnx", str(tmp_path / "exp"), "ox")):
+        result = CliRunner().invoke(
+            app, ["predict", "--engine", engine, "--model", model, "-i", str(tmp_path / "in"), "-o", str(tmp_path / out)]
+        )
+        assert result.exit_code == 0, result.output
+    probs_pt = read_image(tmp_path / "pt" / "probs" / "slice.png").astype(int)
+    probs_ox = read_image(tmp_path / "ox" / "probs" / "slice.png").astype(int)
+    assert np.abs(probs_pt - probs_ox).max() <= 1  # 8-bit soft maps, one grey level of rounding
+    assert (read_mask(tmp_path / "pt" / "masks" / "slice.png") == read_mask(tmp_path / "ox" / "masks" / "slice.png")).mean() > 0.999

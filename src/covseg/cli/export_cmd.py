@@ -8,7 +8,7 @@ import typer
 
 
 def export(
-    model: Path = typer.Option(..., "--model", "-m", metavar="RUN_DIR", help="Run folder written by covseg train."),
+    model: Path = typer.Option(..., "--model", "-m", metavar="RUN_DIR|NAME", help="Run folder written by covseg train, or a shipped model's name (covseg models --pretrained)."),
     format: str = typer.Option("onnx", "--format", "-f", help="onnx or torchscript."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the model file and model_card.json."),
     checkpoint: str = typer.Option("best", help="best or last."),

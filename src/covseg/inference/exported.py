@@ -87,11 +87,12 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, checkpoint: s
     from covseg.models.export import export_onnx
     from covseg.runs.checkpoint import load_checkpoint, model_from_checkpoint
     from covseg.runs.folder import RunFolder
+    from covseg.runs.packing import WEIGHTS, is_packed, load_packed, resolve_run_dir
     from covseg.utils.atomic import write_json, write_with
 
     if fmt not in FILES:
         raise CovsegError(f"--format must be onnx or torchscript, got {fmt!r}")
-    run = RunFolder(run_dir)
+    run = RunFolder(resolve_run_dir(run_dir))  # a shipped model's name, or a run or packed folder
     description = run.description()
     if description.text is not None:
         raise CovsegError("export: text-guided runs read a caption beside the image; export covers image-only models", run.path)
@@ -101,11 +102,15 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, checkpoint: s
         raise CovsegError("export: a coarse-to-fine run needs its coarse run too; export the coarse and fine runs separately", run.path)
     folder = OutputFolder(out_dir, "export", [run.path], owned=(*FILES.values(), CARD))
     folder.validate()
-    path = run.resolve_checkpoint(checkpoint)
-    if path.exists() and not path.resolve().is_relative_to(run.path.resolve()):  # a path, or a link leaving the run
-        raise CovsegError(f"checkpoint {checkpoint!r} is {path.resolve()}, outside this run folder: its card and "
-                          "model.json would describe another run's weights (export that run instead)", run.path)  # fmt: skip
-    ckpt = load_checkpoint(path)
+    if is_packed(run.path):  # a shipped (zoo) model: its fp16 weights, read back as float32
+        path, checkpoint = run.path / WEIGHTS, "packed"
+        ckpt = load_packed(run.path, description)
+    else:
+        path = run.resolve_checkpoint(checkpoint)
+        if path.exists() and not path.resolve().is_relative_to(run.path.resolve()):  # a path, or a link leaving the run
+            raise CovsegError(f"checkpoint {checkpoint!r} is {path.resolve()}, outside this run folder: its card and "
+                              "model.json would describe another run's weights (export that run instead)", run.path)  # fmt: skip
+        ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path=path).eval()
     out = folder.prepare()
     target = out / FILES[fmt]

@@ -1,5 +1,5 @@
 """``predict --statistics`` (issue 28): per case and class volume / area, HU inside, lung shares and
-components, in ``statistics/<stem>.json``, ``statistics.csv`` and the API's rows, all from
+components, in ``statistics/<stem>.json``, ``statistics.csv``, the API's rows and the app, all from
 :func:`covseg.inference.statistics.case_statistics`.
 
 The synthetic chest and the hand-set marker model come from ``tests/test_lungs_only.py``: the model
@@ -142,3 +142,22 @@ def test_cli_statistics_writes_json_table_and_preview_and_lists_a_bad_case(run, 
     assert again.exit_code == 0, again.output
     assert {row["case"] for row in read_csv(out / "statistics.csv")} == {"chest", "slice"}  # the earlier case's rows stay
 
+
+def test_app_shows_the_same_statistics_as_predict(run, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from covseg.app import create_app
+
+    src = tmp_path / "in"
+    write_volume(src / "chest.nii.gz", chest(), AFFINE, dtype="int16")
+    predict(run, src, tmp_path / "out", overlays=False, device="cpu", statistics=True)
+    written = json.loads((tmp_path / "out" / "statistics" / "chest.json").read_text())
+    client = TestClient(create_app([run]), base_url="http://127.0.0.1:8765")
+    resp = client.post("/api/segment", files={"file": ("chest.nii.gz", (src / "chest.nii.gz").read_bytes())}, data={"model": f"run0:{run.name}"})
+    assert resp.status_code == 200, resp.text
+    shown = resp.json()["statistics"]
+    assert shown["classes"] == written["classes"] and shown["lungs_ml"] == written["lungs_ml"]
+    assert shown["classes"]["infection"]["voxels"] == 2487 and shown["classes"]["infection"]["lung_percent"]["right"] == 0.0
+    with_lungs = client.post("/api/segment", files={"file": ("chest.nii.gz", (src / "chest.nii.gz").read_bytes())},
+                             data={"model": f"run0:{run.name}", "lungs_only": "true"}).json()  # fmt: skip
+    assert with_lungs["statistics"]["classes"]["infection"]["voxels"] == 27 == with_lungs["infected_voxels"]

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from covseg.api import predict
 from covseg.cli.main import app
 from covseg.data.imageio import write_image, write_volume
-from covseg.inference.statistics import case_statistics, count_components, split_lungs
+from covseg.inference.statistics import case_statistics, class_names_for, count_components, split_lungs
 from covseg.transforms.lungmask import lung_mask
 from covseg.utils.outputs import read_csv
 from covseg.viz.overlay import PRED_COLOUR
@@ -82,6 +82,11 @@ def test_lungs_are_split_by_the_patients_side_whatever_the_voxel_order():
     one[2:8] = True  # touching lungs: split at the centroid (x 4.5)
     left, right = split_lungs(one, np.eye(4))
     assert (left.sum(), right.sum()) == (48, 48) and right[5:8].all()
+
+
+def test_class_names_follow_the_models_outputs():
+    assert class_names_for(1) == class_names_for(2) == {1: "infection"}  # sigmoid, or a two-class softmax
+    assert class_names_for(3) == {1: "ground_glass_opacity", 2: "consolidation"} and class_names_for(4)[3] == "class3"
 
 
 def test_components_count_diagonal_neighbours():
@@ -152,6 +157,7 @@ def test_app_shows_the_same_statistics_as_predict(run, tmp_path):
     write_volume(src / "chest.nii.gz", chest(), AFFINE, dtype="int16")
     predict(run, src, tmp_path / "out", overlays=False, device="cpu", statistics=True)
     written = json.loads((tmp_path / "out" / "statistics" / "chest.json").read_text())
+    assert not (tmp_path / "out" / "previews").exists()  # pictures off (--no-overlays): no preview either
     client = TestClient(create_app([run]), base_url="http://127.0.0.1:8765")
     resp = client.post("/api/segment", files={"file": ("chest.nii.gz", (src / "chest.nii.gz").read_bytes())}, data={"model": f"run0:{run.name}"})
     assert resp.status_code == 200, resp.text
@@ -161,3 +167,21 @@ def test_app_shows_the_same_statistics_as_predict(run, tmp_path):
     with_lungs = client.post("/api/segment", files={"file": ("chest.nii.gz", (src / "chest.nii.gz").read_bytes())},
                              data={"model": f"run0:{run.name}", "lungs_only": "true"}).json()  # fmt: skip
     assert with_lungs["statistics"]["classes"]["infection"]["voxels"] == 27 == with_lungs["infected_voxels"]
+
+
+def test_real_ct_left_and_right_lung_match_totalsegmentators_lobes(real_data):
+    """On the real CT, TotalSegmentator's left lobes (labels 10, 11) fill the left lung and none of the
+    right, and its right lobes (12–14) the reverse: the side split follows the patient, not the array."""
+    from covseg.data.imageio import read_volume
+
+    folder = real_data / "ct3d_totalseg_example"
+    volume, _, affine = read_volume(folder / "images" / "example_ct_sm.nii.gz")
+    reference = read_volume(folder / "masks" / "example_ct_sm.nii.gz")[0]
+    labels = np.zeros(reference.shape, dtype=np.uint8)
+    labels[np.isin(reference, [10, 11])], labels[np.isin(reference, [12, 13, 14])] = 1, 2
+    stats = case_statistics(labels, affine=affine, intensities=volume, space="hu", num_classes=3)
+    left_lobes, right_lobes = stats["classes"]["ground_glass_opacity"], stats["classes"]["consolidation"]
+    assert left_lobes["lung_percent"]["left"] > 95 and left_lobes["lung_percent"]["right"] == 0.0
+    assert right_lobes["lung_percent"]["right"] > 95 and right_lobes["lung_percent"]["left"] == 0.0
+    assert left_lobes["size"] == pytest.approx(int((labels == 1).sum()) * 0.027)  # 3 mm voxels
+    assert -900 < right_lobes["hu"]["p50"] < -700  # aerated lung

@@ -27,7 +27,7 @@ from covseg.transforms.volume import voxel_volume_ml
 #: percentiles of HU reported inside each class
 HU_PERCENTILES = (5, 50, 95)
 #: class names of the label values of a model with ``num_classes`` outputs (binary: one output)
-DEFAULT_CLASS_NAMES = {1: {1: "infection"}, 3: {1: "ground_glass_opacity", 2: "consolidation"}}
+DEFAULT_CLASS_NAMES = {1: {1: "infection"}, 2: {1: "infection"}, 3: {1: "ground_glass_opacity", 2: "consolidation"}}
 #: columns of the batch table ``statistics.csv``: one row per case and class
 TABLE_COLUMNS = [
     "case", "input", "class", "label", "unit", "size", "voxels", "components",
@@ -36,7 +36,7 @@ TABLE_COLUMNS = [
 
 
 def class_names_for(num_classes: int) -> dict[int, str]:
-    """Label value → class name: ``infection`` for a binary model, ground-glass opacity and consolidation
+    """Label value → class name: ``infection`` for a binary model (one output, or two with softmax), ground-glass opacity and consolidation
     for Inf-Net's three classes, ``class<k>`` otherwise."""
     if num_classes in DEFAULT_CLASS_NAMES:
         return dict(DEFAULT_CLASS_NAMES[num_classes])

@@ -113,6 +113,23 @@ def test_2d_image_area_in_mm2_with_a_spacing_and_pixels_without(run, tmp_path):
     assert not (tmp_path / "out" / "previews").exists()  # a preview per volume only
 
 
+def test_a_bad_pixel_spacing_is_a_listed_one_line_failure(run, tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+
+    for name, text in (("nan.png", "nan,1"), ("zero.png", "0,0.5"), ("negative.png", "-1,1")):
+        info = PngInfo()
+        info.add_text("covseg:spacing", text)
+        (tmp_path / "in").mkdir(exist_ok=True)
+        Image.fromarray(np.full((48, 48), 255, dtype=np.uint8)).save(tmp_path / "in" / name, pnginfo=info)
+    write_image(tmp_path / "in" / "good.png", np.full((48, 48), 255, dtype=np.uint8), spacing=(1.0, 2.0))
+    report = predict(run, tmp_path / "in", tmp_path / "out", overlays=False, device="cpu", statistics=True)
+    assert [Path(r["input"]).name for r in report.written] == ["good.png"]
+    assert report.written[0]["statistics"]["classes"]["infection"]["size"] == 48 * 48 * 2.0
+    assert sorted(Path(p).name for p, _ in report.failed) == ["nan.png", "negative.png", "zero.png"]
+    assert all("pixel spacing" in m and "not positive" in m and "\n" not in m for _, m in report.failed)
+    assert "NaN" not in (tmp_path / "out" / "statistics.csv").read_text()
+
+
 def test_cli_statistics_writes_json_table_and_preview_and_lists_a_bad_case(run, tmp_path):
     src = tmp_path / "in"
     write_volume(src / "chest.nii.gz", chest(), AFFINE, dtype="int16")
@@ -168,6 +185,22 @@ def test_app_shows_the_same_statistics_as_predict(run, tmp_path):
                              data={"model": f"run0:{run.name}", "lungs_only": "true"}).json()  # fmt: skip
     assert with_lungs["statistics"]["classes"]["infection"]["voxels"] == 27 == with_lungs["infected_voxels"]
 
+    bad = tmp_path / "bad.png"
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("covseg:spacing", "nan,1")
+    Image.fromarray(np.full((48, 48), 255, dtype=np.uint8)).save(bad, pnginfo=info)
+    refused = client.post("/api/segment", files={"file": ("scan<1>.png", bad.read_bytes())}, data={"model": f"run0:{run.name}"})
+    assert refused.status_code == 400 and refused.json()["error"].startswith("scan<1>.png: pixel spacing (nan, 1.0)")
+    image = client.post("/api/segment", files={"file": ("slice.png", _spaced_png(tmp_path))}, data={"model": f"run0:{run.name}"}).json()
+    assert image["statistics"]["unit"] == "mm2" and image["statistics"]["classes"]["infection"]["size"] == pytest.approx(8.0)
+
+
+def _spaced_png(folder: Path) -> bytes:
+    image = np.zeros((48, 48), dtype=np.uint8)
+    image[5:9, 5:10] = 255  # 20 pixels of 0.5 × 0.8 mm
+    return write_image(folder / "spaced_upload.png", image, spacing=(0.5, 0.8)).read_bytes()
 
 def test_real_ct_left_and_right_lung_match_totalsegmentators_lobes(real_data):
     """On the real CT, TotalSegmentator's left lobes (labels 10, 11) fill the left lung and none of the

@@ -235,12 +235,11 @@ def segment_upload(predictor: Any, path: Path, filename: str, folder: Path, text
     if pred.labels.ndim == 2:
         from covseg.data.imageio import read_spacing_2d
 
-        try:
-            spacing = read_spacing_2d(path)
+        try:  # the file's pixel spacing is untrusted: one line naming the upload
+            summary["statistics"] = case_statistics(pred.labels, pixel_spacing=read_spacing_2d(path), space=space,
+                                                    intensities=image if image.ndim == 2 else None, num_classes=predictor.num_classes)  # fmt: skip
         except CovsegError as exc:
             raise CovsegError(exc.problem, name) from None
-        summary["statistics"] = case_statistics(pred.labels, pixel_spacing=spacing, intensities=image if image.ndim == 2 else None,
-                                                space=space, num_classes=predictor.num_classes)  # fmt: skip
     if pred.labels.ndim == 2 and predictor.num_classes > 1:
         summary["pixels_per_class"] = {str(c): int((pred.labels == c).sum()) for c in range(1, predictor.num_classes)}
     if pred.class_probs is not None:

@@ -349,8 +349,11 @@ def _predict_image(
         from covseg.data.imageio import read_spacing_2d
         from covseg.inference.statistics import case_statistics
 
-        stats = case_statistics(pred.labels, pixel_spacing=read_spacing_2d(path), intensities=image if image.ndim == 2 else None,
-                                space=space_of(path, image), num_classes=predictor.num_classes)  # fmt: skip
+        try:
+            stats = case_statistics(pred.labels, pixel_spacing=read_spacing_2d(path), intensities=image if image.ndim == 2 else None,
+                                    space=space_of(path, image), num_classes=predictor.num_classes)  # fmt: skip
+        except DataError as exc:
+            raise exc if exc.path else DataError(exc.problem, path) from None
         _write_case_statistics(row, paths, stats)
     return row
 

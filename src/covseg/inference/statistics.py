@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from covseg.errors import DataError
 from covseg.transforms.volume import voxel_volume_ml
 
 #: percentiles of HU reported inside each class
@@ -109,7 +110,8 @@ def case_statistics(
     ``intensities`` (the input, same shape) in ``space`` ``"hu"`` add the HU inside each class and,
     for a volume, the lung shares (``lungs``: a lung mask already computed, else
     :func:`~covseg.transforms.lungmask.lung_mask` of the input). A multi-class model's classes are
-    followed by ``infection``, every label above 0.
+    followed by ``infection``, every label above 0. A pixel spacing that is not a positive number
+    (an untrusted file's text chunk) is a :class:`~covseg.errors.DataError`, not a NaN area.
     """
     labels = np.asarray(labels)
     volume = labels.ndim == 3
@@ -118,6 +120,8 @@ def case_statistics(
             raise ValueError("a volume's statistics need its affine")
         unit, per_voxel = "ml", voxel_volume_ml(affine)
     elif pixel_spacing is not None:
+        if not all(np.isfinite(v) and v > 0 for v in map(float, pixel_spacing)):
+            raise DataError(f"pixel spacing {tuple(map(float, pixel_spacing))} stated in the file is not positive: areas in mm² would be wrong")
         unit, per_voxel = "mm2", float(pixel_spacing[0]) * float(pixel_spacing[1])
     else:
         unit, per_voxel = "pixels", 1.0

@@ -118,6 +118,7 @@ def predict(
     lungs_only: bool = False,
     lung_margin_mm: float | None = None,
     save_lung_mask: bool = False,
+    statistics: bool = False,
 ):
     """Segment a file or folder with one run folder, or several averaged; returns the batch report.
 
@@ -133,6 +134,11 @@ def predict(
     are refused (a folder of them: each listed as failed), and so is a volume without lungs. Folders
     of slices ``NAME_<k>`` are then stacked into volumes for 2D runs too.
 
+    ``statistics`` writes each case's numbers (:func:`covseg.inference.statistics.case_statistics`:
+    per class the volume in ml or area, HU inside it, share of each lung, components) into
+    ``statistics/<stem>.json``, the row's ``statistics`` and the batch's ``statistics.csv``, and (unless
+    ``overlays`` is off) a volume's three-view picture into ``previews/<stem>.png``.
+
     ``engine``: ``torch`` (run folders), or ``onnx`` / ``torchscript`` (a folder written by
     ``covseg export``). Under ``torchrun`` each process predicts its share of the files and the
     main process writes ``predictions.csv`` (every output is written once).
@@ -144,6 +150,7 @@ def predict(
     from covseg.inference.postprocess import LUNG_MARGIN_MM
     from covseg.inference.predictor import PostprocessOptions, list_inputs
     from covseg.viz.callbacks import prediction_overlay
+    from covseg.viz.preview import three_view_preview
 
     run_dirs = [models] if isinstance(models, (str, Path)) else list(models)
     runtime = Runtime.create(device, amp)
@@ -184,6 +191,8 @@ def predict(
         runtime=runtime,
         probs=probs,
         save_lung_mask=save_lung_mask,
+        statistics=statistics,
+        preview=three_view_preview if statistics and overlays else None,
     )
     runtime.close()  # under torchrun: end the process group before exit (gloo threads left alive can abort it)
     return report

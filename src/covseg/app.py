@@ -4,7 +4,7 @@ Open a PNG/JPEG/TIFF/DICOM image or a NIfTI volume (and a caption for text-guide
 pick a shipped model (``covseg models --pretrained``) or a run folder given on the command line,
 and see the prediction drawn over the image (a slice slider for volumes), the infected area or
 volume (with "lungs only", CT volumes: predictions outside the lungs dropped, and the share of the
-lungs infected), the Grad-CAM map of joint models, and download the mask. It runs on this machine and makes
+lungs infected), the per-class statistics of ``covseg predict --statistics`` (same function), the Grad-CAM map of joint models, and download the mask. It runs on this machine and makes
 no external calls: the page has no CDN assets, every user-supplied text reaches it as JSON and is
 shown with ``textContent``, never as HTML.
 
@@ -176,6 +176,7 @@ def segment_upload(predictor: Any, path: Path, filename: str, folder: Path, text
     margin, as ``covseg predict --lungs-only``, and adds the lung volume to the summary."""
     from covseg.data.imageio import read_image, read_volume, write_mask, write_volume
     from covseg.inference.postprocess import LUNGS_NEED_VOLUME
+    from covseg.inference.statistics import case_statistics
 
     suffix = _suffix(filename)
     extra: dict[str, Any] = {}
@@ -196,6 +197,8 @@ def segment_upload(predictor: Any, path: Path, filename: str, folder: Path, text
             space = space_of(path, volume)
             post = PostprocessOptions(lungs_only=True) if lungs_only else None
             pred = predictor.predict_volume(volume, affine, post=post, space=space, **extra)
+            statistics = case_statistics(pred.labels, affine=affine, intensities=volume, space=space,
+                                         num_classes=predictor.num_classes, lungs=pred.meta.get("lung_mask"))  # fmt: skip
             slices = to_unit(volume_to_slices(volume, affine), space) * 255.0
             del volume
             label_slices = volume_to_slices(pred.labels, affine)
@@ -207,6 +210,7 @@ def segment_upload(predictor: Any, path: Path, filename: str, folder: Path, text
                 "infected_ml": round(voxels * voxel_ml, 3),
                 "infected_fraction": round(float((pred.labels > 0).mean()), 5),
                 "start_slice": int(np.argmax(per_slice)) if voxels else len(slices) // 2,
+                "statistics": statistics,
             }  # fmt: skip
             if "lung_mask" in pred.meta:
                 lung_ml = float(pred.meta["lung_mask"].sum()) * voxel_ml
@@ -228,6 +232,14 @@ def segment_upload(predictor: Any, path: Path, filename: str, folder: Path, text
     pixels = int((pred.labels > 0).sum())
     summary = {"kind": "image", "slices": 1, "infected_pixels": pixels,
                "infected_fraction": round(float((pred.labels > 0).mean()), 5), "start_slice": 0}  # fmt: skip
+    if pred.labels.ndim == 2:
+        from covseg.data.imageio import read_spacing_2d
+
+        try:  # the file's pixel spacing is untrusted: one line naming the upload
+            summary["statistics"] = case_statistics(pred.labels, pixel_spacing=read_spacing_2d(path), space=space,
+                                                    intensities=image if image.ndim == 2 else None, num_classes=predictor.num_classes)  # fmt: skip
+        except CovsegError as exc:
+            raise CovsegError(exc.problem, name) from None
     if pred.labels.ndim == 2 and predictor.num_classes > 1:
         summary["pixels_per_class"] = {str(c): int((pred.labels == c).sum()) for c in range(1, predictor.num_classes)}
     if pred.class_probs is not None:

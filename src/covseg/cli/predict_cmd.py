@@ -53,7 +53,8 @@ def predict(
     text_file: Path = typer.Option(None, "--text-file", help="Per-image text: CSV/xlsx/JSON mapping image → text."),
     missing_text: str = typer.Option("error", "--missing-text", help="error or image-only, for inputs without text."),
     prompt_type: str = typer.Option(None, "--prompt-type", help="Prompt type (P0..Pn) to take from a CRIS-style --text-file."),
-    no_overlays: bool = typer.Option(False, "--no-overlays", help="Skip overlay PNGs."),
+    no_overlays: bool = typer.Option(False, "--no-overlays", help="Skip overlay PNGs (and --statistics' previews)."),
+    statistics: bool = typer.Option(False, "--statistics", help="Per case statistics/<stem>.json and the batch's statistics.csv: per class volume (ml) or area (mm², else pixels), HU mean and 5/50/95th percentiles (HU input), share of each lung (CT volumes), components; a three-view previews/<stem>.png per volume."),
     no_probs: bool = typer.Option(False, "--no-probs", help="Skip the soft maps (probs/): masks only."),
     batch_size: int = typer.Option(8, help="Slices per forward pass."),
     sw_batch_size: int = typer.Option(None, "--sw-batch-size", help="Windows per forward pass of a sliding-window model."),
@@ -113,5 +114,6 @@ def predict(
             lungs_only=lungs_only,
             lung_margin_mm=lung_margin,
             save_lung_mask=save_lung_mask,
+            statistics=statistics,
         )
     finish(report, output, f"{len(report.written)} predicted into {output}", quiet_rank=rank > 0)

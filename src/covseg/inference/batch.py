@@ -177,13 +177,15 @@ def model_label(predictor: BasePredictor) -> str:
 
 
 def output_paths(out_dir: Path, stem: str, volume: bool) -> dict[str, Path]:
-    """Where one input's outputs go: ``masks/``, ``probs/``, ``overlays/`` (and a volume's lung mask,
+    """Where one input's outputs go: ``masks/``, ``probs/``, ``overlays/``, ``statistics/``, ``previews/`` (and a volume's lung mask,
     ``lungs/``) under ``out_dir``."""
     suffix = ".nii.gz" if volume else ".png"
     paths = {
         "mask": out_dir / "masks" / f"{stem}{suffix}",
         "prob": out_dir / "probs" / f"{stem}{suffix}",
         "overlay": out_dir / "overlays" / f"{stem}.png",
+        "statistics": out_dir / "statistics" / f"{stem}.json",
+        "preview": out_dir / "previews" / f"{stem}.png",
     }
     if volume:
         paths["lungs"] = out_dir / "lungs" / f"{stem}{suffix}"
@@ -192,6 +194,8 @@ def output_paths(out_dir: Path, stem: str, volume: bool) -> dict[str, Path]:
 
 #: draws a label map over an image: ``render(image, labels) -> RGB uint8`` (``covseg.viz`` gives one)
 OverlayRenderer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+#: draws a volume's preview: ``render(display (X, Y, Z) 0..255, labels, affine) -> RGB uint8`` (``covseg.viz.preview``)
+PreviewRenderer = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 def predict_files(
@@ -209,6 +213,8 @@ def predict_files(
     runtime: Runtime | None = None,
     probs: bool = True,
     save_lung_mask: bool = False,
+    statistics: bool = False,
+    preview: PreviewRenderer | None = None,
 ) -> BatchReport:
     """Predict each file; a bad file is recorded and skipped unless ``strict``.
 
@@ -217,6 +223,9 @@ def predict_files(
     With ``post.lungs_only`` a 2D image is a bad file (the lung mask needs a CT volume in HU), and
     each row has the volume's ``lung_ml`` and ``infected_percent_of_lungs``; ``save_lung_mask``
     writes that mask into ``lungs/``.
+    ``statistics`` writes each case's :func:`covseg.inference.statistics.case_statistics` into
+    ``statistics/<stem>.json`` (and the row's ``statistics``) and the batch's ``statistics.csv``;
+    ``preview`` draws each volume's three-view picture into ``previews/<stem>.png``.
     Each row records the file's seconds and peak memory (CUDA: ``max_memory_allocated`` for the
     file; CPU: the process's peak resident memory so far). Under torchrun (``runtime`` with
     several processes) each process predicts its share of ``files`` and the main one writes
@@ -227,25 +236,32 @@ def predict_files(
     runtime = runtime or getattr(predictor, "runtime", None) or Runtime()
     folder = OutputFolder(
         out_dir, "predict", [*files, *run_dirs_of(predictor)],
-        owned=("masks", "probs", "overlays", "predictions.csv", "failed.txt", *(("lungs",) if save_lung_mask else ())),
+        owned=("masks", "probs", "overlays", "predictions.csv", "failed.txt", *(("lungs",) if save_lung_mask else ()),
+               *(("statistics", "statistics.csv") if statistics else ()), *(("previews",) if preview else ())),
         legacy=("predictions.csv",),
     )
     folder.validate()
     with folder.lock() if runtime.is_main else contextlib.nullcontext():
-        earlier = None
+        earlier = earlier_stats = None
         if runtime.is_main:
             folder.prepare()
             earlier = EarlierIndex(out_dir, "predictions.csv", key=lambda row: Path(str(row.get("mask", ""))).name)
+            if statistics:
+                earlier_stats = EarlierIndex(out_dir, "statistics.csv", key=lambda row: str(row.get("case", "")))
         runtime.barrier()
-        return _predict_all(
+        report = _predict_all(
             predictor, files, folder, earlier, tta_flip, post, window, strict, overlays, extra_for, on_done, batch_size,
-            runtime, probs, save_lung_mask,
+            runtime, probs, save_lung_mask, (statistics, preview),
         )  # fmt: skip
+        if earlier_stats is not None:
+            _write_statistics_table(folder.path, report, earlier_stats)
+        return report
 
 
 def _predict_all(
     predictor: BasePredictor, files: list[Path], folder: OutputFolder, earlier: EarlierIndex | None, tta_flip, post, window,
     strict, overlays, extra_for, on_done, batch_size, runtime: Runtime, probs: bool, save_lung_mask: bool,
+    statistics: tuple[bool, PreviewRenderer | None] = (False, None),
 ) -> BatchReport:
     from covseg.data.imageio import is_volume
     from covseg.inference.postprocess import LUNGS_NEED_VOLUME
@@ -261,11 +277,11 @@ def _predict_all(
         runtime.reset_peak_memory()
         extra = extra_for(path) if extra_for else {}
         if is_volume(path):
-            row = _predict_volume(predictor, path, folder, tta_flip, post, window, overlays, extra, batch_size, probs, save_lung_mask)
+            row = _predict_volume(predictor, path, folder, tta_flip, post, window, overlays, extra, batch_size, probs, save_lung_mask, statistics)
         elif lungs_only:
             raise DataError(f"{LUNGS_NEED_VOLUME} (NIfTI, DICOM series or a stack of HU slices), not a 2D image", path)
         else:
-            row = _predict_image(predictor, path, folder, tta_flip, post, overlays, extra, probs)
+            row = _predict_image(predictor, path, folder, tta_flip, post, overlays, extra, probs, statistics[0])
         row["peak_memory_mb"] = round(runtime.peak_memory_mb(), 1)
         row["model"] = model
         return row
@@ -301,7 +317,9 @@ def _checked_paths(folder: OutputFolder, path: Path, volume: bool) -> dict[str, 
     return paths
 
 
-def _predict_image(predictor: BasePredictor, path: Path, folder: OutputFolder, tta, post, overlays, extra, probs: bool = True) -> dict:
+def _predict_image(
+    predictor: BasePredictor, path: Path, folder: OutputFolder, tta, post, overlays, extra, probs: bool = True, statistics: bool = False
+) -> dict:
     from covseg.data.imageio import read_image, write_image, write_mask
     from covseg.data.intensity import space_of
 
@@ -320,13 +338,33 @@ def _predict_image(predictor: BasePredictor, path: Path, folder: OutputFolder, t
         write_with(paths["prob"], lambda p: np.save(p, pred.probs.astype(np.float16), allow_pickle=False))
     if overlays is not None:
         write_image(paths["overlay"], overlays(image, pred.labels))
-    return {
+    row = {
         "input": str(path),
         "mask": str(paths["mask"]),
         "prob": str(paths["prob"]),
         "foreground_fraction": float((pred.labels > 0).mean()),
         **class_columns(pred.class_probs, getattr(predictor, "class_names", None)),
     }
+    if statistics:
+        from covseg.data.imageio import read_spacing_2d
+        from covseg.inference.statistics import case_statistics
+
+        try:
+            stats = case_statistics(pred.labels, pixel_spacing=read_spacing_2d(path), intensities=image if image.ndim == 2 else None,
+                                    space=space_of(path, image), num_classes=predictor.num_classes)  # fmt: skip
+        except DataError as exc:
+            raise exc if exc.path else DataError(exc.problem, path) from None
+        _write_case_statistics(row, paths, stats)
+    return row
+
+
+def _write_case_statistics(row: dict, paths: dict[str, Path], stats: dict) -> None:
+    """``statistics/<stem>.json`` of one case, and its numbers in the row (for the table and the API)."""
+    from covseg.utils.atomic import write_json
+
+    stats = {"input": row["input"], "mask": row["mask"], **stats}
+    row["statistics"] = stats
+    row["statistics_file"] = str(write_json(paths["statistics"], stats))
 
 
 def class_columns(class_probs: np.ndarray | None, names: list[str] | None) -> dict:
@@ -339,7 +377,7 @@ def class_columns(class_probs: np.ndarray | None, names: list[str] | None) -> di
 
 def _predict_volume(
     predictor: BasePredictor, path: Path, folder: OutputFolder, tta, post, window, overlays, extra, batch_size,
-    probs: bool = True, save_lung_mask: bool = False,
+    probs: bool = True, save_lung_mask: bool = False, statistics: tuple[bool, PreviewRenderer | None] = (False, None),
 ) -> dict:
     from covseg.data.imageio import read_volume, write_image, write_volume
     from covseg.transforms.orientation import volume_to_slices
@@ -383,6 +421,16 @@ def _predict_volume(
         row["infected_percent_of_lungs"] = lung_involvement_percent(row["foreground_ml"], row["lung_ml"])
         if save_lung_mask:
             row["lung_mask"] = str(write_volume(paths["lungs"], lungs, affine, dtype="uint8"))
+    if statistics[0]:
+        from covseg.inference.statistics import case_statistics
+
+        stats = case_statistics(pred.labels, affine=affine, intensities=volume, space=space,
+                                num_classes=predictor.num_classes, lungs=lungs)  # fmt: skip
+        _write_case_statistics(row, paths, stats)
+    if statistics[1] is not None:
+        from covseg.data.intensity import to_unit
+
+        row["preview"] = str(write_image(paths["preview"], statistics[1](np.round(to_unit(volume, space, window) * 255.0), pred.labels, affine)))
     return row
 
 
@@ -392,6 +440,18 @@ def lung_involvement_percent(infected_ml: float, lung_ml: float) -> float:
     The lung mask is the classical air-based one, which can leave dense consolidation out, so on
     such scans this overstates the share (it can pass 100 with ``--lung-margin`` > 0)."""
     return float(100.0 * infected_ml / lung_ml) if lung_ml > 0 else 0.0
+
+
+def _write_statistics_table(out_dir: Path, report: BatchReport, earlier: EarlierIndex) -> None:
+    """``statistics.csv``: a row per case and class, this run's cases added to the earlier runs'."""
+    from covseg.data.imageio import stem_of
+    from covseg.inference.statistics import TABLE_COLUMNS, table_rows
+
+    new = [r for row in report.written if "statistics" in row for r in table_rows(stem_of(row["mask"]), row["input"], row["statistics"])]
+    redone = {r["case"] for r in new}
+    rows = [r for r in earlier.rows if str(r.get("case", "")) not in redone] + new
+    if rows:
+        write_csv(out_dir / "statistics.csv", rows, TABLE_COLUMNS)
 
 
 def _write_index(out_dir: Path, report: BatchReport, earlier: EarlierIndex, files: list[Path]) -> None:

@@ -55,6 +55,7 @@ def predict(
     prompt_type: str = typer.Option(None, "--prompt-type", help="Prompt type (P0..Pn) to take from a CRIS-style --text-file."),
     no_overlays: bool = typer.Option(False, "--no-overlays", help="Skip overlay PNGs."),
     no_probs: bool = typer.Option(False, "--no-probs", help="Skip the soft maps (probs/): masks only."),
+    output_type: list[str] = typer.Option(["nifti"], "--output-type", help="nifti (masks/, always written), dicom-seg (dicom_seg/: a DICOM Segmentation, needs covseg[dicom]) or rtstruct (rtstruct/: an RT Structure Set) for DICOM series inputs; repeat for several."),
     batch_size: int = typer.Option(8, help="Slices per forward pass."),
     sw_batch_size: int = typer.Option(None, "--sw-batch-size", help="Windows per forward pass of a sliding-window model."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps."),
@@ -113,5 +114,6 @@ def predict(
             lungs_only=lungs_only,
             lung_margin_mm=lung_margin,
             save_lung_mask=save_lung_mask,
+            output_types=output_type,
         )
     finish(report, output, f"{len(report.written)} predicted into {output}", quiet_rank=rank > 0)

@@ -209,6 +209,7 @@ def predict_files(
     runtime: Runtime | None = None,
     probs: bool = True,
     save_lung_mask: bool = False,
+    dicom_outputs: tuple[str, ...] = (),
 ) -> BatchReport:
     """Predict each file; a bad file is recorded and skipped unless ``strict``.
 
@@ -222,12 +223,15 @@ def predict_files(
     several processes) each process predicts its share of ``files`` and the main one writes
     ``predictions.csv`` with every row: each output is written exactly once. The folder is locked
     while the batch runs, and an earlier run's rows of other cases stay in ``predictions.csv``.
+    ``dicom_outputs`` (``dicom-seg``, ``rtstruct``) also writes each DICOM series' mask as those
+    objects (:mod:`covseg.inference.dicom_out`); any other input is then a bad file.
     """
     save_lung_mask = save_lung_mask and post is not None and post.lungs_only
     runtime = runtime or getattr(predictor, "runtime", None) or Runtime()
     folder = OutputFolder(
         out_dir, "predict", [*files, *run_dirs_of(predictor)],
-        owned=("masks", "probs", "overlays", "predictions.csv", "failed.txt", *(("lungs",) if save_lung_mask else ())),
+        owned=("masks", "probs", "overlays", "predictions.csv", "failed.txt", *(("lungs",) if save_lung_mask else ()),
+               *(dicom_folder(kind) for kind in dicom_outputs)),
         legacy=("predictions.csv",),
     )
     folder.validate()
@@ -239,13 +243,14 @@ def predict_files(
         runtime.barrier()
         return _predict_all(
             predictor, files, folder, earlier, tta_flip, post, window, strict, overlays, extra_for, on_done, batch_size,
-            runtime, probs, save_lung_mask,
+            runtime, probs, save_lung_mask, dicom_outputs,
         )  # fmt: skip
 
 
 def _predict_all(
     predictor: BasePredictor, files: list[Path], folder: OutputFolder, earlier: EarlierIndex | None, tta_flip, post, window,
     strict, overlays, extra_for, on_done, batch_size, runtime: Runtime, probs: bool, save_lung_mask: bool,
+    dicom_outputs: tuple[str, ...] = (),
 ) -> BatchReport:
     from covseg.data.imageio import is_volume
     from covseg.inference.postprocess import LUNGS_NEED_VOLUME
@@ -260,8 +265,12 @@ def _predict_all(
     def work(path: Path) -> dict:
         runtime.reset_peak_memory()
         extra = extra_for(path) if extra_for else {}
+        if dicom_outputs:
+            require_dicom_series(path, dicom_outputs)
         if is_volume(path):
             row = _predict_volume(predictor, path, folder, tta_flip, post, window, overlays, extra, batch_size, probs, save_lung_mask)
+            if dicom_outputs:
+                row.update(_write_dicom(predictor, path, folder, row["mask"], dicom_outputs))
         elif lungs_only:
             raise DataError(f"{LUNGS_NEED_VOLUME} (NIfTI, DICOM series or a stack of HU slices), not a 2D image", path)
         else:
@@ -386,6 +395,30 @@ def _predict_volume(
     return row
 
 
+def dicom_folder(kind: str) -> str:
+    from covseg.inference.dicom_out import DICOM_OUTPUTS
+
+    return DICOM_OUTPUTS[kind][0]
+
+
+def require_dicom_series(path: Path, kinds: tuple[str, ...]) -> None:
+    """Refuse, before predicting, an input a DICOM output cannot be derived from."""
+    from covseg.data.dicom import is_dicom_series
+
+    if not is_dicom_series(path):
+        raise DataError(f"--output-type {kinds[0]} needs a DICOM series (a folder of slices) as input", path)
+
+
+def _write_dicom(predictor: BasePredictor, path: Path, folder: OutputFolder, mask: str, kinds: tuple[str, ...]) -> dict:
+    """The series' DICOM outputs, from the mask just written (so they hold exactly its labels)."""
+    from covseg.data.imageio import read_volume, stem_of
+    from covseg.inference.dicom_out import DICOM_OUTPUTS, write_dicom_outputs
+
+    targets = {k: folder.check(folder.path / DICOM_OUTPUTS[k][0] / f"{stem_of(path)}{DICOM_OUTPUTS[k][1]}") for k in kinds}
+    labels = read_volume(mask, check_finite=False)[0].round().astype(np.uint8)
+    return write_dicom_outputs(path, labels, predictor.num_classes, list(kinds), targets)
+
+
 def lung_involvement_percent(infected_ml: float, lung_ml: float) -> float:
     """Infected volume as a percentage of the lung mask's volume (the share CT severity scores grade).
 
@@ -401,6 +434,6 @@ def _write_index(out_dir: Path, report: BatchReport, earlier: EarlierIndex, file
     rows, failed = earlier.merge(report, files)
     keys = ["input", "mask", "prob", "foreground_fraction", "foreground_ml", "seconds", "cpu_seconds", "peak_memory_mb", "model"]
     lung_keys = [k for k in ("lung_ml", "infected_percent_of_lungs", "lung_mask") if any(k in row for row in rows)]
-    keys[5:5] = lung_keys
+    keys[5:5] = lung_keys + [k for k in ("dicom_seg", "rtstruct") if any(k in row for row in rows)]
     keys += list(dict.fromkeys(k for row in rows for k in row if k.startswith(("p_", "predicted_class"))))
     write_index(out_dir, "predictions.csv", rows, keys, failed)

@@ -165,6 +165,24 @@ def test_series_without_frame_of_reference_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "x.dcm").exists()
 
 
+def test_anonymised_series_without_patient_tags_still_gets_both_objects(tmp_path):
+    """Anonymisers drop type-2 patient/study tags (highdicom then failed with AttributeError): the
+    objects carry them empty, and still hold the mask; the input files are left as they were."""
+    series = tmp_path / "bare"
+    write_dicom_series(series, np.zeros(SHAPE, np.int16), AFFINE)
+    for f in series.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.1"
+        ds.save_as(f, enforce_file_format=True)
+    before = {f.name: f.read_bytes() for f in series.iterdir()}
+    labels = smooth_labels()
+    seg = dicom_out.write_dicom_seg(series, labels, dicom_out.class_names(3), tmp_path / "a.seg.dcm")
+    rt = dicom_out.write_rtstruct(series, labels, dicom_out.class_names(3), tmp_path / "a.rtstruct.dcm")
+    assert pydicom.dcmread(seg).PatientID == "" and pydicom.dcmread(rt).PatientID == ""
+    assert np.array_equal(seg_labels(seg, series), labels) and np.array_equal(rtstruct_labels(rt, series), labels)
+    assert {f.name: f.read_bytes() for f in series.iterdir()} == before
+
+
 def test_dicom_seg_without_highdicom_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "highdicom", None)
     with pytest.raises(CovsegError, match=r"covseg\[dicom\]"):
@@ -177,8 +195,9 @@ def test_dicom_seg_without_highdicom_names_the_extra(monkeypatch):
 def test_predict_cli_writes_dicom_seg_and_rtstruct_matching_the_nifti_mask(tmp_path):
     """``covseg predict --output-type dicom-seg --output-type rtstruct`` on a folder holding a DICOM
     series and a NIfTI file: the series gets both objects (each re-rasterising to its NIfTI mask,
-    listed in predictions.csv); the NIfTI file, which no DICOM object can reference, is listed as
-    failed and the batch goes on."""
+    listed in predictions.csv); the NIfTI file, which no DICOM object can reference, and a
+    series without a Frame of Reference are listed as failed before anything of theirs is written,
+    and the batch goes on."""
     from typer.testing import CliRunner
 
     from covseg.cli.main import app
@@ -190,13 +209,16 @@ def test_predict_cli_writes_dicom_seg_and_rtstruct_matching_the_nifti_mask(tmp_p
     volume = np.asarray(phantom.image, np.float32)
     affine = np.diag([-5.0, -5.0, 8.0, 1.0])
     series = ct_series(inputs / "series", volume, affine)
+    ct_series(inputs / "unreferenced", volume, affine, frame_of_reference=False)
     nib.save(nib.Nifti1Image(volume, affine), inputs / "scan.nii.gz")
     out = tmp_path / "out"
     args = ["predict", "-m", "covid-ct-infection", "-i", str(inputs), "-o", str(out), "--no-overlays", "--no-probs", "-q"]
     result = CliRunner().invoke(app, [*args, "--output-type", "dicom-seg", "--output-type", "rtstruct"])
     assert result.exit_code == 1, result.output  # the NIfTI input failed, the series did not
-    (failed,) = (out / "failed.txt").read_text().splitlines()
-    assert failed.startswith(str(inputs / "scan.nii.gz") + ": ") and "needs a DICOM series" in failed
+    failed = sorted((out / "failed.txt").read_text().splitlines())
+    assert len(failed) == 2, failed
+    assert failed[0].startswith(str(inputs / "scan.nii.gz") + ": ") and "needs a DICOM series" in failed[0]
+    assert failed[1].startswith(str(inputs / "unreferenced")) and "without FrameOfReferenceUID" in failed[1]
     mask = np.asarray(nib.load(out / "masks" / "series.nii.gz").dataobj).astype(np.uint8)
     assert mask.any(), "the phantom's lesions should give a non-empty mask"
     seg, rt = out / "dicom_seg" / "series.seg.dcm", out / "rtstruct" / "series.rtstruct.dcm"
@@ -204,5 +226,6 @@ def test_predict_cli_writes_dicom_seg_and_rtstruct_matching_the_nifti_mask(tmp_p
     assert dice(rtstruct_labels(rt, series) > 0, mask > 0) >= 0.99
     (row,) = read_csv(out / "predictions.csv")
     assert Path(row["dicom_seg"]) == seg and Path(row["rtstruct"]) == rt
-    assert not (out / "masks" / "scan.nii.gz").exists()
+    for refused in ("scan", "unreferenced"):  # refused before predicting: no output of theirs
+        assert not (out / "masks" / f"{refused}.nii.gz").exists()
 

@@ -402,11 +402,14 @@ def dicom_folder(kind: str) -> str:
 
 
 def require_dicom_series(path: Path, kinds: tuple[str, ...]) -> None:
-    """Refuse, before predicting, an input a DICOM output cannot be derived from."""
+    """Refuse, before predicting, an input a DICOM output cannot be derived from (not a series, or
+    a series without the UIDs it must reference): no output of it is written."""
     from covseg.data.dicom import is_dicom_series
+    from covseg.inference.dicom_out import source_headers
 
     if not is_dicom_series(path):
         raise DataError(f"--output-type {kinds[0]} needs a DICOM series (a folder of slices) as input", path)
+    source_headers(path)
 
 
 def _write_dicom(predictor: BasePredictor, path: Path, folder: OutputFolder, mask: str, kinds: tuple[str, ...]) -> dict:

@@ -38,6 +38,9 @@ LESION_CODE = ("52988006", "SCT", "Lesion")
 CATEGORY_CODE = ("49755003", "SCT", "Morphologically Abnormal Structure")
 #: display colours (RGB) per class, as the overlays draw them
 COLOURS = [(220, 50, 47), (38, 139, 210), (133, 153, 0), (211, 54, 130), (181, 137, 0)]
+#: patient and study attributes a derived object copies from its source (type 2: present, may be empty)
+TYPE2_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+              "ReferringPhysicianName", "StudyID", "AccessionNumber")  # fmt: skip
 _HIGHDICOM_MISSING = "DICOM SEG output needs highdicom: pip install 'covseg[dicom]'"
 
 
@@ -74,11 +77,19 @@ def source_headers(series: Path) -> list:
     from covseg.data.dicom import series_files
 
     files = series_files(series)
-    headers = [pydicom.dcmread(str(f), stop_before_pixels=True, force=True) for f in files]
+    if not files:
+        raise DataError("no DICOM files in folder", series)
+    headers = []
+    for f in files:
+        try:
+            headers.append(pydicom.dcmread(str(f), stop_before_pixels=True, force=True))
+        except Exception as exc:
+            raise DataError(f"unreadable DICOM ({type(exc).__name__}: {exc})", f) from None
     for f, ds in zip(files, headers):
-        for key in ("FrameOfReferenceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        for key in ("FrameOfReferenceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
+                    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):  # fmt: skip
             if not str(getattr(ds, key, "") or "").strip():
-                raise DataError(f"DICOM slice without {key}: a DICOM SEG or RTSTRUCT must reference it", f)
+                raise DataError(f"DICOM slice without {key}: a DICOM SEG or RTSTRUCT needs it", f)
     if len({str(ds.FrameOfReferenceUID) for ds in headers}) > 1:
         raise DataError("the series' slices name different Frames of Reference (FrameOfReferenceUID)", series)
     orient = np.array(headers[0].ImageOrientationPatient, dtype=np.float64)
@@ -106,6 +117,10 @@ def write_dicom_seg(series: Path, labels: np.ndarray, names: list[str], target: 
     headers = source_headers(series)
     frames = slice_masks(labels, headers)
     sources = [pydicom.dcmread(str(ds.filename), force=True) for ds in headers]
+    for source in sources:  # anonymised series often drop these type-2 tags; the copies get them empty
+        for key in TYPE2_TAGS:
+            if key not in source:
+                setattr(source, key, "")
     algorithm = hd.AlgorithmIdentificationSequence(
         name="covseg", version=_version(), family=hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence")
     )
@@ -121,13 +136,23 @@ def write_dicom_seg(series: Path, labels: np.ndarray, names: list[str], target: 
         for k, name in enumerate(names, start=1)
     ]
     frames = np.where(frames <= len(names), frames, 0).astype(np.uint8)
-    seg = hd.seg.Segmentation(
+    try:
+        seg = _segmentation(hd, sources, frames, segments)
+    except (AttributeError, TypeError, ValueError) as exc:  # a header highdicom cannot take
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise DataError(f"cannot derive a DICOM SEG from this series ({type(exc).__name__}: {first})", series) from None
+    return write_with(target, lambda p: seg.save_as(str(p)))
+
+
+def _segmentation(hd, sources: list, frames: np.ndarray, segments: list):
+    """highdicom's binary Segmentation of ``frames`` (one per source image), empty frames left out."""
+    return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segments,
         series_instance_uid=hd.UID(),
-        series_number=_series_number(headers[0]),
+        series_number=_series_number(sources[0]),
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer="covseg",
@@ -136,7 +161,6 @@ def write_dicom_seg(series: Path, labels: np.ndarray, names: list[str], target: 
         device_serial_number="none",
         series_description="covseg segmentation",
     )
-    return write_with(target, lambda p: seg.save_as(str(p)))
 
 
 def write_rtstruct(series: Path, labels: np.ndarray, names: list[str], target: Path) -> Path:
@@ -157,8 +181,7 @@ def write_rtstruct(series: Path, labels: np.ndarray, names: list[str], target: P
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
     ds.SOPClassUID = RTStructureSetStorage
     ds.SpecificCharacterSet = "ISO_IR 192"
-    for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate", "StudyTime",
-                "ReferringPhysicianName", "StudyID", "AccessionNumber", "FrameOfReferenceUID"):  # fmt: skip
+    for key in (*TYPE2_TAGS, "StudyInstanceUID", "FrameOfReferenceUID"):
         setattr(ds, key, getattr(first, key, ""))
     ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "RTSTRUCT", generate_uid(), _series_number(first)
     ds.SeriesDescription, ds.OperatorsName, ds.Manufacturer = "covseg segmentation", "", "covseg"

@@ -226,12 +226,14 @@ def predict_files(
     ``dicom_outputs`` (``dicom-seg``, ``rtstruct``) also writes each DICOM series' mask as those
     objects (:mod:`covseg.inference.dicom_out`); any other input is then a bad file.
     """
+    from covseg.inference.dicom_out import DICOM_OUTPUTS
+
     save_lung_mask = save_lung_mask and post is not None and post.lungs_only
     runtime = runtime or getattr(predictor, "runtime", None) or Runtime()
     folder = OutputFolder(
         out_dir, "predict", [*files, *run_dirs_of(predictor)],
         owned=("masks", "probs", "overlays", "predictions.csv", "failed.txt", *(("lungs",) if save_lung_mask else ()),
-               *(dicom_folder(kind) for kind in dicom_outputs)),
+               *(DICOM_OUTPUTS[kind][0] for kind in dicom_outputs)),
         legacy=("predictions.csv",),
     )
     folder.validate()
@@ -253,6 +255,7 @@ def _predict_all(
     dicom_outputs: tuple[str, ...] = (),
 ) -> BatchReport:
     from covseg.data.imageio import is_volume
+    from covseg.inference.dicom_out import require_dicom_series, write_case_outputs
     from covseg.inference.postprocess import LUNGS_NEED_VOLUME
 
     lungs_only = post is not None and post.lungs_only
@@ -270,7 +273,7 @@ def _predict_all(
         if is_volume(path):
             row = _predict_volume(predictor, path, folder, tta_flip, post, window, overlays, extra, batch_size, probs, save_lung_mask)
             if dicom_outputs:
-                row.update(_write_dicom(predictor, path, folder, row["mask"], dicom_outputs))
+                row.update(write_case_outputs(path, Path(row["mask"]), predictor.num_classes, dicom_outputs, folder.path, folder.check))
         elif lungs_only:
             raise DataError(f"{LUNGS_NEED_VOLUME} (NIfTI, DICOM series or a stack of HU slices), not a 2D image", path)
         else:
@@ -393,33 +396,6 @@ def _predict_volume(
         if save_lung_mask:
             row["lung_mask"] = str(write_volume(paths["lungs"], lungs, affine, dtype="uint8"))
     return row
-
-
-def dicom_folder(kind: str) -> str:
-    from covseg.inference.dicom_out import DICOM_OUTPUTS
-
-    return DICOM_OUTPUTS[kind][0]
-
-
-def require_dicom_series(path: Path, kinds: tuple[str, ...]) -> None:
-    """Refuse, before predicting, an input a DICOM output cannot be derived from (not a series, or
-    a series without the UIDs it must reference): no output of it is written."""
-    from covseg.data.dicom import is_dicom_series
-    from covseg.inference.dicom_out import source_headers
-
-    if not is_dicom_series(path):
-        raise DataError(f"--output-type {kinds[0]} needs a DICOM series (a folder of slices) as input", path)
-    source_headers(path)
-
-
-def _write_dicom(predictor: BasePredictor, path: Path, folder: OutputFolder, mask: str, kinds: tuple[str, ...]) -> dict:
-    """The series' DICOM outputs, from the mask just written (so they hold exactly its labels)."""
-    from covseg.data.imageio import read_volume, stem_of
-    from covseg.inference.dicom_out import DICOM_OUTPUTS, write_dicom_outputs
-
-    targets = {k: folder.check(folder.path / DICOM_OUTPUTS[k][0] / f"{stem_of(path)}{DICOM_OUTPUTS[k][1]}") for k in kinds}
-    labels = read_volume(mask, check_finite=False)[0].round().astype(np.uint8)
-    return write_dicom_outputs(path, labels, predictor.num_classes, list(kinds), targets)
 
 
 def lung_involvement_percent(infected_ml: float, lung_ml: float) -> float:

@@ -14,6 +14,7 @@ mask back exactly. The label volume is in :func:`covseg.data.dicom.read_dicom_se
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -291,11 +292,33 @@ def pixel_to_patient(points: np.ndarray, header) -> np.ndarray:
     return origin + np.outer(points[:, 1] * column_spacing, orient[:3]) + np.outer(points[:, 0] * row_spacing, orient[3:])
 
 
-def write_dicom_outputs(series: Path, labels: np.ndarray, num_classes: int, kinds: list[str], targets: dict[str, Path]) -> dict[str, str]:
-    """Write each requested DICOM output of one series; the row columns (``dicom_seg``, ``rtstruct``)."""
+def require_dicom_series(path: Path, kinds: tuple[str, ...]) -> None:
+    """Refuse, before predicting, an input a DICOM output cannot be derived from (not a series, or
+    a series without the UIDs it must reference), so that no output of it is written."""
+    from covseg.data.dicom import is_dicom_series
+
+    if not is_dicom_series(path):
+        raise DataError(f"--output-type {kinds[0]} needs a DICOM series (a folder of slices) as input", path)
+    source_headers(path)
+
+
+def write_case_outputs(
+    series: Path, mask: Path, num_classes: int, kinds: tuple[str, ...], out_dir: Path, check: Callable[[Path], Path]
+) -> dict[str, str]:
+    """Write one series' DICOM outputs from its NIfTI ``mask`` (so they hold exactly its labels)
+    into ``out_dir/dicom_seg/`` and ``out_dir/rtstruct/``; ``check(target)`` vets each
+    target (an input is never overwritten). Returns the index columns ``dicom_seg`` / ``rtstruct``."""
+    from covseg.data.imageio import read_volume, stem_of
+
+    labels = read_volume(mask, check_finite=False)[0].round().astype(np.uint8)
     names = class_names(num_classes)
     writers = {"dicom-seg": write_dicom_seg, "rtstruct": write_rtstruct}
-    return {DICOM_OUTPUTS[kind][0]: str(writers[kind](series, labels, names, targets[kind])) for kind in kinds}
+    row = {}
+    for kind in kinds:
+        folder, suffix = DICOM_OUTPUTS[kind]
+        target = check(out_dir / folder / f"{stem_of(series)}{suffix}")
+        row[folder] = str(writers[kind](series, labels, names, target))
+    return row
 
 
 def _code(name: str) -> tuple[str, str, str]:

@@ -119,6 +119,7 @@ def predict(
     lung_margin_mm: float | None = None,
     save_lung_mask: bool = False,
     statistics: bool = False,
+    output_types: Sequence[str] = ("nifti",),
 ):
     """Segment a file or folder with one run folder, or several averaged; returns the batch report.
 
@@ -142,10 +143,15 @@ def predict(
     ``engine``: ``torch`` (run folders), or ``onnx`` / ``torchscript`` (a folder written by
     ``covseg export``). Under ``torchrun`` each process predicts its share of the files and the
     main process writes ``predictions.csv`` (every output is written once).
+
+    ``output_types`` adds ``dicom-seg`` (``dicom_seg/NAME.seg.dcm``, needs the ``dicom`` extra) and/or
+    ``rtstruct`` (``rtstruct/NAME.rtstruct.dcm``) beside the NIfTI mask of each DICOM series input,
+    referencing that series; any other input is then listed as failed.
     """
     from covseg.data.imageio import is_volume
     from covseg.engine.runtime import Runtime
     from covseg.inference.batch import predict_files
+    from covseg.inference.dicom_out import check_output_types
     from covseg.inference.loading import load_predictors, text_resolver
     from covseg.inference.postprocess import LUNG_MARGIN_MM
     from covseg.inference.predictor import PostprocessOptions, list_inputs
@@ -153,6 +159,7 @@ def predict(
     from covseg.viz.preview import three_view_preview
 
     run_dirs = [models] if isinstance(models, (str, Path)) else list(models)
+    dicom_outputs = check_output_types(output_types)
     runtime = Runtime.create(device, amp)
     if engine == "torch":
         predictor = load_predictors(run_dirs, checkpoint, runtime)
@@ -193,6 +200,7 @@ def predict(
         save_lung_mask=save_lung_mask,
         statistics=statistics,
         preview=three_view_preview if statistics and overlays else None,
+        dicom_outputs=dicom_outputs,
     )
     runtime.close()  # under torchrun: end the process group before exit (gloo threads left alive can abort it)
     return report

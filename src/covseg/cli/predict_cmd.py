@@ -56,6 +56,7 @@ def predict(
     no_overlays: bool = typer.Option(False, "--no-overlays", help="Skip overlay PNGs (and --statistics' previews)."),
     statistics: bool = typer.Option(False, "--statistics", help="Per case statistics/<stem>.json and the batch's statistics.csv: per class volume (ml) or area (mm², else pixels), HU mean and 5/50/95th percentiles (HU input), share of each lung (CT volumes), components; a three-view previews/<stem>.png per volume."),
     no_probs: bool = typer.Option(False, "--no-probs", help="Skip the soft maps (probs/): masks only."),
+    output_type: list[str] = typer.Option(["nifti"], "--output-type", help="nifti (masks/, always written), dicom-seg (dicom_seg/: a DICOM Segmentation, needs covseg[dicom]) or rtstruct (rtstruct/: an RT Structure Set) for DICOM series inputs; repeat for several."),
     batch_size: int = typer.Option(8, help="Slices per forward pass."),
     sw_batch_size: int = typer.Option(None, "--sw-batch-size", help="Windows per forward pass of a sliding-window model."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps."),
@@ -115,5 +116,6 @@ def predict(
             lung_margin_mm=lung_margin,
             save_lung_mask=save_lung_mask,
             statistics=statistics,
+            output_types=output_type,
         )
     finish(report, output, f"{len(report.written)} predicted into {output}", quiet_rank=rank > 0)

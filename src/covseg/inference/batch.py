@@ -215,6 +215,7 @@ def predict_files(
     save_lung_mask: bool = False,
     statistics: bool = False,
     preview: PreviewRenderer | None = None,
+    dicom_outputs: tuple[str, ...] = (),
 ) -> BatchReport:
     """Predict each file; a bad file is recorded and skipped unless ``strict``.
 
@@ -231,13 +232,18 @@ def predict_files(
     several processes) each process predicts its share of ``files`` and the main one writes
     ``predictions.csv`` with every row: each output is written exactly once. The folder is locked
     while the batch runs, and an earlier run's rows of other cases stay in ``predictions.csv``.
+    ``dicom_outputs`` (``dicom-seg``, ``rtstruct``) also writes each DICOM series' mask as those
+    objects (:mod:`covseg.inference.dicom_out`); any other input is then a bad file.
     """
+    from covseg.inference.dicom_out import DICOM_OUTPUTS
+
     save_lung_mask = save_lung_mask and post is not None and post.lungs_only
     runtime = runtime or getattr(predictor, "runtime", None) or Runtime()
     folder = OutputFolder(
         out_dir, "predict", [*files, *run_dirs_of(predictor)],
         owned=("masks", "probs", "overlays", "predictions.csv", "failed.txt", *(("lungs",) if save_lung_mask else ()),
-               *(("statistics", "statistics.csv") if statistics else ()), *(("previews",) if preview else ())),
+               *(("statistics", "statistics.csv") if statistics else ()), *(("previews",) if preview else ()),
+               *(DICOM_OUTPUTS[kind][0] for kind in dicom_outputs)),
         legacy=("predictions.csv",),
     )
     folder.validate()
@@ -251,7 +257,7 @@ def predict_files(
         runtime.barrier()
         report = _predict_all(
             predictor, files, folder, earlier, tta_flip, post, window, strict, overlays, extra_for, on_done, batch_size,
-            runtime, probs, save_lung_mask, (statistics, preview),
+            runtime, probs, save_lung_mask, (statistics, preview), dicom_outputs,
         )  # fmt: skip
         if earlier_stats is not None:
             _write_statistics_table(folder.path, report, earlier_stats)
@@ -262,8 +268,10 @@ def _predict_all(
     predictor: BasePredictor, files: list[Path], folder: OutputFolder, earlier: EarlierIndex | None, tta_flip, post, window,
     strict, overlays, extra_for, on_done, batch_size, runtime: Runtime, probs: bool, save_lung_mask: bool,
     statistics: tuple[bool, PreviewRenderer | None] = (False, None),
+    dicom_outputs: tuple[str, ...] = (),
 ) -> BatchReport:
     from covseg.data.imageio import is_volume
+    from covseg.inference.dicom_out import require_dicom_series, write_case_outputs
     from covseg.inference.postprocess import LUNGS_NEED_VOLUME
 
     lungs_only = post is not None and post.lungs_only
@@ -276,8 +284,12 @@ def _predict_all(
     def work(path: Path) -> dict:
         runtime.reset_peak_memory()
         extra = extra_for(path) if extra_for else {}
+        if dicom_outputs:
+            require_dicom_series(path, dicom_outputs)
         if is_volume(path):
             row = _predict_volume(predictor, path, folder, tta_flip, post, window, overlays, extra, batch_size, probs, save_lung_mask, statistics)
+            if dicom_outputs:
+                row.update(write_case_outputs(path, Path(row["mask"]), predictor.num_classes, dicom_outputs, folder.path, folder.check))
         elif lungs_only:
             raise DataError(f"{LUNGS_NEED_VOLUME} (NIfTI, DICOM series or a stack of HU slices), not a 2D image", path)
         else:
@@ -461,6 +473,6 @@ def _write_index(out_dir: Path, report: BatchReport, earlier: EarlierIndex, file
     rows, failed = earlier.merge(report, files)
     keys = ["input", "mask", "prob", "foreground_fraction", "foreground_ml", "seconds", "cpu_seconds", "peak_memory_mb", "model"]
     lung_keys = [k for k in ("lung_ml", "infected_percent_of_lungs", "lung_mask") if any(k in row for row in rows)]
-    keys[5:5] = lung_keys
+    keys[5:5] = lung_keys + [k for k in ("dicom_seg", "rtstruct") if any(k in row for row in rows)]
     keys += list(dict.fromkeys(k for row in rows for k in row if k.startswith(("p_", "predicted_class"))))
     write_index(out_dir, "predictions.csv", rows, keys, failed)

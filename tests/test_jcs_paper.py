@@ -239,7 +239,7 @@ def _evaluate(args: list) -> int:
     return 0
 
 
-def test_evaluate_reports_per_patient_auc_sensitivity_specificity(tmp_path):
+def test_evaluate_reports_per_patient_auc_sensitivity_specificity(tmp_path, capsys):
     gt, pred = _joint_prediction_folder(tmp_path)
     labels = tmp_path / "labels.csv"
     labels.write_text("image,label,patient\n" + "".join(f"{c}.png,{lab},{pid}\n" for c, pid, lab, _ in SLICES))
@@ -252,6 +252,8 @@ def test_evaluate_reports_per_patient_auc_sensitivity_specificity(tmp_path):
     assert patient["metrics"]["sensitivity"] == pytest.approx(0.5)
     assert patient["metrics"]["specificity"] == pytest.approx(0.5)
     assert cls["num_cases"] == 7  # slice level is still there
+    printed = " ".join(capsys.readouterr().out.split())  # the console may wrap long lines
+    assert "per patient (4 patients, max slice score): auc 0.7500, sensitivity 0.5000, specificity 0.5000" in printed
 
     # the grouping rule instead of a column: the stem's letter is the patient
     out2 = tmp_path / "eval2"

@@ -287,6 +287,10 @@ def evaluate(
     joint = run.extras.get("summary", {})
     if "classification" in joint:
         console.print("classification: " + ", ".join(f"{k} {v:.4f}" for k, v in joint["classification"]["metrics"].items()))
+        patient = joint["classification"].get("patient_level")
+        if patient:
+            scores = ", ".join(f"{k} {patient['metrics'][k]:.4f}" for k in ("auc", "sensitivity", "specificity"))
+            console.print(f"per patient ({patient['num_patients']} patients, {patient['rule']} slice score): {scores}")
     for kind, agg in joint.get("explanation", {}).items():
         share = agg["metrics"]["inside_share"]["mean"]
         console.print(f"{kind}: share inside the lesion {share:.4f}, pointing game {agg['pointing_game']:.4f}")

@@ -35,7 +35,7 @@ class ModelCase:
     @property
     def id(self) -> str:
         extra = ",".join(
-            f"{k}={v}" for k, v in self.kwargs.items() if k in ("encoder", "esm", "prior_channel", "spatial_dims")
+            f"{k}={v}" for k, v in self.kwargs.items() if k in ("encoder", "esm", "prior_channel", "spatial_dims", "dual_backbone")
         )
         if "heads" in self.kwargs:
             extra = ",".join(filter(None, [extra, "heads=" + "+".join(self.kwargs["heads"]) if self.kwargs["heads"] else "heads=none"]))
@@ -107,6 +107,16 @@ MODEL_CASES = [
         "jcs",
         {"encoder_kwargs": SMALL_RESNET, "decoder_widths": [16, 16, 8, 8], "attention_channels": 8},
         frozenset({"logits", "attention", "class_logits"}),
+    ),
+    # JCS as published: dual backbone with stage fusion, EFM, AFF decoder, deep supervision at five scales
+    ModelCase(
+        "jcs",
+        {
+            "encoder_kwargs": SMALL_RESNET, "decoder_widths": [16, 16, 8, 8], "efm": True, "aff": True,
+            "deep_supervision": True, "dual_backbone": True, "classification_encoder_kwargs": SMALL_RESNET,
+        },
+        frozenset({"logits", "aux", "class_logits"}),
+        num_aux=4,
     ),
 ]
 

@@ -132,7 +132,16 @@ def evaluate(
         "wrote beside --pred, if it has them).",
     ),
     labels: Path | None = typer.Option(
-        None, "--labels", help="Image-level labels CSV (image,label) for classification (default: non-empty ground truth = positive)."
+        None, "--labels", help="Image-level labels CSV (image,label[,patient]) for classification (default: non-empty ground truth = positive)."
+    ),
+    patient_pattern: str | None = typer.Option(
+        None,
+        "--patient-pattern",
+        help="Patient-level diagnosis: a regular expression whose first group (or whole match) in a case's stem is its "
+        "patient (else the labels CSV's patient column).",
+    ),
+    patient_rule: str = typer.Option(
+        "max", "--patient-rule", help="How slice scores make a patient's score: max (a lesion anywhere) or mean."
     ),
     explanations: Path | None = typer.Option(
         None, "--explanations", help="Output folder of covseg explain: heatmaps scored against the ground truth, panels in the report."
@@ -172,6 +181,8 @@ def evaluate(
         raise ConfigError(f"--pointing-tolerance: {pointing_tolerance} must be non-negative")
     if num_classes < 1:
         raise ConfigError(f"--num-classes: {num_classes} must be at least 1")
+    if patient_rule not in ("max", "mean"):
+        raise ConfigError(f"--patient-rule: {patient_rule!r} is not max or mean")
     if show < 0:
         raise ConfigError(f"--show: {show} must be non-negative")
     spacing_values = parse_spacing(spacing)
@@ -244,7 +255,9 @@ def evaluate(
 
     folder.prepare()
     if run.cases:
-        _attach_joint(run, pred, classes, labels, explanations, pointing_tolerance, num_classes, show)
+        _attach_joint(
+            run, pred, classes, labels, explanations, pointing_tolerance, num_classes, show, patient_pattern, patient_rule
+        )
     if not run.cases:
         summary_path = ev.write_outputs(run, out_dir, reduction=reduction)["summary"]  # type: ignore[arg-type]
         raise DataError(
@@ -274,6 +287,10 @@ def evaluate(
     joint = run.extras.get("summary", {})
     if "classification" in joint:
         console.print("classification: " + ", ".join(f"{k} {v:.4f}" for k, v in joint["classification"]["metrics"].items()))
+        patient = joint["classification"].get("patient_level")
+        if patient:
+            scores = ", ".join(f"{k} {patient['metrics'][k]:.4f}" for k in ("auc", "sensitivity", "specificity"))
+            console.print(f"per patient ({patient['num_patients']} patients, {patient['rule']} slice score): {scores}")
     for kind, agg in joint.get("explanation", {}).items():
         share = agg["metrics"]["inside_share"]["mean"]
         console.print(f"{kind}: share inside the lesion {share:.4f}, pointing game {agg['pointing_game']:.4f}")
@@ -303,15 +320,18 @@ def evaluate(
         raise typer.Exit(1)
 
 
-def _attach_joint(run, pred: Path, classes, labels, explanations, tolerance: float, num_classes: int, show: int) -> None:
-    """Classification (class probabilities of a joint model) and explanation scores of the same cases."""
+def _attach_joint(
+    run, pred: Path, classes, labels, explanations, tolerance: float, num_classes: int, show: int,
+    patient_pattern: str | None = None, patient_rule: str = "max",
+) -> None:
+    """Classification (class probabilities of a joint model, per image and per patient) and explanation scores."""
     from covseg.metrics import joint
 
     if tolerance < 0:
         raise ConfigError(f"--pointing-tolerance: {tolerance} must be non-negative")
     scores = joint.joint_options(pred, classes)
     if scores is not None:
-        joint.attach_classification(run, scores, labels, num_classes)
+        joint.attach_classification(run, scores, labels, num_classes, patient_pattern, patient_rule)
     elif labels is not None:
         raise ConfigError("--labels needs class probabilities: predictions.csv of a joint model beside --pred, or --classes")
     if explanations is not None:

@@ -10,7 +10,8 @@ Three sources, one rule each (class 0 is always the negative class, no infection
   stem of a dataset case; ``label`` a class index or a class name from ``label_names``. Images the
   CSV names that the dataset does not hold become label-only cases (no mask: they train the
   classification term and leave the segmentation loss untouched). Cases of the dataset the CSV
-  does not list fall back to the mask rule.
+  does not list fall back to the mask rule. An optional ``patient`` column names each image's
+  patient, for patient-level diagnosis in ``covseg evaluate``.
 
 Every problem is one line naming the CSV and its row. Nothing here imports torch.
 """
@@ -33,6 +34,7 @@ LABEL_SOURCES: tuple[str, ...] = ("masks", "layout")
 DEFAULT_LABEL_NAMES: tuple[str, ...] = ("negative", "positive")
 IMAGE_COLUMNS = ("image", "image_path", "file", "filename", "path")
 LABEL_COLUMNS = ("label", "class", "target")
+PATIENT_COLUMNS = ("patient", "patient_id", "subject")
 
 
 def label_from_mask(mask: np.ndarray | None) -> int | None:
@@ -49,6 +51,7 @@ class LabelTable:
     source: Path
     names: list[str]
     rows: list[tuple[int, Path, int]] = field(default_factory=list)  # (CSV line, image, class)
+    patients: dict[Path, str] = field(default_factory=dict)  # image → patient, where the CSV has a patient column
 
     def __post_init__(self) -> None:
         self.by_path = {p.resolve(): (line, c) for line, p, c in self.rows}
@@ -98,7 +101,9 @@ def read_labels_csv(path: str | Path, names: Sequence[str] | None = None) -> Lab
     header, rows = _csv_rows(path)
     icol = _find_column(header, IMAGE_COLUMNS, path)
     lcol = _find_column(header, LABEL_COLUMNS, path)
+    pcol = _find_column(header, PATIENT_COLUMNS, path, required=False)
     table_rows: list[tuple[int, Path, int]] = []
+    patients: dict[Path, str] = {}
     seen: dict[Path, int] = {}
     for line, cells in rows:
         image = cells[icol].strip() if icol < len(cells) else ""
@@ -112,11 +117,16 @@ def read_labels_csv(path: str | Path, names: Sequence[str] | None = None) -> Lab
             raise DataError(f"row {line}: image {image!r} already listed on row {seen[key]}", path)
         seen[key] = line
         table_rows.append((line, resolved, index))
+        if pcol is not None:
+            patient = cells[pcol].strip() if pcol < len(cells) else ""
+            if not patient:
+                raise DataError(f"row {line}: empty patient cell", path)
+            patients[resolved] = patient
     if not table_rows:
         raise DataError("labels CSV has no rows", path)
     top = max(c for _, _, c in table_rows)
     resolved_names = list(names) if names is not None else [*DEFAULT_LABEL_NAMES, *(f"class{c}" for c in range(2, top + 1))]
-    return LabelTable(path, resolved_names, table_rows)
+    return LabelTable(path, resolved_names, table_rows, patients)
 
 
 def apply_labels_csv(records: list[CaseRecord], table: LabelTable) -> tuple[list[CaseRecord], list[CaseRecord]]:

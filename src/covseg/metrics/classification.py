@@ -11,6 +11,12 @@ Each metric is a pure function of numpy arrays; :class:`ClassificationMetrics` a
 and reports them with its parameters, like the segmentation accumulators. ``roc_curve`` and
 ``roc_auc`` agree with scikit-learn's ``roc_curve(drop_intermediate=False)`` and
 ``roc_auc_score`` (tested); ties between a positive and a negative count one half.
+
+Patient level (JCS's diagnosis of a patient from its slices, :func:`patient_level_metrics`): a
+patient is positive when any of its slices is; its score is the highest slice score ``1 − p(class 0)``
+(rule ``max``, a lesion anywhere makes the patient positive) or their mean (rule ``mean``), and it is
+called positive when that score reaches the threshold. AUC, sensitivity and specificity are then
+computed over patients, not slices.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from typing import Any
 import numpy as np
 
 CLASSIFICATION_METRICS: tuple[str, ...] = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1")
+#: how a patient's slice scores become one patient score
+PATIENT_RULES: tuple[str, ...] = ("max", "mean")
 
 
 def _nan_div(a: float, b: float) -> float:
@@ -133,16 +141,55 @@ def classification_metrics(
     }
 
 
+def patient_level_metrics(
+    patients: Sequence[str],
+    labels: Sequence[int] | np.ndarray,
+    probs: Sequence[Any] | np.ndarray,
+    rule: str = "max",
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Per-patient AUC / sensitivity / specificity from slice outputs (``rule``: ``max`` or ``mean`` slice score).
+
+    A patient's label is positive when any of its slices is; ``per_patient`` lists each patient's
+    label, score and number of slices.
+    """
+    if rule not in PATIENT_RULES:
+        raise ValueError(f"patient rule must be one of {', '.join(PATIENT_RULES)}, got {rule!r}")
+    p = as_class_probabilities(probs)
+    y = np.asarray(labels, dtype=np.int64).ravel()
+    ids = [str(x) for x in patients]
+    if not (len(ids) == y.shape[0] == p.shape[0]):
+        raise ValueError(f"{len(ids)} patients, {y.shape[0]} labels and {p.shape[0]} probability rows")
+    slice_scores = 1.0 - p[:, 0]
+    order = list(dict.fromkeys(ids))
+    rows = []
+    for patient in order:
+        index = np.array([i for i, pid in enumerate(ids) if pid == patient])
+        scores = slice_scores[index]
+        score = float(scores.max() if rule == "max" else scores.mean())
+        rows.append({"patient": patient, "label": int(bool((y[index] > 0).any())), "score": score, "slices": int(index.size)})
+    patient_labels = np.array([r["label"] for r in rows], dtype=np.int64)
+    patient_scores = np.array([r["score"] for r in rows], dtype=np.float64)
+    result = classification_metrics(patient_labels, patient_scores, threshold)
+    return {"rule": rule, "threshold": float(threshold), "num_patients": len(rows), **result, "per_patient": rows}
+
+
 class ClassificationMetrics:
     """Accumulates one case per ``update(probs, label, case_id)``; ``aggregate()`` scores them all.
 
-    ``class_names`` (class 0 first) name the probability columns of ``per_case``.
+    ``class_names`` (class 0 first) name the probability columns of ``per_case``. Cases given a
+    ``patient`` are also scored per patient (``patient_level`` in ``aggregate()``, by ``patient_rule``).
     """
 
     protocol = "classification"
     metric_names = CLASSIFICATION_METRICS
 
-    def __init__(self, num_classes: int = 2, threshold: float = 0.5, class_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, num_classes: int = 2, threshold: float = 0.5, class_names: Sequence[str] | None = None, patient_rule: str = "max"
+    ) -> None:
+        if patient_rule not in PATIENT_RULES:
+            raise ValueError(f"patient rule must be one of {', '.join(PATIENT_RULES)}, got {patient_rule!r}")
+        self.patient_rule = patient_rule
         if num_classes < 2:
             raise ValueError(f"num_classes counts the negative class too, so it must be ≥ 2, got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
@@ -153,6 +200,7 @@ class ClassificationMetrics:
         self._probs: list[np.ndarray] = []
         self._labels: list[int] = []
         self._case_ids: list[str] = []
+        self._patients: list[str | None] = []
 
     @property
     def params(self) -> dict[str, Any]:
@@ -167,8 +215,10 @@ class ClassificationMetrics:
     def __len__(self) -> int:
         return len(self._case_ids)
 
-    def update(self, probs: Sequence[float] | np.ndarray, label: int, case_id: str | None = None) -> dict[str, Any]:
-        """Add one case: its class probabilities (K values, or p(positive) for binary) and true class."""
+    def update(
+        self, probs: Sequence[float] | np.ndarray, label: int, case_id: str | None = None, patient: str | None = None
+    ) -> dict[str, Any]:
+        """Add one case: its class probabilities (K values, or p(positive) for binary), true class and patient."""
         arr = np.asarray(probs, dtype=np.float64)
         row = as_class_probabilities(arr[None] if arr.ndim == 1 else arr.reshape(1))[0]
         if row.shape[0] != self.num_classes:
@@ -180,6 +230,7 @@ class ClassificationMetrics:
         self._probs.append(row)
         self._labels.append(label)
         self._case_ids.append(cid)
+        self._patients.append(None if patient is None else str(patient))
         return self.per_case()[-1]
 
     def per_case(self) -> list[dict[str, Any]]:
@@ -202,9 +253,21 @@ class ClassificationMetrics:
         """The metrics of every case so far, with the protocol and its parameters."""
         probs = np.stack(self._probs) if self._probs else np.zeros((0, self.num_classes))
         result = classification_metrics(self._labels, probs, self.threshold)
-        return {"protocol": self.protocol, "params": self.params, "num_cases": len(self), **result}
+        out = {"protocol": self.protocol, "params": self.params, "num_cases": len(self), **result}
+        with_patient = [i for i, pid in enumerate(self._patients) if pid is not None]
+        if with_patient:
+            out["patient_level"] = patient_level_metrics(
+                [str(self._patients[i]) for i in with_patient],
+                [self._labels[i] for i in with_patient],
+                probs[with_patient],
+                self.patient_rule,
+                self.threshold,
+            )
+            out["patient_level"]["cases_without_patient"] = [self._case_ids[i] for i in range(len(self)) if self._patients[i] is None]
+        return out
 
     def reset(self) -> None:
         self._probs.clear()
         self._labels.clear()
         self._case_ids.clear()
+        self._patients.clear()

@@ -7,6 +7,8 @@ evaluation also scores, over the cases it paired:
 
 - classification (:class:`~covseg.metrics.classification.ClassificationMetrics`): labels from a
   labels CSV (``image,label``) or, by default, from the ground truth (non-empty mask = positive);
+  per patient too (JCS's patient-level diagnosis) where the labels CSV has a ``patient`` column or a
+  grouping rule (a regular expression whose first group, or whole match, of a case's stem is its patient);
 - explanations (:class:`~covseg.metrics.explanation.ExplanationMetrics`): each heatmap's share
   inside the ground-truth lesion and the pointing game.
 
@@ -16,12 +18,13 @@ Results go into the run's ``extras`` (``summary`` entries, per-case columns, pan
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
 from covseg.data.imageio import stem_of
-from covseg.errors import DataError
+from covseg.errors import ConfigError, DataError
 from covseg.metrics.classification import ClassificationMetrics
 from covseg.metrics.evaluation import EvaluationRun, read_ground_truth
 from covseg.metrics.explanation import ExplanationMetrics
@@ -58,8 +61,26 @@ def read_class_scores(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     return [header[i][2:] for i in columns], scores
 
 
-def attach_classification(run: EvaluationRun, scores_path: Path, labels_csv: Path | None = None, num_classes: int = 1) -> None:
-    """Score the paired cases' class probabilities against labels (CSV, else derived from the ground truth)."""
+def patient_of(stem: str, pattern: re.Pattern[str] | None) -> str | None:
+    """A case's patient by the grouping rule: the pattern's first group (or whole match) in the stem; None if no match."""
+    if pattern is None:
+        return None
+    match = pattern.search(stem)
+    if match is None:
+        return None
+    return match.group(1) if pattern.groups else match.group(0)
+
+
+def attach_classification(
+    run: EvaluationRun,
+    scores_path: Path,
+    labels_csv: Path | None = None,
+    num_classes: int = 1,
+    patient_pattern: str | None = None,
+    patient_rule: str = "max",
+) -> None:
+    """Score the paired cases' class probabilities against labels (CSV, else derived from the ground truth),
+    and per patient where the CSV's ``patient`` column or ``patient_pattern`` names one."""
     from covseg.data.labels import label_from_mask, read_labels_csv
 
     names, scores = read_class_scores(scores_path)
@@ -67,7 +88,12 @@ def attach_classification(run: EvaluationRun, scores_path: Path, labels_csv: Pat
         raise DataError("no class probability columns (p_<class>) in the predictions CSV", scores_path)
     table = read_labels_csv(labels_csv, names) if labels_csv is not None else None
     by_stem = {stem_of(p): c for _, p, c in table.rows} if table is not None else {}
-    acc = ClassificationMetrics(len(names), class_names=names)
+    patient_by_stem = {stem_of(p): pid for p, pid in table.patients.items()} if table is not None else {}
+    try:
+        pattern = re.compile(patient_pattern) if patient_pattern else None
+    except re.error as exc:
+        raise ConfigError(f"--patient-pattern {patient_pattern!r} is not a regular expression: {exc}") from None
+    acc = ClassificationMetrics(len(names), class_names=names, patient_rule=patient_rule)
     missing = []
     for case in run.cases:
         probs = scores.get(case.case_id)
@@ -78,7 +104,8 @@ def attach_classification(run: EvaluationRun, scores_path: Path, labels_csv: Pat
         if label is None:
             missing.append(case.case_id)
             continue
-        acc.update(probs, label, case_id=case.case_id)
+        patient = patient_by_stem.get(case.case_id) or patient_of(case.case_id, pattern)
+        acc.update(probs, label, case_id=case.case_id, patient=patient)
     if not len(acc):
         raise DataError("no evaluated case has both class probabilities and a label", scores_path)
     summary = acc.aggregate()

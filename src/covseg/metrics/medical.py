@@ -127,6 +127,7 @@ class MedicalMetrics(MetricAccumulator):
         "precision": True,
         "sensitivity": True,
         "specificity": True,
+        "miou": True,
         "hd95": False,
         "assd": False,
         "nsd": True,

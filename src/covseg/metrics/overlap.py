@@ -1,4 +1,9 @@
-"""Overlap metrics of two binary masks: Dice, IoU, precision, sensitivity, specificity.
+"""Overlap metrics of two binary masks: Dice, IoU, precision, sensitivity, specificity, mIoU.
+
+``miou`` is the background-inclusive mean IoU that JCS (Wu et al., TIP 2021) reports: the mean of the
+foreground IoU and the background IoU ``TN / (TN + FP + FN)`` of one image. The foreground IoU of two
+empty masks follows the ``empty`` policy; an undefined (NaN) IoU is left out of the mean, so two empty
+masks give ``miou = 1`` under ``"nan"`` and ``"one"`` and ``0.5`` under ``"zero"``.
 
 All are ratios of confusion counts. A ratio whose denominator is 0 is undefined; the ``empty``
 policy says what it becomes:
@@ -27,7 +32,7 @@ import numpy as np
 
 EmptyPolicy = Literal["nan", "one", "zero"]
 EMPTY_POLICIES: tuple[str, ...] = ("nan", "one", "zero")
-OVERLAP_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "sensitivity", "specificity")
+OVERLAP_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "sensitivity", "specificity", "miou")
 
 
 def empty_value(empty: EmptyPolicy) -> float:
@@ -58,15 +63,22 @@ def _ratio(numerator: float, denominator: float, empty: EmptyPolicy) -> float:
 
 
 def overlap_from_counts(tp: int, fp: int, fn: int, tn: int, empty: EmptyPolicy = "nan") -> dict[str, float]:
-    """Dice, IoU, precision, sensitivity (recall) and specificity from confusion counts."""
+    """Dice, IoU, precision, sensitivity (recall), specificity and background-inclusive mIoU from confusion counts."""
     empty_value(empty)  # validate even when no ratio is undefined
+    foreground_iou = _ratio(tp, tp + fp + fn, empty)
     return {
         "dice": _ratio(2 * tp, 2 * tp + fp + fn, empty),
-        "iou": _ratio(tp, tp + fp + fn, empty),
+        "iou": foreground_iou,
         "precision": _ratio(tp, tp + fp, empty),
         "sensitivity": _ratio(tp, tp + fn, empty),
         "specificity": _ratio(tn, tn + fp, empty),
+        "miou": _mean_defined(foreground_iou, _ratio(tn, tn + fp + fn, empty)),
     }
+
+
+def _mean_defined(*values: float) -> float:
+    defined = [v for v in values if not np.isnan(v)]
+    return float(np.mean(defined)) if defined else float("nan")
 
 
 def overlap_metrics(pred: np.ndarray, gt: np.ndarray, empty: EmptyPolicy = "nan") -> dict[str, float]:
@@ -82,6 +94,11 @@ def dice(pred: np.ndarray, gt: np.ndarray, empty: EmptyPolicy = "nan") -> float:
 def iou(pred: np.ndarray, gt: np.ndarray, empty: EmptyPolicy = "nan") -> float:
     """IoU (Jaccard) = |P∩G| / |P∪G|."""
     return overlap_metrics(pred, gt, empty)["iou"]
+
+
+def background_inclusive_miou(pred: np.ndarray, gt: np.ndarray, empty: EmptyPolicy = "nan") -> float:
+    """JCS's mIoU: the mean of the foreground IoU and the background IoU of one image (module docstring)."""
+    return overlap_metrics(pred, gt, empty)["miou"]
 
 
 def precision(pred: np.ndarray, gt: np.ndarray, empty: EmptyPolicy = "nan") -> float:

@@ -212,6 +212,8 @@ def report() -> None:
         sod = [r for res in results for r in res["sod_records"]]
         row = {"variant": variant, "folds": len({res["fold"] for res in results}), "cases": len({c for res in results for c in res["cases"]})}
         row["train_min_per_fold"] = sum(r["train_seconds"] for r in results) / len(results) / 60
+        cpu = [r.get("train_cpu_seconds") for r in results]
+        row["train_cpu_min_per_fold"] = sum(cpu) / len(cpu) / 60 if all(c is not None for c in cpu) else None
         if num_classes == 1:
             row["dice@0.5"], row["dice@0.5_std"] = pooled(med, "dice")
             for m in ("mean_dice", "mean_sensitivity", "mean_specificity", "s_measure", "mean_e_measure", "mae"):
@@ -224,18 +226,19 @@ def report() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
     lines = [
-        "| model | folds | medical Dice@0.5 | sod mean Dice | sensitivity | specificity | S-measure | mean E-measure | MAE | train min/fold |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | folds | medical Dice@0.5 | sod mean Dice | sensitivity | specificity | S-measure | mean E-measure | MAE | train min/fold | CPU min/fold |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "dice@0.5" in r:
             lines.append(
                 f"| {r['variant']} | {r['folds']} | {r['dice@0.5']:.3f} ± {r['dice@0.5_std']:.3f} | {r['mean_dice']:.3f} | {r['mean_sensitivity']:.3f} | "
-                f"{r['mean_specificity']:.3f} | {r['s_measure']:.3f} | {r['mean_e_measure']:.3f} | {r['mae']:.3f} | {r['train_min_per_fold']:.1f} |"
+                f"{r['mean_specificity']:.3f} | {r['s_measure']:.3f} | {r['mean_e_measure']:.3f} | {r['mae']:.3f} | {r['train_min_per_fold']:.1f} | "
+                f"{'–' if r['train_cpu_min_per_fold'] is None else format(r['train_cpu_min_per_fold'], '.1f')} |"
             )
     for name, p in PUBLISHED.items():
         cell = {k: f"{p[k]:.3f}" if k in p else "–" for k in ("mean_dice", "s_measure", "mae")}
-        lines.append(f"| {name} | 48-slice test split | – | {cell['mean_dice']} | – | – | {cell['s_measure']} | – | {cell['mae']} | – |")
+        lines.append(f"| {name} | 48-slice test split | – | {cell['mean_dice']} | – | – | {cell['s_measure']} | – | {cell['mae']} | – | – |")
     mc = [r for r in rows if "ggo_dice" in r]
     if mc:
         lines += ["", "| multi-class model | folds | GGO Dice@argmax | consolidation Dice@argmax | train min/fold |", "|---|---|---|---|---|"]

@@ -83,7 +83,11 @@ def score_run(run_dir: Path | list[Path], num_classes: int = 1, tta_flip: bool =
         with (d / "history.csv").open(newline="") as f:
             history += list(csv.DictReader(f))
     train_s = sum(float(r["time_s"]) for r in history)
+    # CPU seconds per epoch (history.csv's cpu_s, recorded since 2026-12-06; None for older runs)
+    cpu = [r.get("cpu_s") for r in history]
+    train_cpu_s = sum(float(c) for c in cpu) if cpu and all(c not in (None, "") for c in cpu) else None
     return {
+        "train_cpu_seconds": train_cpu_s,
         "cases": per_case,
         "medical_records": medical.per_case(),
         "sod_records": sod.per_case() if sod is not None else [],

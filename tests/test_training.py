@@ -72,6 +72,10 @@ def test_run_folder_describes_itself(phantoms, tmp_path):
     for name in ("config.yaml", "model.json", "dataset.json", "splits.json", "history.csv", "curves.png"):
         assert (run / name).exists(), name
     assert (run / "checkpoints" / "last.pt").exists() and (run / "checkpoints" / "best.pt").exists()
+    import csv
+
+    rows = list(csv.DictReader((run / "history.csv").open()))  # wall and CPU seconds of every epoch
+    assert len(rows) == 2 and all(float(r["cpu_s"]) > 0 and float(r["time_s"]) > 0 for r in rows)
     model_json = yaml.safe_load((run / "model.json").read_text())
     assert model_json["name"] == "unet" and model_json["init_args"]["base_width"] == 8
     assert model_json["preprocessing"]["size"] == [64, 64]

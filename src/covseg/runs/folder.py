@@ -7,7 +7,7 @@ Layout::
       model.json         model name, init args, preprocessing, classes, threshold
       dataset.json       what was trained on: root, layout, counts, sizes, foreground share
       splits.json        case ids of the training and validation sets (and the fold)
-      history.csv        one row per epoch: losses, validation metrics, learning rate, time
+      history.csv        one row per epoch: losses, validation metrics, learning rate, wall and CPU seconds
       curves.png         training curves
       checkpoints/       last.pt (every epoch) and best.pt (best validation metric)
 """

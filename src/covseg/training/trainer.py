@@ -527,7 +527,7 @@ class Trainer:
             prog.update(task, completed=self.start_epoch * self.steps_per_epoch)
             end = self.total_epochs if stop_after is None else min(self.total_epochs, self.start_epoch + stop_after)
             for epoch in range(self.start_epoch, end):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 parts = self.train_epoch(epoch, lambda info: prog.update(task, advance=1, info=info))
                 row: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v for k, v in parts.items()}}
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -539,6 +539,7 @@ class Trainer:
                         self.best_metric, self.best_epoch = float(value), epoch
                         row["best"] = 1
                 row["time_s"] = round(time.perf_counter() - t0, 3)
+                row["cpu_s"] = round(time.process_time() - c0, 3)  # this process's CPU (all threads): cost on a loaded machine
                 self.history.append(row)
                 if self.runtime.is_main:
                     state = self.state(epoch)

@@ -35,7 +35,8 @@ def test_load_sample_keeps_text_label_meta_and_spacing(tmp_path):
     rec = CaseRecord("c1", tmp_path / "img.png", tmp_path / "mask.png", text="lesion", texts={"P0": "lesion"}, label=1, meta={"k": 2})
     sample = load_sample(rec)
     assert sample.spacing == (0.6, 0.7)
-    assert (sample.text, sample.texts, sample.label, sample.meta) == ("lesion", {"P0": "lesion"}, 1, {"k": 2})
+    # meta keeps the record's own entries; loading adds the intensity space it read the image in
+    assert (sample.text, sample.texts, sample.label, sample.meta) == ("lesion", {"P0": "lesion"}, 1, {"k": 2, "intensity_space": "display"})
     rec.meta["spacing"] = (1.5, 1.5)
     assert load_sample(rec).spacing == (1.5, 1.5)
 

@@ -244,20 +244,24 @@ def phantoms(
     if cases < 1:
         raise DataError(f"--cases must be at least 1, got {cases}")
     owned = ("images", "labels", "labels_multiclass", "lungs") if three_d else ("images", "masks", "masks_multiclass", "edges", "labels.csv")
+    # every option is checked before the output folder is made: a refused command writes nothing
+    if three_d:
+        shape = tuple(int(v) for v in numbers(size or "64,64,32", 3, "--size"))
+        if not all(1 <= v <= 512 for v in shape):
+            raise DataError(f"bad --size {size!r}: 3D phantoms take 1 to 512 voxels per axis")
+        voxel_mm = numbers(spacing, 3, "--spacing")
+    else:
+        side = int(numbers(size or "128", 1, "--size")[0])
+        if not 8 <= side <= 4096:
+            raise DataError(f"bad --size {size!r}: 2D phantoms take 8 to 4096 pixels (smaller ones leave no room for lungs)")
     OutputFolder(dst, "data phantoms", owned=owned).prepare()
     if three_d:
         from covseg.data.synthetic3d import write_phantom_volumes
 
-        shape = tuple(int(v) for v in numbers(size or "64,64,32", 3, "--size"))
-        if not all(1 <= v <= 512 for v in shape):
-            raise DataError(f"bad --size {size!r}: 3D phantoms take 1 to 512 voxels per axis")
-        write_phantom_volumes(dst, cases, shape, numbers(spacing, 3, "--spacing"), seed=seed, labels=not unlabelled)  # type: ignore[arg-type]
+        write_phantom_volumes(dst, cases, shape, voxel_mm, seed=seed, labels=not unlabelled)  # type: ignore[arg-type]
     else:
         from covseg.data.synthetic import write_phantom_dataset
 
-        side = int(numbers(size or "128", 1, "--size")[0])
-        if not 8 <= side <= 4096:
-            raise DataError(f"bad --size {size!r}: 2D phantoms take 8 to 4096 pixels (smaller ones leave no room for lungs)")
         write_phantom_dataset(dst, cases, size=side, seed=seed)
     typer.echo(f"{cases} {'3D ' if three_d else ''}phantoms written to {dst}")
 

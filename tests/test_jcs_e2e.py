@@ -194,3 +194,25 @@ def test_shipped_jcs_config_trains_predicts_and_explains_real_slices(real_data, 
     assert run_cli(["explain", "-m", run, "-i", subset, "-o", tmp_path / "expl", "--gt", real_data / "covid19_ct100_jcs", "-q"]) == 0
     summary = json.loads((tmp_path / "expl" / "summary.json").read_text())
     assert summary["explanation"]["gradcam"]["num_empty_masks"] == 1  # 0048: nothing to point at
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["onnx", "torchscript"])
+def test_an_exported_joint_model_keeps_its_class_output(joint_run, tmp_path, engine):
+    """A JCS run exported lost its classification head (no ``p_*`` columns from ``--engine onnx``): the
+    file now has a second output, ``class_logits``, its card describes it, and predict with the engine
+    gives the torch run's class probabilities and masks (issue 28)."""
+    run, images = joint_run["run"], joint_run["fresh"] / "images"
+    assert run_cli(["export", "-m", run, "--format", engine, "-o", tmp_path / "exp"]) == 0
+    card = json.loads((tmp_path / "exp" / "model_card.json").read_text())
+    assert card["network_data_format"]["outputs"]["class_logits"]["num_channels"] == 2
+    rows = {}
+    for name, args in (("torch", ["-m", run]), (engine, ["-m", tmp_path / "exp", "--engine", engine])):
+        assert run_cli(["predict", *args, "-i", images, "-o", tmp_path / name, "-q"]) == 0
+        with (tmp_path / name / "predictions.csv").open() as f:
+            rows[name] = {Path(r["mask"]).name: r for r in csv.DictReader(f)}
+    assert rows["torch"].keys() == rows[engine].keys() and len(rows[engine]) == 40
+    for key, ref in rows["torch"].items():
+        got = rows[engine][key]
+        assert got["predicted_class"] == ref["predicted_class"]
+        assert abs(float(got["p_positive"]) - float(ref["p_positive"])) < 1e-3

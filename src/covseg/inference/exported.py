@@ -36,8 +36,11 @@ def _best_row(run) -> dict[str, Any]:
     return {k: float(v) for k, v in row.items() if k.startswith("val_") and v not in ("", None)}
 
 
-def model_card(run, description: RunDescription, engine: str, checkpoint: str, epoch: Any) -> dict[str, Any]:
-    """The model card of an exported run (what a user needs to feed it and read its output)."""
+def model_card(
+    run, description: RunDescription, engine: str, checkpoint: str, epoch: Any, class_outputs: int | None = None
+) -> dict[str, Any]:
+    """The model card of an exported run (what a user needs to feed it and read its output); a joint
+    model's card also describes its second output, ``class_logits`` (``class_outputs`` classes)."""
     pre = description.preprocessing
     k = description.num_classes
     names = description.class_names or []
@@ -71,7 +74,19 @@ def model_card(run, description: RunDescription, engine: str, checkpoint: str, e
                     "activation": "sigmoid" if k == 1 else "softmax",
                     "channel_def": channel_def,
                     "threshold": description.threshold,
-                }
+                },
+                **(
+                    {
+                        "class_logits": {
+                            "type": "logits",
+                            "num_channels": class_outputs,
+                            "activation": "softmax",
+                            "channel_def": {str(i): n for i, n in enumerate((description.class_names or [])[:class_outputs])},
+                        }
+                    }
+                    if class_outputs
+                    else {}
+                ),
             },
         },
         "preprocessing": pre.model_dump(mode="json"),
@@ -84,7 +99,7 @@ def model_card(run, description: RunDescription, engine: str, checkpoint: str, e
 
 def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, checkpoint: str = "best") -> Path:
     """Write the run's model as ``fmt`` (``onnx`` | ``torchscript``) with its card into ``out_dir``."""
-    from covseg.models.export import export_onnx
+    from covseg.models.export import export_onnx, has_class_output
     from covseg.runs.checkpoint import load_checkpoint, model_from_checkpoint
     from covseg.runs.folder import RunFolder
     from covseg.runs.packing import WEIGHTS, is_packed, load_packed, resolve_run_dir
@@ -115,14 +130,22 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, checkpoint: s
     out = folder.prepare()
     target = out / FILES[fmt]
     if fmt == "onnx":
-        write_with(target, lambda p: export_onnx(model, p, method="torchscript"))
+        write_with(target, lambda p: export_onnx(model, p, method="torchscript", class_output=True))
     else:
+        from covseg.models.export import WithClassOutput, has_class_output
+
         dims = int(getattr(model, "spatial_dims", 2))
         example = torch.zeros(1, model.input_channels, *((32,) * 3 if dims == 3 else (64, 64)))
+        network = WithClassOutput(model).eval() if has_class_output(model) else model
         with torch.no_grad():
-            traced = torch.jit.trace(model, example, check_trace=False)
+            traced = torch.jit.trace(network, example, check_trace=False)
         write_with(target, lambda p: torch.jit.save(traced, str(p)))
-    write_json(out / CARD, model_card(run, description, fmt, checkpoint, ckpt.get("epoch")))
+    classes = None
+    if has_class_output(model):  # the joint model's second output: its class count, read off one forward pass
+        with torch.no_grad():
+            probe = torch.zeros(1, model.input_channels, *((32,) * int(getattr(model, "spatial_dims", 2))))
+            classes = int(model.forward_heads(probe)["class_logits"].shape[1])
+    write_json(out / CARD, model_card(run, description, fmt, checkpoint, ckpt.get("epoch"), classes))
     return target
 
 
@@ -133,6 +156,8 @@ class ExportedNetwork:
         self.engine = engine
         self.runtime = runtime
         self.spatial_dims = spatial_dims
+        #: ``("class_logits",)`` when the file has the joint model's second output (the segmenter then classifies)
+        self.head_outputs: tuple[str, ...] = ()
         if engine == "onnx":
             import onnxruntime as ort
 
@@ -140,19 +165,33 @@ class ExportedNetwork:
             available = set(ort.get_available_providers())
             self.session = ort.InferenceSession(str(path), providers=[p for p in providers if p in available])
             self.input_name = self.session.get_inputs()[0].name
+            if len(self.session.get_outputs()) == 2:
+                self.head_outputs = ("class_logits",)
         else:
             try:
                 self.module = torch.jit.load(str(path), map_location=runtime.device).eval()
             except (RuntimeError, ValueError) as exc:
                 raise CovsegError(f"unreadable TorchScript model ({type(exc).__name__})", path) from None
 
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every output of the exported file: ``(logits,)``, or ``(logits, class_logits)`` for a joint model."""
+        if self.engine == "onnx":
+            outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().float().cpu().numpy())})
+            return tuple(torch.from_numpy(o).to(x.device) for o in outputs)
+        out = self.module(x)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
     def __call__(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         if kwargs:
             raise CovsegError("an exported network takes the image only")
-        if self.engine == "onnx":
-            (logits,) = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().float().cpu().numpy())})
-            return torch.from_numpy(logits).to(x.device)
-        return self.module(x)
+        return self._run(x)[0]
+
+    def forward_heads(self, x: torch.Tensor, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Segmentation and class logits of a joint model's export (what the segmenter asks a joint model for)."""
+        if kwargs:
+            raise CovsegError("an exported network takes the image only")
+        outputs = self._run(x)
+        return {"logits": outputs[0], "class_logits": outputs[1]}
 
     def eval(self) -> ExportedNetwork:
         return self
@@ -184,6 +223,8 @@ def load_exported(folder: str | Path, engine: str, runtime: Runtime | None = Non
     runtime = runtime or Runtime()
     dims = int(description.init_args.get("spatial_dims", 2))
     network = ExportedNetwork(folder / FILES[engine], engine, runtime, dims)
+    if "class_logits" in card.get("network_data_format", {}).get("outputs", {}):
+        network.head_outputs = ("class_logits",)  # a joint model: its file has the class output too
     pre = Preprocessing.from_dict(description.preprocessing.model_dump())
     inferer = build_inferer(description.inferer.model_dump(), default_size=pre.size)
     plan = None

@@ -167,7 +167,8 @@ class Predictor(BasePredictor):
         self.run_dir = segmenter.run_dir
         spec = getattr(segmenter.description, "classification", None)
         if segmenter.classifies:
-            classes = int(segmenter.model.init_args["heads"]["classification"]["classes"])
+            init_args = getattr(segmenter.model, "init_args", None) or segmenter.description.init_args  # an export has only the card's
+            classes = int(init_args["heads"]["classification"]["classes"])
             self.class_names = list(spec.class_names) if spec is not None else [f"class{c}" for c in range(classes)]
 
     @classmethod

@@ -23,6 +23,27 @@ from covseg.models.base import SegmentationModel
 
 ONNX_INPUT = "image"
 ONNX_OUTPUT = "logits"
+ONNX_CLASS_OUTPUT = "class_logits"
+
+
+class WithClassOutput(torch.nn.Module):
+    """A joint model as a network with two outputs, ``(logits, class_logits)``: what export writes for it,
+    so the exported file keeps the classification a joint model's ``predictions.csv`` reports."""
+
+    def __init__(self, model: SegmentationModel) -> None:
+        super().__init__()
+        self.model = model
+        self.input_channels = model.input_channels
+        self.spatial_dims = int(getattr(model, "spatial_dims", 2))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.forward_heads(x)
+        return out["logits"], out["class_logits"]
+
+
+def has_class_output(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a joint model (a classification head giving ``class_logits``)."""
+    return "class_logits" in getattr(model, "head_outputs", ())
 
 
 def export_onnx(
@@ -31,8 +52,10 @@ def export_onnx(
     method: str = "dynamo",
     example_size: tuple[int, ...] | None = None,
     opset: int = 18,
+    class_output: bool = False,
 ) -> Path:
-    """Export ``model.forward`` in eval mode to ``path`` (batch and every spatial size dynamic)."""
+    """Export ``model.forward`` in eval mode to ``path`` (batch and every spatial size dynamic);
+    ``class_output`` adds a joint model's ``class_logits`` (batch × classes) as a second output."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
@@ -41,19 +64,22 @@ def export_onnx(
     example_size = example_size or ((32,) * 3 if spatial_dims == 3 else (64, 64))
     example = torch.zeros(1, model.input_channels, *example_size)
     names = ["depth", "height", "width"][-len(example_size) :]
+    joint = class_output and has_class_output(model)
+    network = WithClassOutput(model) if joint else model
+    outputs = [ONNX_OUTPUT, ONNX_CLASS_OUTPUT] if joint else [ONNX_OUTPUT]
     try:
         if method == "dynamo":
             dims = {0: torch.export.Dim("batch", min=1, max=4096)}
             dims.update({2 + i: torch.export.Dim(n, min=1, max=8192) for i, n in enumerate(names)})
             torch.onnx.export(
-                model,
+                network,
                 (example,),
                 str(path),
                 dynamo=True,
                 external_data=False,
                 opset_version=opset,
                 input_names=[ONNX_INPUT],
-                output_names=[ONNX_OUTPUT],
+                output_names=outputs,
                 dynamic_shapes={"x": dims},
                 verbose=False,
             )
@@ -61,16 +87,17 @@ def export_onnx(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # deprecation and tracer notices
                 torch.onnx.export(
-                    model,
+                    network,
                     (example,),
                     str(path),
                     dynamo=False,
                     opset_version=min(opset, 17),
                     input_names=[ONNX_INPUT],
-                    output_names=[ONNX_OUTPUT],
+                    output_names=outputs,
                     dynamic_axes={
                         ONNX_INPUT: {0: "batch", **{2 + i: n for i, n in enumerate(names)}},
                         ONNX_OUTPUT: {0: "batch", **{2 + i: n for i, n in enumerate(names)}},
+                        **({ONNX_CLASS_OUTPUT: {0: "batch"}} if joint else {}),
                     },
                 )
         else:

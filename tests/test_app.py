@@ -6,10 +6,8 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -24,7 +22,7 @@ from covseg.runs.packing import pack_run
 from covseg.training.config import load_config
 from covseg.training.trainer import build_trainer
 
-from tests.helpers import phantom_dataset, tiny_config
+from tests.helpers import free_port, phantom_dataset, tiny_config, wait_for_server
 
 TINY = "tiny-app-model"
 
@@ -144,11 +142,6 @@ def _browser_or_skip():
     return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver), options=options)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_page_uploads_and_shows_the_overlay_in_headless_chromium(trained, tmp_path):
     from selenium.webdriver.common.by import By
@@ -156,21 +149,13 @@ def test_page_uploads_and_shows_the_overlay_in_headless_chromium(trained, tmp_pa
 
     run, _, data = trained
     browser = _browser_or_skip()
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     server = subprocess.Popen([sys.executable, "-m", "covseg.cli.main", "app", "--model", str(run), "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.time() + 90
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    pytest.fail(f"covseg app did not start: {server.stdout.read().decode() if server.poll() is not None else 'timeout'}")
-                time.sleep(0.5)
+        wait_for_server(server, port)
         image = tmp_path / "upload.png"
         write_image(image, read_image(sorted((data / "images").iterdir())[0]))
         browser.get(url)

@@ -15,7 +15,6 @@ import gzip
 import http.client
 import io
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -30,6 +29,8 @@ import pytest
 from PIL import Image
 
 from covseg import zoo
+
+from tests.helpers import free_port, wait_for_server
 
 OWN = "http://127.0.0.1:8765"
 ZOO_MODEL = "covid-ct-infection"
@@ -226,11 +227,6 @@ def test_results_live_on_disk_in_the_apps_folder_and_go_with_it(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------ a real server
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _multipart(filename: str, data: bytes, model: str) -> tuple[bytes, str]:
     boundary = "covsegtestboundary"
@@ -267,21 +263,13 @@ def _status_kib(pid: int, field: str) -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to read the server's peak memory")
 def test_the_running_app_refuses_rebinding_cross_origin_posts_and_a_gzip_bomb():
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     server = subprocess.Popen([sys.executable, "-m", "covseg.cli.main", "app", "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)  # fmt: skip
     own = f"127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    pytest.fail(f"covseg app did not start: {server.stdout.read().decode() if server.poll() is not None else 'timeout'}")
-                time.sleep(0.3)
+        wait_for_server(server, port)
         status, body = _request(port, "GET", "/api/models", {"Host": own})
         assert status == 200 and ZOO_MODEL.encode() in body
         status, body = _request(port, "GET", "/api/models", {"Host": f"rebound.evil.example:{port}"})

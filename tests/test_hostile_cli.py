@@ -17,10 +17,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +26,7 @@ import yaml
 
 from covseg import zoo
 
-from tests.helpers import phantom_dataset, tiny_config
+from tests.helpers import free_port, phantom_dataset, tiny_config, wait_for_server
 
 SIZE = 48
 TINY = "tiny-zoo-model"
@@ -167,29 +165,17 @@ def test_ctrl_c_prints_interrupted_and_exits_130_for_every_command(command, caps
     assert lines == ["error: interrupted"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_ctrl_c_stops_the_running_app_with_the_interrupted_line(tmp_path):
     """uvicorn handles Ctrl-C itself and ended with exit 0 and no line; a busy port was uvicorn's
     log and exit 3. (SIGINT is reset to its default for the child: a test runner may ignore it.)"""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "covseg.cli.main", "app", "--port", str(port)]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "covseg app did not start"
-                time.sleep(0.3)
+        wait_for_server(server, port)
         busy = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
         assert busy.returncode == 2 and busy.stderr.strip().splitlines()[-1] == f"error: cannot listen on 127.0.0.1:{port} (Address already in use)"
         server.send_signal(signal.SIGINT)

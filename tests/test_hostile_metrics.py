@@ -21,17 +21,10 @@ from PIL import Image
 
 from covseg.metrics import SodMetrics
 
+from tests.helpers import run_cli
+
 SIZE = 32
 
-
-def run_cli(args: list) -> int:
-    from covseg.cli.main import main
-
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-    return 0
 
 
 def _disk(cy: int, cx: int, r: int) -> np.ndarray:

@@ -13,6 +13,8 @@ import torch
 
 from covseg.data.synthetic import write_phantom_dataset
 
+from tests.helpers import run_cli
+
 SIZE = 96
 JOINT_CONFIG = {
     "name": "jcs_phantoms",
@@ -25,15 +27,6 @@ JOINT_CONFIG = {
     "train": {"epochs": 40, "batch_size": 8, "threads": 1, "val_every": 40},
 }
 
-
-def run_cli(args: list) -> int:
-    from covseg.cli.main import main
-
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-    return 0
 
 
 @pytest.fixture(scope="module")

@@ -91,6 +91,14 @@ for _n in (1, 2):
         [o.replace("efficientnet-lite0", f"efficientnet-lite{_n}") for o in VARIANTS["resunet_all_effl0_e100"][1]],
         1,
     )
+# Issue 24 §5: the same with the lower half of the infection-free CT's lung slices as negatives (empty masks;
+# bench/healthy_ct.py), so healthy lung is seen in training; bench_healthy_fp.py counts false positives on the other half.
+NEGATIVES = RUNS / "healthy_negatives"
+VARIANTS["resunet_all_effl0_e100_neg"] = (
+    "resunet_cosup_covid_semiseg",
+    [*VARIANTS["resunet_all_effl0_e100"][1], f"data.extra=[{{root: '{NEGATIVES}', masks: empty, label: 0, train_only: true}}]"],
+    1,
+)
 # The plain multi-class model and the out-of-fold cascade trained 2.5x longer (priors unchanged).
 VARIANTS["multiclass_e100"] = ("multiclass_covid_semiseg", ["train.epochs=100"], 3)
 VARIANTS["multiclass_prior_oof_e100"] = ("multiclass_covid_semiseg", [*VARIANTS["multiclass_prior_oof"][1], "train.epochs=100"], 3)
@@ -187,6 +195,10 @@ def work(variant: str, fold: int, spec) -> None:
         result_file.parent.mkdir(parents=True, exist_ok=True)
         result_file.write_text(json.dumps(result, indent=1))
         return
+    if any(str(NEGATIVES) in o for o in overrides):
+        from healthy_ct import prepare_negatives
+
+        prepare_negatives(NEGATIVES)
     run_dir = RUNS / variant / f"fold{fold}"
     wall = train_fold(config, COMMON + overrides + EXTRA, run_dir, fold, RUNS / variant / f"fold{fold}.log")
     result = score_run(run_dir, num_classes)

@@ -125,3 +125,17 @@ def test_extra_sources_join_before_the_split(phantoms, tmp_path):
     clash = tiny_config(phantoms, data__extra=[{"root": str(phantoms)}])
     with pytest.raises(DataError, match="occurs in several sources"):
         split_records(load_config(raw=clash).data)
+
+
+def test_train_only_extra_sources_keep_the_folds(phantoms, tmp_path):
+    """``train_only`` negatives join every fold's training cases; the root's folds stay as without them."""
+    negatives = tmp_path / "neg"
+    for i in range(4):
+        write_image(negatives / "images" / f"neg_{i}.png", np.full((40, 40), 90, dtype=np.uint8))
+    for fold in (0, 1):
+        plain = split_records(load_config(raw=tiny_config(phantoms, size=48, data__folds=2, data__fold=fold)).data)
+        extra = [{"root": str(negatives), "masks": "empty", "train_only": True}]
+        joined = split_records(load_config(raw=tiny_config(phantoms, size=48, data__folds=2, data__fold=fold, data__extra=extra)).data)
+        assert [r.case_id for r in joined[1]] == [r.case_id for r in plain[1]]  # the same validation cases
+        assert [r.case_id for r in joined[0]] == [r.case_id for r in plain[0]] + [f"neg_{i}" for i in range(4)]
+        assert joined[2]["train"][-4:] == [f"neg_{i}" for i in range(4)]

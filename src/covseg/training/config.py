@@ -38,6 +38,11 @@ class ExtraSource(_Strict):
         description="files: the source's own masks; empty: infection-free, an empty mask trains segmentation "
         "too (label defaults to 0); none: label only (label required).",
     )
+    train_only: bool = Field(
+        False,
+        description="Join every fold's training cases instead of the split: the cross-validation folds of data.root "
+        "stay the same as without this source, and none of its cases is ever scored as validation.",
+    )
 
     @model_validator(mode="after")
     def _label_for_maskless(self) -> ExtraSource:

@@ -85,6 +85,9 @@ def split_records(cfg: DataConfig, seed: int = 0) -> tuple[list[CaseRecord], lis
     labels.check_unique_ids(records)
     if not records:
         raise DataError("no labelled cases found", expand(cfg.root))
+    # data.extra sources marked train_only join every fold's training cases after the split
+    always = [r for r in records if r.meta.get("train_only")]
+    records = [r for r in records if not r.meta.get("train_only")]
     by_id = {r.case_id: r for r in records}
     if cfg.val_root and cfg.inner_folds is not None:
         raise ConfigError("data.inner_folds (nested cross-validation) needs k-fold on data.root, not data.val_root")
@@ -112,7 +115,8 @@ def split_records(cfg: DataConfig, seed: int = 0) -> tuple[list[CaseRecord], lis
     if cfg.val_limit is not None and cfg.val_limit < len(val):
         val = val[: cfg.val_limit]
         val_ids = [r.case_id for r in val]
-    train = [by_id[i] for i in train_ids]
+    train = [by_id[i] for i in train_ids] + always
+    train_ids = [*train_ids, *(r.case_id for r in always)]
     info.update({"train": train_ids, "val": val_ids})
     return train, val, info
 

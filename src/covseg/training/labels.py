@@ -60,6 +60,8 @@ def extra_records(cfg: DataConfig) -> list[CaseRecord]:
             raise DataError("data.extra: dataset folder not found", root)
         for rec in open_dataset(root, layout=source.layout, split=source.split).records:
             meta = {**rec.meta, "source": source.root}
+            if source.train_only:
+                meta["train_only"] = True
             if source.label is not None:
                 meta["label_source"] = "extra"
             if source.masks != "files":

@@ -7,7 +7,8 @@ control use :func:`covseg.training.trainer.build_trainer` and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +239,93 @@ def explain(
         strict=strict,
         on_done=on_done,
     )
+
+
+@dataclass
+class EvaluateResult:
+    """What :func:`evaluate` scored and wrote: the run (cases, problems, notes), the protocol's
+    summary, the files written and where."""
+
+    run: Any
+    summary: dict[str, Any]
+    paths: dict[str, Path]
+    out_dir: Path
+
+
+#: ``listener(event, value)`` of :func:`evaluate`: ``"predictions"`` (the folder read inside the one
+#: given), ``"skipped"`` (a case left out while pairing), ``"start"`` (the number of cases to score)
+EvaluateListener = Callable[[str, Any], None]
+
+
+def evaluate(
+    pred: str | Path,
+    gt: str | Path,
+    options: Any = None,
+    *,
+    listener: EvaluateListener | None = None,
+    on_case: Callable[[Any, Any], None] | None = None,
+) -> EvaluateResult:
+    """Score a folder of predictions against ground truth with :class:`covseg.metrics.options.EvaluateOptions`;
+    writes ``per_case.csv``, ``summary.json`` and (``options.report``) ``report.html``.
+
+    A ``covseg predict`` output folder is read through its soft maps (else its masks). Joint
+    models' class probabilities (``predictions.csv`` beside the predictions, or ``options.classes``)
+    and ``covseg explain`` heatmaps (``options.explanations``) are scored too. Raises ``DataError``
+    when no case could be scored; cases that failed are in ``result.run.bad``."""
+    import functools
+
+    from covseg.errors import ConfigError, DataError
+    from covseg.metrics import evaluation as ev
+    from covseg.metrics import joint
+    from covseg.metrics.options import EvaluateOptions
+    from covseg.utils.outputs import OutputFolder
+
+    opts = (options or EvaluateOptions()).checked()
+    say = listener or (lambda event, value: None)
+    pred, gt = Path(pred), Path(gt)
+    inner = ev.resolve_prediction_folder(pred)
+    if inner != pred:
+        say("predictions", inner)
+        pred = inner
+    out_dir = opts.out_dir(pred)
+    cases, bad, image_dir = ev.pair_cases(pred, gt, opts.images, missing=opts.missing_pred)
+    folder = OutputFolder(
+        out_dir, "evaluate", [pred, gt, gt / "masks", image_dir],
+        owned=("per_case.csv", "summary.json", "report.html"), legacy=("summary.json",),
+    )  # fmt: skip
+    folder.validate()
+    if opts.strict and bad:
+        raise DataError(bad[0].problem, bad[0].path)
+    accumulator = ev.make_accumulator(
+        opts.protocol, threshold=opts.threshold, tolerance=opts.tolerance, num_classes=opts.num_classes, empty=opts.empty,
+        empty_distance=opts.empty_distance, pred_type=opts.pred_type, specificity_rule=opts.specificity_rule, toolbox=opts.toolbox,
+    )  # type: ignore[arg-type]  # fmt: skip
+    for b in bad:
+        say("skipped", b)
+    say("start", len(cases))
+    run = ev.evaluate_cases(cases, accumulator, num_classes=opts.num_classes, pred_type=opts.pred_type,  # type: ignore[arg-type]
+                            spacing=opts.spacing, strict=opts.strict, on_case=on_case)  # type: ignore[arg-type]  # fmt: skip
+    run.bad = bad + run.bad
+    run.options = {
+        "pred": str(pred), "gt": str(gt), "images": str(image_dir) if image_dir else None,
+        "spacing": list(opts.spacing) if opts.spacing else None, "strict": opts.strict, "missing_pred": opts.missing_pred,
+    }  # fmt: skip
+    folder.prepare()
+    if run.cases:  # classification of joint models (per image and per patient) and explanation scores
+        scores = joint.joint_options(pred, opts.classes)
+        if scores is not None:
+            joint.attach_classification(run, scores, opts.labels, opts.num_classes, opts.patient_pattern, opts.patient_rule)
+        elif opts.labels is not None:
+            raise ConfigError("--labels needs class probabilities: predictions.csv of a joint model beside --pred, or --classes")
+        if opts.explanations is not None:
+            joint.attach_explanations(run, opts.explanations, opts.pointing_tolerance, opts.num_classes, opts.show)
+    if not run.cases:
+        summary_path = ev.write_outputs(run, out_dir, reduction=opts.reduction)["summary"]  # type: ignore[arg-type]
+        raise DataError(f"no case could be scored ({len(run.bad)} problem(s), listed in {summary_path})", pred)
+    renderer = None
+    if opts.report:  # metrics writes the files; the HTML page comes from viz, one layer up
+        from covseg.viz.evaluation_report import render_evaluation_report
+
+        renderer = functools.partial(render_evaluation_report, show=opts.show)
+    paths = ev.write_outputs(run, out_dir, reduction=opts.reduction, report=renderer)  # type: ignore[arg-type]
+    return EvaluateResult(run, accumulator.aggregate(opts.reduction), paths, out_dir)  # type: ignore[arg-type]

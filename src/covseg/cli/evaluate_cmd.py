@@ -1,7 +1,9 @@
 """``covseg evaluate``: score predicted masks or soft maps against ground truth.
 
-Heavy imports (numpy, scipy, matplotlib, rich progress) happen inside the command so that
-``covseg --help`` stays fast.
+The command builds one :class:`covseg.metrics.options.EvaluateOptions` and calls
+:func:`covseg.api.evaluate`, which checks and writes the output folder through the output guard
+(:class:`covseg.utils.outputs.OutputFolder`); here it only shows progress and prints. Heavy imports
+(numpy, scipy, matplotlib, rich progress) happen inside the command so that ``covseg --help`` stays fast.
 """
 
 from __future__ import annotations

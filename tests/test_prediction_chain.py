@@ -61,3 +61,90 @@ def test_the_ct_window_is_written_once_and_read_everywhere():
     np.testing.assert_allclose(to_unit(hu, "hu"), [0.0, 0.5, 1.0, 1.0])
     np.testing.assert_allclose(to_unit(hu, "hu", (-1000.0, 0.0)), [0.0, 0.5, 1.0, 1.0])
 
+
+ZOO_CT = "covid-ct-infection"
+
+
+def _png(path, seed: int = 0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    img = (rng.random((48, 40)) * 120).astype(np.uint8)
+    img[12:30, 8:24] = 210
+    Image.fromarray(img).save(path)
+    return img
+
+
+def test_predictor_input_levels_array_file_and_folder_agree(tmp_path):
+    """predict_array, predict_file and predict_folder are one path: the same soft map and mask."""
+    from PIL import Image
+
+    from covseg.inference.options import PredictOptions
+    from covseg.inference.predictor import Predictor
+    from covseg.runs.packing import resolve_run_dir
+
+    image = _png(tmp_path / "scan.png")
+    predictor = Predictor.from_run(resolve_run_dir(ZOO_CT), device="cpu")
+    options = PredictOptions(tta=True, largest=1)
+    by_array = predictor.predict_array(image, options=options)
+    by_file = predictor.predict_file(tmp_path / "scan.png", options)
+    assert by_file.space == "display" and not by_file.is_volume
+    np.testing.assert_array_equal(by_file.prediction.probs, by_array.probs)
+    np.testing.assert_array_equal(by_file.labels, by_array.labels)
+    assert by_array.probs.shape == image.shape and 0 < by_array.labels.sum() < image.size
+    report = predictor.predict_folder(tmp_path / "scan.png", tmp_path / "out", options)
+    assert len(report.written) == 1 and not report.failed
+    mask = np.asarray(Image.open(report.written[0]["mask"]))
+    np.testing.assert_array_equal(mask, by_array.labels.astype(np.uint8) * 255)
+    assert report.written[0]["foreground_fraction"] == pytest.approx(float(by_array.labels.mean()))
+
+
+def test_api_predict_takes_one_options_object_or_its_fields(tmp_path):
+    from covseg.api import predict
+    from covseg.errors import ConfigError
+    from covseg.inference.options import PredictOptions
+
+    _png(tmp_path / "a.png", 1)
+    by_object = predict(ZOO_CT, tmp_path / "a.png", tmp_path / "o1", PredictOptions(overlays=False, device="cpu", min_size=5))
+    by_fields = predict(ZOO_CT, tmp_path / "a.png", tmp_path / "o2", overlays=False, device="cpu", min_size=5)
+    for name in ("masks/a.png", "probs/a.png"):
+        assert (tmp_path / "o1" / name).read_bytes() == (tmp_path / "o2" / name).read_bytes()
+    assert not (tmp_path / "o1" / "overlays").exists() or not any((tmp_path / "o1" / "overlays").iterdir())
+    assert by_object.written[0]["foreground_fraction"] == by_fields.written[0]["foreground_fraction"]
+    assert PredictOptions(tta_axes=(0, 2)).tta_flip == (0, 2) and PredictOptions(tta=True).tta_flip is True
+    assert PredictOptions(lungs_only=True).post.lung_margin_mm == 15.0
+    with pytest.raises(ConfigError, match=r"--lung-margin: 3.0 needs --lungs-only"):
+        PredictOptions(lung_margin_mm=3.0).checked()
+    with pytest.raises(ConfigError, match=r"--tta-axes: '5': axes are 0, 1 or 2"):
+        PredictOptions(tta_axes=(5,)).checked()
+
+
+def test_api_evaluate_with_options_scores_the_dice_it_should(tmp_path):
+    from covseg.api import evaluate
+    from covseg.data.imageio import write_mask
+    from covseg.errors import ConfigError
+    from covseg.metrics.options import EvaluateOptions
+
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    gt = np.zeros((32, 32), np.uint8)
+    gt[8:24, 8:24] = 1  # 256 pixels
+    pred = np.zeros_like(gt)
+    pred[8:24, 8:16] = 1  # 128 pixels, all inside: Dice = 2·128 / (128 + 256)
+    write_mask(tmp_path / "gt" / "c1.png", gt)
+    write_mask(tmp_path / "pred" / "c1.png", pred)
+    write_mask(tmp_path / "gt" / "c2.png", gt)
+    write_mask(tmp_path / "pred" / "c2.png", gt)  # perfect
+    events = []
+    result = evaluate(tmp_path / "pred", tmp_path / "gt", EvaluateOptions(out=tmp_path / "e", report=False, spacing="0.5"),
+                      listener=lambda event, value: events.append((event, value)))  # fmt: skip
+    dice = result.summary["metrics"]["dice"]
+    assert dice["mean"] == pytest.approx((2 * 128 / 384 + 1.0) / 2) and dice["n"] == 2
+    assert ("start", 2) in events and sorted(result.paths) == ["csv", "summary"]
+    assert result.run.options["spacing"] == [0.5] and (tmp_path / "e" / "summary.json").is_file()
+    assert EvaluateOptions(spacing="0.7x0.7,3", empty_distance="inf").checked().spacing == (0.7, 0.7, 3.0)
+    assert EvaluateOptions(empty_distance="inf").checked().empty_distance == float("inf")
+    with pytest.raises(ConfigError, match=r"--protocol: 'dice' is not one of medical, sod"):
+        EvaluateOptions(protocol="dice").checked()
+    with pytest.raises(ConfigError, match=r"--spacing: '0.5,abc' is not a list of numbers"):
+        EvaluateOptions(spacing="0.5,abc").checked()

@@ -148,3 +148,25 @@ def test_api_evaluate_with_options_scores_the_dice_it_should(tmp_path):
         EvaluateOptions(protocol="dice").checked()
     with pytest.raises(ConfigError, match=r"--spacing: '0.5,abc' is not a list of numbers"):
         EvaluateOptions(spacing="0.5,abc").checked()
+
+
+def test_a_2d_run_on_a_volume_goes_through_the_slices_inferer_and_matches_slice_by_slice(monkeypatch):
+    """Predictor.volume_probabilities of a 2D run = its slices predicted one by one as 2D images (the old path)."""
+    from covseg.engine.inferers import SliceInferer
+    from covseg.inference.predictor import Predictor
+    from covseg.runs.packing import resolve_run_dir
+    from covseg.transforms.orientation import slices_to_volume, volume_to_slices
+
+    rng = np.random.default_rng(3)
+    volume = rng.normal(-700, 300, (40, 36, 3)).astype(np.float32)
+    volume[8:24, 6:18, :] = 40.0
+    affine = np.diag([0.8, 0.8, 3.0, 1.0])
+    predictor = Predictor.from_run(resolve_run_dir(ZOO_CT), device="cpu")
+    calls = []
+    original = SliceInferer.__call__
+    monkeypatch.setattr(SliceInferer, "__call__", lambda self, *a, **k: calls.append(self.inner) or original(self, *a, **k))
+    probs = predictor.volume_probabilities(volume, affine, tta_flip=True, batch_size=2, space="hu")
+    assert calls == [predictor.segmenter.inferer]  # the registered inferer, around the run's own resize inferer
+    one_by_one = predictor.predict_arrays(list(volume_to_slices(volume, affine)), tta_flip=True, batch_size=2, space="hu")
+    np.testing.assert_array_equal(probs, slices_to_volume(np.stack(one_by_one), affine))  # bit for bit
+    assert probs.shape == volume.shape and probs.min() >= 0.0 and probs.max() <= 1.0

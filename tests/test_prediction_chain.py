@@ -136,7 +136,7 @@ def test_api_evaluate_with_options_scores_the_dice_it_should(tmp_path):
     write_mask(tmp_path / "gt" / "c2.png", gt)
     write_mask(tmp_path / "pred" / "c2.png", gt)  # perfect
     events = []
-    result = evaluate(tmp_path / "pred", tmp_path / "gt", EvaluateOptions(out=tmp_path / "e", report=False, spacing="0.5"),
+    result = evaluate(tmp_path / "pred", tmp_path / "gt", EvaluateOptions(out=str(tmp_path / "e"), report=False, spacing="0.5"),
                       listener=lambda event, value: events.append((event, value)))  # fmt: skip
     dice = result.summary["metrics"]["dice"]
     assert dice["mean"] == pytest.approx((2 * 128 / 384 + 1.0) / 2) and dice["n"] == 2

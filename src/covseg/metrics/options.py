@@ -62,8 +62,8 @@ class EvaluateOptions:
     a number: :meth:`checked` turns them into values and refuses what makes no sense."""
 
     protocol: str = "medical"
-    out: Path | None = None
-    images: Path | None = None
+    out: str | Path | None = None
+    images: str | Path | None = None
     threshold: float = 0.5
     tolerance: float = 1.0
     spacing: str | tuple[float, ...] | None = None
@@ -75,11 +75,11 @@ class EvaluateOptions:
     reduction: str = "nanmean"
     missing_pred: str = "error"
     toolbox: str = "pysodmetrics"
-    classes: Path | None = None
-    labels: Path | None = None
+    classes: str | Path | None = None
+    labels: str | Path | None = None
     patient_pattern: str | None = None
     patient_rule: str = "max"
-    explanations: Path | None = None
+    explanations: str | Path | None = None
     pointing_tolerance: float = 0.0
     show: int = 6
     report: bool = True
@@ -111,8 +111,9 @@ class EvaluateOptions:
             spacing = parse_spacing(spacing)
         else:
             spacing = parse_spacing(",".join(str(float(v)) for v in spacing))
-        return replace(self, spacing=spacing, empty_distance=parse_empty_distance(self.empty_distance))
+        paths = {k: Path(v) for k in ("out", "images", "classes", "labels", "explanations") if (v := getattr(self, k)) is not None}
+        return replace(self, spacing=spacing, empty_distance=parse_empty_distance(self.empty_distance), **paths)
 
     def out_dir(self, pred: Path) -> Path:
         """Where the files go: ``out``, else ``outputs/evaluate/<pred folder>-<protocol>``."""
-        return self.out if self.out is not None else Path("outputs") / "evaluate" / f"{Path(pred).resolve().name}-{self.protocol}"
+        return Path(self.out) if self.out is not None else Path("outputs") / "evaluate" / f"{Path(pred).resolve().name}-{self.protocol}"

@@ -119,7 +119,6 @@ class BasePredictor:
             meta["lung_mask"] = lungs.astype(np.uint8)
         return Prediction(probs=probs.astype(np.float32), labels=self.to_labels(probs, post), meta=meta)
 
-
     # -- by input level (nnU-Net's predict_single_npy_array / predict_from_files) ------------------------
     def predict_array(self, array: np.ndarray, affine: np.ndarray | None = None, options: Any = None, **extra: Any) -> Prediction:
         """An array in memory: a 2D image (H×W or H×W×C), or with ``affine`` a volume in its own geometry;

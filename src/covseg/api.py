@@ -7,7 +7,8 @@ control use :func:`covseg.training.trainer.build_trainer` and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,33 +96,15 @@ def predict(
     models: Sequence[str | Path] | str | Path,
     input: str | Path,
     output: str | Path,
-    checkpoint: str = "best",
-    tta: bool = False,
-    text: str | None = None,
-    text_file: str | Path | None = None,
-    missing_text: str = "error",
-    prompt_type: str | None = None,
-    overlays: bool = True,
-    largest: int = 0,
-    min_size: int = 0,
-    window: tuple[float, float] | None = None,
-    batch_size: int = 8,
-    sw_batch_size: int | None = None,
-    strict: bool = False,
-    on_done=None,
-    device: str = "auto",
-    amp: str = "off",
-    engine: str = "torch",
-    tta_axes: Sequence[int] | None = None,
-    stack_spacing: tuple[float, float, float] | None = None,
-    probs: bool = True,
-    lungs_only: bool = False,
-    lung_margin_mm: float | None = None,
-    save_lung_mask: bool = False,
-    statistics: bool = False,
-    output_types: Sequence[str] = ("nifti",),
+    options: Any = None,
+    *,
+    on_done: Callable[[], None] | None = None,
+    **settings: Any,
 ):
     """Segment a file or folder with one run folder, or several averaged; returns the batch report.
+
+    The settings are a :class:`covseg.inference.options.PredictOptions` (``options``), or its fields
+    as keywords (``predict(run, "in/", "out/", tta=True, lungs_only=True)``), which override ``options``'s.
 
     Volume runs (3D, 2.5D) segment NIfTI files, DICOM series folders and folders of slices named
     ``NAME_<k>`` (stacked, ``stack_spacing`` mm); ``tta_axes`` flips those spatial axes (all
@@ -148,60 +131,49 @@ def predict(
     ``rtstruct`` (``rtstruct/NAME.rtstruct.dcm``) beside the NIfTI mask of each DICOM series input,
     referencing that series; any other input is then listed as failed.
     """
+    import dataclasses
+
     from covseg.data.imageio import is_volume
     from covseg.engine.runtime import Runtime
     from covseg.inference.batch import predict_files
     from covseg.inference.dicom_out import check_output_types
     from covseg.inference.loading import load_predictors, text_resolver
-    from covseg.inference.postprocess import LUNG_MARGIN_MM
-    from covseg.inference.predictor import PostprocessOptions, list_inputs
+    from covseg.inference.options import PredictOptions
+    from covseg.inference.predictor import list_inputs
     from covseg.viz.callbacks import prediction_overlay
     from covseg.viz.preview import three_view_preview
 
+    opts = dataclasses.replace(options or PredictOptions(), **settings)
     run_dirs = [models] if isinstance(models, (str, Path)) else list(models)
-    dicom_outputs = check_output_types(output_types)
-    runtime = Runtime.create(device, amp)
-    if engine == "torch":
-        predictor = load_predictors(run_dirs, checkpoint, runtime)
+    check_output_types(opts.output_types)
+    runtime = Runtime.create(opts.device, opts.amp)
+    if opts.engine == "torch":
+        predictor = load_predictors(run_dirs, opts.checkpoint, runtime)
     else:
         from covseg.inference.exported import load_exported
 
         if len(run_dirs) != 1:
             from covseg.errors import CovsegError
 
-            raise CovsegError(f"--engine {engine} takes one exported model folder, got {len(run_dirs)}")
-        predictor = load_exported(run_dirs[0], engine, runtime)
-    if sw_batch_size is not None:
+            raise CovsegError(f"--engine {opts.engine} takes one exported model folder, got {len(run_dirs)}")
+        predictor = load_exported(run_dirs[0], opts.engine, runtime)
+    if opts.sw_batch_size is not None:
         for segmenter in predictor.segmenters():
             if hasattr(segmenter.inferer, "sw_batch_size"):
-                segmenter.inferer.sw_batch_size = int(sw_batch_size)
-    files = list_inputs(Path(input), volumes=predictor.volumetric or lungs_only, stack_spacing=stack_spacing, series_folders=True)
-    if lungs_only and not any(is_volume(f) for f in files):
+                segmenter.inferer.sw_batch_size = int(opts.sw_batch_size)
+    files = list_inputs(Path(input), volumes=predictor.volumetric or opts.lungs_only, stack_spacing=opts.stack_spacing, series_folders=True)
+    if opts.lungs_only and not any(is_volume(f) for f in files):
         from covseg.errors import DataError
         from covseg.inference.postprocess import LUNGS_NEED_VOLUME
 
         raise DataError(f"{LUNGS_NEED_VOLUME} (NIfTI, DICOM series or a stack of HU slices); no volume among the inputs", input)
-    extra_for = text_resolver(predictor, text, None if text_file is None else Path(text_file), missing_text, prompt_type)
+    text_file = None if opts.text_file is None else Path(opts.text_file)
+    extra_for = text_resolver(predictor, opts.text, text_file, opts.missing_text, opts.prompt_type)
     report = predict_files(
-        predictor,
-        files,
-        Path(output),
-        tta_flip=tuple(tta_axes) if tta_axes else tta,
-        post=PostprocessOptions(largest=largest, min_size=min_size, lungs_only=lungs_only,
-                                 lung_margin_mm=LUNG_MARGIN_MM if lung_margin_mm is None else lung_margin_mm),
-        window=window,
-        strict=strict,
-        overlays=prediction_overlay if overlays else None,
-        extra_for=extra_for,
-        on_done=on_done,
-        batch_size=batch_size,
-        runtime=runtime,
-        probs=probs,
-        save_lung_mask=save_lung_mask,
-        statistics=statistics,
-        preview=three_view_preview if statistics and overlays else None,
-        dicom_outputs=dicom_outputs,
-    )
+        predictor, files, Path(output), opts, runtime=runtime, extra_for=extra_for, on_done=on_done,
+        overlays=prediction_overlay if opts.overlays else None,
+        preview=three_view_preview if opts.statistics and opts.overlays else None,
+    )  # fmt: skip
     runtime.close()  # under torchrun: end the process group before exit (gloo threads left alive can abort it)
     return report
 
@@ -238,3 +210,93 @@ def explain(
         strict=strict,
         on_done=on_done,
     )
+
+
+@dataclass
+class EvaluateResult:
+    """What :func:`evaluate` scored and wrote: the run (cases, problems, notes), the protocol's
+    summary, the files written and where."""
+
+    run: Any
+    summary: dict[str, Any]
+    paths: dict[str, Path]
+    out_dir: Path
+
+
+#: ``listener(event, value)`` of :func:`evaluate`: ``"predictions"`` (the folder read inside the one
+#: given), ``"skipped"`` (a case left out while pairing), ``"start"`` (the number of cases to score)
+EvaluateListener = Callable[[str, Any], None]
+
+
+def evaluate(
+    pred: str | Path,
+    gt: str | Path,
+    options: Any = None,
+    *,
+    listener: EvaluateListener | None = None,
+    on_case: Callable[[Any, Any], None] | None = None,
+) -> EvaluateResult:
+    """Score a folder of predictions against ground truth with :class:`covseg.metrics.options.EvaluateOptions`;
+    writes ``per_case.csv``, ``summary.json`` and (``options.report``) ``report.html``.
+
+    A ``covseg predict`` output folder is read through its soft maps (else its masks). Joint
+    models' class probabilities (``predictions.csv`` beside the predictions, or ``options.classes``)
+    and ``covseg explain`` heatmaps (``options.explanations``) are scored too. Raises ``DataError``
+    when no case could be scored; cases that failed are in ``result.run.bad``."""
+    import functools
+
+    from covseg.errors import ConfigError, DataError
+    from covseg.metrics import evaluation as ev
+    from covseg.metrics import joint
+    from covseg.metrics.options import EvaluateOptions
+    from covseg.utils.outputs import OutputFolder
+
+    opts = (options or EvaluateOptions()).checked()
+    say = listener or (lambda event, value: None)
+    pred, gt = Path(pred), Path(gt)
+    inner = ev.resolve_prediction_folder(pred)
+    if inner != pred:
+        say("predictions", inner)
+        pred = inner
+    out_dir = opts.out_dir(pred)
+    cases, bad, image_dir = ev.pair_cases(pred, gt, opts.images, missing=opts.missing_pred)
+    folder = OutputFolder(
+        out_dir, "evaluate", [pred, gt, gt / "masks", image_dir],
+        owned=("per_case.csv", "summary.json", "report.html"), legacy=("summary.json",),
+    )  # fmt: skip
+    folder.validate()
+    if opts.strict and bad:
+        raise DataError(bad[0].problem, bad[0].path)
+    accumulator = ev.make_accumulator(
+        opts.protocol, threshold=opts.threshold, tolerance=opts.tolerance, num_classes=opts.num_classes, empty=opts.empty,
+        empty_distance=opts.empty_distance, pred_type=opts.pred_type, specificity_rule=opts.specificity_rule, toolbox=opts.toolbox,
+    )  # type: ignore[arg-type]  # fmt: skip
+    for b in bad:
+        say("skipped", b)
+    say("start", len(cases))
+    run = ev.evaluate_cases(cases, accumulator, num_classes=opts.num_classes, pred_type=opts.pred_type,  # type: ignore[arg-type]
+                            spacing=opts.spacing, strict=opts.strict, on_case=on_case)  # type: ignore[arg-type]  # fmt: skip
+    run.bad = bad + run.bad
+    run.options = {
+        "pred": str(pred), "gt": str(gt), "images": str(image_dir) if image_dir else None,
+        "spacing": list(opts.spacing) if opts.spacing else None, "strict": opts.strict, "missing_pred": opts.missing_pred,
+    }  # fmt: skip
+    folder.prepare()
+    if run.cases:  # classification of joint models (per image and per patient) and explanation scores
+        scores = joint.joint_options(pred, opts.classes)
+        if scores is not None:
+            joint.attach_classification(run, scores, opts.labels, opts.num_classes, opts.patient_pattern, opts.patient_rule)
+        elif opts.labels is not None:
+            raise ConfigError("--labels needs class probabilities: predictions.csv of a joint model beside --pred, or --classes")
+        if opts.explanations is not None:
+            joint.attach_explanations(run, opts.explanations, opts.pointing_tolerance, opts.num_classes, opts.show)
+    if not run.cases:
+        summary_path = ev.write_outputs(run, out_dir, reduction=opts.reduction)["summary"]  # type: ignore[arg-type]
+        raise DataError(f"no case could be scored ({len(run.bad)} problem(s), listed in {summary_path})", pred)
+    renderer = None
+    if opts.report:  # metrics writes the files; the HTML page comes from viz, one layer up
+        from covseg.viz.evaluation_report import render_evaluation_report
+
+        renderer = functools.partial(render_evaluation_report, show=opts.show)
+    paths = ev.write_outputs(run, out_dir, reduction=opts.reduction, report=renderer)  # type: ignore[arg-type]
+    return EvaluateResult(run, accumulator.aggregate(opts.reduction), paths, out_dir)  # type: ignore[arg-type]

@@ -31,14 +31,17 @@ from typing import Any
 import numpy as np
 
 from covseg.errors import CovsegError
+from covseg.utils.webguard import LOOPBACK_NAMES as LOOPBACK_NAMES
+from covseg.utils.webguard import SAFE_METHODS as SAFE_METHODS
+from covseg.utils.webguard import OwnPageOnly as _OwnPageOnly
+from covseg.utils.webguard import own_hosts as own_hosts
+from covseg.utils.webguard import request_refusal as request_refusal
 
 UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".npy", ".nii", ".nii.gz")
 VOLUME_UPLOADS = (".nii", ".nii.gz")
 MAX_RESULTS = 16
 MAX_VOXELS = 512**3  # an upload's decoded values (a 512×512×512 CT); larger ones are refused from the header
 MAX_PIXELS = 2**25  # 2D uploads: 32 M values (e.g. a 3,300² RGB image)
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 PAGE = Path(__file__).resolve().parent / "viz" / "templates" / "app.html"
 
 
@@ -172,62 +175,67 @@ def segment_upload(predictor: Any, path: Path, filename: str, folder: Path, text
     """Segment one uploaded file (``path``, checked by :func:`prepare_upload`; its name ``filename``)
     with ``predictor``, writing the result into ``folder``.
 
+    The prediction is :func:`covseg.inference.case.predict_case`, as ``covseg predict`` makes each row.
     ``lungs_only`` (CT volumes in HU) drops predictions outside the lungs grown by the default
     margin, as ``covseg predict --lungs-only``, and adds the lung volume to the summary."""
-    from covseg.data.imageio import read_image, read_volume, write_mask, write_volume
+    from covseg.inference.case import predict_case
+    from covseg.inference.options import PredictOptions
     from covseg.inference.postprocess import LUNGS_NEED_VOLUME
-    from covseg.inference.statistics import case_statistics
 
-    suffix = _suffix(filename)
     extra: dict[str, Any] = {}
     if getattr(predictor, "text_guided", False):
         if not text.strip():
             raise CovsegError("this model is text-guided: give a caption (e.g. 'bilateral pulmonary infection, lower left lung')")
         extra["text"] = text.strip()
-    name = Path(filename).name
+    name, volume = Path(filename).name, _suffix(filename) in VOLUME_UPLOADS
     try:
-        if suffix in VOLUME_UPLOADS:
-            from covseg.data.intensity import space_of, to_unit
-            from covseg.inference.batch import lung_involvement_percent
-            from covseg.inference.predictor import PostprocessOptions
-            from covseg.transforms.orientation import volume_to_slices
-            from covseg.transforms.volume import voxel_volume_ml
-
-            volume, _, affine = read_volume(path)
-            space = space_of(path, volume)
-            post = PostprocessOptions(lungs_only=True) if lungs_only else None
-            pred = predictor.predict_volume(volume, affine, post=post, space=space, **extra)
-            statistics = case_statistics(pred.labels, affine=affine, intensities=volume, space=space,
-                                         num_classes=predictor.num_classes, lungs=pred.meta.get("lung_mask"))  # fmt: skip
-            slices = to_unit(volume_to_slices(volume, affine), space) * 255.0
-            del volume
-            label_slices = volume_to_slices(pred.labels, affine)
-            write_volume(folder / "mask.nii.gz", pred.labels, affine, dtype="uint8")
-            voxels, voxel_ml = int((pred.labels > 0).sum()), voxel_volume_ml(affine)
-            per_slice = (label_slices > 0).sum(axis=(1, 2))
-            summary = {
-                "kind": "volume", "slices": len(slices), "infected_voxels": voxels,
-                "infected_ml": round(voxels * voxel_ml, 3),
-                "infected_fraction": round(float((pred.labels > 0).mean()), 5),
-                "start_slice": int(np.argmax(per_slice)) if voxels else len(slices) // 2,
-                "statistics": statistics,
-            }  # fmt: skip
-            if "lung_mask" in pred.meta:
-                lung_ml = float(pred.meta["lung_mask"].sum()) * voxel_ml
-                summary["lung_ml"] = round(lung_ml, 3)
-                summary["infected_percent_of_lungs"] = round(lung_involvement_percent(voxels * voxel_ml, lung_ml), 3)
-            return _store(folder, name, slices, label_slices, f"{_stem(name)}_mask.nii.gz", summary)
-        if lungs_only:
+        if lungs_only and not volume:
             raise CovsegError(f"{LUNGS_NEED_VOLUME} (NIfTI); this is a 2D image", name)
-        from covseg.data.intensity import space_of, to_unit
-
-        image = read_image(path)
-        space = space_of(path, image)
-        pred = predictor.predict_image(image, space=space, **extra)
+        case = predict_case(predictor, path, PredictOptions(lungs_only=lungs_only), is_volume=volume, **extra)
+        if volume:
+            return _store_volume(case, predictor, folder, name)
     except CovsegError as exc:
         if exc.path is not None and Path(exc.path).parent == path.parent:  # the temporary file's path means nothing to the user
             raise type(exc)(exc.problem, name) from None
         raise
+    return _store_image(case, predictor, path, folder, name)
+
+
+def _store_volume(case: Any, predictor: Any, folder: Path, name: str) -> Result:
+    """A segmented volume's result: display and label slices, the NIfTI mask, volumes in ml, statistics."""
+    from covseg.data.imageio import write_volume
+    from covseg.data.intensity import to_unit
+    from covseg.inference.case import lung_involvement_percent
+    from covseg.transforms.orientation import volume_to_slices
+
+    pred, affine = case.prediction, case.affine
+    statistics = case.statistics(predictor.num_classes)
+    slices = to_unit(volume_to_slices(case.image, affine), case.space) * 255.0
+    case.image = None  # the volume's memory goes before the slices are written
+    label_slices = volume_to_slices(pred.labels, affine)
+    write_volume(folder / "mask.nii.gz", pred.labels, affine, dtype="uint8")
+    voxels, voxel_ml = int((pred.labels > 0).sum()), case.voxel_ml()
+    per_slice = (label_slices > 0).sum(axis=(1, 2))
+    summary = {
+        "kind": "volume", "slices": len(slices), "infected_voxels": voxels,
+        "infected_ml": round(voxels * voxel_ml, 3),
+        "infected_fraction": round(float((pred.labels > 0).mean()), 5),
+        "start_slice": int(np.argmax(per_slice)) if voxels else len(slices) // 2,
+        "statistics": statistics,
+    }  # fmt: skip
+    if case.lung_mask is not None:
+        lung_ml = float(case.lung_mask.sum()) * voxel_ml
+        summary["lung_ml"] = round(lung_ml, 3)
+        summary["infected_percent_of_lungs"] = round(lung_involvement_percent(voxels * voxel_ml, lung_ml), 3)
+    return _store(folder, name, slices, label_slices, f"{_stem(name)}_mask.nii.gz", summary)
+
+
+def _store_image(case: Any, predictor: Any, path: Path, folder: Path, name: str) -> Result:
+    """A segmented 2D image's result: the mask, pixel counts, statistics, class probabilities and Grad-CAM (joint models)."""
+    from covseg.data.imageio import write_mask
+    from covseg.data.intensity import to_unit
+
+    image, space, pred = case.image, case.space, case.prediction
     write_mask(folder / "mask.png", pred.labels, scale_binary=predictor.num_classes == 1)
     pixels = int((pred.labels > 0).sum())
     summary = {"kind": "image", "slices": 1, "infected_pixels": pixels,
@@ -236,8 +244,7 @@ def segment_upload(predictor: Any, path: Path, filename: str, folder: Path, text
         from covseg.data.imageio import read_spacing_2d
 
         try:  # the file's pixel spacing is untrusted: one line naming the upload
-            summary["statistics"] = case_statistics(pred.labels, pixel_spacing=read_spacing_2d(path), space=space,
-                                                    intensities=image if image.ndim == 2 else None, num_classes=predictor.num_classes)  # fmt: skip
+            summary["statistics"] = case.statistics(predictor.num_classes, pixel_spacing=read_spacing_2d(path))
         except CovsegError as exc:
             raise CovsegError(exc.problem, name) from None
     if pred.labels.ndim == 2 and predictor.num_classes > 1:
@@ -258,64 +265,6 @@ def _stem(name: str) -> str:
     from covseg.data.imageio import stem_of
 
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem_of(name))[:80] or "upload"
-
-
-def own_hosts(host: str = "127.0.0.1", port: int = 8765) -> frozenset[str]:
-    """The ``Host`` header values that name this app: its loopback names (and ``host`` itself) with ``port``."""
-    names = set(LOOPBACK_NAMES)
-    if host not in ("", "0.0.0.0", "::"):
-        names.add(f"[{host}]" if ":" in host and not host.startswith("[") else host)
-    return frozenset(f"{n.lower()}:{port}" for n in names) | (frozenset(n.lower() for n in names) if port == 80 else frozenset())
-
-
-def request_refusal(method: str, headers: dict[str, str], hosts: frozenset[str]) -> str | None:
-    """Why a request must not reach the app (``None``: it may).
-
-    ``Host`` must name the app (a DNS-rebinding page sends its own name); a POST from a browser
-    must come from the app's own page: ``Origin`` (or, without it, ``Referer``) must be the app's,
-    and ``Sec-Fetch-Site: cross-site`` is refused. Clients that are not browsers send neither."""
-    from urllib.parse import urlsplit
-
-    host = headers.get("host", "").strip().lower()
-    if host not in hosts:
-        return f"refused: Host {host!r} is not this app's address (covseg app answers only {', '.join(sorted(hosts))})"
-    if method.upper() in SAFE_METHODS:
-        return None
-    if headers.get("sec-fetch-site", "").lower() == "cross-site":
-        return "refused: a request from another web site (Sec-Fetch-Site: cross-site)"
-    origin = headers.get("origin")
-    if origin is None and headers.get("referer"):
-        parts = urlsplit(headers["referer"])
-        origin = f"{parts.scheme}://{parts.netloc}"
-    if origin is not None:
-        parts = urlsplit(origin.strip().lower())
-        if parts.scheme != "http" or parts.netloc not in hosts:
-            return f"refused: a request from another origin ({origin[:100]!r}); use the app's own page"
-    return None
-
-
-class _OwnPageOnly:
-    """ASGI middleware: :func:`request_refusal` (403), and request bodies bounded by their Content-Length (413/411)."""
-
-    def __init__(self, app: Any, hosts: frozenset[str], max_body: int) -> None:
-        self.app, self.hosts, self.max_body = app, hosts, max_body
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        from fastapi.responses import JSONResponse
-
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        problem, status = request_refusal(scope["method"], headers, self.hosts), 403
-        if problem is None and scope["method"].upper() not in SAFE_METHODS:
-            length = headers.get("content-length", "").strip()
-            if not length.isdigit():
-                problem, status = "refused: a request body without Content-Length", 411
-            elif int(length) > self.max_body:
-                problem, status = f"upload larger than {self.max_body // 2**20} MB", 413
-        if problem is not None:
-            return await JSONResponse({"error": problem}, status_code=status)(scope, receive, send)
-        return await self.app(scope, receive, send)
 
 
 def create_app(run_dirs: list[Path] | tuple[Path, ...] = (), max_upload_mb: int = 512, *, host: str = "127.0.0.1",

@@ -1,58 +1,16 @@
 """``covseg evaluate``: score predicted masks or soft maps against ground truth.
 
-Heavy imports (numpy, scipy, matplotlib, rich progress) happen inside the command so that
-``covseg --help`` stays fast.
+The command builds one :class:`covseg.metrics.options.EvaluateOptions` and calls
+:func:`covseg.api.evaluate`, which checks and writes the output folder through the output guard
+(:class:`covseg.utils.outputs.OutputFolder`); here it only shows progress and prints. Heavy imports
+(numpy, scipy, matplotlib, rich progress) happen inside the command so that ``covseg --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import typer
-
-from covseg.errors import ConfigError
-
-_PROTOCOLS = ("medical", "sod")
-_EMPTY = ("nan", "one", "zero")
-_PRED_TYPES = ("auto", "soft", "mask")
-_SPEC_RULES = ("pysodmetrics", "infnet")
-_REDUCTIONS = ("nanmean", "mean")
-_MISSING = ("error", "empty")
-_TOOLBOXES = ("pysodmetrics", "matlab", "matlab-2020-11")
-
-
-def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
-    if value not in allowed:
-        raise ConfigError(f"{option}: {value!r} is not one of {', '.join(allowed)}")
-    return value
-
-
-def parse_spacing(text: str | None) -> tuple[float, ...] | None:
-    """``"0.7"`` → ``(0.7,)``; ``"0.7,0.7,3"`` (or ``x`` / space separated) → a tuple of floats."""
-    if text is None or not text.strip():
-        return None
-    parts = [p for p in text.replace("x", ",").replace(" ", ",").split(",") if p]
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        raise ConfigError(f"--spacing: {text!r} is not a list of numbers") from None
-    if not values or any(not (v > 0) for v in values) or len(values) > 3:
-        raise ConfigError(f"--spacing: {text!r}: give 1 to 3 positive numbers (mm)")
-    return values
-
-
-def parse_empty_distance(text: str) -> str | float:
-    """``nan`` | ``max`` | a non-negative number (``inf`` reproduces MONAI)."""
-    if text in ("nan", "max"):
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"--empty-distance: {text!r}: use nan, max or a number") from None
-    if not value >= 0:
-        raise ConfigError(f"--empty-distance: {text!r} must be non-negative")
-    return value
 
 
 def evaluate(
@@ -156,121 +114,61 @@ def evaluate(
     ),
 ) -> None:
     """Evaluate predictions against ground truth; writes per_case.csv, summary.json and report.html."""
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    from rich.table import Table
 
+    from covseg.api import evaluate as run_evaluate
     from covseg.cli._batch import console as err_console
     from covseg.cli._batch import user_text
-    from covseg.errors import DataError
-    from covseg.metrics import evaluation as ev
-    from covseg.utils.outputs import OutputFolder
+    from covseg.metrics.options import EvaluateOptions
 
-    protocol = _choice(protocol, _PROTOCOLS, "--protocol")
-    empty = _choice(empty, _EMPTY, "--empty")
-    pred_type = _choice(pred_type, _PRED_TYPES, "--pred-type")
-    specificity_rule = _choice(specificity_rule, _SPEC_RULES, "--specificity-rule")
-    reduction = _choice(reduction, _REDUCTIONS, "--reduction")
-    missing_pred = _choice(missing_pred, _MISSING, "--missing-pred")
-    toolbox = _choice(toolbox, _TOOLBOXES, "--toolbox")
-    if not 0.0 <= threshold <= 1.0:
-        raise ConfigError(f"--threshold: {threshold} must lie in [0, 1]")
-    if not tolerance >= 0:
-        raise ConfigError(f"--tolerance: {tolerance} must be non-negative")
-    if not pointing_tolerance >= 0:
-        raise ConfigError(f"--pointing-tolerance: {pointing_tolerance} must be non-negative")
-    if num_classes < 1:
-        raise ConfigError(f"--num-classes: {num_classes} must be at least 1")
-    if patient_rule not in ("max", "mean"):
-        raise ConfigError(f"--patient-rule: {patient_rule!r} is not max or mean")
-    if show < 0:
-        raise ConfigError(f"--show: {show} must be non-negative")
-    spacing_values = parse_spacing(spacing)
-    empty_dist = parse_empty_distance(empty_distance)
-
-    inner = ev.resolve_prediction_folder(pred)
-    if inner != pred:
-        err_console().print(f"reading the predictions in {user_text(inner)} (the soft maps of a covseg predict output folder)"
-                            if inner.name == "probs" else f"reading the masks in {user_text(inner)} (this predict run wrote no soft maps)")
-        pred = inner
-    out_dir = out if out is not None else Path("outputs") / "evaluate" / f"{pred.resolve().name}-{protocol}"
-    cases, bad, image_dir = ev.pair_cases(pred, gt, images, missing=missing_pred)
-    folder = OutputFolder(
-        out_dir, "evaluate", [pred, gt, gt / "masks", image_dir],
-        owned=("per_case.csv", "summary.json", "report.html"), legacy=("summary.json",),
-    )
-    folder.validate()
-    if strict and bad:
-        raise DataError(bad[0].problem, bad[0].path)
-
-    accumulator = ev.make_accumulator(
-        protocol,
-        threshold=threshold,
-        tolerance=tolerance,
-        num_classes=num_classes,
-        empty=empty,
-        empty_distance=empty_dist,
-        pred_type=pred_type,  # type: ignore[arg-type]
-        specificity_rule=specificity_rule,  # type: ignore[arg-type]
-        toolbox=toolbox,
-    )
+    options = EvaluateOptions(
+        protocol=protocol, out=out, images=images, threshold=threshold, tolerance=tolerance, spacing=spacing,
+        num_classes=num_classes, empty=empty, empty_distance=empty_distance, pred_type=pred_type,
+        specificity_rule=specificity_rule, reduction=reduction, missing_pred=missing_pred, toolbox=toolbox, classes=classes,
+        labels=labels, patient_pattern=patient_pattern, patient_rule=patient_rule, explanations=explanations,
+        pointing_tolerance=pointing_tolerance, show=show, report=report, strict=strict,
+    )  # fmt: skip
     err = err_console()
-    for b in bad:
-        err.print(f"[yellow]skipped[/] {user_text(b)}")
-    progress = Progress(
-        TextColumn("[bold]evaluate[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.description}"),
-        console=err,
-        disable=not err.is_terminal,
-    )
-    with progress:
-        task = progress.add_task("", total=len(cases))
+    progress = Progress(TextColumn("[bold]evaluate[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        TextColumn("{task.description}"), console=err, disable=not err.is_terminal)  # fmt: skip
+    task = progress.add_task("", total=0)
 
-        def on_case(case: ev.Case, problem: ev.BadCase | None) -> None:
-            if problem is not None:
-                progress.console.print(f"[yellow]skipped[/] {user_text(problem)}", highlight=False)
-            progress.update(task, advance=1, description=user_text(case.case_id))
+    def listener(event: str, value: object) -> None:
+        if event == "predictions":
+            err.print(f"reading the predictions in {user_text(value)} (the soft maps of a covseg predict output folder)"
+                      if value.name == "probs" else f"reading the masks in {user_text(value)} (this predict run wrote no soft maps)")  # type: ignore[attr-defined]  # fmt: skip
+        elif event == "skipped":
+            err.print(f"[yellow]skipped[/] {user_text(value)}")
+        elif event == "start":
+            progress.update(task, total=value)
+            progress.start()
 
-        run = ev.evaluate_cases(
-            cases,
-            accumulator,
-            num_classes=num_classes,
-            pred_type=pred_type,  # type: ignore[arg-type]
-            spacing=spacing_values,
-            strict=strict,
-            on_case=on_case,
-        )
-    run.bad = bad + run.bad
-    run.options = {
-        "pred": str(pred),
-        "gt": str(gt),
-        "images": str(image_dir) if image_dir else None,
-        "spacing": list(spacing_values) if spacing_values else None,
-        "strict": strict,
-        "missing_pred": missing_pred,
-    }
+    def on_case(case, problem) -> None:
+        if problem is not None:
+            progress.console.print(f"[yellow]skipped[/] {user_text(problem)}", highlight=False)
+        progress.update(task, advance=1, description=user_text(case.case_id))
 
-    folder.prepare()
-    if run.cases:
-        _attach_joint(
-            run, pred, classes, labels, explanations, pointing_tolerance, num_classes, show, patient_pattern, patient_rule
-        )
-    if not run.cases:
-        summary_path = ev.write_outputs(run, out_dir, reduction=reduction)["summary"]  # type: ignore[arg-type]
-        raise DataError(
-            f"no case could be scored ({len(run.bad)} problem(s), listed in {summary_path})", pred
-        )
+    try:
+        result = run_evaluate(pred, gt, options, listener=listener, on_case=on_case)
+    finally:
+        progress.stop()
+    print_result(result, options.protocol)
+    unscored = [b for b in result.run.bad if b.is_failure]
+    if unscored:
+        missing = sum(b.kind == "no_prediction" for b in unscored)
+        hint = " (--missing-pred empty scores missing predictions as empty)" if missing else ""
+        err.print(f"[bold red]{len(unscored)} ground-truth case(s) not scored[/], {missing} without a prediction{hint}")
+        raise typer.Exit(1)
 
-    renderer = None
-    if report:  # metrics writes the files; the HTML page comes from viz, one layer up
-        from covseg.viz.evaluation_report import render_evaluation_report
 
-        renderer = functools.partial(render_evaluation_report, show=show)
-    paths = ev.write_outputs(run, out_dir, reduction=reduction, report=renderer)  # type: ignore[arg-type]
-    summary = accumulator.aggregate(reduction)  # type: ignore[arg-type]
+def print_result(result, protocol: str) -> None:
+    """The summary table, the toolbox and joint numbers, notes, skipped cases and the files written (stdout)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from covseg.cli._batch import user_text
+
+    run, summary = result.run, result.summary
     console = Console(highlight=False, soft_wrap=True)
     table = Table(
         title=f"{protocol} protocol: {len(run.cases)} cases, {len(run.bad)} skipped, {run.seconds:.1f} s"
@@ -310,29 +208,5 @@ def evaluate(
         console.print(f"[yellow]{len(run.bad)} case(s) skipped:[/]")
         for b in run.bad:
             console.print(f"  {user_text(b)}")
-    for kind, path in paths.items():
+    for kind, path in result.paths.items():
         console.print(f"{kind}: {user_text(path)}")
-    unscored = [b for b in run.bad if b.is_failure]
-    if unscored:
-        missing = sum(b.kind == "no_prediction" for b in unscored)
-        hint = " (--missing-pred empty scores missing predictions as empty)" if missing else ""
-        err.print(f"[bold red]{len(unscored)} ground-truth case(s) not scored[/], {missing} without a prediction{hint}")
-        raise typer.Exit(1)
-
-
-def _attach_joint(
-    run, pred: Path, classes, labels, explanations, tolerance: float, num_classes: int, show: int,
-    patient_pattern: str | None = None, patient_rule: str = "max",
-) -> None:
-    """Classification (class probabilities of a joint model, per image and per patient) and explanation scores."""
-    from covseg.metrics import joint
-
-    if tolerance < 0:
-        raise ConfigError(f"--pointing-tolerance: {tolerance} must be non-negative")
-    scores = joint.joint_options(pred, classes)
-    if scores is not None:
-        joint.attach_classification(run, scores, labels, num_classes, patient_pattern, patient_rule)
-    elif labels is not None:
-        raise ConfigError("--labels needs class probabilities: predictions.csv of a joint model beside --pred, or --classes")
-    if explanations is not None:
-        joint.attach_explanations(run, explanations, tolerance, num_classes, show)

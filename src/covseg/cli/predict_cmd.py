@@ -48,7 +48,7 @@ def predict(
     lungs_only: bool = typer.Option(False, "--lungs-only", help="CT volumes in HU: set everything outside the input's lung mask (covseg lungmask) to background, in masks and soft maps; 2D images are refused, a volume without lungs fails."),
     lung_margin: float = typer.Option(None, "--lung-margin", metavar="MM", help="With --lungs-only: keep predictions up to this many mm outside the lung mask, where dense lesions at the lung border lie (default 15; 0 = the mask itself)."),
     save_lung_mask: bool = typer.Option(False, "--save-lung-mask", help="With --lungs-only: write each volume's lung mask into lungs/."),
-    window: str = typer.Option(None, help="HU window LOW,HIGH for NIfTI input (default -1250,250)."),
+    window: str = typer.Option(None, help="HU window LOW,HIGH for CT input in HU (default: the lung window -1250,250, covseg.data.intensity.LUNG_WINDOW)."),
     text: str = typer.Option(None, "--text", help="Text prompt for text-guided models (all inputs)."),
     text_file: Path = typer.Option(None, "--text-file", help="Per-image text: CSV/xlsx/JSON mapping image → text."),
     missing_text: str = typer.Option("error", "--missing-text", help="error or image-only, for inputs without text."),
@@ -67,55 +67,22 @@ def predict(
 ) -> None:
     """Predict masks, soft maps and overlays at each input's original size."""
     from covseg.api import predict as run_predict
-    from covseg.cli._batch import check_options, finish, progress_bar, say_models
+    from covseg.cli._batch import finish, progress_bar, say_models
     from covseg.engine.runtime import torchrun_env
+    from covseg.inference.options import PredictOptions
     from covseg.inference.predictor import list_inputs
 
-    check_options(
-        largest=(largest >= 0, f"{largest} must be 0 (keep all) or more"),
-        min_size=(min_size >= 0, f"{min_size} must be 0 (keep all) or more"),
-        batch_size=(batch_size >= 1, f"{batch_size} must be at least 1"),
-        sw_batch_size=(sw_batch_size is None or sw_batch_size >= 1, f"{sw_batch_size} must be at least 1"),
-        missing_text=(missing_text in ("error", "image-only"), f"{missing_text!r} must be error or image-only"),
-        engine=(engine in ("torch", "onnx", "torchscript"), f"{engine!r} must be torch, onnx or torchscript"),
-        lung_margin=(lung_margin is None or (lungs_only and 0 <= lung_margin <= 50), f"{lung_margin} needs --lungs-only and 0 to 50 mm"),
-        save_lung_mask=(lungs_only or not save_lung_mask, "needs --lungs-only"),
-    )
-    axes = _numbers(tta_axes, "--tta-axes", kind=int)
-    check_options(tta_axes=(axes is None or all(0 <= a <= 2 for a in axes), f"{tta_axes!r}: axes are 0, 1 or 2 (of the RAS grid)"))
+    options = PredictOptions(
+        checkpoint=checkpoint, engine=engine, device=device, amp=amp, tta=tta, tta_axes=_numbers(tta_axes, "--tta-axes", kind=int),
+        text=text, text_file=text_file, missing_text=missing_text, prompt_type=prompt_type, largest=largest, min_size=min_size,
+        lungs_only=lungs_only, lung_margin_mm=lung_margin, save_lung_mask=save_lung_mask, window=_window(window),
+        stack_spacing=_numbers(stack_spacing, "--stack-spacing", 3), batch_size=batch_size, sw_batch_size=sw_batch_size,
+        overlays=not no_overlays, probs=not no_probs, statistics=statistics, output_types=output_type, strict=strict,
+    ).checked()  # fmt: skip
     rank, world, _ = torchrun_env()
     if engine == "torch":
         say_models(model, quiet or rank > 0)
     total = len(list_inputs(input))
     with progress_bar("predicting", -(-total // world), quiet or rank > 0) as advance:
-        report = run_predict(
-            model,
-            input,
-            output,
-            checkpoint=checkpoint,
-            tta=tta,
-            text=text,
-            text_file=text_file,
-            missing_text=missing_text,
-            prompt_type=prompt_type,
-            overlays=not no_overlays,
-            largest=largest,
-            min_size=min_size,
-            window=_window(window),
-            batch_size=batch_size,
-            sw_batch_size=sw_batch_size,
-            strict=strict,
-            on_done=advance,
-            device=device,
-            amp=amp,
-            engine=engine,
-            tta_axes=axes,
-            stack_spacing=_numbers(stack_spacing, "--stack-spacing", 3),
-            probs=not no_probs,
-            lungs_only=lungs_only,
-            lung_margin_mm=lung_margin,
-            save_lung_mask=save_lung_mask,
-            statistics=statistics,
-            output_types=output_type,
-        )
+        report = run_predict(model, input, output, options, on_done=advance)
     finish(report, output, f"{len(report.written)} predicted into {output}", quiet_rank=rank > 0)

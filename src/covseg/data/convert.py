@@ -31,7 +31,7 @@ from covseg.data.imageio import (
     write_mask,
 )
 from covseg.data.index import DatasetIndex
-from covseg.data.intensity import HU, space_of, to_unit
+from covseg.data.intensity import HU, LUNG_WINDOW, space_of, to_unit
 from covseg.data.layouts import INFNET_MASK_DIRS, list_splits, open_dataset
 from covseg.data.sample import CaseRecord
 from covseg.errors import CovsegError, DataError, OutputError
@@ -39,7 +39,7 @@ from covseg.utils.atomic import write_bytes, write_json
 from covseg.utils.outputs import OutputFolder, write_csv
 
 WINDOWS: dict[str, tuple[float, float]] = {
-    "lung": (-1250.0, 250.0),  # W1500 L-500
+    "lung": LUNG_WINDOW,  # W1500 L-500
     "mediastinum": (-160.0, 240.0),  # W400 L40
     "abdomen": (-150.0, 250.0),  # W400 L50
     "display": (0.0, 255.0),  # volumes already stored as 0..255 grey values (stacked 8-bit slices): unchanged

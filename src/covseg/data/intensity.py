@@ -24,9 +24,18 @@ from typing import Any
 
 import numpy as np
 
-from covseg.transforms.intensity import DISPLAY, DISPLAY_MAX, HU, LUNG_WINDOW, SPACES, UNIT, to_unit
+from covseg.transforms.intensity import (
+    DISPLAY,
+    DISPLAY_MAX,
+    HU,
+    LUNG_WINDOW,
+    SPACES,
+    UNIT,
+    hu_window,
+    to_unit,
+)
 
-__all__ = ["DISPLAY", "HU", "LUNG_WINDOW", "UNIT", "header_space", "intensity_space", "nifti_marker", "space_of", "to_unit"]
+__all__ = ["DISPLAY", "HU", "LUNG_WINDOW", "UNIT", "header_space", "hu_window", "intensity_space", "nifti_marker", "space_of", "to_unit"]
 
 MARKER_PREFIX = "covseg:intensity="
 

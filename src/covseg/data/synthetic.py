@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-LUNG_WINDOW = (-1250.0, 250.0)
+from covseg.transforms.intensity import LUNG_WINDOW
 
 
 @dataclass

@@ -42,6 +42,10 @@ class EnsemblePredictor(BasePredictor):
         self.description = first.description
         self.runtime = first.runtime
         self.run_dirs = [str(m.run_dir) for m in members]
+        names = [m.class_names for m in members if m.class_names is not None]
+        if any(n != names[0] for n in names[1:]):
+            raise CovsegError(f"ensemble members disagree on the image-level classes ({', '.join(map(str, names))})", self.run_dir)
+        self.class_names = names[0] if names else None
 
     @classmethod
     def from_runs(cls, run_dirs: Sequence[str | Path], checkpoint: str = "best", runtime=None) -> EnsemblePredictor:
@@ -56,11 +60,26 @@ class EnsemblePredictor(BasePredictor):
 
     def predict_arrays(self, images, tta_flip=False, batch_size=8, **extra):
         """The members' probabilities at each image's original size, averaged."""
+        return self.predict_outputs(images, tta_flip=tta_flip, batch_size=batch_size, **extra).probs
+
+    def predict_outputs(self, images, tta_flip=False, batch_size=8, **extra):
+        """The members' soft maps averaged and, where members classify (joint runs), their class
+        probabilities averaged over those members: an ensemble of joint runs is a joint predictor."""
+        from covseg.engine.segmenter import SegmenterOutput
+
         total: list[np.ndarray] | None = None
+        class_total: list[np.ndarray] | None = None
+        classifying = 0
         for member in self.members:
-            probs = member.predict_arrays(images, tta_flip=tta_flip, batch_size=batch_size, **extra)
-            total = probs if total is None else [t + p for t, p in zip(total, probs)]
-        return [(t / len(self.members)).astype(np.float32) for t in total]
+            out = member.predict_outputs(images, tta_flip=tta_flip, batch_size=batch_size, **extra)
+            total = out.probs if total is None else [t + p for t, p in zip(total, out.probs)]
+            if out.class_probs is not None:
+                classifying += 1
+                cp = [np.asarray(c, dtype=np.float64) for c in out.class_probs]
+                class_total = cp if class_total is None else [t + c for t, c in zip(class_total, cp)]
+        probs = [(t / len(self.members)).astype(np.float32) for t in total]
+        class_probs = None if class_total is None else [(t / classifying).astype(np.float32) for t in class_total]
+        return SegmenterOutput(probs, class_probs)
 
     def volume_probabilities(self, volume, affine, tta_flip=False, window=None, batch_size=8, **extra):
         """Each member predicts the volume in its own way (window, slicing); soft maps averaged."""

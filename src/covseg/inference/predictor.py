@@ -9,7 +9,6 @@ arguments (``text="..."`` or ``texts=[...]``) and reaches the adapters as contex
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,46 +18,12 @@ from covseg.data.intensity import LUNG_WINDOW, intensity_space
 from covseg.engine.runtime import Runtime
 from covseg.engine.segmenter import SPACE_KEY, WINDOW_KEY, Segmenter, probs_to_labels
 from covseg.errors import CovsegError, DataError
-from covseg.inference.postprocess import LUNG_MARGIN_MM
+from covseg.inference.results import PostprocessOptions as PostprocessOptions
+from covseg.inference.results import Prediction as Prediction
 
 # 8-bit slices of the field are CT shown through a lung window; inputs in HU are mapped the same
 # way before a model trained on such slices sees them (covseg.data.intensity decides what is HU).
 DEFAULT_CT_WINDOW = LUNG_WINDOW
-
-
-@dataclass
-class PostprocessOptions:
-    """Applied to the thresholded mask: keep the k largest components, drop small ones.
-
-    ``lungs_only`` (CT volumes in HU only) first sets every voxel of the soft maps, and so of the
-    masks, outside the input's lung mask grown by ``lung_margin_mm`` to background
-    (:func:`covseg.inference.postprocess.lungs_of`), before the component rules run.
-    """
-
-    largest: int = 0
-    min_size: int = 0
-    lungs_only: bool = False
-    lung_margin_mm: float = LUNG_MARGIN_MM
-
-    def apply(self, labels: np.ndarray) -> np.ndarray:
-        from covseg.inference.postprocess import keep_largest_components, remove_small_components
-
-        if self.min_size > 1:
-            labels = remove_small_components(labels, self.min_size)
-        if self.largest > 0:
-            labels = keep_largest_components(labels, self.largest)
-        return labels
-
-
-@dataclass
-class Prediction:
-    """Soft map and label map of one 2D image or volume at its original size; a joint model's
-    class probabilities ``(K,)`` (class 0 negative) in ``class_probs``."""
-
-    probs: np.ndarray
-    labels: np.ndarray
-    meta: dict[str, Any] = field(default_factory=dict)
-    class_probs: np.ndarray | None = None
 
 
 def contexts_for(
@@ -154,6 +119,35 @@ class BasePredictor:
             meta["lung_mask"] = lungs.astype(np.uint8)
         return Prediction(probs=probs.astype(np.float32), labels=self.to_labels(probs, post), meta=meta)
 
+    # -- by input level (nnU-Net's predict_single_npy_array / predict_from_files) ------------------------
+    def predict_array(self, array: np.ndarray, affine: np.ndarray | None = None, options: Any = None, **extra: Any) -> Prediction:
+        """An array in memory: a 2D image (H×W or H×W×C), or with ``affine`` a volume in its own geometry;
+        ``options`` (:class:`covseg.inference.options.PredictOptions`) gives TTA, window, batch size and postprocessing."""
+        from covseg.inference.options import PredictOptions
+
+        options = options or PredictOptions()
+        if affine is None:
+            return self.predict_image(array, tta_flip=options.tta_flip, post=options.post, **extra)
+        return self.predict_volume(array, affine, tta_flip=options.tta_flip, post=options.post, window=options.window,
+                                   batch_size=options.batch_size, **extra)  # fmt: skip
+
+    def predict_file(self, path: str | Path, options: Any = None, **extra: Any):
+        """One file (image, NIfTI, DICOM series, stack of slices) read in its own intensity space:
+        a :class:`covseg.inference.case.CaseResult` (the pixels read and the prediction), writing nothing."""
+        from covseg.inference.case import predict_case
+
+        return predict_case(self, Path(path), options, **extra)
+
+    def predict_folder(self, input: str | Path, output: str | Path, options: Any = None, **kwargs: Any):
+        """A file or folder of inputs into ``output`` (masks, soft maps, ``predictions.csv``) as ``covseg predict``
+        writes them: :func:`covseg.inference.batch.predict_files` (``kwargs``: ``overlays``, ``extra_for``, ``on_done``...)."""
+        from covseg.inference.batch import predict_files
+        from covseg.inference.options import PredictOptions
+
+        options = options or PredictOptions()
+        files = list_inputs(Path(input), volumes=self.volumetric or options.lungs_only, stack_spacing=options.stack_spacing, series_folders=True)
+        return predict_files(self, files, Path(output), options, **kwargs)
+
 
 class Predictor(BasePredictor):
     """A trained model with its preprocessing and inputs, ready to segment arrays and files."""
@@ -227,11 +221,29 @@ class Predictor(BasePredictor):
             context = contexts_for(1, **extra)[0]
             return self.segmenter.volume_probabilities(volume, affine, tta_flip=tta_flip, batch_size=batch_size, context=context, space=space)
 
-        slices = volume_to_slices(volume, affine)
-        stacked = np.stack(self.predict_arrays(list(slices), tta_flip=tta_flip, batch_size=batch_size, space=space, window=window, **extra))
-        if stacked.ndim == 3:  # (Z, rows, cols)
-            return slices_to_volume(stacked, affine)
-        return np.stack([slices_to_volume(stacked[:, k], affine) for k in range(stacked.shape[1])])
+        probs = self._slices_probabilities(volume_to_slices(volume, affine), tta_flip, batch_size, space=space, window=window, **extra)
+        if probs.ndim == 3:  # (Z, rows, cols)
+            return slices_to_volume(probs, affine)
+        return np.stack([slices_to_volume(probs[k], affine) for k in range(probs.shape[0])])
+
+    def _slices_probabilities(self, slices: np.ndarray, tta_flip, batch_size: int, **extra: Any) -> np.ndarray:
+        """A 2D run over a volume's slices ``(Z, rows, cols)`` through the registered ``slices`` inferer
+        (:class:`covseg.engine.inferers.SliceInferer`) around the run's own: ``(Z, rows, cols)`` or ``(K, Z, rows, cols)``.
+
+        Each slice is prepared as a 2D image of the volume (its intensity space and window), the slices
+        stacked into one ``(C, Z, rows, cols)`` input, and the run's inferer meets them in batches of
+        ``batch_size`` slices, as validation does for a 2D model trained on volumes."""
+        import copy
+
+        import torch
+
+        from covseg.engine.inferers import SliceInferer
+
+        context = contexts_for(1, **extra)[0]
+        x = torch.stack([self.segmenter.prepare(s, context) for s in slices], dim=1)
+        sliced = copy.copy(self.segmenter)  # the same model and adapters, the slices inferer around the run's own
+        sliced.inferer = SliceInferer(self.segmenter.inferer, axis=0)
+        return sliced.infer([x], [context], batch_size=batch_size, tta_flip=tta_flip)[0]
 
 
 def list_inputs(

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from covseg.errors import CovsegError
+from covseg.transforms.intensity import LUNG_WINDOW
 from covseg.utils.checks import finite_means, ordered_window, positive_spacing, positive_stds
 
 DESCRIPTION_FORMAT = 2  # 1: the untyped model.json of covseg ≤ 0.1 (no "format" key)
@@ -70,7 +71,7 @@ class VolumeSpec(_Described):
     """How a CT volume becomes a network input (see :class:`covseg.transforms.volume.VolumePlan`)."""
 
     spacing: tuple[float, float, float] | None = None
-    window: tuple[float, float] | None = (-1250.0, 250.0)
+    window: tuple[float, float] | None = LUNG_WINDOW
     normalise: Literal["zscore", "percentile", "none"] = "zscore"
     mean: float = Field(0.0, allow_inf_nan=False)
     std: float = Field(1.0, gt=0, allow_inf_nan=False)

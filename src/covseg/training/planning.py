@@ -18,9 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from covseg.data.intensity import DISPLAY, HU, intensity_space
+from covseg.data.intensity import DISPLAY, HU, hu_window, intensity_space
 from covseg.transforms.volume import (
-    LUNG_WINDOW,
     VolumePlan,
     oriented_spacing,
     ras_orientation,
@@ -130,7 +129,7 @@ def make_plan(
         spacing = tuple(float(v) for v in cfg.spacing)  # type: ignore[assignment]
     if spacing is not None and cfg.spacing_scale != 1.0:
         spacing = tuple(s * cfg.spacing_scale for s in spacing)  # type: ignore[assignment]
-    window = LUNG_WINDOW if cfg.window == "auto" else (None if cfg.window is None else tuple(float(v) for v in cfg.window))
+    window = hu_window() if cfg.window == "auto" else (None if cfg.window is None else tuple(float(v) for v in cfg.window))
     display = bool(fingerprint["display_range"])
     crop = cfg.crop if cfg.crop != "auto" else ("none" if display else "body")
     scaling = VolumePlan(window=window)  # type: ignore[arg-type]

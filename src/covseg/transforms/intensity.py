@@ -21,16 +21,28 @@ SPACES = (HU, DISPLAY, UNIT)
 #: what each space holds, in words for one-line errors
 SPACE_WORDS = {HU: "CT in HU", DISPLAY: "0..255 display values", UNIT: "0..1 values"}
 
-#: the lung window (W1500 L-500) in HU: how 8-bit CT slices of the field show the lungs
+#: the lung window (W1500 L-500) in HU: how 8-bit CT slices of the field show the lungs. The one
+#: place it is written: runs, training plans, conversion, phantoms and prediction all read it here.
 LUNG_WINDOW = (-1250.0, 250.0)
 DISPLAY_MAX = 255.0
+
+
+def hu_window(window: tuple[float, float] | None = None) -> tuple[float, float]:
+    """The window HU values are seen through: the one given, else :data:`LUNG_WINDOW`.
+
+    The one rule for a default CT window (display, overlays, previews, 2D runs reading HU,
+    training plans with ``window: auto``), so no caller decides it on its own."""
+    if window is None:
+        return LUNG_WINDOW
+    lo, hi = window
+    return float(lo), float(hi)
 
 
 def to_unit(values: np.ndarray, space: str, window: tuple[float, float] | None = None) -> np.ndarray:
     """``values`` of ``space`` mapped to 0..1 float32 (clipped); ``window`` (HU) applies to ``hu`` only."""
     x = np.asarray(values, dtype=np.float32)
     if space == HU:
-        lo, hi = window or LUNG_WINDOW
+        lo, hi = hu_window(window)
         return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32)
     if space == DISPLAY:
         return np.clip(x / np.float32(DISPLAY_MAX), 0.0, 1.0).astype(np.float32)

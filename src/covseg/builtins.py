@@ -33,6 +33,7 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
         "covseg.models.c2fvl",
         "covseg.models.clipseg",
         "covseg.models.monai_nets",
+        "covseg.models.monai_baselines",
         "covseg.models.cris",
         "covseg.models.jcs",
     ),

@@ -21,6 +21,7 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
         "covseg.data.layouts.infnet",
         "covseg.data.layouts.cosup",
         "covseg.data.layouts.nifti",
+        "covseg.data.layouts.flare",
         "covseg.data.layouts.dicom",
         "covseg.data.layouts.folder",
     ),

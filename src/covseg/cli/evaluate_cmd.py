@@ -13,7 +13,7 @@ import typer
 
 from covseg.errors import ConfigError
 
-_PROTOCOLS = ("medical", "sod")
+_PROTOCOLS = ("medical", "sod", "flare")
 _EMPTY = ("nan", "one", "zero")
 _PRED_TYPES = ("auto", "soft", "mask")
 _SPEC_RULES = ("pysodmetrics", "infnet")
@@ -70,7 +70,13 @@ def evaluate(
     protocol: str = typer.Option(
         "medical",
         "--protocol",
-        help="medical (thresholded masks, distances in mm) or sod (Inf-Net toolbox on soft maps).",
+        help="medical (thresholded masks, distances in mm), sod (Inf-Net toolbox on soft maps) or flare "
+        "(FLARE22's table: DSC and NSD per class, seconds and peak memory per case from predict's predictions.csv).",
+    ),
+    timings: Path | None = typer.Option(
+        None,
+        "--timings",
+        help="flare: the predictions.csv with seconds and peak_memory_mb per case (default: the one covseg predict wrote beside --pred).",
     ),
     out: Path | None = typer.Option(
         None, "--out", help="Output folder (default: outputs/evaluate/<pred folder>-<protocol>)."
@@ -264,6 +270,8 @@ def evaluate(
             f"no case could be scored ({len(run.bad)} problem(s), listed in {summary_path})", pred
         )
 
+    if protocol == "flare":
+        _attach_flare(run, pred, timings, reduction)
     renderer = None
     if report:  # metrics writes the files; the HTML page comes from viz, one layer up
         from covseg.viz.evaluation_report import render_evaluation_report
@@ -284,6 +292,8 @@ def evaluate(
     console.print(table)
     if protocol == "sod":
         console.print("toolbox numbers: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["toolbox"].items()))
+    if protocol == "flare":
+        _print_flare(console, run.extras["summary"]["flare"])
     joint = run.extras.get("summary", {})
     if "classification" in joint:
         console.print("classification: " + ", ".join(f"{k} {v:.4f}" for k, v in joint["classification"]["metrics"].items()))
@@ -336,3 +346,28 @@ def _attach_joint(
         raise ConfigError("--labels needs class probabilities: predictions.csv of a joint model beside --pred, or --classes")
     if explanations is not None:
         joint.attach_explanations(run, explanations, tolerance, num_classes, show)
+
+
+def _attach_flare(run, pred: Path, timings: Path | None, reduction: str) -> None:
+    """FLARE's table (DSC, NSD per class; seconds and peak memory per case) into the summary and per-case rows."""
+    from covseg.metrics import flare
+
+    path = timings if timings is not None else flare.find_timings(pred)
+    if path is not None:
+        flare.attach_timings(run, flare.read_timings(path))
+    table = flare.flare_table(run, reduction)  # type: ignore[arg-type]
+    table["timings"] = str(path) if path is not None else None
+    run.extras.setdefault("summary", {})["flare"] = table
+
+
+def _print_flare(console, table: dict) -> None:
+    from rich.table import Table
+
+    out = Table(title=f"FLARE table (NSD at {table['tolerance_mm']:g} mm; {table['timed_cases']} case(s) timed)")
+    for col in table["columns"]:
+        out.add_column(col, justify="left" if col == "case_id" else "right")
+    cell = lambda v: v if isinstance(v, str) else f"{v:.4f}"  # noqa: E731
+    for row in table["cases"]:
+        out.add_row(*(cell(row[c]) for c in table["columns"]))
+    out.add_row("mean", *(cell(table["mean"][c]) for c in table["columns"][1:]))
+    console.print(out)

@@ -195,6 +195,10 @@ def evaluate(
     empty_dist = parse_empty_distance(empty_distance)
 
     inner = ev.resolve_prediction_folder(pred)
+    if protocol == "flare" and inner.name == "probs" and (inner.parent / "masks").is_dir():
+        inner = inner.parent / "masks"  # FLARE scores label masks, the ones predict wrote
+        err_console().print(f"reading the label masks in {user_text(inner)} (the flare protocol scores masks)")
+        pred = inner
     if inner != pred:
         err_console().print(f"reading the predictions in {user_text(inner)} (the soft maps of a covseg predict output folder)"
                             if inner.name == "probs" else f"reading the masks in {user_text(inner)} (this predict run wrote no soft maps)")
@@ -361,13 +365,22 @@ def _attach_flare(run, pred: Path, timings: Path | None, reduction: str) -> None
 
 
 def _print_flare(console, table: dict) -> None:
+    """Two tables: DSC and NSD per class (and their mean), then each case's means, seconds and peak memory."""
     from rich.table import Table
 
-    out = Table(title=f"FLARE table (NSD at {table['tolerance_mm']:g} mm; {table['timed_cases']} case(s) timed)")
-    for col in table["columns"]:
-        out.add_column(col, justify="left" if col == "case_id" else "right")
-    cell = lambda v: v if isinstance(v, str) else f"{v:.4f}"  # noqa: E731
+    def cell(value: float) -> str:
+        return f"{value:.4f}"
+
+    classes = Table(title=f"FLARE table: NSD at {table['tolerance_mm']:g} mm")
+    for col in ("class", "DSC", "NSD"):
+        classes.add_column(col, justify="left" if col == "class" else "right")
+    for c, scores in table["per_class"].items():
+        classes.add_row(c, cell(scores["dsc"]), cell(scores["nsd"]))
+    classes.add_row("mean", cell(table["mean"]["mean_dsc"]), cell(table["mean"]["mean_nsd"]))
+    console.print(classes)
+    cases = Table(title=f"per case ({table['timed_cases']} timed by covseg predict)")
+    for col in ("case", "DSC", "NSD", "seconds", "peak MB"):
+        cases.add_column(col, justify="left" if col == "case" else "right")
     for row in table["cases"]:
-        out.add_row(*(cell(row[c]) for c in table["columns"]))
-    out.add_row("mean", *(cell(table["mean"][c]) for c in table["columns"][1:]))
-    console.print(out)
+        cases.add_row(row["case_id"], cell(row["mean_dsc"]), cell(row["mean_nsd"]), f"{row['seconds']:.2f}", f"{row['peak_memory_mb']:.0f}")
+    console.print(cases)

@@ -436,3 +436,26 @@ def test_unetr_pads_up_to_its_img_size_and_refuses_larger_inputs():
         model(torch.randn(1, 1, 48, 32))
     with pytest.raises(ValueError, match="multiples of 16"):
         build_model("unetr", in_channels=1, img_size=40, spatial_dims=3)
+
+
+@pytest.mark.slow  # 14 s CPU, 72 s wall on the loaded 2-core machine
+def test_unetplusplus_with_deep_supervision_trains_from_a_config_and_predicts(tmp_path):
+    """The baseline as a config names it: two epochs on 2D phantoms with the aux term weighted, a run folder
+    that rebuilds the model by name and predicts at the input's size."""
+    from covseg.api import fit
+    from covseg.inference.predictor import Predictor
+    from covseg.training.config import load_config
+
+    from tests.helpers import phantom_dataset, tiny_config
+
+    data = phantom_dataset(tmp_path / "data", n=8, size=32)
+    model = {"name": "unetplusplus", "params": {"features": [4, 4, 8, 8, 16, 4], "deep_supervision": True}}
+    cfg = tiny_config(data, size=32, epochs=2, model=model, loss={"main": "dice_bce", "aux_weight": 0.5})
+    fit(load_config(raw=cfg), tmp_path / "run", quiet=True)
+    header = (tmp_path / "run" / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"train_main", "train_aux0", "train_aux1", "train_aux2"} <= set(header), header
+    desc = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert desc["name"] == "unetplusplus" and desc["init_args"]["deep_supervision"] is True
+    image = np.random.default_rng(0).integers(0, 255, (40, 36)).astype(np.uint8)
+    probs = Predictor.from_run(tmp_path / "run").predict_image(image).probs
+    assert probs.shape == (40, 36) and probs.min() >= 0 and probs.max() <= 1

@@ -142,6 +142,15 @@ def test_flare_table_dsc_nsd_per_class_with_predict_timings(tmp_path, capsys):
     per_case = list(csv.DictReader((out / "per_case.csv").open()))
     assert len(per_case) == 6 and {"dice", "nsd", "seconds", "peak_memory_mb"} <= set(per_case[0])
     assert "hd95" not in per_case[0]
+    # bad timings are one line, and --timings belongs to the flare protocol
+    bad = tmp_path / "bad.csv"
+    bad.write_text("input,mask,seconds\nin/case0_0000.nii.gz,masks/case0_0000.nii.gz,fast\n")
+    base = ["evaluate", "--pred", pred_dir, "--gt", gt_dir, "--num-classes", "3", "--no-report", "--timings", bad]
+    assert run_cli([*base, "--protocol", "flare", "--out", tmp_path / "e2"]) != 0
+    assert "row 2: seconds / peak memory are not numbers" in capsys.readouterr().err
+    assert run_cli([*base, "--out", tmp_path / "e3"]) != 0
+    err = capsys.readouterr().err
+    assert "--timings: only the flare protocol" in err and "Traceback" not in err
 
 
 def test_nsd_by_hand_at_the_flare_tolerance():

@@ -191,6 +191,8 @@ def evaluate(
         raise ConfigError(f"--patient-rule: {patient_rule!r} is not max or mean")
     if show < 0:
         raise ConfigError(f"--show: {show} must be non-negative")
+    if timings is not None and protocol != "flare":
+        raise ConfigError("--timings: only the flare protocol reads predict's timings (--protocol flare)")
     spacing_values = parse_spacing(spacing)
     empty_dist = parse_empty_distance(empty_distance)
 

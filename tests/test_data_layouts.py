@@ -515,4 +515,4 @@ def test_detection_order_does_not_depend_on_which_layout_module_is_imported_firs
         "print(','.join(layout_names())); print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["lvit,qata,cris,csv,jcs,infnet,cosup,nifti,dicom,folder", "False"]
+    assert out == ["lvit,qata,cris,csv,jcs,infnet,cosup,nifti,flare,dicom,folder", "False"]

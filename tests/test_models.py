@@ -63,6 +63,40 @@ MODEL_CASES = [
         {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1, "spatial_dims": 3},
         frozenset({"logits"}),
     ),
+    # the baselines of the seeds' comparison tables, as MONAI builds them (covseg.models.monai_baselines)
+    ModelCase(
+        "unetplusplus",
+        {"features": [4, 4, 8, 8, 16, 4], "deep_supervision": True},
+        frozenset({"logits", "aux"}),
+        num_aux=3,
+    ),
+    ModelCase(
+        "unetplusplus",
+        {"features": [4, 4, 8, 8, 16, 4], "spatial_dims": 3},
+        frozenset({"logits"}),
+        # MONAI builds the three shallower nested heads even without deep supervision, and never uses them
+        no_grad_ok=frozenset(f"net.final_conv_0_{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")),
+    ),
+    # the attention gate's psi convolution feeds a BatchNorm, which removes any constant: its bias gets no gradient
+    *(
+        ModelCase(
+            "attention_unet", {"channels": [4, 8, 16], "strides": [2, 2], **dims}, frozenset({"logits"}),
+            no_grad_ok=frozenset({"net.model.1.submodule.1.attention.psi.0.conv.bias"}),
+        )
+        for dims in ({}, {"spatial_dims": 3})
+    ),
+    ModelCase(
+        "unetr",
+        {"img_size": 32, "feature_size": 4, "hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "spatial_dims": 3},
+        frozenset({"logits"}),
+        # MONAI's transformer blocks build a cross-attention norm that UNETR (self-attention only) never uses
+        no_grad_ok=frozenset(f"net.vit.blocks.{i}.norm_cross_attn.{p}" for i in range(12) for p in ("weight", "bias")),
+    ),
+    ModelCase(
+        "swin_unetr",
+        {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4, "norm": "batch", "spatial_dims": 3},
+        frozenset({"logits"}),
+    ),
     ModelCase(
         "unet_multiclass",
         {"out_channels": 3, "prior_channel": True, "base_width": 8, "depth": 3},
@@ -370,3 +404,58 @@ def test_multiclass_prior_input():
     torch.testing.assert_close(x[:, :1], image)
     with torch.no_grad():
         assert model.eval()(x).shape == (1, 3, 32, 32)
+
+
+def test_unetplusplus_deep_supervision_goes_to_the_aux_loss_term():
+    """MONAI's nested decoders' maps are the ``aux`` outputs: the criterion weighs each against the mask,
+    and the total is the main term plus the weighted aux terms."""
+    from covseg.losses.criterion import build_criterion
+
+    torch.manual_seed(0)
+    model = build_model("unetplusplus", in_channels=1, features=[4, 4, 8, 8, 16, 4], deep_supervision=True).train()
+    x, mask = torch.randn(2, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
+    out = model.forward_train(x)
+    total, parts = build_criterion({"main": "dice_bce", "aux_weight": 0.5})(out, {"mask": mask})
+    assert {"main", "aux0", "aux1", "aux2"} <= set(parts)
+    main_only, main_parts = build_criterion({"main": "dice_bce", "aux_weight": 0.0})(out, {"mask": mask})
+    expected = float(main_parts["main"]) + 0.5 * sum(float(parts[f"aux{i}"]) for i in range(3))
+    assert total.item() == pytest.approx(expected, rel=1e-5) and total.item() > main_only.item()
+    total.backward()
+    assert all(model.net.get_submodule(f"final_conv_0_{i}").weight.grad.abs().sum() > 0 for i in (1, 2, 3))
+
+
+def test_unetr_pads_up_to_its_img_size_and_refuses_larger_inputs():
+    torch.manual_seed(0)
+    model = build_model("unetr", in_channels=1, img_size=[32, 32], feature_size=4, hidden_size=32, mlp_dim=64,
+                        num_heads=2, spatial_dims=2).eval()
+    x = torch.randn(1, 1, 20, 27)
+    padded = torch.nn.functional.pad(x, (0, 5, 0, 12), mode="replicate")
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.net(padded)[..., :20, :27])
+    with pytest.raises(ValueError, match="sliding_window"):
+        model(torch.randn(1, 1, 48, 32))
+    with pytest.raises(ValueError, match="multiples of 16"):
+        build_model("unetr", in_channels=1, img_size=40, spatial_dims=3)
+
+
+@pytest.mark.slow  # 14 s CPU, 72 s wall on the loaded 2-core machine
+def test_unetplusplus_with_deep_supervision_trains_from_a_config_and_predicts(tmp_path):
+    """The baseline as a config names it: two epochs on 2D phantoms with the aux term weighted, a run folder
+    that rebuilds the model by name and predicts at the input's size."""
+    from covseg.api import fit
+    from covseg.inference.predictor import Predictor
+    from covseg.training.config import load_config
+
+    from tests.helpers import phantom_dataset, tiny_config
+
+    data = phantom_dataset(tmp_path / "data", n=8, size=32)
+    model = {"name": "unetplusplus", "params": {"features": [4, 4, 8, 8, 16, 4], "deep_supervision": True}}
+    cfg = tiny_config(data, size=32, epochs=2, model=model, loss={"main": "dice_bce", "aux_weight": 0.5})
+    fit(load_config(raw=cfg), tmp_path / "run", quiet=True)
+    header = (tmp_path / "run" / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"train_main", "train_aux0", "train_aux1", "train_aux2"} <= set(header), header
+    desc = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert desc["name"] == "unetplusplus" and desc["init_args"]["deep_supervision"] is True
+    image = np.random.default_rng(0).integers(0, 255, (40, 36)).astype(np.uint8)
+    probs = Predictor.from_run(tmp_path / "run").predict_image(image).probs
+    assert probs.shape == (40, 36) and probs.min() >= 0 and probs.max() <= 1

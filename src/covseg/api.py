@@ -255,9 +255,12 @@ def evaluate(
     say = listener or (lambda event, value: None)
     pred, gt = Path(pred), Path(gt)
     inner = ev.resolve_prediction_folder(pred)
-    if inner != pred:
+    if opts.protocol == "flare" and inner.name == "probs" and (inner.parent / "masks").is_dir():
+        inner = inner.parent / "masks"  # FLARE scores label masks, the ones predict wrote
+        say("flare_masks", inner)
+    elif inner != pred:
         say("predictions", inner)
-        pred = inner
+    pred = inner
     out_dir = opts.out_dir(pred)
     cases, bad, image_dir = ev.pair_cases(pred, gt, opts.images, missing=opts.missing_pred)
     folder = OutputFolder(
@@ -293,6 +296,15 @@ def evaluate(
     if not run.cases:
         summary_path = ev.write_outputs(run, out_dir, reduction=opts.reduction)["summary"]  # type: ignore[arg-type]
         raise DataError(f"no case could be scored ({len(run.bad)} problem(s), listed in {summary_path})", pred)
+    if opts.protocol == "flare":  # FLARE22's table: DSC, NSD per class; seconds and peak memory per case
+        from covseg.metrics import flare
+
+        timings = opts.timings if opts.timings is not None else flare.find_timings(pred)
+        if timings is not None:
+            flare.attach_timings(run, flare.read_timings(timings))
+        table = flare.flare_table(run, opts.reduction)  # type: ignore[arg-type]
+        table["timings"] = str(timings) if timings is not None else None
+        run.extras.setdefault("summary", {})["flare"] = table
     renderer = None
     if opts.report:  # metrics writes the files; the HTML page comes from viz, one layer up
         from covseg.viz.evaluation_report import render_evaluation_report

@@ -28,7 +28,13 @@ def evaluate(
     protocol: str = typer.Option(
         "medical",
         "--protocol",
-        help="medical (thresholded masks, distances in mm) or sod (Inf-Net toolbox on soft maps).",
+        help="medical (thresholded masks, distances in mm), sod (Inf-Net toolbox on soft maps) or flare "
+        "(FLARE22's table: DSC and NSD per class, seconds and peak memory per case from predict's predictions.csv).",
+    ),
+    timings: Path | None = typer.Option(
+        None,
+        "--timings",
+        help="flare: the predictions.csv with seconds and peak_memory_mb per case (default: the one covseg predict wrote beside --pred).",
     ),
     out: Path | None = typer.Option(
         None, "--out", help="Output folder (default: outputs/evaluate/<pred folder>-<protocol>)."
@@ -126,7 +132,7 @@ def evaluate(
         num_classes=num_classes, empty=empty, empty_distance=empty_distance, pred_type=pred_type,
         specificity_rule=specificity_rule, reduction=reduction, missing_pred=missing_pred, toolbox=toolbox, classes=classes,
         labels=labels, patient_pattern=patient_pattern, patient_rule=patient_rule, explanations=explanations,
-        pointing_tolerance=pointing_tolerance, show=show, report=report, strict=strict,
+        pointing_tolerance=pointing_tolerance, show=show, report=report, strict=strict, timings=timings,
     )  # fmt: skip
     err = err_console()
     progress = Progress(TextColumn("[bold]evaluate[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -137,6 +143,8 @@ def evaluate(
         if event == "predictions":
             err.print(f"reading the predictions in {user_text(value)} (the soft maps of a covseg predict output folder)"
                       if value.name == "probs" else f"reading the masks in {user_text(value)} (this predict run wrote no soft maps)")  # type: ignore[attr-defined]  # fmt: skip
+        elif event == "flare_masks":
+            err.print(f"reading the label masks in {user_text(value)} (the flare protocol scores masks)")
         elif event == "skipped":
             err.print(f"[yellow]skipped[/] {user_text(value)}")
         elif event == "start":
@@ -182,6 +190,8 @@ def print_result(result, protocol: str) -> None:
     console.print(table)
     if protocol == "sod":
         console.print("toolbox numbers: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["toolbox"].items()))
+    if protocol == "flare":
+        print_flare(console, run.extras["summary"]["flare"])
     joint = run.extras.get("summary", {})
     if "classification" in joint:
         console.print("classification: " + ", ".join(f"{k} {v:.4f}" for k, v in joint["classification"]["metrics"].items()))
@@ -210,3 +220,25 @@ def print_result(result, protocol: str) -> None:
             console.print(f"  {user_text(b)}")
     for kind, path in result.paths.items():
         console.print(f"{kind}: {user_text(path)}")
+
+
+def print_flare(console, table: dict) -> None:
+    """Two tables: DSC and NSD per class (and their mean), then each case's means, seconds and peak memory."""
+    from rich.table import Table
+
+    def cell(value: float) -> str:
+        return f"{value:.4f}"
+
+    classes = Table(title=f"FLARE table: NSD at {table['tolerance_mm']:g} mm")
+    for col in ("class", "DSC", "NSD"):
+        classes.add_column(col, justify="left" if col == "class" else "right")
+    for c, scores in table["per_class"].items():
+        classes.add_row(c, cell(scores["dsc"]), cell(scores["nsd"]))
+    classes.add_row("mean", cell(table["mean"]["mean_dsc"]), cell(table["mean"]["mean_nsd"]))
+    console.print(classes)
+    cases = Table(title=f"per case ({table['timed_cases']} timed by covseg predict)")
+    for col in ("case", "DSC", "NSD", "seconds", "peak MB"):
+        cases.add_column(col, justify="left" if col == "case" else "right")
+    for row in table["cases"]:
+        cases.add_row(row["case_id"], cell(row["mean_dsc"]), cell(row["mean_nsd"]), f"{row['seconds']:.2f}", f"{row['peak_memory_mb']:.0f}")
+    console.print(cases)

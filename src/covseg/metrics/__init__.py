@@ -15,6 +15,7 @@ monai; torch tensors are accepted as inputs.
 """
 
 from covseg.metrics.base import MetricAccumulator, summarize
+from covseg.metrics.flare import FLARE_METRICS, FlareMetrics
 from covseg.metrics.medical import MEDICAL_METRICS, MedicalMetrics, medical_metrics, score_binary
 from covseg.metrics.overlap import (
     confusion_counts,
@@ -46,12 +47,14 @@ from covseg.metrics.surface import (
     surface_metrics,
 )
 
-PROTOCOLS = {"medical": MedicalMetrics, "sod": SodMetrics}
+PROTOCOLS = {"medical": MedicalMetrics, "sod": SodMetrics, "flare": FlareMetrics}
 
 __all__ = [
+    "FLARE_METRICS",
     "MEDICAL_METRICS",
     "PROTOCOLS",
     "SOD_METRICS",
+    "FlareMetrics",
     "MedicalMetrics",
     "MetricAccumulator",
     "SodMetrics",

@@ -38,12 +38,13 @@ from covseg.data.imageio import IMAGE_SUFFIXES, read_volume, stem_of, suffix_of
 from covseg.errors import DataError
 from covseg.metrics._arrays import PredType, gt_labels, guess_pred_type, prediction_labels, soft_map
 from covseg.metrics.base import MetricAccumulator, Reduction
+from covseg.metrics.flare import FlareMetrics
 from covseg.metrics.medical import MedicalMetrics
 from covseg.metrics.sod import SodMetrics, SpecificityRule, prepare_sod_inputs
 from covseg.utils.atomic import write_unit
 from covseg.utils.outputs import csv_text as neutral_csv_text
 
-PROTOCOLS: tuple[str, ...] = ("medical", "sod")
+PROTOCOLS: tuple[str, ...] = ("medical", "sod", "flare")
 VOLUME_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 FILE_SUFFIXES: tuple[str, ...] = (*IMAGE_SUFFIXES, ".npy", *VOLUME_SUFFIXES)
 
@@ -132,6 +133,10 @@ def make_accumulator(
             empty_distance=empty_distance,
             pred_type=pred_type,
         )
+    if protocol == "flare":  # DSC and NSD per class (FLARE22's table)
+        return FlareMetrics(
+            num_classes=num_classes, threshold=threshold, tolerance=tolerance, empty=empty, pred_type=pred_type  # type: ignore[arg-type]
+        )
     if protocol == "sod":
         if num_classes != 1:
             raise DataError("the sod protocol is binary (num_classes=1); score each class folder separately")
@@ -203,6 +208,10 @@ def pair_cases(
     image_folder = Path(images_dir) if images_dir is not None else dataset_images
     preds = _files_by_stem(pred_dir, FILE_SUFFIXES)
     gts = _files_by_stem(mask_dir, FILE_SUFFIXES)
+    for stem in [s for s in preds if s not in gts]:  # nnU-Net / FLARE input names: case_0000 predicts case
+        base = re.sub(r"_\d{4}$", "", stem)
+        if base != stem and base in gts and base not in preds:
+            preds[base] = preds.pop(stem)
     images = _files_by_stem(image_folder, (*IMAGE_SUFFIXES, *VOLUME_SUFFIXES)) if image_folder else {}
     cases: list[Case] = []
     bad: list[BadCase] = []

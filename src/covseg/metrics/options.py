@@ -11,7 +11,7 @@ from pathlib import Path
 
 from covseg.errors import ConfigError
 
-PROTOCOLS = ("medical", "sod")
+PROTOCOLS = ("medical", "sod", "flare")
 EMPTY_POLICIES = ("nan", "one", "zero")
 PRED_TYPES = ("auto", "soft", "mask")
 SPECIFICITY_RULES = ("pysodmetrics", "infnet")
@@ -84,6 +84,7 @@ class EvaluateOptions:
     show: int = 6
     report: bool = True
     strict: bool = False
+    timings: str | Path | None = None
 
     def checked(self) -> EvaluateOptions:
         """These options with spacing and empty distance parsed; a ``ConfigError`` for the first bad value."""
@@ -106,12 +107,14 @@ class EvaluateOptions:
             raise ConfigError(f"--patient-rule: {self.patient_rule!r} is not max or mean")
         if self.show < 0:
             raise ConfigError(f"--show: {self.show} must be non-negative")
+        if self.timings is not None and self.protocol != "flare":
+            raise ConfigError("--timings: only the flare protocol reads predict's timings (--protocol flare)")
         spacing = self.spacing
         if isinstance(spacing, str) or spacing is None:
             spacing = parse_spacing(spacing)
         else:
             spacing = parse_spacing(",".join(str(float(v)) for v in spacing))
-        paths = {k: Path(v) for k in ("out", "images", "classes", "labels", "explanations") if (v := getattr(self, k)) is not None}
+        paths = {k: Path(v) for k in ("out", "images", "classes", "labels", "explanations", "timings") if (v := getattr(self, k)) is not None}
         return replace(self, spacing=spacing, empty_distance=parse_empty_distance(self.empty_distance), **paths)
 
     def out_dir(self, pred: Path) -> Path:

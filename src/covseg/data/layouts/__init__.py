@@ -9,7 +9,7 @@ Readers only list files and read text sources; they never decode pixels. Problem
 while listing (orphans, missing files, missing text) become :class:`Finding` s on the index.
 
 One module per layout family (``lvit``, ``qata``, ``cris``, ``csv_pairs``, ``jcs``, ``infnet``,
-``cosup``, ``nifti``, ``dicom``, ``folder``) registers its :class:`Layout` in
+``cosup``, ``nifti``, ``flare``, ``dicom``, ``folder``) registers its :class:`Layout` in
 :data:`covseg.registry.LAYOUTS` at import. This package does not import them: the registry
 does, the first time it is read, in the order ``covseg.builtins`` lists them, which is the
 detection order. Shared helpers are in :mod:`~covseg.data.layouts.common`, detection and

@@ -2,7 +2,7 @@
 :func:`list_splits`, :func:`find_split_folders`, :func:`merge_indexes`.
 
 Layouts are tried in :data:`covseg.registry.LAYOUTS` order (lvit, qata, cris, csv, jcs,
-infnet, cosup, nifti, dicom, folder, then any registered later); a folder that none
+infnet, cosup, nifti, flare, dicom, folder, then any registered later); a folder that none
 recognises but whose child folders are datasets is a split container (``"splits"``).
 """
 

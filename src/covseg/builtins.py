@@ -24,7 +24,7 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
         "covseg.data.layouts.dicom",
         "covseg.data.layouts.folder",
     ),
-    "encoder": ("covseg.models.encoders", "covseg.models.clip_encoder"),
+    "encoder": ("covseg.models.encoders", "covseg.models.clip_encoder", "covseg.models.res2net"),
     "model": (
         "covseg.models.unet",
         "covseg.models.resunet",

@@ -225,7 +225,8 @@ class InfNet(SegmentationModel):
             out_channels,
             encoder=encoder,
             pretrained=pretrained,
-            encoder_kwargs=encoder_kwargs,
+            # a start-from weights file is not needed to rebuild a trained model (its checkpoint holds them)
+            encoder_kwargs={k: v for k, v in encoder_kwargs.items() if k != "weights"},
             channel=channel,
             rfb_branches=rfb_branches,
             ra_channels=ra_channels if isinstance(ra_channels, int) else [int(c) for c in ra_channels],

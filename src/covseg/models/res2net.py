@@ -12,8 +12,9 @@ Submodule names follow the released Res2Net/Inf-Net files (``conv1``, ``bn1``, `
 (the ImageNet classifier ``fc.*`` is not part of the encoder). Features: the stem after ReLU
 (stride 2, 64 channels) and ``layer1``–``layer4`` (strides 4–32; 256, 512, 1024, 2048 channels).
 
-No ImageNet weights ship with covseg; ``weights=PATH`` loads a local
-``res2net50_v1b_26w_4s-3cf99910.pth``-style file (``weights_only=True``).
+No ImageNet weights ship with covseg (``pretrained=True`` is refused); ``weights=PATH`` loads a
+local ``res2net50_v1b_26w_4s-3cf99910.pth``-style file (``weights_only=True``) at the start of a
+training, and ``infnet`` leaves the path out of its init args (the run's checkpoint holds the weights).
 """
 
 from __future__ import annotations
@@ -164,9 +165,10 @@ class Res2NetEncoder(Encoder):
 
 def _register(name: str, layers: tuple[int, ...]) -> None:
     def build(in_channels: int, pretrained: bool = False, weights: str | None = None, **kwargs: Any) -> Res2NetEncoder:
-        if pretrained and weights is None:
+        if pretrained:  # a run must rebuild without the file: weights= loads once, the checkpoint keeps them
             raise CovsegError(
-                f"no {name} ImageNet weights ship with covseg; give a local file as encoder_kwargs.weights"
+                f"no {name} ImageNet weights ship with covseg; give a local file as encoder_kwargs.weights "
+                "(with pretrained: false)"
             )
         return Res2NetEncoder(in_channels, layers=layers, weights=weights, **kwargs)
 

@@ -238,3 +238,15 @@ def explain(
         strict=strict,
         on_done=on_done,
     )
+
+
+def import_weights(format: str, file: str | Path, output: str | Path) -> Path:
+    """Turn an author's released checkpoint into a covseg run folder (``covseg weights import``).
+
+    ``format`` names a registered checkpoint format (``covseg weights formats``); the file is read
+    with ``weights_only=True``. Returns the run folder, which ``predict``, ``evaluate``,
+    ``explain`` and ``export`` use like a trained one; ``provenance.json`` records the source.
+    """
+    from covseg.runs.importers import import_weights as run_import
+
+    return run_import(format, file, output)

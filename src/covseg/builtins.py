@@ -47,6 +47,7 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
     "inferer": ("covseg.engine.inferers",),
     "input adapter": ("covseg.engine.adapters",),
     "sampler": ("covseg.training.sampling",),
+    "checkpoint format": ("covseg.runs.importers",),
 }
 
 

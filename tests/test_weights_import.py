@@ -25,8 +25,11 @@ from tests.helpers import phantom_dataset, run_cli, tiny_config
 DATA = Path(__file__).parent / "data" / "weights"
 
 
-def author_keys() -> dict[str, list[int]]:
-    return json.loads((DATA / "infnet_res2net50_keys.json").read_text())["keys"]
+KEY_FILES = {"infnet": "infnet_res2net50_keys.json", "infnet-resnet50": "infnet_resnet50_keys.json"}
+
+
+def author_keys(fmt: str = "infnet") -> dict[str, list[int]]:
+    return json.loads((DATA / KEY_FILES[fmt]).read_text())["keys"]
 
 
 def synthetic_author_state(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -72,14 +75,15 @@ def test_res2net_encoder_features_and_published_infnet_outputs():
     assert out["edge"].shape == (2, 1, 16, 16)
 
 
-def test_author_keys_map_one_to_one_onto_the_published_model():
-    keys = author_keys()
-    expected = build_model("infnet", **INFNET_INIT_ARGS).state_dict()
-    mapped = {infnet_key(k): shape for k, shape in keys.items()}
-    dropped = sorted(k for k in keys if infnet_key(k) is None)
-    assert dropped == ["resnet.fc.bias", "resnet.fc.weight"]
-    mapped.pop(None)
-    assert len(mapped) == len(keys) - 2  # no two author keys meet in one covseg key
+@pytest.mark.parametrize(("fmt", "dropped"), [("infnet", ["resnet.fc.bias", "resnet.fc.weight"]), ("infnet-resnet50", [])])
+def test_author_keys_map_one_to_one_onto_the_published_model(fmt, dropped):
+    keys = author_keys(fmt)
+    spec = get_format(fmt)
+    expected = build_model(spec.model, **spec.init_args).state_dict()
+    mapped = {spec.rename(k): shape for k, shape in keys.items()}
+    assert sorted(k for k in keys if spec.rename(k) is None) == dropped
+    mapped.pop(None, None)
+    assert len(mapped) == len(keys) - len(dropped)  # no two author keys meet in one covseg key
     assert set(mapped) == set(expected)
     assert all(list(expected[k].shape) == shape for k, shape in mapped.items())
 

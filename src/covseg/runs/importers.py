@@ -262,6 +262,8 @@ INFNET_INIT_ARGS: dict[str, Any] = {
 }
 IMAGENET_352 = {"channels": 3, "size": [352, 352], "scale": 255.0, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 
+INFNET_RESNET50_INIT_ARGS = {**INFNET_INIT_ARGS, "encoder": "resnet50"}
+
 register_format(
     CheckpointFormat(
         name="infnet",
@@ -273,4 +275,17 @@ register_format(
         source="DengPingFan/Inf-Net Code/model_lung_infection/InfNet_Res2Net.py (Inf_Net, Res2Net-50 v1b 26w4s)",
     ),
     "Inf-Net / Semi-Inf-Net (Res2Net-50) state dicts, e.g. Inf-Net-100.pth, Semi-Inf-Net-100.pth",
+)
+
+register_format(
+    CheckpointFormat(
+        name="infnet-resnet50",
+        model="infnet",
+        init_args=INFNET_RESNET50_INIT_ARGS,
+        rename=infnet_key,
+        preprocessing=IMAGENET_352,
+        class_names=["infection"],
+        source="DengPingFan/Inf-Net Code/model_lung_infection/InfNet_ResNet.py (Inf_Net, ResNet-50)",
+    ),
+    "Inf-Net with the ResNet-50 backbone (InfNet_ResNet.py) state dicts",
 )

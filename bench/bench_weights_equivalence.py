@@ -36,6 +36,9 @@ INFNET_FILES = (
     "Code/model_lung_infection/backbone/__init__.py",
     "Code/model_lung_infection/backbone/Res2Net.py",
     "Code/model_lung_infection/backbone/ResNet.py",
+    "Code/model_lung_infection/InfNet_UNet.py",
+    "Code/model_lung_infection/module/__init__.py",
+    "Code/model_lung_infection/module/unet_parts.py",
 )
 #: covseg format → (the authors' module, the key list the tests read)
 INFNET_VARIANTS = {
@@ -162,6 +165,52 @@ def bench_infnet(fmt: str, repo: Path, work: Path, size: int, write_keys: bool) 
     }
 
 
+def bench_multiclass(work: Path, size: int, write_keys: bool, prior_run: Path) -> dict:
+    """Semi-Inf-Net's multi-class U-Net: their 6-channel input against covseg's image + one prior channel."""
+    from Code.model_lung_infection.InfNet_UNet import Inf_Net_UNet
+
+    torch.manual_seed(0)
+    theirs = Inf_Net_UNet(6, 3)
+    randomise(theirs, size, 6, seed=0)
+    state = theirs.state_dict()
+    file = work / "unet_model_random.pkl"
+    torch.save(state, file)
+    if write_keys:
+        lines = ",\n".join(f"  {json.dumps(k)}: {json.dumps(list(v.shape))}" for k, v in state.items())
+        (ROOT / "tests/data/weights/infnet_unet_keys.json").write_text(
+            f'{{"source": "DengPingFan/Inf-Net InfNet_UNet.Inf_Net_UNet(6, 3)",\n "keys": {{\n{lines}\n}}}}\n'
+        )
+    run_dir = work / "infnet-multiclass_run"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "covseg", "weights", "import", "--format", "infnet-multiclass", "--prior", str(prior_run),
+                    "--output", str(run_dir), str(file)], check=True)  # fmt: skip
+    seconds = time.perf_counter() - start
+    from covseg.runs.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ours = model_from_checkpoint(load_checkpoint(run_dir / "checkpoints/best.pt"))
+    torch.manual_seed(1)
+    image = torch.randn(2, 3, size, size)
+    prior = torch.rand(2, 1, size, size)  # an infection probability map
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    picture = (prior.expand(-1, 3, -1, -1) - mean) / std  # their loader: the saved map, ToTensor, Normalize
+    with torch.no_grad():
+        a = theirs(torch.cat([image, picture], dim=1))
+        b = ours(torch.cat([image, prior], dim=1))
+    return {
+        "format": "infnet-multiclass",
+        "authors": "DengPingFan/Inf-Net (same snapshot)",
+        "model": "InfNet_UNet.Inf_Net_UNet(6, 3)",
+        "tensors": len(state),
+        "input": [2, 6, size, size],
+        "max_abs_diff": {"logits": float((a - b).abs().max())},
+        "max_abs_output": {"logits": float(a.abs().max())},
+        "argmax_agreement": float((a.argmax(1) == b.argmax(1)).float().mean()),
+        "import_seconds": round(seconds, 2),
+        "pass": float((a - b).abs().max()) <= TOLERANCE,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--infnet-repo", type=Path, required=True, help="git dir of a DengPingFan/Inf-Net snapshot")
@@ -173,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     args.work.mkdir(parents=True, exist_ok=True)
     results = [bench_infnet(fmt, args.infnet_repo, args.work, args.size, args.write_keys) for fmt in INFNET_VARIANTS]
+    results.append(bench_multiclass(args.work, args.size, args.write_keys, prior_run=args.work / "infnet_run"))
     record = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
         "tolerance": TOLERANCE,

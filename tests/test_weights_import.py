@@ -25,18 +25,22 @@ from tests.helpers import phantom_dataset, run_cli, tiny_config
 DATA = Path(__file__).parent / "data" / "weights"
 
 
-KEY_FILES = {"infnet": "infnet_res2net50_keys.json", "infnet-resnet50": "infnet_resnet50_keys.json"}
+KEY_FILES = {
+    "infnet": "infnet_res2net50_keys.json",
+    "infnet-resnet50": "infnet_resnet50_keys.json",
+    "infnet-multiclass": "infnet_unet_keys.json",
+}
 
 
 def author_keys(fmt: str = "infnet") -> dict[str, list[int]]:
     return json.loads((DATA / KEY_FILES[fmt]).read_text())["keys"]
 
 
-def synthetic_author_state(seed: int = 0) -> dict[str, torch.Tensor]:
+def synthetic_author_state(seed: int = 0, fmt: str = "infnet") -> dict[str, torch.Tensor]:
     """A state dict with the authors' key names and shapes and random values (variances positive)."""
     g = torch.Generator().manual_seed(seed)
     state = {}
-    for key, shape in author_keys().items():
+    for key, shape in author_keys(fmt).items():
         if key.endswith("num_batches_tracked"):
             state[key] = torch.tensor(7)
         elif key.endswith("running_var"):
@@ -75,7 +79,10 @@ def test_res2net_encoder_features_and_published_infnet_outputs():
     assert out["edge"].shape == (2, 1, 16, 16)
 
 
-@pytest.mark.parametrize(("fmt", "dropped"), [("infnet", ["resnet.fc.bias", "resnet.fc.weight"]), ("infnet-resnet50", [])])
+@pytest.mark.parametrize(
+    ("fmt", "dropped"),
+    [("infnet", ["resnet.fc.bias", "resnet.fc.weight"]), ("infnet-resnet50", []), ("infnet-multiclass", [])],
+)
 def test_author_keys_map_one_to_one_onto_the_published_model(fmt, dropped):
     keys = author_keys(fmt)
     spec = get_format(fmt)
@@ -215,3 +222,48 @@ def test_res2net_imagenet_file_loads_into_the_encoder_and_the_run_rebuilds_witho
         build_model("infnet", **{**INFNET_INIT_ARGS, "pretrained": True})
     with pytest.raises(CovsegError, match="Res2Net weights file not found"):
         build_model("infnet", **{**INFNET_INIT_ARGS, "encoder_kwargs": {"weights": str(tmp_path / "none.pth")}})
+
+
+def test_multiclass_unet_needs_a_binary_prior_run_and_reads_its_map(imported, tmp_path):
+    from covseg.runs.checkpoint import load_checkpoint, model_from_checkpoint
+    from covseg.runs.folder import RunFolder
+
+    path = tmp_path / "unet_model_200.pkl"
+    state = synthetic_author_state(fmt="infnet-multiclass")
+    torch.save(state, path)
+    with pytest.raises(CovsegError, match="needs --prior RUN_DIR"):
+        import_weights("infnet-multiclass", path, tmp_path / "a")
+    with pytest.raises(CovsegError, match="takes no prior run"):
+        import_weights("infnet", path, tmp_path / "b", prior=imported)
+    run = import_weights("infnet-multiclass", path, tmp_path / "run", prior=imported)
+    description = RunFolder(run).description()
+    assert description.prior is not None and Path(description.prior.run) == imported.resolve()
+    assert description.num_classes == 3 and description.init_args["published"] is True
+    with pytest.raises(CovsegError, match="the prior run must be binary"):
+        import_weights("infnet-multiclass", path, tmp_path / "c", prior=run)
+    model = model_from_checkpoint(load_checkpoint(run / "checkpoints" / "best.pt"))
+    assert all(torch.equal(model.state_dict()["net." + k], v.to(model.state_dict()["net." + k].dtype)) for k, v in state.items())
+    # the one prior channel becomes the authors' three ImageNet-normalised picture channels
+    from covseg.models.infnet_unet import prior_to_picture
+
+    image, prior = torch.randn(1, 3, 32, 32), torch.rand(1, 1, 32, 32)
+    picture = prior_to_picture(torch.cat([image, prior], 1), 3)
+    assert torch.equal(picture[:, :3], image)
+    assert torch.allclose(picture[:, 4], (prior[:, 0] - 0.456) / 0.224)
+    with torch.no_grad():
+        ours = model(torch.cat([image, prior], 1))
+        direct = model.net(picture)
+    assert torch.equal(ours, direct)
+
+
+@pytest.mark.slow
+def test_imported_cascade_predicts_three_classes(imported, tmp_path):
+    from covseg.inference.predictor import Predictor
+
+    path = tmp_path / "unet_model_200.pkl"
+    torch.save(synthetic_author_state(fmt="infnet-multiclass"), path)
+    run = import_weights("infnet-multiclass", path, tmp_path / "run", prior=imported)
+    image = (np.random.default_rng(0).random((40, 48)) * 255).astype(np.uint8)
+    probs = Predictor.from_run(run).predict_image(image).probs
+    assert probs.shape == (3, 40, 48)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)

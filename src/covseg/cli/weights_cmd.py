@@ -14,6 +14,7 @@ def import_(
     file: Path = typer.Argument(..., metavar="FILE", help="The released checkpoint (a state dict; read with weights_only=True)."),
     format: str = typer.Option(..., "--format", "-f", help="Checkpoint format (covseg weights formats)."),
     output: Path = typer.Option(..., "--output", "-o", metavar="RUN_DIR", help="Run folder to write."),
+    prior: Path | None = typer.Option(None, "--prior", metavar="RUN_DIR", help="Binary run whose infection map a cascade format (infnet-multiclass) reads."),
 ) -> None:
     """Turn an author's checkpoint into a run folder for predict, evaluate, explain and export."""
     from rich.console import Console
@@ -21,7 +22,7 @@ def import_(
 
     from covseg.api import import_weights
 
-    path = import_weights(format, file, output)
+    path = import_weights(format, file, output, prior)
     Console(stderr=True, highlight=False).print(f"[bold green]imported[/] {escape(str(file))} → run folder {escape(str(path))}", soft_wrap=True)
 
 

@@ -44,6 +44,8 @@ class CheckpointFormat:
     num_classes: int = 1
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the model reads a binary run's infection map (``--prior RUN_DIR``)
+    needs_prior: bool = False
 
 
 def register_format(fmt: CheckpointFormat, help: str) -> CheckpointFormat:
@@ -139,11 +141,28 @@ def convert_state(fmt: CheckpointFormat, state: dict[str, Any], source: str | Pa
     return model, mapped
 
 
-def import_weights(format: str, file: str | Path, output: str | Path) -> Path:
+def _prior_spec(fmt: CheckpointFormat, prior: str | Path | None) -> dict[str, Any]:
+    """``{"prior": ...}`` for ``model.json``: the binary run a cascade format reads its infection map from."""
+    from covseg.runs.folder import RunFolder
+
+    if not fmt.needs_prior:
+        if prior is not None:
+            raise CovsegError(f"format {fmt.name} takes no prior run (--prior is for a cascade format)")
+        return {}
+    if prior is None:
+        raise CovsegError(f"format {fmt.name} needs --prior RUN_DIR: the binary run (e.g. an imported Semi-Inf-Net) whose map it reads")
+    description = RunFolder(prior).description()
+    if description.num_classes != 1:
+        raise CovsegError(f"the prior run must be binary, it has {description.num_classes} classes", prior)
+    return {"prior": {"run": str(Path(prior).resolve()), "checkpoint": "best"}}
+
+
+def import_weights(format: str, file: str | Path, output: str | Path, prior: str | Path | None = None) -> Path:
     """Turn a released checkpoint ``file`` of ``format`` into the run folder ``output``; returns its path.
 
     The folder records where the weights came from (``provenance.json`` and ``model.json``'s
-    ``provenance``: file name, SHA-256, format, the authors' code it matches).
+    ``provenance``: file name, SHA-256, format, the authors' code it matches). A cascade format
+    (``infnet-multiclass``) needs ``prior``, the binary run whose infection map it reads.
     """
     import torch
 
@@ -155,6 +174,7 @@ def import_weights(format: str, file: str | Path, output: str | Path) -> Path:
 
     fmt = get_format(format)
     file = Path(file)
+    prior_spec = _prior_spec(fmt, prior)
     state = read_state_dict(file)
     folder = OutputFolder(output, "weights import", [file], owned=IMPORT_FILES)
     folder.validate()
@@ -178,6 +198,7 @@ def import_weights(format: str, file: str | Path, output: str | Path) -> Path:
             "trainer": "imported",
             "covseg_version": __version__,
             "provenance": provenance,
+            **prior_spec,
             **fmt.extra,
         }
     )
@@ -288,4 +309,19 @@ register_format(
         source="DengPingFan/Inf-Net Code/model_lung_infection/InfNet_ResNet.py (Inf_Net, ResNet-50)",
     ),
     "Inf-Net with the ResNet-50 backbone (InfNet_ResNet.py) state dicts",
+)
+
+register_format(
+    CheckpointFormat(
+        name="infnet-multiclass",
+        model="unet_multiclass",
+        init_args={"in_channels": 3, "out_channels": 3, "prior_channel": True, "published": True},
+        rename=lambda key: "net." + key,
+        preprocessing=IMAGENET_352,
+        class_names=["background", "ground_glass_opacity", "consolidation"],
+        num_classes=3,
+        source="DengPingFan/Inf-Net Code/model_lung_infection/InfNet_UNet.py (Inf_Net_UNet(6, 3), bilinear)",
+        needs_prior=True,
+    ),
+    "Semi-Inf-Net + multi-class U-Net state dicts (unet_model_200.pkl); --prior names the binary run",
 )

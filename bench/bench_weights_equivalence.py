@@ -36,6 +36,8 @@ INFNET_FILES = (
     "Code/model_lung_infection/backbone/__init__.py",
     "Code/model_lung_infection/backbone/Res2Net.py",
     "Code/model_lung_infection/backbone/ResNet.py",
+    "Code/model_lung_infection/InfNet_VGGNet.py",
+    "Code/model_lung_infection/backbone/VGGNet.py",
     "Code/model_lung_infection/InfNet_UNet.py",
     "Code/model_lung_infection/module/__init__.py",
     "Code/model_lung_infection/module/unet_parts.py",
@@ -44,6 +46,7 @@ INFNET_FILES = (
 INFNET_VARIANTS = {
     "infnet": ("InfNet_Res2Net", "infnet_res2net50_keys.json"),
     "infnet-resnet50": ("InfNet_ResNet", "infnet_resnet50_keys.json"),
+    "infnet-vgg16": ("InfNet_VGGNet", "infnet_vgg16_keys.json"),
 }
 
 
@@ -95,8 +98,16 @@ def authors_infnet(fmt: str) -> torch.nn.Module:
         from Code.model_lung_infection.backbone import Res2Net as backbone
 
         authors.res2net50_v1b_26w_4s = lambda pretrained=False: backbone.res2net50_v1b_26w_4s(pretrained=False)
-    else:  # their constructor copies torchvision's ImageNet ResNet-50 in while training
+    elif fmt == "infnet-resnet50":  # their constructor copies torchvision's ImageNet ResNet-50 in while training
         authors.Inf_Net.initialize_weights = lambda self: None
+    else:  # B2_VGG's constructor reads ./Snapshots/pre_trained/vgg16-397923af.pth and copies it in
+        authors.B2_VGG._initialize_weights = lambda self, pre_train: None
+        load, torch.load = torch.load, lambda *args, **kwargs: {}
+        try:
+            torch.manual_seed(0)
+            return authors.Inf_Net(channel=32, n_class=1)
+        finally:
+            torch.load = load
     torch.manual_seed(0)
     return authors.Inf_Net(channel=32, n_class=1)
 

@@ -24,7 +24,7 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
         "covseg.data.layouts.dicom",
         "covseg.data.layouts.folder",
     ),
-    "encoder": ("covseg.models.encoders", "covseg.models.clip_encoder", "covseg.models.res2net", "covseg.models.resnet50"),
+    "encoder": ("covseg.models.encoders", "covseg.models.clip_encoder", "covseg.models.res2net", "covseg.models.resnet50", "covseg.models.vgg16"),
     "model": (
         "covseg.models.unet",
         "covseg.models.resunet",

@@ -261,6 +261,17 @@ def _infnet_prefixes() -> dict[str, str]:
 INFNET_PREFIXES = _infnet_prefixes()
 
 
+def infnet_vgg_key(key: str) -> str | None:
+    """An ``InfNet_VGGNet.Inf_Net`` key as covseg ``infnet(encoder="vgg16", published=True)`` names it."""
+    if key.startswith(("vgg.conv4_2.", "vgg.conv5_2.")):
+        return None  # B2_VGG's second branch, built but never run by Inf-Net
+    if key.startswith("vgg."):
+        return "encoder." + key.removeprefix("vgg.")
+    if key.startswith("resnet."):
+        raise KeyError(key)
+    return infnet_key(key)
+
+
 def infnet_key(key: str) -> str | None:
     """An ``InfNet_Res2Net.Inf_Net`` state-dict key as covseg ``infnet(published=True)`` names it."""
     if key.startswith("resnet.fc."):
@@ -324,4 +335,17 @@ register_format(
         needs_prior=True,
     ),
     "Semi-Inf-Net + multi-class U-Net state dicts (unet_model_200.pkl); --prior names the binary run",
+)
+
+register_format(
+    CheckpointFormat(
+        name="infnet-vgg16",
+        model="infnet",
+        init_args={**INFNET_INIT_ARGS, "encoder": "vgg16"},
+        rename=infnet_vgg_key,
+        preprocessing=IMAGENET_352,
+        class_names=["infection"],
+        source="DengPingFan/Inf-Net Code/model_lung_infection/InfNet_VGGNet.py (Inf_Net, VGG-16 B2_VGG)",
+    ),
+    "Inf-Net with the VGG-16 backbone (InfNet_VGGNet.py) state dicts",
 )

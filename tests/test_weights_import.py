@@ -274,3 +274,15 @@ def test_imported_cascade_predicts_three_classes(imported, tmp_path):
     probs = Predictor.from_run(run).predict_image(image).probs
     assert probs.shape == (3, 40, 48)
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_import_never_overwrites_a_trained_run_and_reimports_in_place(author_file, imported, tmp_path):
+    foreign = tmp_path / "trained"
+    (foreign / "checkpoints").mkdir(parents=True)
+    (foreign / "model.json").write_text("{}")
+    with pytest.raises(CovsegError, match="not written by covseg weights import"):
+        import_weights("infnet", author_file, foreign)
+    assert (foreign / "model.json").read_text() == "{}"
+    before = json.loads((imported / "provenance.json").read_text())
+    assert import_weights("infnet", author_file, imported) == imported  # its own folder: rewritten
+    assert json.loads((imported / "provenance.json").read_text()) == before

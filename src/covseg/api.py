@@ -312,3 +312,16 @@ def evaluate(
         renderer = functools.partial(render_evaluation_report, show=opts.show)
     paths = ev.write_outputs(run, out_dir, reduction=opts.reduction, report=renderer)  # type: ignore[arg-type]
     return EvaluateResult(run, accumulator.aggregate(opts.reduction), paths, out_dir)  # type: ignore[arg-type]
+
+
+def import_weights(format: str, file: str | Path, output: str | Path, prior: str | Path | None = None) -> Path:
+    """Turn an author's released checkpoint into a covseg run folder (``covseg weights import``).
+
+    ``format`` names a registered checkpoint format (``covseg weights formats``); the file is read
+    with ``weights_only=True``. Returns the run folder, which ``predict``, ``evaluate``,
+    ``explain`` and ``export`` use like a trained one; ``provenance.json`` records the source.
+    ``prior`` is the binary run a cascade format (``infnet-multiclass``) reads its map from.
+    """
+    from covseg.runs.importers import import_weights as run_import
+
+    return run_import(format, file, output, prior)

@@ -127,7 +127,8 @@ TRAINERS: Registry = Registry("trainer")
 INFERERS: Registry = Registry("inferer")
 INPUT_ADAPTERS: Registry = Registry("input adapter")
 SAMPLERS: Registry = Registry("sampler")
+CHECKPOINT_FORMATS: Registry = Registry("checkpoint format")
 
 REGISTRIES: dict[str, Registry] = {
-    r.kind: r for r in (MODELS, ENCODERS, HEADS, LOSSES, LAYOUTS, TRAINERS, INFERERS, INPUT_ADAPTERS, SAMPLERS)
+    r.kind: r for r in (MODELS, ENCODERS, HEADS, LOSSES, LAYOUTS, TRAINERS, INFERERS, INPUT_ADAPTERS, SAMPLERS, CHECKPOINT_FORMATS)
 }

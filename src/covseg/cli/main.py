@@ -21,6 +21,7 @@ from covseg.cli import (
     pseudo_cmd,
     text_cmd,
     train_cmd,
+    weights_cmd,
 )
 
 app = typer.Typer(
@@ -43,6 +44,7 @@ app.add_typer(models_cmd.app, name="models", help="Registered parts, and the tra
 app.command("export")(export_cmd.export)
 app.command("lungmask")(lungmask_cmd.lungmask)
 app.command("app")(app_cmd.app)
+app.add_typer(weights_cmd.app, name="weights", help="Import published checkpoints as run folders.")
 
 
 def _version_callback(value: bool) -> None:

@@ -32,7 +32,14 @@ ImageNet-pretrained variant (normalise inputs with mean 127/255, std 128/255, se
 branch ``edge_channels`` = 32 (was 64), RFB/PPD keep ``channel`` = 32, and ``rfb_branches`` can
 drop the widest RFB branches. The default costs 1.6 G multiply-adds (convolutions) per 352² slice.
 
-Deviations kept on purpose: the original ``BasicConv2d`` never applies its ReLU, which leaves
+``published=True`` builds the heads exactly as the authors' ``InfNet_Res2Net.py`` wires them, so
+their released state dicts (Inf-Net, Semi-Inf-Net) load through ``covseg weights import`` and give
+the same output: edge branch without activations, every side classifier a conv + batch norm
+(1×1 for RA-4, 3×3 for RA-3/RA-2 and the edge), and the PPD's ×2 / ×4 upsampling bilinear with
+``align_corners=True`` in ×2 steps. With ``encoder="res2net50_v1b_26w_4s"``, ``channel=32``,
+``ra_channels=[256, 64, 64]``, ``edge_channels=64`` and ``in_channels=3`` it is the published Inf-Net.
+
+Deviations kept on purpose (``published=False``, the default): the original ``BasicConv2d`` never applies its ReLU, which leaves
 the edge branch a purely linear stack; here the edge branch convs have ReLU. RFB and PPD keep
 the original placement (norm without activation inside, nonlinearity from the residual ReLU and
 the multiplicative fusion). Binary segmentation only (reverse attention needs one foreground
@@ -41,9 +48,11 @@ map): ``out_channels`` must be 1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from covseg.models.base import SegmentationModel
@@ -80,12 +89,21 @@ class ReceptiveFieldBlock(nn.Module):
         return self.act(y + self.shortcut(x))
 
 
-class ParallelPartialDecoder(nn.Module):
-    """PPD: dense multiplicative aggregation of the three high-level features into a global map."""
+def _up_aligned(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Bilinear resize with ``align_corners=True`` (the published PPD's ``nn.Upsample``)."""
+    return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=True)
 
-    def __init__(self, channels: int, out_channels: int, norm: str = "batch") -> None:
+
+class ParallelPartialDecoder(nn.Module):
+    """PPD: dense multiplicative aggregation of the three high-level features into a global map.
+
+    ``published``: upsample as the released code does (×2 steps, ``align_corners=True``).
+    """
+
+    def __init__(self, channels: int, out_channels: int, norm: str = "batch", published: bool = False) -> None:
         super().__init__()
         c = channels
+        self.published = published
 
         def conv(cin: int, cout: int) -> ConvNormAct:
             return ConvNormAct(cin, cout, 3, norm=norm, act="none")
@@ -102,24 +120,41 @@ class ParallelPartialDecoder(nn.Module):
 
     def forward(self, deep: torch.Tensor, mid: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         """``deep``/``mid``/``low``: RFB outputs at strides 32/16/8; returns logits at stride 8."""
+        if self.published:
+            return self._forward_published(deep, mid, low)
         mid_1 = self.up_deep_to_mid(resize_to(deep, mid)) * mid
         low_1 = self.up_deep_to_low(resize_to(deep, low)) * self.up_mid_to_low(resize_to(mid, low)) * low
         mid_2 = self.concat_mid(torch.cat([mid_1, self.up_deep_for_concat(resize_to(deep, mid))], dim=1))
         low_2 = self.concat_low(torch.cat([low_1, self.up_mid_concat(resize_to(mid_2, low))], dim=1))
         return self.classifier(self.refine(low_2))
 
+    def _forward_published(self, deep: torch.Tensor, mid: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        deep_mid = _up_aligned(deep, mid)
+        deep_low = _up_aligned(deep_mid, low)
+        mid_1 = self.up_deep_to_mid(deep_mid) * mid
+        low_1 = self.up_deep_to_low(deep_low) * self.up_mid_to_low(_up_aligned(mid, low)) * low
+        mid_2 = self.concat_mid(torch.cat([mid_1, self.up_deep_for_concat(deep_mid)], dim=1))
+        low_2 = self.concat_low(torch.cat([low_1, self.up_mid_concat(_up_aligned(mid_2, low))], dim=1))
+        return self.classifier(self.refine(low_2))
+
 
 class EdgeAttention(nn.Module):
-    """Edge branch: low-level features → edge features (for the RA stages) and edge logits."""
+    """Edge branch: low-level features → edge features (for the RA stages) and edge logits.
 
-    def __init__(self, in_channels: int, channels: int, norm: str = "batch") -> None:
+    ``published``: no activations and a conv + norm edge head, as released.
+    """
+
+    def __init__(self, in_channels: int, channels: int, norm: str = "batch", published: bool = False) -> None:
         super().__init__()
+        act = "none" if published else "relu"
         self.body = nn.Sequential(
-            ConvNormAct(in_channels, channels, 1, norm=norm),
-            ConvNormAct(channels, channels, 3, norm=norm),
-            ConvNormAct(channels, channels, 3, norm=norm),
+            ConvNormAct(in_channels, channels, 1, norm=norm, act=act),
+            ConvNormAct(channels, channels, 3, norm=norm, act=act),
+            ConvNormAct(channels, channels, 3, norm=norm, act=act),
         )
-        self.edge_head = nn.Conv2d(channels, 1, 3, padding=1)
+        self.edge_head: nn.Module = (
+            ConvNormAct(channels, 1, 3, norm=norm, act="none") if published else nn.Conv2d(channels, 1, 3, padding=1)
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.body(x)
@@ -137,13 +172,18 @@ class ReverseAttention(nn.Module):
         convs: int,
         kernel: int,
         norm: str = "batch",
+        classifier_kernel: int | None = None,
     ) -> None:
         super().__init__()
         self.reduce = ConvNormAct(in_channels, channels, 1, norm=norm, act="none")
         layers: list[nn.Module] = [ConvNormAct(channels + edge_channels, channels, kernel, norm=norm)]
         layers += [ConvNormAct(channels, channels, kernel, norm=norm) for _ in range(convs - 1)]
         self.body = nn.Sequential(*layers)
-        self.classifier = nn.Conv2d(channels, 1, 3, padding=1)
+        self.classifier: nn.Module = (
+            nn.Conv2d(channels, 1, 3, padding=1)
+            if classifier_kernel is None
+            else ConvNormAct(channels, 1, classifier_kernel, norm=norm, act="none")
+        )
 
     def forward(
         self, feature: torch.Tensor, previous: torch.Tensor, edge_features: torch.Tensor
@@ -169,10 +209,11 @@ class InfNet(SegmentationModel):
         encoder_kwargs: dict[str, Any] | None = None,
         channel: int = 32,
         rfb_branches: int = 4,
-        ra_channels: int = 64,
+        ra_channels: int | Sequence[int] = 64,
         edge_channels: int = 32,
         norm: str = "batch",
         heads: dict[str, Any] | None = None,
+        published: bool = False,
     ) -> None:
         if out_channels != 1:
             raise ValueError(
@@ -184,23 +225,30 @@ class InfNet(SegmentationModel):
             out_channels,
             encoder=encoder,
             pretrained=pretrained,
-            encoder_kwargs=encoder_kwargs,
+            # a start-from weights file is not needed to rebuild a trained model (its checkpoint holds them)
+            encoder_kwargs={k: v for k, v in encoder_kwargs.items() if k != "weights"},
             channel=channel,
             rfb_branches=rfb_branches,
-            ra_channels=ra_channels,
+            ra_channels=ra_channels if isinstance(ra_channels, int) else [int(c) for c in ra_channels],
             edge_channels=edge_channels,
             norm=norm,
+            published=published,
         )
+        widths = (ra_channels,) * 3 if isinstance(ra_channels, int) else tuple(int(c) for c in ra_channels)
+        if len(widths) != 3:
+            raise ValueError(f"ra_channels must be one number or three (RA-4, RA-3, RA-2), got {list(widths)}")
+        ra4_ch, ra3_ch, ra2_ch = widths
         self.encoder: Encoder = build_encoder(encoder, in_channels, pretrained=pretrained, **encoder_kwargs)
         _, c1, c2, c3, c4 = self.encoder.out_channels
         self.rfb2 = ReceptiveFieldBlock(c2, channel, rfb_branches, norm)
         self.rfb3 = ReceptiveFieldBlock(c3, channel, rfb_branches, norm)
         self.rfb4 = ReceptiveFieldBlock(c4, channel, rfb_branches, norm)
-        self.ppd = ParallelPartialDecoder(channel, 1, norm)
-        self.edge = EdgeAttention(c1, edge_channels, norm)
-        self.ra4 = ReverseAttention(c4, ra_channels, edge_channels, convs=3, kernel=5, norm=norm)
-        self.ra3 = ReverseAttention(c3, ra_channels, edge_channels, convs=2, kernel=3, norm=norm)
-        self.ra2 = ReverseAttention(c2, ra_channels, edge_channels, convs=2, kernel=3, norm=norm)
+        self.ppd = ParallelPartialDecoder(channel, 1, norm, published)
+        self.edge = EdgeAttention(c1, edge_channels, norm, published)
+        k4, k3 = (1, 3) if published else (None, None)
+        self.ra4 = ReverseAttention(c4, ra4_ch, edge_channels, convs=3, kernel=5, norm=norm, classifier_kernel=k4)
+        self.ra3 = ReverseAttention(c3, ra3_ch, edge_channels, convs=2, kernel=3, norm=norm, classifier_kernel=k3)
+        self.ra2 = ReverseAttention(c2, ra2_ch, edge_channels, convs=2, kernel=3, norm=norm, classifier_kernel=k3)
         self.attach_heads(heads, c4)
 
     def _forward(self, x: torch.Tensor) -> dict[str, Any]:

@@ -10,6 +10,8 @@ CPU than a full-resolution decoder stage).
 Inf-Net (Fan et al. 2020): it labels background / ground-glass opacity / consolidation and,
 with ``prior_channel=True``, takes the infection probability map of a binary model as an extra
 input channel (concatenate it after the image channels; ``MultiClassUNet.with_prior`` does it).
+``published=True`` is the U-Net the authors released (:mod:`covseg.models.infnet_unet`), whose
+state dicts ``covseg weights import --format infnet-multiclass`` reads.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 
 from covseg.models.base import SegmentationModel
 from covseg.models.encoders import Encoder, build_encoder
+from covseg.models.infnet_unet import InfNetUNet, prior_to_picture
 from covseg.models.layers import DoubleConv, conv_type, max_pool, resize_to
 from covseg.registry import MODELS
 
@@ -155,11 +158,15 @@ class MultiClassUNet(UNet):
         decoder_widths: Sequence[int] | None = None,
         spatial_dims: int = 2,
         heads: dict[str, Any] | None = None,
+        published: bool = False,
     ) -> None:
         if out_channels < 2:
             raise ValueError(
                 f"unet_multiclass needs out_channels ≥ 2 (softmax, class 0 = background), got {out_channels}"
             )
+        if published:
+            self._build_published(in_channels, out_channels, prior_channel, heads)
+            return
         super().__init__(
             in_channels + int(prior_channel),
             out_channels,
@@ -180,6 +187,25 @@ class MultiClassUNet(UNet):
             "in_channels": in_channels,
             "prior_channel": self.prior_channel,
         }
+
+    published = False
+
+    def _build_published(self, in_channels: int, out_channels: int, prior_channel: bool, heads: dict[str, Any] | None) -> None:
+        """Semi-Inf-Net's released U-Net (:mod:`covseg.models.infnet_unet`); the prior enters as the authors' 3 channels."""
+        SegmentationModel.__init__(self, in_channels, out_channels, prior_channel=bool(prior_channel), published=True)
+        self.published, self.prior_channel, self.spatial_dims = True, bool(prior_channel), 2
+        self.encoder = None
+        self.size_divisor = 16
+        self.net = InfNetUNet(in_channels + 3 * int(prior_channel), out_channels)
+        self.attach_heads(heads, InfNetUNet.bottleneck_channels)
+
+    def _forward(self, x: torch.Tensor) -> dict[str, Any]:
+        if not self.published:
+            return super()._forward(x)
+        if self.prior_channel:
+            x = prior_to_picture(x, self.in_channels)
+        logits, bottleneck = self.net.features(x)
+        return {"logits": logits, "bottleneck": bottleneck}
 
     @property
     def input_channels(self) -> int:

@@ -1,0 +1,39 @@
+"""``covseg weights``: published checkpoints in, covseg run folders out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Import the checkpoints the authors of the field's models released.", no_args_is_help=True)
+
+
+@app.command("import")
+def import_(
+    file: Path = typer.Argument(..., metavar="FILE", help="The released checkpoint (a state dict; read with weights_only=True)."),
+    format: str = typer.Option(..., "--format", "-f", help="Checkpoint format (covseg weights formats)."),
+    output: Path = typer.Option(..., "--output", "-o", metavar="RUN_DIR", help="Run folder to write."),
+    prior: Path | None = typer.Option(None, "--prior", metavar="RUN_DIR", help="Binary run whose infection map a cascade format (infnet-multiclass) reads."),
+) -> None:
+    """Turn an author's checkpoint into a run folder for predict, evaluate, explain and export."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from covseg.api import import_weights
+
+    path = import_weights(format, file, output, prior)
+    Console(stderr=True, highlight=False).print(f"[bold green]imported[/] {escape(str(file))} → run folder {escape(str(path))}", soft_wrap=True)
+
+
+@app.command("formats")
+def formats() -> None:
+    """List the checkpoint formats covseg imports and what each one is."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from covseg.registry import CHECKPOINT_FORMATS
+
+    console = Console(highlight=False)
+    for name, text in CHECKPOINT_FORMATS.describe().items():
+        console.print(f"[bold]{escape(name)}[/]  {escape(text)}", soft_wrap=True)

@@ -33,7 +33,7 @@ def _one_thread():
 def run2d(tmp_path_factory) -> Path:
     data = phantom_dataset(tmp_path_factory.mktemp("deploy") / "data", n=12, size=48, seed=4)
     run = data.parent / "run"
-    build_trainer(load_config(raw=tiny_config(data, size=48, epochs=2)), run, quiet=True).fit()
+    build_trainer(load_config(raw=tiny_config(data, size=48, epochs=8, optim__lr=0.01)), run, quiet=True).fit()
     return run
 
 
@@ -98,3 +98,92 @@ def test_a_text_guided_run_exports_with_its_prompts_and_the_onnx_engine_matches_
         from covseg.inference.exported import export_run
 
         export_run(run, "onnx", tmp_path / "none")
+
+
+# ------------------------------------------------------------------------------------------ MONAI bundle
+
+
+def _run_bundle(bundle: Path, inputs: Path, out: Path) -> None:
+    """The bundle's inference config run by ``monai.bundle`` itself (no covseg in it)."""
+    from monai.bundle import run
+
+    run(
+        run_id="run", init_id="initialize", final_id="finalize",
+        config_file=str(bundle / "configs" / "inference.json"), meta_file=str(bundle / "configs" / "metadata.json"),
+        bundle_root=str(bundle), dataset_dir=str(inputs), output_dir=str(out),
+    )  # fmt: skip
+
+
+def test_a_2d_run_exports_as_a_monai_bundle_that_monai_verifies_and_runs_like_covseg_predict(run2d, tmp_path):
+    """``covseg export --format bundle`` writes configs/metadata.json (valid for ``verify_metadata`` with
+    the MONAI metadata schema), configs/inference.json, models/model.ts and docs/README.md; MONAI's
+    ``run`` on that config gives the masks of ``covseg predict`` (at the network size and another size)."""
+    pytest.importorskip("jsonschema")
+    import nibabel as nib
+    from monai.bundle import verify_metadata
+
+    from covseg.data.imageio import read_mask, write_image
+
+    bundle = tmp_path / "bundle"
+    assert run_cli(["export", "-m", str(run2d), "--format", "bundle", "-o", str(bundle)]) == 0
+    for rel in ("configs/metadata.json", "configs/inference.json", "models/model.ts", "docs/README.md"):
+        assert (bundle / rel).is_file(), rel
+    verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(SCHEMA))
+    broken = json.loads((bundle / "configs" / "metadata.json").read_text())
+    del broken["network_data_format"]["inputs"]["image"]["num_channels"]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="num_channels"):  # the schema check is a real one
+        verify_metadata(meta_file=str(tmp_path / "broken.json"), filepath=str(SCHEMA))
+
+    inputs = tmp_path / "in"
+    src = sorted((run2d.parent / "data" / "images").iterdir())
+    inputs.mkdir()
+    shutil.copy(src[0], inputs / "a.png")
+    rng = np.random.default_rng(0)
+    write_image(inputs / "b.png", rng.integers(0, 255, size=(61, 75)).astype(np.uint8))  # another size: resized inside model.ts
+    _run_bundle(bundle, inputs, tmp_path / "monai")
+    assert run_cli(["predict", "-m", str(run2d), "-i", str(inputs), "-o", str(tmp_path / "covseg"), "-q"]) == 0
+    found = 0
+    for stem in ("a", "b"):
+        monai_mask = np.squeeze(np.asarray(nib.load(tmp_path / "monai" / f"{stem}_seg.nii.gz").dataobj))
+        covseg_mask = read_mask(tmp_path / "covseg" / "masks" / f"{stem}.png")
+        assert monai_mask.shape == covseg_mask.shape
+        np.testing.assert_array_equal(monai_mask > 0, covseg_mask > 0)
+        found += int((covseg_mask > 0).sum())
+    assert found > 0  # the masks compared are not empty
+
+
+@pytest.mark.slow
+def test_a_3d_run_exports_as_a_monai_bundle_whose_masks_agree_with_covseg_predict(tmp_path):
+    """A 3D run's bundle replays its volume plan with MONAI transforms (RAS, HU window, spacing, body crop,
+    z-score, sliding window, ``Invertd``): on a phantom volume its mask is covseg's (Dice >= 0.99)."""
+    pytest.importorskip("jsonschema")
+    import nibabel as nib
+    from monai.bundle import verify_metadata
+
+    from covseg.api import fit
+    from covseg.data.synthetic3d import write_phantom_volumes
+
+    from tests.test_volumes import SMALL, SMALL_SPACING, volume_config
+
+    data = write_phantom_volumes(tmp_path / "data", 8, SMALL, SMALL_SPACING, seed=1)
+    run = tmp_path / "run"
+    fit(load_config(raw=volume_config(data, tmp_path / "cache", epochs=3)), run, quiet=True)
+    bundle = tmp_path / "bundle"
+    assert run_cli(["export", "-m", str(run), "--format", "bundle", "-o", str(bundle)]) == 0
+    verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(SCHEMA))
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert config["inferer"]["roi_size"] == [32, 32, 16] and config["inferer"]["_target_"] == "SlidingWindowInferer"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    src = sorted((data / "images").iterdir())[0]
+    shutil.copy(src, inputs / src.name)
+    _run_bundle(bundle, inputs, tmp_path / "monai")
+    assert run_cli(["predict", "-m", str(run), "-i", str(inputs), "-o", str(tmp_path / "covseg"), "-q"]) == 0
+    stem = src.name[: -len(".nii.gz")]
+    got = nib.load(tmp_path / "monai" / f"{stem}_seg.nii.gz")
+    want = nib.load(tmp_path / "covseg" / "masks" / src.name)
+    np.testing.assert_allclose(got.affine, nib.load(src).affine, atol=1e-4)  # written on the input's grid
+    got_mask, want_mask = np.squeeze(np.asarray(got.dataobj)) > 0, np.asarray(want.dataobj) > 0
+    assert got_mask.shape == want_mask.shape and want_mask.sum() > 100
+    assert _dice(got_mask, want_mask) >= 0.99

@@ -187,3 +187,72 @@ def test_a_3d_run_exports_as_a_monai_bundle_whose_masks_agree_with_covseg_predic
     got_mask, want_mask = np.squeeze(np.asarray(got.dataobj)) > 0, np.asarray(want.dataobj) > 0
     assert got_mask.shape == want_mask.shape and want_mask.sum() > 100
     assert _dice(got_mask, want_mask) >= 0.99
+
+
+# ---------------------------------------------------------------------------------------------- cascades
+
+
+def test_a_cascade_run_exports_both_stages_and_the_onnx_engine_matches_torch(run2d, tmp_path):
+    """A cascade (a multi-class U-Net taking a binary run's map as an extra channel) was refused. Its export
+    now holds the prior run's export in ``prior/`` and ``--engine onnx`` runs both stages: torch's maps."""
+    from covseg.data.imageio import read_mask
+    from covseg.inference.exported import load_exported
+    from covseg.inference.predictor import Predictor
+
+    data = run2d.parent / "data"
+    cfg = tiny_config(
+        data, size=48, epochs=1, data__mask="multiclass", data__num_classes=3, data__prior_run=str(run2d),
+        model__name="unet_multiclass", model__params={"base_width": 8, "depth": 3, "prior_channel": True}, loss__main="dice_ce",
+    )  # fmt: skip
+    run = tmp_path / "cascade"
+    build_trainer(load_config(raw=cfg), run, quiet=True).fit()
+    out = tmp_path / "export"
+    assert run_cli(["export", "-m", str(run), "--format", "onnx", "-o", str(out)]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["stages"] == {"prior": {"folder": "prior"}} and (out / "prior" / "model.onnx").is_file()
+    assert card["network_data_format"]["inputs"]["image"]["num_channels"] == 1
+    exported, reference = load_exported(out, "onnx"), Predictor.from_run(run, device="cpu")
+    assert exported.segmenter.adapter("prior") is not None
+    rng = np.random.default_rng(7)
+    for shape in ((48, 48), (57, 66)):
+        image = rng.integers(0, 255, size=shape).astype(np.float32)
+        got, want = exported.predict_image(image).probs, reference.predict_image(image).probs
+        assert got.shape == (3, *shape)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(sorted((data / "images").iterdir())[0], inputs / "x.png")
+    for engine, model_dir, dest in (("onnx", out, "ox"), ("torch", run, "pt")):
+        assert run_cli(["predict", "--engine", engine, "-m", str(model_dir), "-i", str(inputs), "-o", str(tmp_path / dest), "-q"]) == 0
+    np.testing.assert_array_equal(read_mask(tmp_path / "ox" / "masks" / "x.png"), read_mask(tmp_path / "pt" / "masks" / "x.png"))
+    shutil.rmtree(out / "prior")
+    with pytest.raises(CovsegError, match="prior stage is missing"):
+        load_exported(out, "onnx")
+
+
+@pytest.mark.slow
+def test_a_coarse_to_fine_run_exports_both_stages_and_the_onnx_engine_matches_torch(tmp_path):
+    """The 3D coarse-to-fine cascade: the export holds the coarse run's export in ``coarse/`` with the margin
+    and threshold, and ``--engine onnx`` crops to the coarse region as torch does (same soft map)."""
+    from covseg.api import fit
+    from covseg.data.synthetic3d import make_phantom_volume, write_phantom_volumes
+    from covseg.inference.exported import load_exported
+    from covseg.inference.predictor import Predictor
+
+    from tests.test_volumes import SMALL, SMALL_SPACING, volume_config
+
+    data = write_phantom_volumes(tmp_path / "data", 8, SMALL, SMALL_SPACING, seed=1)
+    fit(load_config(raw=volume_config(data, tmp_path / "cache")), tmp_path / "coarse", quiet=True)
+    cfg = volume_config(data, tmp_path / "cache", preprocess={"volume": {"coarse_run": str(tmp_path / "coarse"), "coarse_margin_mm": 16}})
+    fit(load_config(raw=cfg), tmp_path / "fine", quiet=True)
+    out = tmp_path / "export"
+    assert run_cli(["export", "-m", str(tmp_path / "fine"), "--format", "onnx", "-o", str(out)]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["stages"]["coarse"]["folder"] == "coarse" and card["stages"]["coarse"]["margin_mm"] == 16
+    exported = load_exported(out, "onnx")
+    assert exported.segmenter.cascade is not None
+    ph = make_phantom_volume(11, SMALL, SMALL_SPACING)
+    got = exported.predict_volume(ph.image, ph.affine).probs
+    want = Predictor.from_run(tmp_path / "fine").predict_volume(ph.image, ph.affine).probs
+    assert want.max() > 0 and (want == 0).any()  # the coarse stage found a region, and the fine one stayed inside it
+    np.testing.assert_allclose(got, want, atol=1e-4)

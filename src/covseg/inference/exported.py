@@ -124,7 +124,7 @@ def _load_run_model(run, checkpoint: str):
 
 
 def export_run(
-    run_dir: str | Path, fmt: str, out_dir: str | Path, checkpoint: str = "best", prompts: Sequence[str] = ()
+    run_dir: str | Path, fmt: str, out_dir: str | Path, checkpoint: str = "best", prompts: Sequence[str] = (), _seen: tuple[Path, ...] = ()
 ) -> Path:
     """Write the run's model as ``fmt`` (``onnx`` | ``torchscript`` | ``bundle``) with its card into ``out_dir``.
 
@@ -147,18 +147,19 @@ def export_run(
         raise CovsegError("export: --prompt applies to text-guided runs; this run reads the image only", run.path)
     if description.text is not None and fmt != "onnx":
         raise CovsegError("export: a text-guided run exports to onnx (its text inputs beside it); use --format onnx", run.path)
-    if description.prior is not None:
-        raise CovsegError("export: a cascade run needs its prior run as a second input; export the runs separately", run.path)
-    if description.cascade is not None:
-        raise CovsegError("export: a coarse-to-fine run needs its coarse run too; export the coarse and fine runs separately", run.path)
+    if run.path.resolve() in _seen:
+        raise CovsegError("the cascade's stages form a loop (a run is its own prior or coarse run)", run.path / "model.json")
+    stages = _stages(run, description)  # a cascade's first stage: the prior run, or the coarse run
     text_files = (TEXT_FILE,) if description.text is not None else ()
-    folder = OutputFolder(out_dir, "export", [run.path], owned=(*FILES.values(), CARD, *text_files))
+    folder = OutputFolder(out_dir, "export", [run.path], owned=(*FILES.values(), CARD, *text_files, *stages))
     folder.validate()
     model, ckpt, checkpoint = _load_run_model(run, checkpoint)
     text_card = None
     if description.text is not None:
         text_card, arrays = _text_inputs_of(run, description, model, ckpt, prompts)
     out = folder.prepare()
+    for sub, (stage_dir, stage_checkpoint, _) in stages.items():  # each stage exported whole into its subfolder
+        export_run(stage_dir, fmt, out / sub, stage_checkpoint, _seen=(*_seen, run.path.resolve()))
     target = out / FILES[fmt]
     if text_card is not None:
         write_with(out / TEXT_FILE, lambda p: _save_npz(p, arrays))
@@ -173,6 +174,8 @@ def export_run(
             probe = torch.zeros(1, model.input_channels, *((32,) * int(getattr(model, "spatial_dims", 2))))
             classes = int(model.forward_heads(probe)["class_logits"].shape[1])
     card = model_card(run, description, fmt, checkpoint, ckpt.get("epoch"), classes)
+    if stages:
+        card["stages"] = {sub: {"folder": sub, **extra} for sub, (_, _, extra) in stages.items()}
     if text_card is not None:
         card["text"] = text_card
         card["network_data_format"]["inputs"].update(
@@ -180,6 +183,22 @@ def export_run(
         )
     write_json(out / CARD, card)
     return target
+
+
+def _stages(run, description: RunDescription) -> dict[str, tuple[Path, str, dict[str, Any]]]:
+    """The first stage of a cascade run: ``{"prior": (run, checkpoint, {})}`` (its map is an input channel) or
+    ``{"coarse": (run, checkpoint, {margin_mm, threshold})}`` (its map gives the region of interest); ``{}``."""
+    stages: dict[str, tuple[Path, str, dict[str, Any]]] = {}
+    for sub, spec in (("prior", description.prior), ("coarse", description.cascade)):
+        if spec is None:
+            continue
+        path = Path(spec.run).expanduser()
+        path = path if path.is_absolute() else run.path / path  # a relative stage lies inside or beside the run folder
+        if path.resolve() == run.path.resolve():
+            raise CovsegError(f"model.json {sub} run points at this run folder itself", run.path / "model.json")
+        extra = {"margin_mm": spec.margin_mm, "threshold": spec.threshold} if sub == "coarse" else {}
+        stages[sub] = (path, spec.checkpoint, extra)
+    return stages
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -300,9 +319,33 @@ def load_exported(folder: str | Path, engine: str, runtime: Runtime | None = Non
         from covseg.transforms.volume import VolumePlan
 
         plan = VolumePlan.from_dict(description.volume.model_dump())
-    adapters = [ExportedTextAdapter.load(folder, card)] if card.get("text") else []
+    adapters, cascade = _exported_stages(folder, card, engine, runtime)
+    if card.get("text"):
+        adapters.append(ExportedTextAdapter.load(folder, card))
     segmenter = Segmenter(
         network, pre, description.num_classes, adapters, inferer, description.threshold, False, description, folder, runtime,  # type: ignore[arg-type]
-        volume_plan=plan,
+        volume_plan=plan, cascade=cascade,
     )
     return Predictor(segmenter)
+
+
+def _exported_stages(folder: Path, card: dict[str, Any], engine: str, runtime: Runtime) -> tuple[list, Any]:
+    """A cascade export's first stage from its subfolder: the prior adapter, or the coarse stage."""
+    from covseg.engine.adapters import PriorAdapter
+    from covseg.engine.cascade import CoarseStage
+
+    stages = card.get("stages") or {}
+    if not isinstance(stages, dict) or not set(stages) <= {"prior", "coarse"}:
+        raise CovsegError("model card's stages name neither a prior nor a coarse stage", folder / CARD)
+    adapters: list = []
+    cascade = None
+    for sub, spec in stages.items():
+        stage_dir = folder / sub
+        if not (isinstance(spec, dict) and spec.get("folder") == sub and stage_dir.is_dir() and not stage_dir.is_symlink()):
+            raise CovsegError(f"the export's {sub} stage is missing (its folder {sub}/)", folder)
+        segmenter = load_exported(stage_dir, engine, runtime).segmenter
+        if sub == "prior":
+            adapters.append(PriorAdapter(segmenter, sub))
+        else:
+            cascade = CoarseStage(segmenter, float(spec.get("margin_mm", 20.0)), float(spec.get("threshold", 0.5)), stage_dir)
+    return adapters, cascade

@@ -256,3 +256,30 @@ def test_a_coarse_to_fine_run_exports_both_stages_and_the_onnx_engine_matches_to
     want = Predictor.from_run(tmp_path / "fine").predict_volume(ph.image, ph.affine).probs
     assert want.max() > 0 and (want == 0).any()  # the coarse stage found a region, and the fine one stayed inside it
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------- docs
+
+
+def test_the_documented_onnxruntime_snippet_gives_covseg_predicts_mask(run2d, tmp_path, monkeypatch):
+    """docs/deploy.md's plain-onnxruntime block, run as written on an export of a trained run (an image
+    at the network size), gives the mask ``covseg predict`` writes."""
+    from covseg.data.imageio import read_mask
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text(encoding="utf-8")
+    section = page.split("## Into ONNX Runtime", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "onnxruntime" in code and "covseg" not in code.replace("covseg predict", "")  # plain onnxruntime, no covseg
+    assert run_cli(["export", "-m", str(run2d), "--format", "onnx", "-o", str(tmp_path / "export")]) == 0
+    src = sorted((run2d.parent / "data" / "images").iterdir())[1]
+    shutil.copy(src, tmp_path / "slice.png")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "docs/deploy.md", "exec"), namespace)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(src, inputs / "slice.png")
+    assert run_cli(["predict", "-m", str(run2d), "-i", str(inputs), "-o", str(tmp_path / "pred"), "-q"]) == 0
+    expected = read_mask(tmp_path / "pred" / "masks" / "slice.png") > 0
+    assert expected.any()
+    np.testing.assert_array_equal(namespace["mask"], expected)

@@ -15,7 +15,8 @@ image of ``IN`` (PNG/JPG for a 2D run, NIfTI for a 3D run) and writes ``OUT/<nam
   the input grid. MONAI resamples on its own grid and crops without covseg's morphology, so masks
   agree closely, not voxel for voxel.
 
-Text-guided, cascade and 2.5D runs are refused (their extra inputs have no bundle transform here).
+Text-guided, cascade, 2.5D runs and 2D runs on HU slices are refused (no bundle transform here for
+their extra inputs or intensities); 2D bundles read 8-bit images (PNG/JPG) as ``covseg predict`` does.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def _refuse(description: Any, run_path: Path) -> None:
         raise CovsegError("export --format bundle: a text-guided run needs its text input; export it with --format onnx --prompt", run_path)
     if description.prior is not None or description.cascade is not None:
         raise CovsegError("export --format bundle: a cascade run needs its other stage as an input; export the stages separately", run_path)
+    if description.volume is None and description.preprocessing.window is not None:
+        raise CovsegError("export --format bundle: a 2D run reading HU slices (preprocess.window) has no bundle transform here; use --format onnx", run_path)
     if description.volume is not None and int(description.init_args.get("spatial_dims", 2)) == 2:
         raise CovsegError("export --format bundle: 2.5D runs (neighbouring slices as channels) have no bundle transform; use --format onnx", run_path)
 

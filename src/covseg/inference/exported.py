@@ -6,7 +6,9 @@ style: the network's input and output format, the intensity window and normalisa
 threshold, the inferer, what it was trained on and its validation scores, versions). Prediction
 from it goes through the same :class:`~covseg.engine.segmenter.Segmenter` as a run folder, so
 preprocessing, restoration to the input's size and thresholds are identical; only the network
-call differs.
+call differs. A text-guided run's export adds ``text_inputs.npz`` (its prompts' text inputs,
+:mod:`covseg.inference.exported_text`); a cascade's export holds its first stage's export in
+``prior/`` or ``coarse/``; ``--format bundle`` writes a MONAI bundle (:mod:`covseg.inference.bundle`).
 """
 
 from __future__ import annotations

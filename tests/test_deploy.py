@@ -45,7 +45,8 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------ text-guided ONNX
 
 
-@pytest.mark.parametrize("model", ["lvit", pytest.param("c2fvl", marks=pytest.mark.slow), pytest.param("cris", marks=pytest.mark.slow)])
+@pytest.mark.slow  # ~60 s a model on the loaded 2-core machine (training, export, four predictions)
+@pytest.mark.parametrize("model", ["lvit", "c2fvl", "cris"])
 def test_a_text_guided_run_exports_with_its_prompts_and_the_onnx_engine_matches_torch(tmp_path, model):
     """Text-guided runs were refused by export. Now the ONNX file takes ``image``, ``text_tokens`` and
     ``text_mask``, ``text_inputs.npz`` holds each exported prompt's features, and ``--engine onnx``
@@ -114,6 +115,7 @@ def _run_bundle(bundle: Path, inputs: Path, out: Path) -> None:
     )  # fmt: skip
 
 
+@pytest.mark.slow  # ~45 s: export, two schema checks, MONAI's run, covseg predict
 def test_a_2d_run_exports_as_a_monai_bundle_that_monai_verifies_and_runs_like_covseg_predict(run2d, tmp_path):
     """``covseg export --format bundle`` writes configs/metadata.json (valid for ``verify_metadata`` with
     the MONAI metadata schema), configs/inference.json, models/model.ts and docs/README.md; MONAI's

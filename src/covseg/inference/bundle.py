@@ -234,7 +234,9 @@ A MONAI bundle of the covseg run `{run}` (model `{model}`, {k} output channel(s)
     python -m monai.bundle run --config_file configs/inference.json --meta_file configs/metadata.json \\
         --bundle_root . --dataset_dir INPUT_FOLDER --output_dir OUTPUT_FOLDER
 
-reads every {inputs} of `INPUT_FOLDER` and writes `OUTPUT_FOLDER/<name>_seg.nii.gz` (uint8 labels).
+reads every {inputs} of `INPUT_FOLDER` and writes `OUTPUT_FOLDER/<name>_seg.nii.gz` (uint8 labels);
+MONAI's command line needs `pip install fire`, or call `monai.bundle.run(...)` with the same arguments
+(and `run_id="run", init_id="initialize", final_id="finalize"`) from Python.
 The network is `models/model.ts` (TorchScript: `torch.jit.load`). Research use only.
 """
 

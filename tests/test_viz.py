@@ -103,3 +103,46 @@ def test_report_embeds_images_and_escapes_text(tmp_path):
     assert np.array_equal(decoded, rgb)  # lossless round trip
     assert not list(tmp_path.rglob("*.tmp*"))
     assert "<script" not in html  # self-contained, nothing to fetch or run
+
+
+def test_the_evaluation_report_scrolls_a_predicted_volume_in_three_views(tmp_path):
+    """A volume case's overlay was three axial slices; the report now holds a slice scroller per view
+    (axial, coronal, sagittal): every slice of each view as an overlay, a range input, and it opens on
+    the slice with the most prediction (issue 28)."""
+    import json
+
+    from covseg.data.imageio import write_volume
+
+    from tests.helpers import run_cli
+
+    shape = (20, 22, 10)  # X (patient's left), Y (anterior), Z (superior): RAS voxel axes
+    gt = np.zeros(shape, np.uint8)
+    gt[5:15, 6:16, 3:7] = 1
+    pred = np.zeros(shape, np.float32)
+    pred[5:15, 6:12, 4:8] = 0.9  # shifted up one slice, and narrower in Y
+    affine = np.diag([0.8, 0.8, 3.0, 1.0])
+    write_volume(tmp_path / "gt" / "vol.nii.gz", gt, affine, dtype="uint8")
+    write_volume(tmp_path / "pred" / "vol.nii.gz", pred, affine, dtype="float32")
+    assert run_cli(["evaluate", "--pred", tmp_path / "pred", "--gt", tmp_path / "gt", "--out", tmp_path / "out"]) == 0
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "Volumes: slice scroller" in page
+    data = json.loads(re.search(r"const d=(\{.*?\});for", page).group(1))
+    assert {v: len(d["uris"]) for v, d in data.items()} == {"axial": 10, "coronal": 22, "sagittal": 20}
+    for view in ("axial", "coronal", "sagittal"):
+        assert re.search(rf'<input id="scroll-0-{view}" type="range" min="0" max="{len(data[view]["uris"]) - 1}"', page)
+
+    def colours(uri: str) -> set[tuple[int, int, int]]:
+        rgb = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"))
+        return {tuple(int(c) for c in px) for px in rgb.reshape(-1, 3)}
+
+    axial = data["axial"]
+    for i, z in enumerate(axial["slices"]):  # prediction outline exactly on z 4..7, ground truth on 3..6
+        found = colours(axial["uris"][i])
+        assert (PRED_COLOUR in found or OVERLAP_COLOUR in found) == (4 <= z < 8), z
+        assert (GT_COLOUR in found or OVERLAP_COLOUR in found) == (3 <= z < 7), z
+    start = int(re.search(r'id="scroll-0-axial" type="range" min="0" max="9" value="(\d+)"', page).group(1))
+    assert 4 <= axial["slices"][start] < 8  # opens where the prediction is
+    coronal = data["coronal"]  # Y 6..11 predicted: coronal slices outside show no prediction
+    for i, y in enumerate(coronal["slices"]):
+        found = colours(coronal["uris"][i])
+        assert (PRED_COLOUR in found or OVERLAP_COLOUR in found) == (6 <= y < 12), y

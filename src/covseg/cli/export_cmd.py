@@ -1,4 +1,4 @@
-"""``covseg export``: a run folder as one self-contained ONNX or TorchScript file with a model card."""
+"""``covseg export``: a run folder as one self-contained ONNX or TorchScript file with a model card, or a MONAI bundle."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import typer
 
 def export(
     model: Path = typer.Option(..., "--model", "-m", metavar="RUN_DIR|NAME", help="Run folder written by covseg train, or a shipped model's name (covseg models --pretrained)."),
-    format: str = typer.Option("onnx", "--format", "-f", help="onnx or torchscript."),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder for the model file and model_card.json."),
+    format: str = typer.Option("onnx", "--format", "-f", help="onnx, torchscript, or bundle (a MONAI bundle folder: configs/, models/model.ts, docs/)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the model file and model_card.json (or the bundle)."),
     checkpoint: str = typer.Option("best", help="best or last."),
+    prompt: list[str] = typer.Option([], "--prompt", help="Text-guided runs: a prompt the exported model will be asked with (repeat); its text features are computed now and written beside the model."),
 ) -> None:
     """Export a trained model; run it with ``covseg predict --engine onnx|torchscript --model OUTPUT``."""
     from rich.console import Console
 
     from covseg.inference.exported import export_run
 
-    path = export_run(model, format, output, checkpoint)
-    Console(stderr=True, highlight=False).print(f"[bold green]exported[/] {path} (+ model_card.json)", soft_wrap=True)
+    path = export_run(model, format, output, checkpoint, prompts=prompt)
+    what = "(a MONAI bundle)" if format == "bundle" else "(+ model_card.json)"
+    Console(stderr=True, highlight=False).print(f"[bold green]exported[/] {path} {what}", soft_wrap=True)

@@ -679,6 +679,13 @@ def case_display_arrays(
     The prediction is binarised as the protocol scored it (medical: threshold / argmax;
     sod: min-max normalised map >= 0.5, for display only).
     """
+    return case_display_arrays_nd(case, run, flatten=True)
+
+
+def case_display_arrays_nd(
+    case: Case, run: EvaluationRun, flatten: bool = False
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, str]:
+    """As :func:`case_display_arrays`; ``flatten`` False keeps a volume whole (the report's slice scroller)."""
     acc = run.accumulator
     num_classes = getattr(acc, "num_classes", 1)
     pred_type = getattr(acc, "pred_type", "auto")
@@ -698,7 +705,7 @@ def case_display_arrays(
         )
         note = ""
     image = _read_display_image(case.image_path, gt.shape) if case.image_path else None
-    if gt.ndim == 3:  # three axial slices side by side: the most ground truth, and halfway to either end of it
+    if gt.ndim == 3 and flatten:  # three axial slices side by side: the most ground truth, and halfway to either end of it
         area = (gt > 0).sum(axis=(0, 1)) + (pred > 0).sum(axis=(0, 1)) * 1e-6
         z = int(np.argmax(area))
         lit = np.flatnonzero(area > 0)

@@ -105,3 +105,53 @@ def export_onnx(
     finally:
         model.train(was_training)
     return path
+
+
+class WithTextInputs(torch.nn.Module):
+    """A text-guided model as a network of the image and its text inputs in a fixed order (``names``), what
+    ONNX and TorchScript need: keyword inputs become positional graph inputs with those names."""
+
+    def __init__(self, model: torch.nn.Module, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, x: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        return self.model(x, **dict(zip(self.names, (first, second))))
+
+
+def export_text_onnx(
+    model: torch.nn.Module, path: str | Path, text_example: dict[str, torch.Tensor], opset: int = 17
+) -> Path:
+    """Export a text-guided model with three inputs, ``image`` and its two text inputs (``text_tokens`` +
+    ``text_mask`` features, or ``input_ids`` + ``attention_mask`` for a model with its own tokenizer); batch,
+    image size and text length dynamic. ``text_example`` holds one example of the text inputs (batch 1)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = tuple(text_example)
+    if len(names) != 2:
+        raise ValueError(f"a text-guided model takes two text inputs, got {names}")
+    was_training = model.training
+    model.eval()
+    example = torch.zeros(1, int(model.input_channels), 64, 64)
+    text_axes = {0: "batch", 1: "text_length"}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecation and tracer notices
+            torch.onnx.export(
+                WithTextInputs(model, names),
+                (example, *text_example.values()),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[ONNX_INPUT, *names],
+                output_names=[ONNX_OUTPUT],
+                dynamic_axes={
+                    ONNX_INPUT: {0: "batch", 2: "height", 3: "width"},
+                    **{n: text_axes for n in names},
+                    ONNX_OUTPUT: {0: "batch", 2: "height", 3: "width"},
+                },
+            )
+    finally:
+        model.train(was_training)
+    return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,34 @@ def _overlay_items(run: EvaluationRun, ranked: list[tuple[str, float]], metric: 
         caption = f"{cid}: {metric} {score:.4f}" + (f" ({note})" if note else "")
         items.append((rgb, caption))
     return items
+
+
+def _volume_scrollers(report: HtmlReport, run: EvaluationRun, ranked: list[tuple[str, float]], metric: str) -> None:
+    """The worst and the best volume case as slice scrollers with three views (axial, coronal, sagittal)."""
+    from covseg.data.imageio import read_volume
+    from covseg.errors import DataError
+    from covseg.metrics.evaluation import case_display_arrays_nd
+    from covseg.viz.scroller import scroller_html, view_stacks
+
+    by_id = {c.case_id: c for c in run.cases}
+    blocks = []
+    for cid, score in dict(ranked).items():
+        case = by_id[cid]
+        try:
+            image, gt, pred, _ = case_display_arrays_nd(case, run)
+            if gt.ndim != 3:
+                continue
+            affine = read_volume(case.gt_path, check_finite=False)[2]
+            stacks = view_stacks(image if image is not None and image.shape == gt.shape else None, gt, pred, affine)
+        except (DataError, ValueError) as exc:
+            blocks.append(f'<p class="note">{html.escape(cid)}: no slice scroller ({html.escape(str(exc))})</p>')
+            continue
+        blocks.append(scroller_html(stacks, f"{cid}: {metric} {score:.4f}; drag a slider to scroll that view", f"scroll-{len(blocks)}"))
+    if blocks:
+        report.heading("Volumes: slice scroller")
+        report.raw_html(_legend())
+        for block in blocks:
+            report.raw_html(block)
 
 
 def _placeholder() -> Any:
@@ -150,6 +179,7 @@ def build_evaluation_report(run: EvaluationRun, summary: dict[str, Any], show: i
         report.heading("Best cases")
         report.raw_html(_legend())
         report.gallery(_overlay_items(run, best, metric))
+    _volume_scrollers(report, run, [*worst[:1], *best[:1]], metric)
     unranked = [cid for cid, s in acc.case_scores().items() if math.isnan(s)]
     if unranked:
         report.paragraph(

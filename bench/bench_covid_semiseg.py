@@ -150,7 +150,8 @@ NEEDS = {
     "semi_resunet_e100_std": ["resunet_all_e100"],
 }
 # The same runs scored with flip test-time augmentation (``covseg predict --tta``): no training.
-TTA_OF = {"resunet_all_tta": "resunet_all", "infnet_pretrained_tta": "infnet_pretrained", "resunet_all_e100_tta": "resunet_all_e100"}
+TTA_OF = {"resunet_all_tta": "resunet_all", "infnet_pretrained_tta": "infnet_pretrained", "resunet_all_e100_tta": "resunet_all_e100",
+          "resunet_all_effl0_e100_tta": "resunet_all_effl0_e100"}
 # Ensembles (``covseg predict -m RUN -m RUN``): the members' runs of a fold, soft maps averaged;
 # no training. Name -> (members, flip TTA).
 ENSEMBLE_OF = {

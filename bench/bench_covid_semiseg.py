@@ -150,7 +150,8 @@ NEEDS = {
     "semi_resunet_e100_std": ["resunet_all_e100"],
 }
 # The same runs scored with flip test-time augmentation (``covseg predict --tta``): no training.
-TTA_OF = {"resunet_all_tta": "resunet_all", "infnet_pretrained_tta": "infnet_pretrained", "resunet_all_e100_tta": "resunet_all_e100"}
+TTA_OF = {"resunet_all_tta": "resunet_all", "infnet_pretrained_tta": "infnet_pretrained", "resunet_all_e100_tta": "resunet_all_e100",
+          "resunet_all_effl0_e100_tta": "resunet_all_effl0_e100"}
 # Ensembles (``covseg predict -m RUN -m RUN``): the members' runs of a fold, soft maps averaged;
 # no training. Name -> (members, flip TTA).
 ENSEMBLE_OF = {
@@ -208,6 +209,14 @@ def work(variant: str, fold: int, spec) -> None:
     print(f"[{variant} fold {fold}] done in {wall:.0f}s", flush=True)
 
 
+def _cpu_cell(row: dict) -> str:
+    """Mean training CPU minutes per fold, with how many folds measured it when not all did."""
+    if row.get("train_cpu_min_per_fold") is None:
+        return "–"
+    partial = "" if row.get("train_cpu_folds") == row["folds"] else f" ({row['train_cpu_folds']} of {row['folds']} folds)"
+    return f"{row['train_cpu_min_per_fold']:.1f}{partial}"
+
+
 def report() -> None:
     rows = []
     # The four nested runs of a fold form one row: every training slice predicted out of fold.
@@ -225,7 +234,9 @@ def report() -> None:
         row = {"variant": variant, "folds": len({res["fold"] for res in results}), "cases": len({c for res in results for c in res["cases"]})}
         row["train_min_per_fold"] = sum(r["train_seconds"] for r in results) / len(results) / 60
         cpu = [r.get("train_cpu_seconds") for r in results]
-        row["train_cpu_min_per_fold"] = sum(cpu) / len(cpu) / 60 if all(c is not None for c in cpu) else None
+        cpu = [c for c in cpu if c is not None]  # folds trained before history.csv had cpu_s have none
+        row["train_cpu_min_per_fold"] = sum(cpu) / len(cpu) / 60 if cpu else None
+        row["train_cpu_folds"] = len(cpu)
         if num_classes == 1:
             row["dice@0.5"], row["dice@0.5_std"] = pooled(med, "dice")
             for m in ("mean_dice", "mean_sensitivity", "mean_specificity", "s_measure", "mean_e_measure", "mae"):
@@ -238,7 +249,7 @@ def report() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
     lines = [
-        "| model | folds | medical Dice@0.5 | sod mean Dice | sensitivity | specificity | S-measure | mean E-measure | MAE | train min/fold | CPU min/fold |",
+        "| model | folds | medical Dice@0.5 | sod mean Dice | sensitivity | specificity | S-measure | mean E-measure | MAE | wall min/fold | CPU min/fold |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -246,7 +257,7 @@ def report() -> None:
             lines.append(
                 f"| {r['variant']} | {r['folds']} | {r['dice@0.5']:.3f} ± {r['dice@0.5_std']:.3f} | {r['mean_dice']:.3f} | {r['mean_sensitivity']:.3f} | "
                 f"{r['mean_specificity']:.3f} | {r['s_measure']:.3f} | {r['mean_e_measure']:.3f} | {r['mae']:.3f} | {r['train_min_per_fold']:.1f} | "
-                f"{'–' if r['train_cpu_min_per_fold'] is None else format(r['train_cpu_min_per_fold'], '.1f')} |"
+                f"{_cpu_cell(r)} |"
             )
     for name, p in PUBLISHED.items():
         cell = {k: f"{p[k]:.3f}" if k in p else "–" for k in ("mean_dice", "s_measure", "mae")}

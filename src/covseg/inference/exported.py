@@ -152,7 +152,7 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, checkpoint: s
 class ExportedNetwork:
     """An exported network behind the model interface the segmenter calls: ``net(x) -> logits``."""
 
-    def __init__(self, path: Path, engine: str, runtime: Runtime, spatial_dims: int = 2) -> None:
+    def __init__(self, path: Path, engine: str, runtime: Runtime, spatial_dims: int = 2, threads: int | None = None) -> None:
         self.engine = engine
         self.runtime = runtime
         self.spatial_dims = spatial_dims
@@ -163,7 +163,11 @@ class ExportedNetwork:
 
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if runtime.device.type == "cuda" else ["CPUExecutionProvider"]
             available = set(ort.get_available_providers())
-            self.session = ort.InferenceSession(str(path), providers=[p for p in providers if p in available])
+            options = ort.SessionOptions()
+            if threads:  # as many threads as torch was given (ORT's default is every physical core)
+                options.intra_op_num_threads = int(threads)
+                options.inter_op_num_threads = 1
+            self.session = ort.InferenceSession(str(path), options, providers=[p for p in providers if p in available])
             self.input_name = self.session.get_inputs()[0].name
             if len(self.session.get_outputs()) == 2:
                 self.head_outputs = ("class_logits",)

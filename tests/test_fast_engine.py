@@ -66,6 +66,7 @@ def test_engine_choice_keeps_torch_where_asked_and_refuses_bad_names(cache, monk
 def test_training_runs_stay_on_torch_unless_onnx_is_asked(cache, tmp_path):
     from covseg.training.config import load_config
     from covseg.training.trainer import build_trainer
+
     from tests.helpers import phantom_dataset, tiny_config
 
     data = phantom_dataset(tmp_path / "data", n=8, size=48)

@@ -16,14 +16,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from covseg import __version__
 from covseg.engine.runtime import Runtime
 from covseg.errors import CovsegError
+from covseg.inference.network import ExportedNetwork
 from covseg.runs.description import RunDescription
 from covseg.utils.outputs import OutputFolder
+
+__all__ = ["ExportedNetwork", "export_run", "load_exported", "model_card"]  # ExportedNetwork lives in covseg.inference.network
 
 CARD = "model_card.json"
 FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
@@ -147,61 +149,6 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, checkpoint: s
             classes = int(model.forward_heads(probe)["class_logits"].shape[1])
     write_json(out / CARD, model_card(run, description, fmt, checkpoint, ckpt.get("epoch"), classes))
     return target
-
-
-class ExportedNetwork:
-    """An exported network behind the model interface the segmenter calls: ``net(x) -> logits``."""
-
-    def __init__(self, path: Path, engine: str, runtime: Runtime, spatial_dims: int = 2, threads: int | None = None) -> None:
-        self.engine = engine
-        self.runtime = runtime
-        self.spatial_dims = spatial_dims
-        #: ``("class_logits",)`` when the file has the joint model's second output (the segmenter then classifies)
-        self.head_outputs: tuple[str, ...] = ()
-        if engine == "onnx":
-            import onnxruntime as ort
-
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if runtime.device.type == "cuda" else ["CPUExecutionProvider"]
-            available = set(ort.get_available_providers())
-            options = ort.SessionOptions()
-            if threads:  # as many threads as torch was given (ORT's default is every physical core)
-                options.intra_op_num_threads = int(threads)
-                options.inter_op_num_threads = 1
-            self.session = ort.InferenceSession(str(path), options, providers=[p for p in providers if p in available])
-            self.input_name = self.session.get_inputs()[0].name
-            if len(self.session.get_outputs()) == 2:
-                self.head_outputs = ("class_logits",)
-        else:
-            try:
-                self.module = torch.jit.load(str(path), map_location=runtime.device).eval()
-            except (RuntimeError, ValueError) as exc:
-                raise CovsegError(f"unreadable TorchScript model ({type(exc).__name__})", path) from None
-
-    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Every output of the exported file: ``(logits,)``, or ``(logits, class_logits)`` for a joint model."""
-        if self.engine == "onnx":
-            outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().float().cpu().numpy())})
-            return tuple(torch.from_numpy(o).to(x.device) for o in outputs)
-        out = self.module(x)
-        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
-
-    def __call__(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        if kwargs:
-            raise CovsegError("an exported network takes the image only")
-        return self._run(x)[0]
-
-    def forward_heads(self, x: torch.Tensor, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Segmentation and class logits of a joint model's export (what the segmenter asks a joint model for)."""
-        if kwargs:
-            raise CovsegError("an exported network takes the image only")
-        outputs = self._run(x)
-        return {"logits": outputs[0], "class_logits": outputs[1]}
-
-    def eval(self) -> ExportedNetwork:
-        return self
-
-    def train(self, mode: bool = True) -> ExportedNetwork:
-        return self
 
 
 def load_exported(folder: str | Path, engine: str, runtime: Runtime | None = None):

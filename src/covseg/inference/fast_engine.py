@@ -2,7 +2,7 @@
 
 On a laptop CPU onnxruntime runs the shipped (zoo) networks about 1.4× faster than eager torch at
 one thread (``bench/bench_speed.py``), with the same preprocessing, restoration and thresholds: only
-the network call changes (:class:`covseg.inference.exported.ExportedNetwork`). The ONNX file is
+the network call changes (:class:`covseg.inference.network.ExportedNetwork`). The ONNX file is
 exported once per checkpoint and kept in the user cache (``$COVSEG_CACHE`` or ``~/.cache/covseg``,
 ``onnx/<name>-<hash>.onnx``, the hash over the weights, ``model.json`` and the torch and covseg
 versions), written atomically so that concurrent first runs never read half a file.
@@ -97,7 +97,7 @@ def choose_engine(segmenter: Any, engine: str | None = None) -> str:
         return "torch"
     import torch
 
-    from covseg.inference.exported import ExportedNetwork
+    from covseg.inference.network import ExportedNetwork
 
     model = segmenter.model
     try:

@@ -105,7 +105,7 @@ class Explainer:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best", **kwargs: Any) -> Explainer:
-        return cls(Predictor.from_run(run_dir, checkpoint), **kwargs)
+        return cls(Predictor.from_run(run_dir, checkpoint, engine="torch"), **kwargs)  # Grad-CAM needs the torch modules
 
     def network_input(self, image: np.ndarray) -> torch.Tensor:
         """The ``(1, C, h, w)`` input the network sees for ``image`` (normalised, resized to the network size)."""

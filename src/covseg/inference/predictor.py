@@ -167,13 +167,19 @@ class Predictor(BasePredictor):
 
     @classmethod
     def from_run(
-        cls, run_dir: str | Path, checkpoint: str = "best", device: str = "auto", amp: str = "off", runtime: Runtime | None = None
+        cls, run_dir: str | Path, checkpoint: str = "best", device: str = "auto", amp: str = "off", runtime: Runtime | None = None,
+        engine: str | None = None,
     ) -> Predictor:
         """Load the model of a run folder (``best``, else ``last`` checkpoint) onto ``device``
-        (``auto``: CUDA, else MPS, else CPU); ``runtime`` overrides ``device`` and ``amp``."""
+        (``auto``: CUDA, else MPS, else CPU); ``runtime`` overrides ``device`` and ``amp``. ``engine``
+        (:mod:`covseg.inference.fast_engine`): shipped models run on onnxruntime when installed, unless ``torch``."""
+        from covseg.inference.fast_engine import choose_engine
+
         if runtime is None:
             runtime = Runtime.create(device, amp, distributed=False)
-        return cls(Segmenter.from_run(run_dir, checkpoint, runtime))
+        segmenter = Segmenter.from_run(run_dir, checkpoint, runtime)
+        choose_engine(segmenter, engine)
+        return cls(segmenter)
 
     @property
     def runtime(self) -> Runtime:

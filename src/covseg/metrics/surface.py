@@ -64,13 +64,22 @@ def union_bbox(pred: np.ndarray, gt: np.ndarray, margin: int = 1) -> tuple[slice
 
 
 def surface_voxels(mask: np.ndarray) -> np.ndarray:
-    """Boolean map of the mask voxels that touch background (cross-shaped neighbourhood, outside = background)."""
-    from scipy.ndimage import binary_erosion, generate_binary_structure
+    """Boolean map of the mask voxels that touch background (cross-shaped neighbourhood, outside = background).
 
+    The erosion by the cross is an AND of the mask with its 2·ndim one-voxel shifts on a
+    background-padded copy: the same voxels as ``scipy.ndimage.binary_erosion`` with
+    ``border_value=0``, at a fraction of its cost on the small crops scored here."""
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return np.zeros_like(mask)
-    eroded = binary_erosion(mask, structure=generate_binary_structure(mask.ndim, 1), border_value=0)
+    padded = np.pad(mask, 1)
+    inner = tuple(slice(1, -1) for _ in range(mask.ndim))
+    eroded = mask.copy()
+    for axis in range(mask.ndim):
+        for lo, hi in ((0, -2), (2, None)):
+            shifted = list(inner)
+            shifted[axis] = slice(lo, hi)
+            eroded &= padded[tuple(shifted)]
     return mask & ~eroded
 
 
@@ -87,17 +96,17 @@ def mask_edges(pred: np.ndarray, gt: np.ndarray, margin: int = 1) -> tuple[np.nd
     return surface_voxels(pred[box]), surface_voxels(gt[box])
 
 
-def _nearest_distances(from_edges: np.ndarray, to_edges: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def _nearest_distances(from_coords: np.ndarray, to_coords: np.ndarray, tree=None) -> np.ndarray:
+    """Distance of each point of ``from_coords`` to the nearest of ``to_coords`` (float32; inf when none)."""
     from scipy.spatial import KDTree
 
-    from_coords = np.argwhere(from_edges).astype(np.float64) * scale
-    to_coords = np.argwhere(to_edges).astype(np.float64) * scale
     if len(from_coords) == 0:
         return np.zeros(0, dtype=np.float32)
     if len(to_coords) == 0:
         return np.full(len(from_coords), np.inf, dtype=np.float32)
     # leafsize 32 as in MONAI: one batched query per tree.
-    return KDTree(to_coords, leafsize=32).query(from_coords, k=1)[0].astype(np.float32)
+    tree = tree if tree is not None else KDTree(to_coords, leafsize=32)
+    return tree.query(from_coords, k=1)[0].astype(np.float32)
 
 
 def surface_distances(
@@ -113,7 +122,10 @@ def surface_distances(
     scale = np.ones(ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
     if scale.shape != (ndim,):
         raise ValueError(f"spacing {tuple(scale)} does not match a {ndim}D image")
-    return _nearest_distances(edges_pred, edges_gt, scale), _nearest_distances(edges_gt, edges_pred, scale)
+    # each surface's coordinates once (np.argwhere is a full pass over the crop), used in both directions
+    pred_coords = np.argwhere(edges_pred).astype(np.float64) * scale
+    gt_coords = np.argwhere(edges_gt).astype(np.float64) * scale
+    return _nearest_distances(pred_coords, gt_coords), _nearest_distances(gt_coords, pred_coords)
 
 
 def image_diagonal(shape: Sequence[int], spacing: Sequence[float] | None = None) -> float:

@@ -47,6 +47,8 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
     "inferer": ("covseg.engine.inferers",),
     "input adapter": ("covseg.engine.adapters",),
     "sampler": ("covseg.training.sampling",),
+    "optimiser": ("covseg.training.optim",),
+    "schedule": ("covseg.training.schedule",),
 }
 
 

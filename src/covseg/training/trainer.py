@@ -174,15 +174,21 @@ class Trainer:
             raise ConfigError(f"model.params.spatial_dims is 3 but data.root holds 2D images (first: {first})")
 
     def make_sampler(self):
-        """The configured sampler over the training cases (``images`` or ``patches``)."""
-        from covseg.training.sampling import ImageSampler
+        """The configured sampler (:data:`covseg.registry.SAMPLERS`) over the training cases."""
+        from covseg.registry import SAMPLERS
+        from covseg.training.sampling import SamplerRequest
 
-        s = self.cfg.sampler
-        if s.name == "images":
-            return ImageSampler(
-                self.train_data, self.global_batch_size, self.augment_cfg, self.train_variants or None, self.min_batch
-            )
-        return self.make_patch_sampler()
+        request = SamplerRequest(
+            self.train_data,
+            self.cfg.sampler,
+            self.global_batch_size,
+            self.augment_cfg,
+            self.train_variants or None,
+            self.min_batch,
+            case_cache=self.case_cache,
+            extra_inputs=bool(self.cfg.data.prior_run) or self.text is not None,
+        )
+        return SAMPLERS.get(self.cfg.sampler.name).from_request(request)
 
     @property
     def global_batch_size(self) -> int:
@@ -194,16 +200,11 @@ class Trainer:
         """Smallest batch a step takes: two samples per process (batch norm needs two)."""
         return 2 * self.runtime.world_size
 
-    def make_patch_sampler(self):
+    def case_cache(self):
+        """The on-disk cache of the preprocessed training cases (for samplers reading them lazily)."""
         from covseg.training.cache import CaseCache
         from covseg.training.data import read_case
-        from covseg.training.sampling import PatchSampler
 
-        if self.cfg.data.prior_run or self.text is not None:
-            raise ConfigError("sampler: patches does not take a cascade prior or text yet; use sampler.name: images")
-        s = self.cfg.sampler
-        if s.patch_size is None:
-            raise ConfigError("sampler: patches needs patch_size for 2D images (volumes plan their own)")
         settings = {"preprocessing": self.preprocessing.to_dict(), "mask": self.cfg.data.mask, "layout": self.cfg.data.layout}
         with self._progress() as prog:
             task = prog.add_task("caching cases", total=len(self.train_records), info="")
@@ -212,11 +213,11 @@ class Trainer:
                 lambda rec: read_case(rec, self.preprocessing, self.cfg.data),
                 settings,
                 self.num_classes,
-                s.cache_dir,
+                self.cfg.sampler.cache_dir,
                 progress=lambda: prog.advance(task),
             )
         self.split_info["cache"] = str(cache.folder)
-        return PatchSampler(cache, s.patch_size, self.global_batch_size, self.augment_cfg, s.foreground_fraction, s.batches_per_epoch)
+        return cache
 
     def setup_text_data(self) -> None:
         from covseg.training import text as text_training
@@ -379,14 +380,10 @@ class Trainer:
             self.average = WeightAverage(self.model, self.cfg.train.ema_decay)
 
     def make_optimizer(self, params):
-        import torch
+        """The configured optimiser (:data:`covseg.registry.OPTIMISERS`) over ``params``."""
+        from covseg.training.optim import build_optimizer
 
-        o = self.cfg.optim
-        if o.name == "sgd":
-            return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=True)
-        if o.name == "adam":
-            return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        return build_optimizer(params, self.cfg.optim)
 
     def make_inferer(self):
         """The configured inferer; patch training validates with a sliding window of the patch size."""

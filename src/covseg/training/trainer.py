@@ -357,11 +357,9 @@ class Trainer:
 
     def as_input(self, x):
         """An image batch in the training memory format."""
-        import torch
+        from covseg.engine.model_call import as_input
 
-        if self.cfg.train.channels_last and x.ndim == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
+        return as_input(x, self.cfg.train.channels_last)
 
     def setup_optimisation(self) -> None:
         if self.text_adapter is not None:
@@ -626,13 +624,12 @@ class Trainer:
         Under torchrun the forward goes through the model's DistributedDataParallel wrapper (so
         gradients are averaged over processes); ``sync=False`` calls the model itself (scoring).
         """
+        from covseg.engine.model_call import call_model
+
         n = batch["image"].shape[0]
         contexts = [{"text": t} for t in (batch.get("text") or [None] * n)]
-        kwargs: dict[str, Any] = {}
-        for adapter in self.adapters:
-            kwargs.update(self.runtime.to_device(adapter.model_kwargs(contexts)))
-        x = self.as_input(self.runtime.to_device(batch["image"]))
-        return self._train_callable(model, sync)(x, **kwargs)
+        call = self._train_callable(model, sync)
+        return call_model(call, batch["image"], contexts, self.adapters, self.runtime, self.cfg.train.channels_last, autocast=False)
 
     def _train_callable(self, model, sync: bool):
         """``model.forward_train``, or its DDP / compiled wrapper (made once per model)."""

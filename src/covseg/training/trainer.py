@@ -418,7 +418,7 @@ class Trainer:
             return  # one process writes the run folder
         self.run.path.mkdir(parents=True, exist_ok=True)
         self.run.write_config(dump_config(self.cfg))
-        self.run.write_json("model.json", self.model_description())
+        self.run.write_description(self.model_description())
         summary = dataset_summary(self.train_records, self.train_data, self.cfg.data)
         summary["val_cases"] = len(self.val_records)
         if self.joint is not None:

@@ -50,6 +50,8 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
     "input adapter": ("covseg.engine.adapters",),
     "sampler": ("covseg.training.sampling",),
     "checkpoint format": ("covseg.runs.importers",),
+    "optimiser": ("covseg.training.optim",),
+    "schedule": ("covseg.training.schedule",),
 }
 
 

@@ -18,6 +18,7 @@ import torch
 
 from covseg.engine.adapters import InputAdapter
 from covseg.engine.inferers import Inferer, ResizeInferer, build_inferer
+from covseg.engine.model_call import as_input, call_model
 from covseg.engine.runtime import Runtime
 from covseg.errors import CovsegError
 from covseg.registry import INPUT_ADAPTERS
@@ -174,18 +175,11 @@ class Segmenter:
     # -- the forward pass -------------------------------------------------------------------------
     def as_input(self, x: torch.Tensor) -> torch.Tensor:
         """A network-size batch in the model's memory format (channels-last on CPU by default)."""
-        if self.channels_last and x.ndim == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
+        return as_input(x, self.channels_last)
 
     def _call_model(self, call, x: torch.Tensor, contexts: Sequence[dict[str, Any]]):
-        """``call(input, **keyword inputs)`` on the device under autocast; the adapters give the keywords."""
-        rt = self.runtime
-        kwargs: dict[str, Any] = {}
-        for adapter in self.adapters:
-            kwargs.update(rt.to_device(adapter.model_kwargs(contexts)))
-        with rt.autocast():
-            return call(self.as_input(rt.to_device(x)), **kwargs)
+        """``call(input, **keyword inputs)`` on the device under autocast (:func:`call_model`, as training)."""
+        return call_model(call, x, contexts, self.adapters, self.runtime, self.channels_last)
 
     def forward(self, x: torch.Tensor, contexts: Sequence[dict[str, Any]]) -> torch.Tensor:
         """Logits (float32) of a network-size batch; the adapters give the model's keyword inputs."""

@@ -42,8 +42,7 @@ def make_clipseg_run(
     run = RunFolder(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
     spec = {"name": "clipseg", "init_args": model.init_args}
-    run.write_json(
-        "model.json",
+    run.write_description(
         {
             "format": DESCRIPTION_FORMAT,
             **spec,

@@ -227,6 +227,15 @@ class RunDescription(_Described):
         d["format"] = DESCRIPTION_FORMAT
         return d
 
+    def write(self, folder: str | Path) -> Path:
+        """``<folder>/model.json``, written atomically: the fields given (not the defaults filled in
+        on reading), so a file written now reads back as this description in any later version."""
+        from covseg.utils.atomic import write_json
+
+        path = Path(folder) / "model.json"
+        write_json(path, {**self.model_dump(mode="json", exclude_unset=True), "format": DESCRIPTION_FORMAT})
+        return path
+
     @property
     def text_guided(self) -> bool:
         return self.text is not None

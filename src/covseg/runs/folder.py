@@ -44,7 +44,18 @@ class RunFolder:
         write_text(self.path / "config.yaml", text)
 
     def write_json(self, name: str, obj: Any) -> None:
+        if name == "model.json":  # the run description has one writer, which validates it
+            raise ValueError("model.json is written with RunFolder.write_description")
         write_json(self.path / name, obj)
+
+    def write_description(self, raw: dict[str, Any]) -> Any:
+        """Validate ``raw`` as a :class:`~covseg.runs.description.RunDescription` and write it to
+        ``model.json`` (a value no reader would accept fails here, before the file exists)."""
+        from covseg.runs.description import RunDescription
+
+        description = RunDescription.from_dict(raw, self.path / "model.json")
+        description.write(self.path)
+        return description
 
     def read_json(self, name: str) -> Any:
         p = self.path / name

@@ -74,6 +74,7 @@ def pack_run(run_dir: str | Path, out_dir: str | Path, card: dict[str, Any], che
     from safetensors.torch import save_file
 
     from covseg.runs.checkpoint import load_checkpoint
+    from covseg.runs.description import RunDescription
     from covseg.runs.folder import RunFolder
     from covseg.utils.atomic import write_json, write_with
 
@@ -91,7 +92,7 @@ def pack_run(run_dir: str | Path, out_dir: str | Path, card: dict[str, Any], che
     desc = description.to_dict()
     if desc.get("text"):
         desc["text"]["cache_file"] = None  # features are recomputed; the cache stays with the run
-    write_json(out / "model.json", desc)
+    RunDescription.from_dict(desc, out / "model.json").write(out)
     write_with(out / WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": "covseg-pack/1", "model": description.name}))
     write_json(out / "card.json", card)
     return out

@@ -24,6 +24,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+def _registered(kind: str, name: str) -> str:
+    """``name`` if the registry of ``kind`` (samplers, optimisers, schedules) has it, else a one-line error."""
+    from covseg.registry import REGISTRIES
+
+    registry = REGISTRIES[kind]
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(registry.names())}")
+    return name
+
+
 class ExtraSource(_Strict):
     """More cases joined to ``data.root`` before the split, e.g. infection-free lung slices of another scan."""
 
@@ -187,7 +197,7 @@ class ModelConfig(_Strict):
 class SamplerConfig(_Strict):
     """How an epoch's batches are drawn: whole images held in memory, or patches read lazily."""
 
-    name: Literal["images", "patches"] = "images"
+    name: str = Field("images", description="A registered sampler (covseg.registry.SAMPLERS): images, patches.")
     patch_size: tuple[int, ...] | None = Field(
         None, description="Patch size (2 or 3 numbers) for name: patches; for volumes, unset means planned."
     )
@@ -198,6 +208,11 @@ class SamplerConfig(_Strict):
     cache_dir: str | None = Field(
         None, description="Where preprocessed cases are cached for patches (default: $COVSEG_CACHE or ~/.cache/covseg)."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _registered("sampler", v)
 
     @model_validator(mode="after")
     def _patch_size(self) -> SamplerConfig:
@@ -258,18 +273,28 @@ class LossConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    name: str = Field("adamw", description="A registered optimiser (covseg.registry.OPTIMISERS): adamw, adam, sgd.")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = 1e-4
     momentum: float = 0.9
     grad_clip: float | None = 1.0
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _registered("optimiser", v)
+
 
 class ScheduleConfig(_Strict):
-    name: Literal["poly", "cosine", "constant"] = "poly"
+    name: str = Field("poly", description="A registered schedule (covseg.registry.SCHEDULES): poly, cosine, constant.")
     warmup_epochs: float = 0.0
     power: float = 0.9
     min_lr: float = 0.0
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _registered("schedule", v)
 
 
 class TrainSettings(_Strict):

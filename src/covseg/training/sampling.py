@@ -23,7 +23,8 @@ image-level ``label`` and, with label-only cases, ``has_mask``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,10 +51,35 @@ def shard_job(job: Any, part: slice) -> Any:
     return job
 
 
+@dataclass
+class SamplerRequest:
+    """What a registered sampler is built from (``SAMPLERS.get(name).from_request(request)``).
+
+    ``data`` holds the training cases in memory; ``case_cache()`` builds (or reuses) the on-disk
+    cache of them for lazy readers; ``config`` is the config's ``sampler`` section;
+    ``batch_size`` counts samples over all processes; ``extra_inputs`` is true when a text or
+    prior input adapter takes part.
+    """
+
+    data: Any
+    config: Any
+    batch_size: int
+    augment: AugmentConfig
+    variants: list[list[str]] | None = None
+    min_batch: int = 2
+    case_cache: Callable[[], Any] | None = None
+    extra_inputs: bool = False
+
+
 class Sampler:
     """Base sampler over ``len(self)`` training cases."""
 
     name = "base"
+
+    @classmethod
+    def from_request(cls, request: SamplerRequest) -> Sampler:
+        """The sampler the config names, built from the training data (what the registry builds)."""
+        raise NotImplementedError
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -92,6 +118,10 @@ class ImageSampler(Sampler):
         self.augment = augment
         self.variants = variants
         self.min_batch = int(min_batch)
+
+    @classmethod
+    def from_request(cls, request: SamplerRequest) -> ImageSampler:
+        return cls(request.data, request.batch_size, request.augment, request.variants, request.min_batch)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -207,6 +237,18 @@ class PatchSampler(Sampler):
         self.augment = augment
         self.foreground_fraction = float(foreground_fraction)
         self.n_batches = batches_per_epoch
+
+    @classmethod
+    def from_request(cls, request: SamplerRequest) -> PatchSampler:
+        from covseg.errors import ConfigError
+
+        if request.extra_inputs:
+            raise ConfigError("sampler: patches does not take a cascade prior or text yet; use sampler.name: images")
+        s = request.config
+        if s.patch_size is None:
+            raise ConfigError("sampler: patches needs patch_size for 2D images (volumes plan their own)")
+        cache = request.case_cache()
+        return cls(cache, s.patch_size, request.batch_size, request.augment, s.foreground_fraction, s.batches_per_epoch)
 
     def __len__(self) -> int:
         return len(self.cache)

@@ -67,3 +67,79 @@ def classification_scores(class_probs: list[np.ndarray], labels: list[int]) -> d
 
     scores = classification_metrics(labels, np.stack(class_probs), threshold=0.5)["metrics"]
     return {name: float(scores[name]) for name in ("auc", "accuracy", "sensitivity", "specificity", "f1")}
+
+
+class TrainerValidation:
+    """Validation of the model being trained through the saved run's own prediction path (mixed into the trainer)."""
+
+    # ----------------------------------------------------------------- validation
+    def segmenter(self, model=None):
+        """The model being trained as a :class:`Segmenter` (the predictor's own path)."""
+        from covseg.engine.segmenter import Segmenter
+
+        return Segmenter(
+            model or self.model,
+            self.preprocessing,
+            self.num_classes,
+            self.adapters,
+            self.inferer,
+            self.cfg.train.threshold,
+            channels_last=self.cfg.train.channels_last,
+            runtime=self.runtime,
+            volume_plan=self.volume_plan,
+            cascade=self.cascade_stage,
+        )
+
+    def val_contexts(self) -> list[dict[str, Any]]:
+        texts = self.val_data.texts or [None] * len(self.val_data)
+        return [{"text": t} for t in texts]
+
+    def val_inputs(self):
+        """Validation inputs at their original size, prepared once (normalised + adapter channels)."""
+        if self._val_inputs is None:
+            segmenter = self.segmenter()
+            self._val_inputs = [
+                segmenter.prepare(img, ctx) for img, ctx in zip(self.val_data.original_images, self.val_contexts())
+            ]
+        return self._val_inputs
+
+    def predict_val(self, model=None, indices: list[int] | None = None):
+        """Validation outputs at each case's original size (the cases ``indices``, default all):
+        ``.probs`` and, for joint models, ``.class_probs``."""
+        indices = list(range(len(self.val_data))) if indices is None else indices
+        if self.volume_plan is not None:  # whole volumes, through the saved run's own path
+            from covseg.engine.segmenter import SegmenterOutput
+
+            segmenter, data = self.segmenter(model), self.val_data
+            return SegmenterOutput(
+                [segmenter.volume_probabilities(data.original_images[i], data.affines[i], batch_size=self.cfg.train.val_batch_size) for i in indices]
+            )
+        inputs, contexts = self.val_inputs(), self.val_contexts()
+        return self.segmenter(model).infer_outputs(
+            [inputs[i] for i in indices], [contexts[i] for i in indices], self.cfg.train.val_batch_size
+        )
+
+    def validate(self, model=None) -> dict[str, float]:
+        """Medical-protocol metrics on the validation set at original resolution (+ classification
+        metrics for joint models).
+
+        Each process scores its share of the cases; the records are gathered and reduced in case
+        order, so every process gets the numbers one process would.
+        """
+        from covseg.training.validation import case_records, classification_scores, summarise_records
+
+        rt = self.runtime
+        indices = list(range(len(self.val_data)))[rt.rank :: rt.world_size]
+        out = self.predict_val(model, indices)
+        gts = [self.val_data.original_masks[i] for i in indices]
+        records = case_records(out.probs, gts, self.num_classes, self.cfg.train.threshold, indices)
+        classes = list(zip(indices, out.class_probs)) if out.class_probs is not None else []
+        if rt.distributed:
+            records = [r for part in rt.gather_objects(records) for r in part]
+            classes = [c for part in rt.gather_objects(classes) for c in part]
+        scores = summarise_records(records, self.num_classes, self.cfg.train.threshold)
+        if classes:
+            classes.sort(key=lambda c: c[0])
+            labels = self.val_data.labels.tolist()
+            scores.update(classification_scores([p for _, p in classes], [labels[i] for i, _ in classes]))
+        return scores

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
-import numpy as np
+from covseg.training.sources.unlabelled import file_key, without_validation_images
 
-from covseg.errors import ConfigError
+__all__ = ["file_key", "load_unlabeled", "split_outputs", "two_source_loss", "without_validation_images"]
 
 
 def hard_targets(logits):
@@ -43,61 +42,16 @@ def edges_from_masks(masks, width: int = 1):
     return (dil - ero).clamp(0, 1)
 
 
-def file_key(path) -> str:
-    """Content hash of a file: the same image copied or hard-linked elsewhere is still the same image."""
-    import hashlib
-
-    try:
-        return hashlib.sha1(Path(path).read_bytes()).hexdigest()
-    except OSError:
-        return str(path)
-
-
-def without_validation_images(records: list, val_records: list) -> list:
-    """``records`` minus any image whose content is a validation image (no leak through copies)."""
-    val_images = {file_key(r.image) for r in val_records}
-    return [r for r in records if file_key(r.image) not in val_images]
-
-
 def load_unlabeled(trainer) -> None:
-    """``trainer.unlabeled``: the unlabelled images at the network size (never a validation image); for a
-    volume run, a :class:`covseg.training.volumes.VolumePool` of cached unlabelled volumes."""
-    from fnmatch import fnmatch
+    """The semi-supervised methods' data hook: ``trainer.unlabeled`` (images at the network size, or a
+    :class:`~covseg.training.sources.volumes.VolumePool` for a volume run) from the unlabelled source."""
+    from covseg.training.sources.unlabelled import unlabelled_data
 
-    from covseg.training.data import build_image_tensors, open_records
-
-    u = trainer.cfg.semi.unlabeled
-    if u is None:
-        raise ConfigError(f"trainer {trainer.cfg.trainer!r} needs semi.unlabeled.root")
-    records = without_validation_images(open_records(u.root, u.layout, u.split), trainer.val_records)
-    if u.include:
-        records = [r for r in records if any(fnmatch(Path(r.image).name, pattern) for pattern in u.include)]
-        if not records:
-            raise ConfigError(f"semi.unlabeled.include {u.include} matches no image", u.root)
-    if u.limit is not None and u.limit < len(records):
-        keep = np.random.default_rng(12345).permutation(len(records))[: u.limit]
-        records = [records[i] for i in sorted(keep)]
-    trainer.unlabeled_records = records
-    info = {"root": u.root, "split": u.split, "include": u.include, "cases": len(records)}
-    if getattr(trainer, "volume_plan", None) is not None:  # volumes: cached with the labelled plan, patched
-        from covseg.training.volumes import unlabeled_volumes
-
-        if u.standardize != "none":
-            raise ConfigError("semi.unlabeled.standardize applies to 2D slices, not to volumes", u.root)
-        trainer.unlabeled = unlabeled_volumes(trainer, records)
-        trainer.split_info["unlabeled"] = info
-        return
-    read = None
-    with trainer._progress() as prog:
-        if u.standardize != "none":  # onto the labelled training slices; nothing else is changed
-            from covseg.training.semi.standardize import standardized_reader
-
-            task = prog.add_task("standardising unlabelled", total=len(records), info="")
-            read, info["standardize"] = standardized_reader(trainer.train_records, records, u, lambda: prog.advance(task))
-            info["standardize"]["method"] = u.standardize
-        task = prog.add_task("reading unlabelled", total=len(records), info="")
-        trainer.unlabeled = build_image_tensors(records, trainer.preprocessing, progress=lambda: prog.advance(task), read=read)
-    trainer.split_info["unlabeled"] = info
+    data = unlabelled_data(
+        trainer.source_context(), trainer.train_records, trainer.val_records, trainer.volume_plan, trainer.cascade_stage
+    )
+    trainer.unlabeled_records, trainer.unlabeled = data.records, data.pool
+    trainer.split_info["unlabeled"] = data.info
 
 
 def split_outputs(out: dict[str, Any], n: int) -> tuple[dict[str, Any], dict[str, Any]]:

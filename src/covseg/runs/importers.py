@@ -218,7 +218,7 @@ def import_weights(format: str, file: str | Path, output: str | Path, prior: str
         },
     )
     run.write_json("provenance.json", provenance)
-    run.write_json("model.json", description.to_dict())
+    run.write_description(description.to_dict())
     return run.path
 
 

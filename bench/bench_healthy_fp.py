@@ -41,7 +41,8 @@ def measure(source: str) -> dict:
 
 
 def variant_row(variant: str) -> dict | None:
-    folds = sorted(p for p in (CV_RUNS / variant).glob("fold[0-9]") if (p / "checkpoints" / "last.pt").exists())
+    done = ROOT / "bench" / "results" / "covid_semiseg" / variant  # folds whose training finished (and was scored)
+    folds = sorted(p for p in (CV_RUNS / variant).glob("fold[0-9]") if (done / f"{p.name}.json").exists())
     if not folds:
         return None
     per_fold = {p.name: measure(str(p)) for p in folds}

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from covseg.data.formats import suffixes
 from covseg.errors import CovsegError
 from covseg.utils.webguard import LOOPBACK_NAMES as LOOPBACK_NAMES
 from covseg.utils.webguard import SAFE_METHODS as SAFE_METHODS
@@ -37,7 +38,7 @@ from covseg.utils.webguard import OwnPageOnly as _OwnPageOnly
 from covseg.utils.webguard import own_hosts as own_hosts
 from covseg.utils.webguard import request_refusal as request_refusal
 
-UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".npy", ".nii", ".nii.gz")
+UPLOAD_SUFFIXES = suffixes()  # every built-in file format (covseg.data.formats); checked against the registry at upload
 VOLUME_UPLOADS = (".nii", ".nii.gz")
 MAX_RESULTS = 16
 MAX_VOXELS = 512**3  # an upload's decoded values (a 512×512×512 CT); larger ones are refused from the header
@@ -145,8 +146,8 @@ def _suffix(filename: str) -> str:
     from covseg.data.imageio import suffix_of
 
     suffix = suffix_of(Path(filename or "upload"))
-    if suffix not in UPLOAD_SUFFIXES:
-        raise CovsegError(f"unsupported file type {suffix or '(none)'!r}; give one of {', '.join(UPLOAD_SUFFIXES)}", Path(filename or "upload"))
+    if suffix not in suffixes():
+        raise CovsegError(f"unsupported file type {suffix or '(none)'!r}; give one of {', '.join(suffixes())}", Path(filename or "upload"))
     return suffix
 
 

@@ -52,6 +52,7 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
     "checkpoint format": ("covseg.runs.importers",),
     "optimiser": ("covseg.training.optim",),
     "schedule": ("covseg.training.schedule",),
+    "file format": ("covseg.data.imageio",),
 }
 
 

@@ -1,5 +1,5 @@
 """One registry mechanism for every pluggable part (models, encoders, heads, losses, layouts,
-trainers, inferers, input adapters, samplers, optimisers, learning-rate schedules), as segmentation_models_pytorch names its models.
+trainers, inferers, input adapters, samplers, optimisers, learning-rate schedules, file formats), as segmentation_models_pytorch names its models.
 
 A new capability is a new registry entry, not a new subclass. Built-ins are listed in one place,
 :mod:`covseg.builtins`, and imported lazily per kind the first time a registry is read, so
@@ -130,8 +130,9 @@ SAMPLERS: Registry = Registry("sampler")
 CHECKPOINT_FORMATS: Registry = Registry("checkpoint format")
 OPTIMISERS: Registry = Registry("optimiser")
 SCHEDULES: Registry = Registry("schedule")
+FILE_FORMATS: Registry = Registry("file format")
 
 REGISTRIES: dict[str, Registry] = {
     r.kind: r
-    for r in (MODELS, ENCODERS, HEADS, LOSSES, LAYOUTS, TRAINERS, INFERERS, INPUT_ADAPTERS, SAMPLERS, OPTIMISERS, SCHEDULES, CHECKPOINT_FORMATS)
+    for r in (MODELS, ENCODERS, HEADS, LOSSES, LAYOUTS, TRAINERS, INFERERS, INPUT_ADAPTERS, SAMPLERS, OPTIMISERS, SCHEDULES, CHECKPOINT_FORMATS, FILE_FORMATS)
 }

@@ -19,12 +19,35 @@ import numpy as np
 # is_dicom_file stays importable from here as before (explicit re-export).
 from covseg.data.dicom import is_dicom_file as is_dicom_file
 from covseg.data.dicom import is_dicom_series, read_dicom_series
+from covseg.data.formats import FileFormat, format_of, register_format, suffixes
 from covseg.errors import DataError
+from covseg.registry import FILE_FORMATS
 from covseg.utils.atomic import write_with
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".npy")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+# The built-in file formats (covseg.data.formats), in the order of the suffix lists derived below.
+def _read_tiff_image(path: Path) -> np.ndarray:
+    raw = _read_tiff(path)
+    return raw.astype(np.float32) * bit_depth_scale(raw)
+
+
+register_format(FileFormat("png", (".png",), "image", lambda p: _read_pil_image(p), pillow=True,
+                           write=lambda p, a, **kw: write_image(p, a, **kw), description="PNG (Pillow)"))
+register_format(FileFormat("jpeg", (".jpg", ".jpeg"), "image", lambda p: _read_pil_image(p), pillow=True, description="JPEG (Pillow)"))
+register_format(FileFormat("tiff", (".tif", ".tiff"), "image", _read_tiff_image, lambda p: _read_tiff(p),
+                           description="TIFF, single page (tifffile; deeper than 8 bits scaled to 0..255)"))
+register_format(FileFormat("bmp", (".bmp",), "image", lambda p: _read_pil_image(p), pillow=True, description="BMP (Pillow)"))
+register_format(FileFormat("dicom", (".dcm",), "either", lambda p: _read_dicom_2d(p)[0], listed=False,
+                           description="DICOM: one frame as a 2D image; a folder of them is a series (pydicom)"))
+register_format(FileFormat("npy", (".npy",), "either", lambda p: _read_npy(p), description="NumPy array (no pickles)"))
+register_format(FileFormat("nifti", (".nii", ".nii.gz"), "volume", lambda p: _read_nifti(p),
+                           write=lambda p, v, a, **kw: write_volume(p, v, a, **kw), description="NIfTI volume (nibabel)"))
+
+# Built-in suffix lists, derived from the FILE_FORMATS registry (covseg.data.formats) when this
+# module is imported; code that must also see formats registered later calls formats.suffixes().
+IMAGE_SUFFIXES = suffixes("image")
+VOLUME_SUFFIXES = suffixes("volume") + suffixes("either")
+NIFTI_SUFFIXES = FILE_FORMATS.get("nifti").suffixes
 # PNG text key under which covseg stores the pixel spacing "row_mm,col_mm" of 2D slices.
 SPACING_KEY = "covseg:spacing"
 # EXIF tag of the orientation a viewer applies (1: as stored; 5..8 swap width and height).
@@ -47,11 +70,17 @@ def stem_of(path: str | Path) -> str:
 
 
 def is_volume(path: str | Path) -> bool:
-    """True for NIfTI files, DICOM series folders and slice stacks (:class:`covseg.data.stack.SliceStack`)."""
+    """True for volume files (NIfTI), DICOM series folders and slice stacks (:class:`covseg.data.stack.SliceStack`)."""
     if callable(getattr(path, "read_volume", None)):
         return True
     p = Path(path)
-    return suffix_of(p) in NIFTI_SUFFIXES or is_dicom_series(p)
+    return suffix_of(p) in suffixes("volume") or is_dicom_series(p)
+
+
+def _format_2d(path: Path) -> FileFormat | None:
+    """The format of a 2D file; None for suffixes no format names (Pillow then tries the file, as before)."""
+    fmt = format_of(suffix_of(path))
+    return None if fmt is None or fmt.pillow or fmt.kind == "volume" else fmt
 
 
 def require_file(path: Path) -> None:
@@ -111,8 +140,7 @@ def bit_depth_scale(arr: np.ndarray) -> float:
 def image_size(path: str | Path) -> tuple[int, int]:
     """``(height, width)`` of a 2D image from its header, without decoding the pixels."""
     path = Path(path)
-    suf = suffix_of(path)
-    if suf in (".npy", ".dcm", ".tif", ".tiff"):
+    if _format_2d(path) is not None:
         arr = read_image(path)
         return int(arr.shape[0]), int(arr.shape[1])
     im = _open_pil(path, load=False)
@@ -129,26 +157,8 @@ def read_image(path: str | Path, channels: int | None = None, *, check_finite: b
     images holding NaN or infinity are refused.
     """
     path = Path(path)
-    suf = suffix_of(path)
-    if suf in (".tif", ".tiff"):
-        raw = _read_tiff(path)
-        arr = raw.astype(np.float32) * bit_depth_scale(raw)
-    elif suf == ".npy":
-        arr = _read_npy(path)
-    elif suf == ".dcm":
-        arr = _read_dicom_2d(path)[0]
-    else:
-        im = _open_pil(path)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-            arr = np.asarray(im).astype(np.float32) * (255.0 / 65535.0)  # 16-bit: scale by bit depth
-        elif im.mode == "I" and im.format == "PNG":  # older Pillow opens 16-bit grey PNGs as "I"
-            arr = np.asarray(im).astype(np.float32) * (255.0 / 65535.0)
-        elif im.mode in ("I", "F"):
-            arr = np.asarray(im).astype(np.float32)
-        elif im.mode in ("L", "1", "LA"):
-            arr = np.asarray(im.convert("L"), dtype=np.float32)
-        else:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32)
+    fmt = _format_2d(path)
+    arr = _read_pil_image(path) if fmt is None or fmt.read is None else fmt.read(path)
     arr = np.asarray(arr, dtype=np.float32)
     if arr.ndim not in (2, 3):
         raise DataError(f"expected a 2D image, got shape {arr.shape}", path)
@@ -159,6 +169,20 @@ def read_image(path: str | Path, channels: int | None = None, *, check_finite: b
     if check_finite and not np.isfinite(arr).all():
         raise DataError(f"image contains {int((~np.isfinite(arr)).sum())} NaN or infinite values", path)
     return _to_channels(arr, channels, path)
+
+
+def _read_pil_image(path: Path) -> np.ndarray:
+    """A Pillow image's values as float32: 16-bit scaled to 0..255, grey kept grey, colour as RGB."""
+    im = _open_pil(path)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(im).astype(np.float32) * (255.0 / 65535.0)  # 16-bit: scale by bit depth
+    if im.mode == "I" and im.format == "PNG":  # older Pillow opens 16-bit grey PNGs as "I"
+        return np.asarray(im).astype(np.float32) * (255.0 / 65535.0)
+    if im.mode in ("I", "F"):
+        return np.asarray(im).astype(np.float32)
+    if im.mode in ("L", "1", "LA"):
+        return np.asarray(im.convert("L"), dtype=np.float32)
+    return np.asarray(im.convert("RGB"), dtype=np.float32)
 
 
 def _is_grey(arr: np.ndarray) -> bool:
@@ -301,13 +325,9 @@ class MaskInfo:
 def analyse_mask(path: str | Path) -> MaskInfo:
     """Decode a 2D mask file into a uint8 label map and classify how it was stored."""
     path = Path(path)
-    suf = suffix_of(path)
-    if suf in (".tif", ".tiff", ".npy", ".dcm"):
-        if suf == ".dcm":
-            arr = _read_dicom_2d(path)[0]
-        else:
-            arr = _read_tiff(path) if suf != ".npy" else _read_npy(path)
-        arr = np.asarray(arr)
+    fmt = _format_2d(path)
+    if fmt is not None:
+        arr = np.asarray(fmt.stored(path))
         if arr.ndim == 3:
             return _from_colour(arr[..., :3] if arr.shape[-1] >= 3 else arr[..., :1], "array", path)
         return _from_grey(arr, "array", path)
@@ -411,31 +431,39 @@ def read_volume(
     elif path.is_dir():
         arr, spacing, affine = read_dicom_series(path)
     else:
-        require_file(path)
-        try:
-            import nibabel as nib
-
-            with _quiet_nibabel():
-                img = nib.load(str(path))
-                arr = np.asarray(img.dataobj, dtype=np.float32)
-                affine = np.asarray(img.affine, dtype=np.float64)
-                header_zooms = _raw_pixdim(img, path)
-                spacing = tuple(float(s) for s in img.header.get_zooms()[:3])
-        except Exception as exc:
-            raise DataError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path) from None
-        if arr.ndim == 4 and arr.shape[-1] == 1:
-            arr = arr[..., 0]
-        if arr.ndim != 3:
-            raise DataError(f"expected a 3D volume, got shape {arr.shape}", path)
-        if header_zooms is not None and not (np.all(np.isfinite(header_zooms)) and np.all(header_zooms > 0)):
-            raise DataError(
-                f"voxel size {[float(z) for z in header_zooms]} in the header (pixdim) is not positive: "
-                "volumes in ml and distances in mm would be wrong",
-                path,
-            )
+        fmt = format_of(suffix_of(path))
+        reader = fmt.read if fmt is not None and fmt.kind == "volume" and fmt.read is not None else _read_nifti
+        arr, spacing, affine = reader(path)
     _check_geometry(path, spacing, affine)
     if check_finite and not np.isfinite(arr).all():
         raise DataError(f"volume contains {int((~np.isfinite(arr)).sum())} NaN or infinite voxels", path)
+    return arr, spacing, affine
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
+    """A NIfTI file's ``(array (X, Y, Z) float32, spacing mm, affine)``; refuses a non-positive header voxel size."""
+    require_file(path)
+    try:
+        import nibabel as nib
+
+        with _quiet_nibabel():
+            img = nib.load(str(path))
+            arr = np.asarray(img.dataobj, dtype=np.float32)
+            affine = np.asarray(img.affine, dtype=np.float64)
+            header_zooms = _raw_pixdim(img, path)
+            spacing = tuple(float(s) for s in img.header.get_zooms()[:3])
+    except Exception as exc:
+        raise DataError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path) from None
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise DataError(f"expected a 3D volume, got shape {arr.shape}", path)
+    if header_zooms is not None and not (np.all(np.isfinite(header_zooms)) and np.all(header_zooms > 0)):
+        raise DataError(
+            f"voxel size {[float(z) for z in header_zooms]} in the header (pixdim) is not positive: "
+            "volumes in ml and distances in mm would be wrong",
+            path,
+        )
     return arr, spacing, affine
 
 

@@ -163,6 +163,7 @@ def explain_files(
     truth masks (``gt_dir``: a mask folder or a dataset folder with ``masks/``, paired by stem),
     each heatmap's share inside the lesion and pointing-game hit, summarised in ``summary.json``.
     """
+    from covseg.data.formats import suffixes
     from covseg.data.imageio import is_volume, read_image, stem_of, write_image
     from covseg.inference.batch import class_columns, for_each_file, write_failures
     from covseg.metrics.evaluation import (
@@ -184,7 +185,7 @@ def explain_files(
     masks: dict[str, list[Path]] = {}
     if gt_dir is not None:
         mask_dir, _ = resolve_gt_folder(Path(gt_dir))
-        masks = _files_by_stem(mask_dir, (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy"))
+        masks = _files_by_stem(mask_dir, suffixes("image", "either", listed=True))
     scores = {kind: ExplanationMetrics(kind, tolerance) for kind in ("gradcam", "attention")}
 
     def save_map(path: Path, heat: np.ndarray) -> str:

@@ -263,7 +263,8 @@ def list_inputs(
     cannot segment them one by one.
     """
     from covseg.data.dicom import is_dicom_series
-    from covseg.data.imageio import IMAGE_SUFFIXES, suffix_of
+    from covseg.data.formats import suffixes
+    from covseg.data.imageio import suffix_of
 
     if not path.exists():
         raise DataError("input not found", path)
@@ -271,7 +272,7 @@ def list_inputs(
         return [path]
     # broken links and link loops stay in the list: reading them gives a one-line problem, not silence
     files: list[Any] = sorted(
-        p for p in path.iterdir() if (p.is_file() or p.is_symlink()) and suffix_of(p) in (*IMAGE_SUFFIXES, ".nii", ".nii.gz", ".npy")
+        p for p in path.iterdir() if (p.is_file() or p.is_symlink()) and suffix_of(p) in suffixes(listed=True)
     )
     series = []
     if series_folders:

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from covseg.data.formats import format_of, suffixes
 from covseg.data.imageio import IMAGE_SUFFIXES, read_volume, stem_of, suffix_of
 from covseg.errors import DataError
 from covseg.metrics._arrays import PredType, gt_labels, guess_pred_type, prediction_labels, soft_map
@@ -45,8 +46,10 @@ from covseg.utils.atomic import write_unit
 from covseg.utils.outputs import csv_text as neutral_csv_text
 
 PROTOCOLS: tuple[str, ...] = ("medical", "sod", "flare")
-VOLUME_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
-FILE_SUFFIXES: tuple[str, ...] = (*IMAGE_SUFFIXES, ".npy", *VOLUME_SUFFIXES)
+# Derived from the FILE_FORMATS registry (built-ins at import); the pairing below asks the
+# registry again, so a format registered later is paired too.
+VOLUME_SUFFIXES: tuple[str, ...] = suffixes("volume")
+FILE_SUFFIXES: tuple[str, ...] = suffixes(listed=True)
 
 
 @dataclass(frozen=True)
@@ -178,10 +181,10 @@ def resolve_prediction_folder(pred_dir: Path) -> Path:
     wrote no soft maps). Any other folder is returned unchanged.
     """
     pred_dir = Path(pred_dir)
-    if not (pred_dir / "predictions.csv").is_file() or _files_by_stem(pred_dir, FILE_SUFFIXES):
+    if not (pred_dir / "predictions.csv").is_file() or _files_by_stem(pred_dir, suffixes(listed=True)):
         return pred_dir
     for sub in ("probs", "masks"):
-        if (pred_dir / sub).is_dir() and _files_by_stem(pred_dir / sub, FILE_SUFFIXES):
+        if (pred_dir / sub).is_dir() and _files_by_stem(pred_dir / sub, suffixes(listed=True)):
             return pred_dir / sub
     return pred_dir
 
@@ -206,13 +209,13 @@ def pair_cases(
     if images_dir is not None and not Path(images_dir).is_dir():
         raise DataError("image folder not found", images_dir)
     image_folder = Path(images_dir) if images_dir is not None else dataset_images
-    preds = _files_by_stem(pred_dir, FILE_SUFFIXES)
-    gts = _files_by_stem(mask_dir, FILE_SUFFIXES)
+    preds = _files_by_stem(pred_dir, suffixes(listed=True))
+    gts = _files_by_stem(mask_dir, suffixes(listed=True))
     for stem in [s for s in preds if s not in gts]:  # nnU-Net / FLARE input names: case_0000 predicts case
         base = re.sub(r"_\d{4}$", "", stem)
         if base != stem and base in gts and base not in preds:
             preds[base] = preds.pop(stem)
-    images = _files_by_stem(image_folder, (*IMAGE_SUFFIXES, *VOLUME_SUFFIXES)) if image_folder else {}
+    images = _files_by_stem(image_folder, suffixes("image", "volume")) if image_folder else {}
     cases: list[Case] = []
     bad: list[BadCase] = []
     for stem in sorted(set(preds) | set(gts), key=natural_key):
@@ -250,17 +253,16 @@ def read_prediction(path: Path) -> tuple[np.ndarray, bool]:
     path = Path(path)
     require_file(path)
     suf = suffix_of(path)
-    if suf in VOLUME_SUFFIXES:
+    if suf in suffixes("volume"):
         return read_volume(path)[0], False
     if suf == ".npy":
         try:
             return np.load(path, allow_pickle=False), False
         except Exception as exc:
             raise DataError(f"unreadable .npy ({type(exc).__name__}: {exc})", path) from None
-    if suf in (".tif", ".tiff"):
-        from covseg.data.imageio import _read_tiff
-
-        arr = np.asarray(_read_tiff(path))
+    fmt = format_of(suf)
+    if fmt is not None and fmt.listed and not fmt.pillow:  # TIFF and registered array formats: stored values
+        arr = np.asarray(fmt.stored(path))
     else:
         from covseg.data.imageio import _open_pil
 
@@ -289,7 +291,7 @@ def read_ground_truth(path: Path, num_classes: int = 1) -> tuple[np.ndarray, tup
     path = Path(path)
     suf = suffix_of(path)
     spacing: tuple[float, ...] | None = None
-    if suf in VOLUME_SUFFIXES:
+    if suf in suffixes("volume"):
         arr, spacing, _ = read_label_volume(path)
     else:
         info = analyse_mask(path)
@@ -420,7 +422,7 @@ def load_case(
     if case.pred_path is None:  # --missing-pred empty: nothing predicted
         return LoadedCase(np.zeros(gt.shape, dtype=np.uint8), gt, _spacing_for(spacing, gt_spacing, gt, case), None, differs)
     raw, is_mask_file = read_prediction(case.pred_path)
-    if suffix_of(case.pred_path) in VOLUME_SUFFIXES and suffix_of(case.gt_path) in VOLUME_SUFFIXES:
+    if suffix_of(case.pred_path) in suffixes("volume") and suffix_of(case.gt_path) in suffixes("volume"):
         _same_geometry(case.pred_path, case.gt_path)
     try:
         pred, resized_from = fit_prediction(
@@ -429,7 +431,7 @@ def load_case(
     except ValueError as exc:
         raise DataError(str(exc), case.pred_path) from None
     loaded = LoadedCase(pred, gt, _spacing_for(spacing, gt_spacing, gt, case), resized_from, differs)
-    if spacing is None and suffix_of(case.gt_path) in VOLUME_SUFFIXES:
+    if spacing is None and suffix_of(case.gt_path) in suffixes("volume"):
         from covseg.transforms.orientation import voxel_volume_ml
 
         loaded.voxel_ml = voxel_volume_ml(read_volume(case.gt_path, check_finite=False)[2])
@@ -724,7 +726,7 @@ def _read_display_image(path: Path, shape: tuple[int, ...]) -> np.ndarray | None
     from covseg.data.imageio import read_image
 
     try:
-        if suffix_of(path) in VOLUME_SUFFIXES:
+        if suffix_of(path) in suffixes("volume"):
             arr = read_volume(path)[0]
             return arr if arr.shape == tuple(shape) else None
         arr = read_image(path)

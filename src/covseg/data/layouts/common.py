@@ -29,11 +29,11 @@ from covseg.data.text_sources import (
     resolve_split,
 )
 from covseg.errors import DataError
-from covseg.registry import LAYOUTS
+from covseg.registry import FILE_FORMATS, LAYOUTS
 
 CONTAINER = "splits"
 # 2D files a layout folder may hold: the common image formats and single-frame DICOM (chest X-rays).
-FILE_SUFFIXES = (*IMAGE_SUFFIXES, ".dcm")
+FILE_SUFFIXES = (*IMAGE_SUFFIXES, *FILE_FORMATS.get("dicom").suffixes)  # derived from the file-format registry
 # Inf-Net's extra mask folders by mask name (kept here, not in the infnet module, because
 # ``covseg data convert`` writes them too and importing a family module registers it).
 INFNET_MASK_DIRS = {"prior": "Prior", "gt-1": "GT-1", "gt-2": "GT-2", "multiclass": "GT-Multiclass"}

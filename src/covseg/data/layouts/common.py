@@ -107,6 +107,20 @@ def layout_names() -> list[str]:
 # --- file helpers ------------------------------------------------------------------------------
 
 
+def dataset_json_info(root: Path, findings: list[Finding]) -> dict[str, Any]:
+    """The descriptive keys of an nnU-Net-style ``dataset.json`` beside the volumes (``{}`` without one);
+    an unreadable file becomes a finding, not an error."""
+    dataset_json = root / "dataset.json"
+    if not dataset_json.is_file():
+        return {}
+    try:
+        meta = json.loads(dataset_json.read_text(encoding="utf-8"))
+        return {k: meta[k] for k in ("name", "labels", "channel_names", "modality", "file_ending") if k in meta}
+    except (ValueError, OSError) as exc:
+        findings.append(finding("unreadable", dataset_json, f"unreadable dataset.json ({exc})"))
+        return {}
+
+
 def natural_key(path: Path | str) -> list:
     """Sort key that puts ``2.png`` before ``10.png``."""
     name = Path(path).name

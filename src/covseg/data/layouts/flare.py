@@ -11,10 +11,8 @@ Masks are multi-class label maps (FLARE22: 13 organs, labels 1..13).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Any
 
 from covseg.data.imageio import NIFTI_SUFFIXES, stem_of
 from covseg.data.index import DatasetIndex, Finding, finding
@@ -23,6 +21,7 @@ from covseg.data.layouts.common import (
     ReadOptions,
     attach_text_source,
     child_dir,
+    dataset_json_info,
     list_files,
     match_partners,
     register_builtin,
@@ -94,13 +93,7 @@ def _read_flare(root: Path, split: str | None, opts: ReadOptions) -> DatasetInde
             findings.append(finding("unlabelled", image_dir, f"{len(records)} volumes without label volumes"))
     else:
         findings += [finding("orphan_image", r.image, f"volume without a label volume in {mask_dir.name}/") for r in records if r.mask is None]
-    info: dict[str, Any] = {}
-    if (dataset_json := root / "dataset.json").is_file():
-        try:
-            meta = json.loads(dataset_json.read_text(encoding="utf-8"))
-            info = {k: meta[k] for k in ("name", "labels", "channel_names", "modality", "file_ending") if k in meta}
-        except (ValueError, OSError) as exc:
-            findings.append(finding("unreadable", dataset_json, f"unreadable dataset.json ({exc})"))
+    info = dataset_json_info(root, findings)
     index = DatasetIndex(root, "flare", records, split if split is None else key, False, True, findings, info=info)
     return attach_text_source(index, split, opts)
 

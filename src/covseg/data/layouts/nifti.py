@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from covseg.data.layouts.common import (
     ReadOptions,
     attach_text_source,
     child_dir,
+    dataset_json_info,
     list_files,
     match_partners,
     register_builtin,
@@ -85,14 +85,7 @@ def _read_nifti(root: Path, split: str | None, opts: ReadOptions) -> DatasetInde
             findings.append(finding("unlabelled", image_dir, f"{len(records)} volumes without label volumes (no labels folder)"))
     else:
         findings += [finding("orphan_image", r.image, f"volume without a label volume in {label_dir.name}/") for r in records if r.mask is None]
-    info: dict[str, Any] = {}
-    dataset_json = root / "dataset.json"
-    if dataset_json.is_file():
-        try:
-            meta_json = json.loads(dataset_json.read_text(encoding="utf-8"))
-            info = {k: meta_json[k] for k in ("name", "labels", "channel_names", "modality", "file_ending") if k in meta_json}
-        except (ValueError, OSError) as exc:
-            findings.append(finding("unreadable", dataset_json, f"unreadable dataset.json ({exc})"))
+    info = dataset_json_info(root, findings)
     index = DatasetIndex(root, "nifti", records, split if split is None else key, False, True, findings, info=info)
     return attach_text_source(index, split, opts)
 

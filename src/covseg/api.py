@@ -314,6 +314,19 @@ def evaluate(
     return EvaluateResult(run, accumulator.aggregate(opts.reduction), paths, out_dir)  # type: ignore[arg-type]
 
 
+def export(
+    model: str | Path, output: str | Path, format: str = "onnx", checkpoint: str = "best", prompts: Sequence[str] = ()
+) -> Path:
+    """Export a run folder or a shipped model's name (``covseg export``): ``onnx`` or ``torchscript`` (one
+    file + ``model_card.json``, run with ``covseg predict --engine``) or ``bundle`` (a MONAI bundle).
+
+    Text-guided runs need ``prompts`` (their text features are computed now and written beside the
+    model). Returns the model file, or the bundle folder."""
+    from covseg.inference.exported import export_run
+
+    return export_run(model, format, output, checkpoint, prompts=list(prompts))
+
+
 def import_weights(format: str, file: str | Path, output: str | Path, prior: str | Path | None = None) -> Path:
     """Turn an author's released checkpoint into a covseg run folder (``covseg weights import``).
 

@@ -17,8 +17,8 @@ def export(
     """Export a trained model; run it with ``covseg predict --engine onnx|torchscript --model OUTPUT``."""
     from rich.console import Console
 
-    from covseg.inference.exported import export_run
+    from covseg.api import export as export_run  # writes through the output guard
 
-    path = export_run(model, format, output, checkpoint, prompts=prompt)
+    path = export_run(model, output, format, checkpoint, prompts=prompt)
     what = "(a MONAI bundle)" if format == "bundle" else "(+ model_card.json)"
     Console(stderr=True, highlight=False).print(f"[bold green]exported[/] {path} {what}", soft_wrap=True)

@@ -15,6 +15,7 @@ from covseg.errors import CovsegError, DataError
 from covseg.inference import dicom_out
 
 from tests.test_imageio import write_dicom_series
+from tests.test_lungs_only import dense_marker_run
 
 SHAPE = (40, 36, 6)  # X (columns), Y (rows), Z (slices)
 AFFINE = np.array([[-0.7, 0, 0, 20.0], [0, -0.8, 0, 15.0], [0, 0, 2.5, -40.0], [0, 0, 0, 1]])
@@ -193,7 +194,7 @@ def test_dicom_seg_without_highdicom_names_the_extra(monkeypatch):
 
 
 def test_predict_cli_writes_dicom_seg_and_rtstruct_matching_the_nifti_mask(tmp_path):
-    """``covseg predict --output-type dicom-seg --output-type rtstruct`` on a folder holding a DICOM
+    """``covseg predict --output-type dicom-seg --output-type rtstruct`` (a model marking dense voxels) on a folder holding a DICOM
     series and a NIfTI file: the series gets both objects (each re-rasterising to its NIfTI mask,
     listed in predictions.csv); the NIfTI file, which no DICOM object can reference, and a
     series without a Frame of Reference are listed as failed before anything of theirs is written,
@@ -207,12 +208,14 @@ def test_predict_cli_writes_dicom_seg_and_rtstruct_matching_the_nifti_mask(tmp_p
     inputs = tmp_path / "in"
     phantom = make_phantom_volume(seed=1, shape=(64, 64, 6), spacing=(5.0, 5.0, 8.0))
     volume = np.asarray(phantom.image, np.float32)
+    volume[20:30, 24:34, 2:4] = 300.0  # a dense block: what the marker model segments (no trained model's taste decides)
     affine = np.diag([-5.0, -5.0, 8.0, 1.0])
     series = ct_series(inputs / "series", volume, affine)
     ct_series(inputs / "unreferenced", volume, affine, frame_of_reference=False)
     nib.save(nib.Nifti1Image(volume, affine), inputs / "scan.nii.gz")
     out = tmp_path / "out"
-    args = ["predict", "-m", "covid-ct-infection", "-i", str(inputs), "-o", str(out), "--no-overlays", "--no-probs", "-q"]
+    model = dense_marker_run(tmp_path / "marker")  # marks voxels denser than ~100 HU
+    args = ["predict", "-m", str(model), "-i", str(inputs), "-o", str(out), "--no-overlays", "--no-probs", "-q"]
     result = CliRunner().invoke(app, [*args, "--output-type", "dicom-seg", "--output-type", "rtstruct"])
     assert result.exit_code == 1, result.output  # the NIfTI input failed, the series did not
     failed = sorted((out / "failed.txt").read_text().splitlines())
@@ -220,7 +223,7 @@ def test_predict_cli_writes_dicom_seg_and_rtstruct_matching_the_nifti_mask(tmp_p
     assert failed[0].startswith(str(inputs / "scan.nii.gz") + ": ") and "needs a DICOM series" in failed[0]
     assert failed[1].startswith(str(inputs / "unreferenced")) and "without FrameOfReferenceUID" in failed[1]
     mask = np.asarray(nib.load(out / "masks" / "series.nii.gz").dataobj).astype(np.uint8)
-    assert mask.any(), "the phantom's lesions should give a non-empty mask"
+    assert mask[20:30, 24:34, 2:4].all() and mask.sum() >= 200, "the dense block should be segmented"
     seg, rt = out / "dicom_seg" / "series.seg.dcm", out / "rtstruct" / "series.rtstruct.dcm"
     assert dice(seg_labels(seg, series) > 0, mask > 0) >= 0.99
     assert dice(rtstruct_labels(rt, series) > 0, mask > 0) >= 0.99

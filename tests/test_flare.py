@@ -97,11 +97,15 @@ def test_flare_layout_is_detected_with_its_splits(flare_root, tmp_path):
 
 
 def test_flare_table_dsc_nsd_per_class_with_predict_timings(tmp_path, capsys):
-    """``covseg evaluate --protocol flare``: DSC and NSD per organ (NSD checked against MONAI's
-    ``compute_surface_dice``), seconds and peak memory read from predict's ``predictions.csv``; the
-    predictions keep FLARE's input names (``case_0000``) and pair with ``case``'s ground truth."""
+    """``covseg evaluate --protocol flare``: DSC and NSD per organ (NSD by surfel area, FLARE's script:
+    ``covseg.metrics.surface_area``, checked against DeepMind's library in test_metrics_surface_area.py;
+    MONAI's voxel-count ``compute_surface_dice`` differs from it), seconds and peak memory read from
+    predict's ``predictions.csv``; the predictions keep FLARE's input names (``case_0000``) and pair with
+    ``case``'s ground truth."""
     import torch
     from monai.metrics import compute_dice, compute_surface_dice
+
+    from covseg.metrics.surface_area import surfel_surface_dice
 
     affine = np.diag([*SPACING, 1.0])
     pred_dir, gt_dir = tmp_path / "pred" / "masks", tmp_path / "gt"
@@ -122,9 +126,9 @@ def test_flare_table_dsc_nsd_per_class_with_predict_timings(tmp_path, capsys):
     code = run_cli(["evaluate", "--pred", pred_dir, "--gt", gt_dir, "--protocol", "flare", "--num-classes", "3",
                     "--out", out, "--no-report"])
     assert code == 0
-    assert "FLARE table: NSD at 1 mm" in capsys.readouterr().out
+    assert "FLARE table: NSD at 1 mm (by surface area, as FLARE's script)" in capsys.readouterr().out
     table = json.loads((out / "summary.json").read_text())["flare"]
-    assert table["timed_cases"] == 2 and table["tolerance_mm"] == 1.0
+    assert table["timed_cases"] == 2 and table["tolerance_mm"] == 1.0 and table["nsd"] == "surfel"
     one_hot = lambda a: torch.nn.functional.one_hot(torch.from_numpy(a).long(), 4).permute(3, 0, 1, 2)[None]  # noqa: E731
     for i, row in enumerate(table["cases"]):
         p, g = one_hot(preds[i]), one_hot(truths[i])
@@ -132,7 +136,8 @@ def test_flare_table_dsc_nsd_per_class_with_predict_timings(tmp_path, capsys):
         dsc = compute_dice(p, g, include_background=False)[0]
         assert row["case_id"] == f"case{i}"
         for c in range(1, 4):
-            assert row[f"nsd_{c}"] == pytest.approx(float(nsd[c - 1]), abs=1e-6)
+            assert row[f"nsd_{c}"] == pytest.approx(surfel_surface_dice(preds[i] == c, truths[i] == c, SPACING, 1.0), abs=1e-12)
+            assert abs(row[f"nsd_{c}"] - float(nsd[c - 1])) > 1e-3  # not MONAI's voxel count
             assert row[f"dsc_{c}"] == pytest.approx(float(dsc[c - 1]), abs=1e-6)
             assert 0.2 < row[f"dsc_{c}"] < 0.95
         assert row["mean_dsc"] == pytest.approx(float(dsc.mean()), abs=1e-6)
@@ -167,12 +172,15 @@ def test_nsd_by_hand_at_the_flare_tolerance():
     gt[2:6, 2:6, 2:6] = 1
     pred[3:7, 2:6, 2:6] = 1
     iso = (1.0, 1.0, 1.0)
-    (rec,) = FlareMetrics(num_classes=1, tolerance=1.0).update(pred, gt, spacing=iso)
+    (rec,) = FlareMetrics(num_classes=1, tolerance=1.0, nsd="voxel").update(pred, gt, spacing=iso)
     assert rec["dice"] == pytest.approx(2 * 48 / 128) and rec["nsd"] == pytest.approx(1.0)
-    (half,) = FlareMetrics(num_classes=1, tolerance=0.5).update(pred, gt, spacing=iso)
+    (half,) = FlareMetrics(num_classes=1, tolerance=0.5, nsd="voxel").update(pred, gt, spacing=iso)
     assert half["nsd"] == pytest.approx(72 / 112)
-    (aniso,) = FlareMetrics(num_classes=1, tolerance=1.0).update(pred, gt, spacing=(2.0, 1.0, 1.0))
+    (aniso,) = FlareMetrics(num_classes=1, tolerance=1.0, nsd="voxel").update(pred, gt, spacing=(2.0, 1.0, 1.0))
     assert aniso["nsd"] == pytest.approx(80 / 112)
+    # by surfel area (the default, FLARE's): every surfel has its copy one x-step away, so NSD@1mm = 1 too
+    (surfel,) = FlareMetrics(num_classes=1, tolerance=1.0).update(pred, gt, spacing=iso)
+    assert surfel["dice"] == rec["dice"] and surfel["nsd"] == 1.0
 
 
 def flare_config(root: Path, out: Path, epochs: int, **extra) -> dict:

@@ -42,8 +42,11 @@ def evaluate(
     threshold: float = typer.Option(
         0.5, "--threshold", help="medical: soft maps are foreground where p >= threshold."
     ),
-    tolerance: float = typer.Option(
-        1.0, "--tolerance", help="medical: NSD tolerance τ, in mm (pixels when no spacing is known)."
+    tolerance: str = typer.Option(
+        "1",
+        "--tolerance",
+        help="NSD tolerance τ in mm (pixels when no spacing is known); flare: also flare22 = FLARE22's "
+        "per-organ τ and rules (13 organs).",
     ),
     spacing: str | None = typer.Option(
         None,
@@ -229,7 +232,10 @@ def print_flare(console, table: dict) -> None:
     def cell(value: float) -> str:
         return f"{value:.4f}"
 
-    classes = Table(title=f"FLARE table: NSD at {table['tolerance_mm']:g} mm")
+    tol = table["tolerance_mm"]
+    at = "FLARE22's per-organ τ" if tol == "flare22" else f"{tol:g} mm"
+    how = {"surfel": "surface area, as FLARE's script", "voxel": "surface voxel count, as MONAI"}.get(table.get("nsd", "voxel"))
+    classes = Table(title=f"FLARE table: NSD at {at} (by {how})")
     for col in ("class", "DSC", "NSD"):
         classes.add_column(col, justify="left" if col == "class" else "right")
     for c, scores in table["per_class"].items():

@@ -6,6 +6,7 @@ API fills it directly. A bad value is refused in one line naming the CLI option 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -54,6 +55,21 @@ def parse_empty_distance(text: str | float) -> str | float:
     return value
 
 
+def parse_tolerance(text: str | float, protocol: str) -> float | str:
+    """NSD tolerance in mm: a non-negative number, or ``flare22`` (FLARE22's per-organ τ, flare protocol only)."""
+    if text == "flare22":
+        if protocol != "flare":
+            raise ConfigError("--tolerance flare22: FLARE22's per-organ tolerances belong to --protocol flare")
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--tolerance: {text!r}: give a number of mm (or flare22 with --protocol flare)") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"--tolerance: {text} must be a finite non-negative number")
+    return value
+
+
 @dataclass(frozen=True)
 class EvaluateOptions:
     """Every setting of one evaluation (the ``covseg evaluate`` options, same names and defaults).
@@ -65,7 +81,7 @@ class EvaluateOptions:
     out: str | Path | None = None
     images: str | Path | None = None
     threshold: float = 0.5
-    tolerance: float = 1.0
+    tolerance: float | str = 1.0
     spacing: str | tuple[float, ...] | None = None
     num_classes: int = 1
     empty: str = "nan"
@@ -97,8 +113,7 @@ class EvaluateOptions:
         _choice(self.toolbox, TOOLBOXES, "--toolbox")
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"--threshold: {self.threshold} must lie in [0, 1]")
-        if not self.tolerance >= 0:
-            raise ConfigError(f"--tolerance: {self.tolerance} must be non-negative")
+        tolerance = parse_tolerance(self.tolerance, self.protocol)
         if not self.pointing_tolerance >= 0:
             raise ConfigError(f"--pointing-tolerance: {self.pointing_tolerance} must be non-negative")
         if self.num_classes < 1:
@@ -115,7 +130,7 @@ class EvaluateOptions:
         else:
             spacing = parse_spacing(",".join(str(float(v)) for v in spacing))
         paths = {k: Path(v) for k in ("out", "images", "classes", "labels", "explanations", "timings") if (v := getattr(self, k)) is not None}
-        return replace(self, spacing=spacing, empty_distance=parse_empty_distance(self.empty_distance), **paths)
+        return replace(self, tolerance=tolerance, spacing=spacing, empty_distance=parse_empty_distance(self.empty_distance), **paths)
 
     def out_dir(self, pred: Path) -> Path:
         """Where the files go: ``out``, else ``outputs/evaluate/<pred folder>-<protocol>``."""

@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import binary_dilation, gaussian_filter
 
 from covseg.metrics import surface_area
 from covseg.metrics.surface import surface_metrics
@@ -126,6 +126,119 @@ def time_case(repeats: int = 3) -> dict:
     return out
 
 
+def flare22_cases(n: int = 3):
+    """``n`` 13-organ label maps of 96×96×40 (0.8, 0.8, 2.5 mm) and predictions that exercise FLARE22's rules:
+    organs moved by a voxel or two, the aorta (5) and esophagus (10) running on past the ground truth's slices, the
+    gallbladder (9) missing from the prediction, the left adrenal (8) absent from both, three voxels of pancreas
+    (4) in case 0 (DSC < 0.2), liver / spleen / stomach dilated by 1–3 voxels."""
+    x, y, z = np.ogrid[:96, :96, :40]
+    for case in range(n):
+        rng = np.random.default_rng(100 + case)
+        gt = np.zeros((96, 96, 40), np.uint8)
+        for c in range(1, 14):
+            if c == 8:
+                continue
+            cx, cy, cz = (*rng.uniform(20, 76, 2), rng.uniform(12, 28))
+            a, b, h = (*rng.uniform(4, 14, 2), rng.uniform(3, 9))
+            gt[((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 + ((z - cz) / h) ** 2 <= 1] = c
+        pred = np.roll(
+            gt, (int(rng.integers(-4, 5)), int(rng.integers(-4, 5)), int(rng.integers(-1, 2))), axis=(0, 1, 2)
+        )
+        for c in (1, 3, 11):  # some organs predicted a few voxels too thick
+            grown = binary_dilation(pred == c, iterations=int(rng.integers(1, 4)))
+            pred[grown & (pred == 0)] = c
+        for c in (5, 10):  # tubular organs: the prediction goes on beyond the labelled slices
+            zs = np.flatnonzero((gt == c).any(axis=(0, 1)))
+            if zs.size:
+                pred[..., min(zs[-1] + 1, 39) :][
+                    (pred[..., zs[-1]] == c)[..., None] & (pred[..., min(zs[-1] + 1, 39) :] == 0)
+                ] = c
+        pred[pred == 9] = 0
+        if case == 0:
+            pred[pred == 4] = 0
+            pred[tuple(np.argwhere(gt == 4)[:3].T)] = 4  # 3 voxels of the pancreas: DSC < 0.2
+        yield f"case{case}.nii.gz", pred, gt, (0.8, 0.8, 2.5)
+
+
+def flare22_script_check(script_dir: Path) -> dict:
+    """Run FLARE22's own ``FLARE22_DSC_NSD_Eval.py`` (its three paths filled in; ``pandas`` replaced by a CSV
+    writer, which is all the script asks of it) on :func:`flare22_cases` written as NIfTI, and compare its
+    rounded DSC / NSD per organ with ``FlareMetrics(num_classes=13, tolerance="flare22")``."""
+    import csv
+    import tempfile
+    import types
+
+    import nibabel as nib
+
+    from covseg.metrics.flare import FLARE22_ORGANS, FlareMetrics
+
+    class _Frame:
+        def __init__(self, columns):
+            self.columns = columns
+
+        def to_csv(self, path, index=False):
+            with open(path, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(self.columns)
+                w.writerows(zip(*self.columns.values()))
+
+    sys.modules.setdefault("pandas", types.SimpleNamespace(DataFrame=_Frame))
+    sys.path.insert(0, str(script_dir))
+    ours: dict[str, list] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for sub in ("seg", "gt", "out"):
+            Path(tmp, sub).mkdir()
+        for name, pred, gt, spacing in flare22_cases():
+            affine = np.diag([*spacing, 1.0])
+            nib.save(nib.Nifti1Image(gt, affine), Path(tmp, "gt", name))
+            nib.save(nib.Nifti1Image(pred, affine), Path(tmp, "seg", name))
+            ours[name] = FlareMetrics(num_classes=13, tolerance="flare22").update(pred, gt, spacing)
+        code = (script_dir / "FLARE22_DSC_NSD_Eval.py").read_text()
+        for key, sub in (("seg_path", "seg"), ("gt_path", "gt"), ("save_path", "out")):
+            code = code.replace(
+                f"{key} = 'path to {'Results' if sub == 'out' else 'segmentation' if sub == 'seg' else 'ground truth'}'",
+                f"{key} = {str(Path(tmp, sub))!r}",
+            )
+        exec(
+            compile(code, "FLARE22_DSC_NSD_Eval.py", "exec"),
+            {"__name__": "__main__", "print": lambda *a, **k: None},
+        )
+        with open(Path(tmp, "out", "DSC_NSD_teamname.csv")) as f:
+            rows = list(csv.DictReader(f))
+    names = list(json.loads(json.dumps(FLARE22_ORGANS)).values())
+    organ_cols = [
+        "Liver",
+        "RK",
+        "Spleen",
+        "Pancreas",
+        "Aorta",
+        "IVC",
+        "RAG",
+        "LAG",
+        "Gallbladder",
+        "Esophagus",
+        "Stomach",
+        "Duodenum",
+        "LK",
+    ]
+    worst, compared = 0.0, 0
+    for row in rows:
+        for c, col in enumerate(organ_cols, 1):
+            rec = ours[row["Name"]][c - 1]
+            worst = max(
+                worst, abs(float(row[f"{col}_DSC"]) - rec["dice"]), abs(float(row[f"{col}_NSD"]) - rec["nsd"])
+            )
+            compared += 2
+    return {
+        "cases": len(rows),
+        "values_compared": compared,
+        "max_abs_difference": worst,
+        "organs": names,
+        "script_commit": "aad2cc2813d11135d014bf578d4f62cea84ab865 (JunMa11/FLARE, FLARE22/Evaluation)",
+        "covseg": {n: [(r["dice"], r["nsd"]) for r in recs] for n, recs in ours.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -135,6 +248,9 @@ def main() -> None:
     parser.add_argument("--write-test-data", action="store_true")
     parser.add_argument("--test-cases", type=int, default=12)
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument(
+        "--flare22-script", type=Path, help="folder with FLARE22's FLARE22_DSC_NSD_Eval.py + SurfaceDice.py"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(args.reference))
     warnings.simplefilter("ignore")  # the library calls scipy.ndimage.filters / morphology (deprecated names)
@@ -182,6 +298,8 @@ def main() -> None:
         "reference_commit": "1f805cea446805e559badc80dd27f34175e4173d (google-deepmind/surface-distance)",
         "machine": f"{platform.processor() or platform.machine()}, python {platform.python_version()}",
     }
+    if args.flare22_script is not None:
+        summary["flare22_script"] = flare22_script_check(args.flare22_script)
     if not args.no_timing:
         summary["cpu_seconds_512x512x100_13_organs"] = time_case()
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -182,3 +182,53 @@ def test_flare22_rules():
     assert [(r["dice"], r["nsd"]) for r in recs] == [(1.0, 1.0)] * 13  # organs 2..13 absent from both: 1
     with pytest.raises(ValueError, match="13 organs"):
         FlareMetrics(num_classes=3, tolerance="flare22")
+
+
+def test_cli_tolerance_flare22_gives_flare22s_table(tmp_path, capsys):
+    """``covseg evaluate --protocol flare --num-classes 13 --tolerance flare22``: the per-organ τ and rules, the same
+    numbers as ``FlareMetrics(tolerance="flare22")``; the option is refused in one line elsewhere."""
+    from covseg.data.imageio import write_volume
+
+    from tests.helpers import run_cli
+
+    spacing = (1.5, 1.5, 2.0)
+    gt = np.zeros((32, 32, 20), np.uint8)
+    for c in range(1, 14):
+        if c != 8:  # the left adrenal gland is absent from both: scored 1
+            gt[2 + 2 * c : 4 + 2 * c, 4 : 8 + c, 3 : 8 + c % 5] = c
+    pred = np.roll(gt, 1, axis=1)
+    affine = np.diag([*spacing, 1.0])
+    write_volume(tmp_path / "gt" / "case.nii.gz", gt, affine, dtype="uint8")
+    write_volume(tmp_path / "pred" / "case.nii.gz", pred, affine, dtype="uint8")
+    base = [
+        "evaluate",
+        "--pred",
+        tmp_path / "pred",
+        "--gt",
+        tmp_path / "gt",
+        "--no-report",
+        "--tolerance",
+        "flare22",
+    ]
+    assert run_cli([*base, "--protocol", "flare", "--num-classes", "13", "--out", tmp_path / "e"]) == 0
+    assert "FLARE table: NSD at FLARE22's per-organ τ" in capsys.readouterr().out
+    table = json.loads((tmp_path / "e" / "summary.json").read_text())["flare"]
+    assert (
+        table["tolerance_mm"] == "flare22"
+        and table["tolerances_mm"]["12"] == 7.0
+        and table["nsd"] == "surfel"
+    )
+    expected = FlareMetrics(num_classes=13, tolerance="flare22").update(pred, gt, spacing)
+    (row,) = table["cases"]
+    assert [(row[f"dsc_{c}"], row[f"nsd_{c}"]) for c in range(1, 14)] == [
+        (r["dice"], r["nsd"]) for r in expected
+    ]
+    assert row["dsc_8"] == row["nsd_8"] == 1.0 and 0 < row["dsc_1"] < 1
+    for extra in (["--protocol", "medical"], ["--protocol", "flare", "--num-classes", "3"]):
+        assert run_cli([*base, *extra, "--out", tmp_path / "x"]) != 0
+        err = capsys.readouterr().err
+        assert (
+            "--tolerance flare22: FLARE22's per-organ tolerances need --protocol flare --num-classes 13"
+            in err
+        )
+        assert "Traceback" not in err

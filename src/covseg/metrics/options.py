@@ -55,11 +55,11 @@ def parse_empty_distance(text: str | float) -> str | float:
     return value
 
 
-def parse_tolerance(text: str | float, protocol: str) -> float | str:
-    """NSD tolerance in mm: a non-negative number, or ``flare22`` (FLARE22's per-organ τ, flare protocol only)."""
+def parse_tolerance(text: str | float, protocol: str, num_classes: int = 13) -> float | str:
+    """NSD tolerance in mm: a non-negative number, or ``flare22`` (FLARE22's per-organ τ: flare protocol, 13 organs)."""
     if text == "flare22":
-        if protocol != "flare":
-            raise ConfigError("--tolerance flare22: FLARE22's per-organ tolerances belong to --protocol flare")
+        if protocol != "flare" or num_classes != 13:
+            raise ConfigError("--tolerance flare22: FLARE22's per-organ tolerances need --protocol flare --num-classes 13")
         return text
     try:
         value = float(text)
@@ -113,7 +113,7 @@ class EvaluateOptions:
         _choice(self.toolbox, TOOLBOXES, "--toolbox")
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"--threshold: {self.threshold} must lie in [0, 1]")
-        tolerance = parse_tolerance(self.tolerance, self.protocol)
+        tolerance = parse_tolerance(self.tolerance, self.protocol, self.num_classes)
         if not self.pointing_tolerance >= 0:
             raise ConfigError(f"--pointing-tolerance: {self.pointing_tolerance} must be non-negative")
         if self.num_classes < 1:

@@ -15,6 +15,9 @@ def import_(
     format: str = typer.Option(..., "--format", "-f", help="Checkpoint format (covseg weights formats)."),
     output: Path = typer.Option(..., "--output", "-o", metavar="RUN_DIR", help="Run folder to write."),
     prior: Path | None = typer.Option(None, "--prior", metavar="RUN_DIR", help="Binary run whose infection map a cascade format (infnet-multiclass) reads."),
+    text_encoder: Path | None = typer.Option(
+        None, "--text-encoder", metavar="DIR", help="Local Hugging Face text encoder folder a text-guided format reads captions with (lvit: BERT-base, 768-d)."
+    ),
 ) -> None:
     """Turn an author's checkpoint into a run folder for predict, evaluate, explain and export."""
     from rich.console import Console
@@ -22,7 +25,7 @@ def import_(
 
     from covseg.api import import_weights
 
-    path = import_weights(format, file, output, prior)
+    path = import_weights(format, file, output, prior, text_encoder)
     Console(stderr=True, highlight=False).print(f"[bold green]imported[/] {escape(str(file))} → run folder {escape(str(path))}", soft_wrap=True)
 
 

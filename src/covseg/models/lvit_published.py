@@ -16,7 +16,8 @@ What the published network fixes, and what covseg adds around it:
 - Text: exactly 10 token features of 768-d BERT-base (their loader: ``bert-embedding``'s
   uncased BERT-base, [CLS]/[SEP] left out, the first 10 tokens). covseg's text encoder gives
   the [CLS] token first, so the first ``skip_tokens`` are dropped; missing tokens (a caption
-  shorter than 10 tokens, which the authors' code cannot run) are zeros.
+  shorter than 10 tokens, which the authors' code cannot run) are zeros. An image without text
+  is refused: the published network has no image-only mode.
 - The authors end in a sigmoid; ``forward`` returns the logits before it (covseg's contract).
 """
 
@@ -261,6 +262,8 @@ class LViTPublished(TextSegmentationModel):
                 f"LViT (published) reads {self.text_dim}-d token features (BERT-base), got {text_tokens.shape[-1]}-d: "
                 "the run's text encoder must be a local BERT-base folder"
             )
+        if not torch.jit.is_tracing() and bool((text_mask.sum(dim=1) == 0).any()):
+            raise CovsegError("LViT (published) reads a caption with every image; an image came without text")
         skip = int(self.init_args["skip_tokens"])
         tokens = (text_tokens * text_mask[..., None])[:, skip : skip + TEXT_TOKENS]
         missing = TEXT_TOKENS - tokens.shape[1]

@@ -142,11 +142,13 @@ def test_wrong_keys_and_shapes_are_refused_in_one_line(tmp_path):
     assert not any(tmp_path.glob("run_*"))
 
 
-def test_import_without_a_bert_folder_refuses_to_predict(checkpoint, tmp_path):
+def test_import_without_a_bert_folder_refuses_to_predict(checkpoint, tmp_path, capsys):
     from covseg.inference.predictor import Predictor
     from covseg.runs.folder import RunFolder
 
-    run = import_weights("lvit", checkpoint, tmp_path / "run")
+    assert run_cli(["weights", "import", "--format", "lvit", "--output", tmp_path / "run", checkpoint]) == 0
+    assert "--text-encoder DIR" in capsys.readouterr().err  # the note says what the run still needs
+    run = tmp_path / "run"
     description = RunFolder(run).description()
     assert description.name == "lvit_published" and description.preprocessing.size == (224, 224)
     assert description.text.encoder["name"] == TEXT_ENCODER_NEEDED and description.text.encoder["dim"] == 768

@@ -26,7 +26,13 @@ def import_(
     from covseg.api import import_weights
 
     path = import_weights(format, file, output, prior, text_encoder)
-    Console(stderr=True, highlight=False).print(f"[bold green]imported[/] {escape(str(file))} → run folder {escape(str(path))}", soft_wrap=True)
+    console = Console(stderr=True, highlight=False)
+    console.print(f"[bold green]imported[/] {escape(str(file))} → run folder {escape(str(path))}", soft_wrap=True)
+    from covseg.runs.folder import RunFolder
+
+    text = RunFolder(path).description().text
+    if text is not None and text_encoder is None:
+        console.print(f"[yellow]note[/] predicting needs the text encoder {escape(str((text.encoder or {}).get('name')))}", soft_wrap=True)
 
 
 @app.command("formats")

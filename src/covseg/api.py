@@ -327,14 +327,17 @@ def export(
     return export_run(model, format, output, checkpoint, prompts=list(prompts))
 
 
-def import_weights(format: str, file: str | Path, output: str | Path, prior: str | Path | None = None) -> Path:
+def import_weights(
+    format: str, file: str | Path, output: str | Path, prior: str | Path | None = None, text_encoder: str | Path | None = None
+) -> Path:
     """Turn an author's released checkpoint into a covseg run folder (``covseg weights import``).
 
     ``format`` names a registered checkpoint format (``covseg weights formats``); the file is read
     with ``weights_only=True``. Returns the run folder, which ``predict``, ``evaluate``,
     ``explain`` and ``export`` use like a trained one; ``provenance.json`` records the source.
-    ``prior`` is the binary run a cascade format (``infnet-multiclass``) reads its map from.
+    ``prior`` is the binary run a cascade format (``infnet-multiclass``) reads its map from;
+    ``text_encoder`` the local Hugging Face folder a text-guided format (``lvit``: BERT-base) reads captions with.
     """
     from covseg.runs.importers import import_weights as run_import
 
-    return run_import(format, file, output, prior)
+    return run_import(format, file, output, prior, text_encoder)

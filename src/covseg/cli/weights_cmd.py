@@ -15,6 +15,9 @@ def import_(
     format: str = typer.Option(..., "--format", "-f", help="Checkpoint format (covseg weights formats)."),
     output: Path = typer.Option(..., "--output", "-o", metavar="RUN_DIR", help="Run folder to write."),
     prior: Path | None = typer.Option(None, "--prior", metavar="RUN_DIR", help="Binary run whose infection map a cascade format (infnet-multiclass) reads."),
+    text_encoder: Path | None = typer.Option(
+        None, "--text-encoder", metavar="DIR", help="Local Hugging Face text encoder folder a text-guided format reads captions with (lvit: BERT-base, 768-d)."
+    ),
 ) -> None:
     """Turn an author's checkpoint into a run folder for predict, evaluate, explain and export."""
     from rich.console import Console
@@ -22,8 +25,14 @@ def import_(
 
     from covseg.api import import_weights
 
-    path = import_weights(format, file, output, prior)
-    Console(stderr=True, highlight=False).print(f"[bold green]imported[/] {escape(str(file))} → run folder {escape(str(path))}", soft_wrap=True)
+    path = import_weights(format, file, output, prior, text_encoder)
+    console = Console(stderr=True, highlight=False)
+    console.print(f"[bold green]imported[/] {escape(str(file))} → run folder {escape(str(path))}", soft_wrap=True)
+    from covseg.runs.folder import RunFolder
+
+    text = RunFolder(path).description().text
+    if text is not None and text_encoder is None:
+        console.print(f"[yellow]note[/] predicting needs the text encoder {escape(str((text.encoder or {}).get('name')))}", soft_wrap=True)
 
 
 @app.command("formats")

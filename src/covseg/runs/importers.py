@@ -157,12 +157,34 @@ def _prior_spec(fmt: CheckpointFormat, prior: str | Path | None) -> dict[str, An
     return {"prior": {"run": str(Path(prior).resolve()), "checkpoint": "best"}}
 
 
-def import_weights(format: str, file: str | Path, output: str | Path, prior: str | Path | None = None) -> Path:
+def _text_spec(fmt: CheckpointFormat, text_encoder: str | Path | None) -> dict[str, Any]:
+    """``{"text": ...}`` for ``model.json`` of a text-guided format (its ``extra["text"]``) read with the
+    local Hugging Face folder ``text_encoder``, whose feature width must be the format's; ``{}`` keeps
+    the format's own entry (an encoder name that is no folder: predicting then asks for one)."""
+    text = fmt.extra.get("text")
+    if text is None:
+        if text_encoder is not None:
+            raise CovsegError(f"format {fmt.name} reads no text (--text-encoder is for a text-guided format)")
+        return {}
+    if text_encoder is None:
+        return {}
+    from covseg.text.encoder import build_text_encoder
+
+    encoder = build_text_encoder({**text["encoder"], "name": str(text_encoder)})
+    if encoder.dim != text["encoder"]["dim"]:
+        raise CovsegError(f"format {fmt.name} reads {text['encoder']['dim']}-d token features, this encoder gives {encoder.dim}-d", text_encoder)
+    return {"text": {**text, "encoder": encoder.spec.to_dict()}}
+
+
+def import_weights(
+    format: str, file: str | Path, output: str | Path, prior: str | Path | None = None, text_encoder: str | Path | None = None
+) -> Path:
     """Turn a released checkpoint ``file`` of ``format`` into the run folder ``output``; returns its path.
 
     The folder records where the weights came from (``provenance.json`` and ``model.json``'s
     ``provenance``: file name, SHA-256, format, the authors' code it matches). A cascade format
-    (``infnet-multiclass``) needs ``prior``, the binary run whose infection map it reads.
+    (``infnet-multiclass``) needs ``prior``, the binary run whose infection map it reads; a
+    text-guided format (``lvit``) reads captions with ``text_encoder``, a local Hugging Face folder.
     """
     import torch
 
@@ -175,6 +197,7 @@ def import_weights(format: str, file: str | Path, output: str | Path, prior: str
     fmt = get_format(format)
     file = Path(file)
     prior_spec = _prior_spec(fmt, prior)
+    text_spec = _text_spec(fmt, text_encoder)
     state = read_state_dict(file)
     folder = OutputFolder(output, "weights import", [file], owned=IMPORT_FILES)
     folder.validate()
@@ -200,6 +223,7 @@ def import_weights(format: str, file: str | Path, output: str | Path, prior: str
             "provenance": provenance,
             **prior_spec,
             **fmt.extra,
+            **text_spec,
         }
     )
     folder.prepare()

@@ -33,6 +33,10 @@ CT model (the co-supervised ResUNet, ``resunet_cosup_covid_semiseg``, at 256²):
                    a fresh ResUNet pre-trains on them (3 passes) and fine-tunes on the labels
                    (RES_FINETUNE_STEPS at 0.3x the learning rate), as ``semi_resunet_e100``
   res_cps_uif_std  CPS + UIF (two ResUNets; the most certain half, re-scored 4 times), RES_STEPS steps
+  res_mt_std       the mean-teacher baseline (``trainer: mean_teacher``: EMA teacher, decay 0.99,
+                   probability MSE consistency with weight 1, ramped over the first quarter), RES_STEPS
+                   steps; the teacher is scored
+  res_semi_soft_std  res_semi_std with soft pseudo labels (the teacher's probabilities)
 
 Usage::
 
@@ -69,7 +73,7 @@ BASE = [
 OUT = ROOT / "bench" / "results" / "semi"
 RUNS = ROOT / "runs" / "bench" / "semi"
 BUDGETS = {"all": None, "10": 10}
-RESUNET = ("res_sup", "res_semi_std", "res_cps_uif_std")  # issue 24: compared with res_sup
+RESUNET = ("res_sup", "res_semi_std", "res_cps_uif_std", "res_mt_std", "res_semi_soft_std")  # issue 24: compared with res_sup
 METHODS = ("sup", "pseudo", "cps", "cps_uif", "sup2x", "pseudo_init", "pseudo_cont", "cps2x", "cps_cutmix2x", *RESUNET)
 LONG = ("sup2x", "pseudo_init", "pseudo_cont", "cps2x", "cps_cutmix2x")  # twice the optimiser steps; compared with sup2x
 RES_STEPS = 500  # 100 epochs of 40 slices at batch 8: the steps of resunet_all_e100, the CV table's best row
@@ -135,10 +139,11 @@ def resunet_spec(method: str, budget: str, fold: int) -> tuple[str, list[str]]:
     if method == "res_sup":
         return "resunet_cosup_covid_semiseg", ["preprocess.size=[256,256]", f"train.batch_size={BATCH}", *limit, f"train.epochs={epochs}", val_every]
     over = [*RES_BASE, *limit]
-    if method == "res_semi_std":
+    if method in ("res_semi_std", "res_semi_soft_std"):
         finetune = epochs_for(labelled, RES_FINETUNE_STEPS)
         return "resunet_cosup_covid_semiseg", [
             *over,
+            f"semi.semi_infnet.soft_labels={'true' if method == 'res_semi_soft_std' else 'false'}",
             "trainer=semi_infnet",
             f"semi.semi_infnet.init_run={RUNS / f'res_sup_{budget}' / f'fold{fold}'}",
             "semi.semi_infnet.initial_epochs=0",
@@ -149,6 +154,11 @@ def resunet_spec(method: str, budget: str, fold: int) -> tuple[str, list[str]]:
             "semi.semi_infnet.finetune_lr_scale=0.3",
             f"train.val_every={max(1, finetune // 4)}",
         ]
+    if method == "res_mt_std":
+        return "resunet_cosup_covid_semiseg", [
+            *over, "trainer=mean_teacher", f"train.epochs={epochs}", val_every, "semi.mean_teacher.weight=1.0", "semi.mean_teacher.unlabeled_batch_size=4",
+            "semi.mean_teacher.decay=0.99", f"semi.mean_teacher.rampup_epochs={max(1, epochs // 4)}",
+        ]  # fmt: skip
     return "resunet_cosup_covid_semiseg", [
         *over, "trainer=cps", f"train.epochs={epochs}", val_every, "semi.cps.weight=1.0",
         "semi.cps.uif.enabled=true", "semi.cps.uif.keep_fraction=0.5", "semi.cps.uif.score=disagreement",
@@ -183,7 +193,7 @@ def work(variant: str, fold: int, _spec) -> None:
     result_file = OUT / variant / f"fold{fold}.json"
     if result_file.exists():
         return
-    if method == "res_semi_std" and not (OUT / f"res_sup_{budget}" / f"fold{fold}.json").exists():
+    if method in ("res_semi_std", "res_semi_soft_std") and not (OUT / f"res_sup_{budget}" / f"fold{fold}.json").exists():
         raise RuntimeError(f"needs the finished fold {fold} of res_sup_{budget} (its teacher); run --methods res_sup first")
     config, overrides = spec(method, budget, fold)
     run_dir = RUNS / variant / f"fold{fold}"
@@ -224,7 +234,8 @@ def report() -> None:
         labels = "40 (all)" if r["budget"] == "all" else r["budget"]
         steps = f"{STEPS} + {STEPS}" if r["method"].startswith("pseudo_") else (2 * STEPS if r["method"] in LONG else STEPS)
         if r["method"] in RESUNET:
-            steps = {"res_sup": RES_STEPS, "res_semi_std": f"{RES_STEPS} + {RES_PRETRAIN_PASSES * 200 + RES_FINETUNE_STEPS}"}.get(r["method"], RES_STEPS)
+            semi_steps = f"{RES_STEPS} + {RES_PRETRAIN_PASSES * 200 + RES_FINETUNE_STEPS}"
+            steps = {"res_semi_std": semi_steps, "res_semi_soft_std": semi_steps}.get(r["method"], RES_STEPS)
         lines.append(f"| {labels} | {r['method']} | {steps} | {r['folds']} | {r['dice@0.5']:.3f} ± {r['dice@0.5_std']:.3f} | {dd} | {r['sod_mean_dice']:.3f} | {ds} | {r['s_measure']:.3f} | {r['train_min_per_fold']:.1f} |")
     (OUT / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

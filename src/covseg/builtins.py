@@ -46,6 +46,7 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
         "covseg.training.semi.pseudo",
         "covseg.training.semi.cps",
         "covseg.training.semi.semi_infnet",
+        "covseg.training.semi.mean_teacher",
     ),
     "inferer": ("covseg.engine.inferers",),
     "input adapter": ("covseg.engine.adapters",),

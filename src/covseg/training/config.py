@@ -382,6 +382,16 @@ class CPSConfig(_Strict):
         return self
 
 
+class MeanTeacherConfig(_Strict):
+    """The mean-teacher baseline: consistency of the student with its EMA teacher on unlabelled images."""
+
+    decay: float = Field(0.99, gt=0, lt=1, description="EMA decay per optimiser step of the teacher's weights.")
+    weight: float = Field(0.1, ge=0, description="Weight of the consistency term (ramped up over rampup_epochs).")
+    rampup_epochs: float = Field(5.0, ge=0)
+    noise_std: float = Field(0.1, ge=0, description="Gaussian input noise (clipped at 2 std) for student and teacher.")
+    unlabeled_batch_size: int | None = Field(None, ge=1)
+
+
 class PseudoSourceConfig(_Strict):
     """A pseudo-labelled folder (from ``covseg pseudo-label``) used as a second source."""
 
@@ -409,6 +419,7 @@ class SemiInfNetConfig(_Strict):
     finetune_epochs: int = Field(10, ge=0)
     finetune_lr_scale: float = Field(0.1, gt=0)
     pseudo_weight: float = Field(1.0, ge=0)
+    soft_labels: bool = Field(False, description="Pseudo labels are the model's probabilities instead of 0/1 masks (binary models).")
 
     @model_validator(mode="after")
     def _labelled_start(self) -> SemiInfNetConfig:
@@ -421,6 +432,7 @@ class SemiConfig(_Strict):
     unlabeled: UnlabeledConfig | None = None
     pseudo: PseudoSourceConfig | None = None
     cps: CPSConfig = CPSConfig()
+    mean_teacher: MeanTeacherConfig = MeanTeacherConfig()
     semi_infnet: SemiInfNetConfig = SemiInfNetConfig()
 
 

@@ -5,6 +5,8 @@
 * ``semi_infnet`` (:mod:`.semi_infnet`): Semi-Inf-Net's schedule (Fan et al., 2020).
 * ``cps`` (:mod:`.cps`): cross pseudo supervision (Chen et al., 2021) with uncertainty-based image
   filtering and CutMix.
+* ``mean_teacher`` (:mod:`.mean_teacher`): the mean-teacher baseline (Tarvainen & Valpola, 2017):
+  consistency with an EMA teacher on unlabelled images; the teacher is the model kept.
 
 All keep the base trainer's guarantees: every epoch is a function of (seed, epoch, state at its
 start), the state needed to resume is in ``last.pt``, progress is shown. The losses and scores

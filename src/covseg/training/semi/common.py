@@ -7,7 +7,7 @@ from typing import Any
 
 from covseg.training.sources.unlabelled import file_key, without_validation_images
 
-__all__ = ["file_key", "load_unlabeled", "split_outputs", "two_source_loss", "without_validation_images"]
+__all__ = ["draw_unlabelled_batch", "file_key", "load_unlabeled", "split_outputs", "two_source_loss", "without_validation_images"]
 
 
 def hard_targets(logits):
@@ -52,6 +52,26 @@ def load_unlabeled(trainer) -> None:
     )
     trainer.unlabeled_records, trainer.unlabeled = data.records, data.pool
     trainer.split_info["unlabeled"] = data.info
+
+
+def draw_unlabelled_batch(trainer, pool_indices, batch_size: int, generator):
+    """An augmented batch of unlabelled images (on the device) drawn from ``pool_indices``.
+
+    ``batch_size`` is the global batch (all processes); each process gets its share. Volume runs
+    draw augmented patches of the chosen unlabelled volumes through their sampler."""
+    import torch
+
+    from covseg.transforms.augment import apply_augmentation, draw_augmentation
+
+    uidx = pool_indices[torch.randint(len(pool_indices), (batch_size,), generator=generator)]
+    if trainer.volume_plan is not None:
+        sampler = trainer.unlabeled.sampler
+        xu = sampler.load(trainer.shard_rows(sampler.plan(uidx, generator)))["image"]
+    else:
+        draws = draw_augmentation((batch_size, *trainer.unlabeled.images.shape[1:]), trainer.augment_cfg, generator)
+        uidx, draws = trainer.shard_rows(uidx), trainer.shard_rows(draws)
+        xu, _ = apply_augmentation(trainer.unlabeled.images[uidx], {}, trainer.augment_cfg, draws)
+    return trainer.runtime.to_device(xu)
 
 
 def split_outputs(out: dict[str, Any], n: int) -> tuple[dict[str, Any], dict[str, Any]]:

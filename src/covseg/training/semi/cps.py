@@ -16,6 +16,7 @@ from typing import Any
 from covseg.errors import ConfigError
 from covseg.registry import TRAINERS
 from covseg.training.semi.common import (
+    draw_unlabelled_batch,
     hard_targets,
     load_unlabeled,
     pseudo_supervision_loss,
@@ -208,19 +209,9 @@ class CPSTrainer(Trainer):
     def training_step(self, batch, epoch, step, aux_generator):
         import torch
 
-        from covseg.transforms.augment import apply_augmentation, draw_augmentation
-
         cps = self.cfg.semi.cps
         ub = (cps.unlabeled_batch_size or self.cfg.train.batch_size) * self.runtime.world_size
-        uidx = self.kept[torch.randint(len(self.kept), (ub,), generator=aux_generator)]
-        if self.volume_plan is not None:  # volumes: augmented patches of the kept unlabelled volumes
-            sampler = self.unlabeled.sampler
-            xu = sampler.load(self.shard_rows(sampler.plan(uidx, aux_generator)))["image"]
-        else:
-            draws = draw_augmentation((ub, *self.unlabeled.images.shape[1:]), self.augment_cfg, aux_generator)
-            uidx, draws = self.shard_rows(uidx), self.shard_rows(draws)
-            xu, _ = apply_augmentation(self.unlabeled.images[uidx], {}, self.augment_cfg, draws)
-        xu = self.runtime.to_device(xu)
+        xu = draw_unlabelled_batch(self, self.kept, ub, aux_generator)  # volumes: patches of the kept volumes
         targets = None
         if cps.cutmix:
             xu, targets = self.cutmix_unlabeled(xu, aux_generator, ub)

@@ -4,7 +4,8 @@ Train on the labelled set; split the unlabelled images into groups of K; for eac
 pseudo-label it with the current model, add it to the pool and fine-tune on labelled + pool; then
 pre-train a fresh model on the whole pseudo-labelled pool and fine-tune it on the labelled set.
 The run may start from a trained run's weights (``init_run``), as the published recipe starts
-from a converged labelled model.
+from a converged labelled model. Pseudo labels are hard by default, as published; ``soft_labels``
+keeps the model's probabilities as targets instead (binary models).
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ class SemiInfNetTrainer(Trainer):
         import torch
 
         super().setup_data()
-        load_unlabeled(self)
         s = self.cfg.semi.semi_infnet
+        if s.soft_labels and self.num_classes != 1:
+            raise ConfigError("semi.semi_infnet.soft_labels needs a one-channel (binary) model; multi-class pseudo labels are hard")
+        load_unlabeled(self)
         n_groups = math.ceil(len(self.unlabeled) / s.group_size)
         if s.max_groups is not None:
             n_groups = min(n_groups, s.max_groups)
@@ -98,7 +101,8 @@ class SemiInfNetTrainer(Trainer):
         self.pool_masks = ckpt["pool_masks"]
 
     def pseudo_label(self, indices):
-        """Hard pseudo labels of unlabelled images ``indices`` at the network size."""
+        """Pseudo labels of unlabelled images ``indices`` at the network size: hard (0/1, class
+        indices) or, with ``soft_labels``, the model's foreground probabilities (half precision)."""
         import torch
 
         self.model.eval()
@@ -109,13 +113,15 @@ class SemiInfNetTrainer(Trainer):
                     for s in range(0, len(indices), 8)
                 ]
             )
+        if self.cfg.semi.semi_infnet.soft_labels:
+            return torch.sigmoid(logits).to(torch.float16).cpu()
         return hard_targets(logits).to(torch.uint8).cpu()
 
     def _pool_data(self):
         from covseg.training.data import CaseTensors
 
         masks = self.pool_masks.float() if self.num_classes == 1 else self.pool_masks.long()
-        edges = edges_from_masks(masks) if self.cfg.data.edges and self.num_classes == 1 else None
+        edges = edges_from_masks((masks >= 0.5).float()) if self.cfg.data.edges and self.num_classes == 1 else None
         return CaseTensors(
             ids=[self.unlabeled.ids[i] for i in self.pool_index.tolist()],
             images=self.unlabeled.images[self.pool_index],

@@ -327,14 +327,18 @@ def export(
     return export_run(model, format, output, checkpoint, prompts=list(prompts))
 
 
-def import_weights(format: str, file: str | Path, output: str | Path, prior: str | Path | None = None) -> Path:
+def import_weights(
+    format: str, file: str | Path, output: str | Path, prior: str | Path | None = None, tokenizer: str | Path | None = None
+) -> Path:
     """Turn an author's released checkpoint into a covseg run folder (``covseg weights import``).
 
     ``format`` names a registered checkpoint format (``covseg weights formats``); the file is read
     with ``weights_only=True``. Returns the run folder, which ``predict``, ``evaluate``,
     ``explain`` and ``export`` use like a trained one; ``provenance.json`` records the source.
     ``prior`` is the binary run a cascade format (``infnet-multiclass``) reads its map from.
+    Format ``clip`` writes a CLIP model folder for ``cris`` instead (``tokenizer``: OpenAI's
+    ``bpe_simple_vocab_16e6.txt.gz`` or a CLIP tokenizer folder; see docs/weights.md).
     """
     from covseg.runs.importers import import_weights as run_import
 
-    return run_import(format, file, output, prior)
+    return run_import(format, file, output, prior, tokenizer)

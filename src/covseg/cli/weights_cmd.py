@@ -15,15 +15,26 @@ def import_(
     format: str = typer.Option(..., "--format", "-f", help="Checkpoint format (covseg weights formats)."),
     output: Path = typer.Option(..., "--output", "-o", metavar="RUN_DIR", help="Run folder to write."),
     prior: Path | None = typer.Option(None, "--prior", metavar="RUN_DIR", help="Binary run whose infection map a cascade format (infnet-multiclass) reads."),
+    tokenizer: Path | None = typer.Option(
+        None, "--tokenizer", metavar="BPE", help="clip format: OpenAI's bpe_simple_vocab_16e6.txt.gz or a CLIP tokenizer folder (for the text tower)."
+    ),
 ) -> None:
-    """Turn an author's checkpoint into a run folder for predict, evaluate, explain and export."""
+    """Turn an author's checkpoint into a run folder for predict, evaluate, explain and export (clip: a CLIP folder for cris)."""
     from rich.console import Console
     from rich.markup import escape
 
     from covseg.api import import_weights
+    from covseg.runs.importers import get_format
 
-    path = import_weights(format, file, output, prior)
-    Console(stderr=True, highlight=False).print(f"[bold green]imported[/] {escape(str(file))} → run folder {escape(str(path))}", soft_wrap=True)
+    path = import_weights(format, file, output, prior, tokenizer)
+    console = Console(stderr=True, highlight=False)
+    usage = getattr(get_format(format), "usage", None)
+    if usage is None:
+        console.print(f"[bold green]imported[/] {escape(str(file))} → run folder {escape(str(path))}", soft_wrap=True)
+        return
+    console.print(f"[bold green]imported[/] {escape(str(file))} → model folder {escape(str(path))}", soft_wrap=True)
+    for line in usage(path):
+        console.print(f"  {escape(line)}", soft_wrap=True)
 
 
 @app.command("formats")

@@ -157,12 +157,15 @@ def _prior_spec(fmt: CheckpointFormat, prior: str | Path | None) -> dict[str, An
     return {"prior": {"run": str(Path(prior).resolve()), "checkpoint": "best"}}
 
 
-def import_weights(format: str, file: str | Path, output: str | Path, prior: str | Path | None = None) -> Path:
+def import_weights(
+    format: str, file: str | Path, output: str | Path, prior: str | Path | None = None, tokenizer: str | Path | None = None
+) -> Path:
     """Turn a released checkpoint ``file`` of ``format`` into the run folder ``output``; returns its path.
 
     The folder records where the weights came from (``provenance.json`` and ``model.json``'s
     ``provenance``: file name, SHA-256, format, the authors' code it matches). A cascade format
-    (``infnet-multiclass``) needs ``prior``, the binary run whose infection map it reads.
+    (``infnet-multiclass``) needs ``prior``, the binary run whose infection map it reads. An
+    encoder format (``clip``) writes its own model folder (``import_folder``), with ``tokenizer``.
     """
     import torch
 
@@ -173,6 +176,12 @@ def import_weights(format: str, file: str | Path, output: str | Path, prior: str
     from covseg.utils.outputs import OutputFolder
 
     fmt = get_format(format)
+    if hasattr(fmt, "import_folder"):  # an encoder, not a segmentation model (covseg.runs.formats_clip)
+        if prior is not None:
+            raise CovsegError(f"format {format} takes no prior run (--prior is for a cascade format)")
+        return fmt.import_folder(file, output, tokenizer=tokenizer)
+    if tokenizer is not None:
+        raise CovsegError(f"format {fmt.name} takes no tokenizer (--tokenizer is for the clip format)")
     file = Path(file)
     prior_spec = _prior_spec(fmt, prior)
     state = read_state_dict(file)

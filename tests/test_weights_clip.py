@@ -247,9 +247,13 @@ def test_tokenizer_from_the_bpe_file_has_the_authors_ids(bpe, folders):
     assert ids == [532, vocab["left</w>"], vocab["lung</w>"], vocab["infection</w>"], 533]
     info = json.loads((folders["vit"] / "clip_import.json").read_text())
     assert info["tokenizer"] is True and info["architecture"]["vision"] == "vit" and info["format"] == "clip"
-    with pytest.raises(CovsegError, match="not its tokenizer"):
+    with pytest.raises(CovsegError, match="not its tokenizer"):  # checked before anything is written
         import_clip(_saved(folders["vit"].parent / "big.pt", {**author_state("vit"), "token_embedding.weight": torch.zeros(600, 64)}),
                     folders["vit"].parent / "big", tokenizer=bpe)  # fmt: skip
+    assert not (folders["vit"].parent / "big").exists()
+    flat = {**author_state("vit"), "visual.conv1.weight": torch.tensor(0.0)}  # a scalar under a 4-d name
+    with pytest.raises(CovsegError, match="too few dimensions"):
+        infer_architecture(flat)
 
 
 @pytest.mark.parametrize("kind", ["vit", "rn"])

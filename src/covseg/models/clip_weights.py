@@ -167,16 +167,31 @@ def infer_architecture(state: dict[str, torch.Tensor], source: str | Path | None
             vision, patch, resolution = "resnet", None, grid * 32
     except KeyError as exc:
         raise CovsegError(f"not an OpenAI-CLIP state dict: no {exc.args[0]} tensor", source) from None
+    except IndexError:
+        raise CovsegError(
+            "not an OpenAI-CLIP state dict: a tensor has too few dimensions for its name", source
+        ) from None
+    try:
+        text = (
+            state["text_projection"].shape[1],
+            state["positional_embedding"].shape[0],
+            state["token_embedding.weight"].shape[0],
+        )
+        text_width = state["ln_final.weight"].shape[0]
+    except IndexError:
+        raise CovsegError(
+            "not an OpenAI-CLIP state dict: a text tensor has too few dimensions for its name", source
+        ) from None
     return ClipArchitecture(
         vision=vision,
         vision_width=int(width),
         vision_layers=layers,
         vision_patch_size=None if patch is None else int(patch),
         image_resolution=int(resolution),
-        embed_dim=int(state["text_projection"].shape[1]),
-        context_length=int(state["positional_embedding"].shape[0]),
-        vocab_size=int(state["token_embedding.weight"].shape[0]),
-        text_width=int(state["ln_final.weight"].shape[0]),
+        embed_dim=int(text[0]),
+        context_length=int(text[1]),
+        vocab_size=int(text[2]),
+        text_width=int(text_width),
         text_layers=len({k.split(".")[2] for k in state if k.startswith("transformer.resblocks.")}),
     )
 

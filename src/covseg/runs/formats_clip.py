@@ -82,8 +82,8 @@ def vocabulary_from_bpe(path: Path) -> tuple[dict[str, int], list[str]]:
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def write_tokenizer(source: Path, output: Path, arch: ClipArchitecture) -> None:
-    """``vocab.json``, ``merges.txt`` and ``tokenizer_config.json`` from a BPE file or a tokenizer folder."""
+def read_tokenizer(source: Path, arch: ClipArchitecture) -> tuple[dict[str, int], str]:
+    """The vocabulary and ``merges.txt`` text of a BPE file or a tokenizer folder, checked against the text tower."""
     if source.is_dir():
         if not ((source / "vocab.json").is_file() and (source / "merges.txt").is_file()):
             raise CovsegError(
@@ -108,6 +108,11 @@ def write_tokenizer(source: Path, output: Path, arch: ClipArchitecture) -> None:
             f"tokenizer has {len(vocab)} tokens (end of text {vocab.get(END)}), the checkpoint's text tower {arch.vocab_size}: not its tokenizer",
             source,
         )
+    return vocab, merges_text
+
+
+def write_tokenizer(vocab: dict[str, int], merges_text: str, output: Path, arch: ClipArchitecture) -> None:
+    """``vocab.json``, ``merges.txt`` and ``tokenizer_config.json`` of a CLIP tokenizer."""
     (output / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (output / "merges.txt").write_text(merges_text, encoding="utf-8")
     config = {
@@ -125,13 +130,21 @@ def hf_model(arch: ClipArchitecture, state: dict[str, Any], source: Path) -> Any
     """The Hugging Face model holding the converted tensors (every name and shape checked)."""
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModelWithProjection
 
-    if arch.vision == "vit":
-        config = CLIPConfig(
-            text_config=text_config(arch), vision_config=vision_config(arch), projection_dim=arch.embed_dim
-        )
-        model, towers = CLIPModel(config), ("vision", "text")
-    else:
-        model, towers = CLIPTextModelWithProjection(CLIPTextConfig(**text_config(arch))), ("text",)
+    try:
+        if arch.vision == "vit":
+            config = CLIPConfig(
+                text_config=text_config(arch),
+                vision_config=vision_config(arch),
+                projection_dim=arch.embed_dim,
+            )
+            model, towers = CLIPModel(config), ("vision", "text")
+        else:
+            model, towers = CLIPTextModelWithProjection(CLIPTextConfig(**text_config(arch))), ("text",)
+    except (ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CovsegError(
+            f"no CLIP has the sizes these tensors imply ({arch.name}: {first})", source
+        ) from None
     mapped = openai_to_hf(state, towers, source)
     expected = model.state_dict()
     missing = [k for k in expected if k not in mapped and not k.endswith("position_ids")]
@@ -184,6 +197,7 @@ def import_clip(file: str | Path, output: str | Path, tokenizer: str | Path | No
     )
     folder.validate()
     model = hf_model(arch, state, file)
+    words = read_tokenizer(Path(tokenizer).expanduser(), arch) if tokenizer else None
     out = folder.prepare()
     with folder.lock():
         model.save_pretrained(str(out), safe_serialization=True)
@@ -192,8 +206,8 @@ def import_clip(file: str | Path, output: str | Path, tokenizer: str | Path | No
                 k.removeprefix("visual."): v.contiguous() for k, v in state.items() if k.startswith("visual.")
             }
             save_file(visual, str(out / "visual.safetensors"))
-        if tokenizer:
-            write_tokenizer(Path(tokenizer).expanduser(), out, arch)
+        if words is not None:
+            write_tokenizer(*words, out, arch)
         else:
             for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
                 # a stale tokenizer of an earlier import is not this one's

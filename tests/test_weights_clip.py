@@ -153,6 +153,11 @@ def test_vit_keys_map_one_to_one_onto_hugging_face_clip():
     assert torch.equal(qkv, state["visual.transformer.resblocks.1.attn.in_proj_weight"])
     assert torch.equal(mapped["text_projection.weight"], state["text_projection"].t())
     assert torch.equal(mapped["vision_model.pre_layrnorm.bias"], state["visual.ln_pre.bias"])
+    causal = torch.full((16, 16), float("-inf")).triu(1)  # a buffer older open_clip files carry
+    assert (
+        openai_to_hf({**state, "attn_mask": causal, "input_resolution": torch.tensor(32)}).keys()
+        == mapped.keys()
+    )
     with pytest.raises(CovsegError, match=r"1 tensor\(s\) with no Hugging Face name, e\.g\. visual\.extra"):
         openai_to_hf({**state, "visual.extra": torch.zeros(1)})
 

@@ -219,8 +219,8 @@ _FIXED = {
     "ln_final.bias": "text_model.final_layer_norm.bias",
     "logit_scale": "logit_scale",
 }
-#: buffers of the authors' model that are not weights (``build_model`` deletes them too)
-_NOT_WEIGHTS = ("input_resolution", "context_length", "vocab_size")
+#: buffers that are not weights: ``build_model`` deletes the first three; older open_clip saved the causal mask
+_NOT_WEIGHTS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
 
 def _block_key(rest: str, prefix: str) -> dict[str, str] | None:

@@ -328,7 +328,12 @@ def export(
 
 
 def import_weights(
-    format: str, file: str | Path, output: str | Path, prior: str | Path | None = None, text_encoder: str | Path | None = None
+    format: str,
+    file: str | Path,
+    output: str | Path,
+    prior: str | Path | None = None,
+    text_encoder: str | Path | None = None,
+    tokenizer: str | Path | None = None,
 ) -> Path:
     """Turn an author's released checkpoint into a covseg run folder (``covseg weights import``).
 
@@ -337,7 +342,9 @@ def import_weights(
     ``explain`` and ``export`` use like a trained one; ``provenance.json`` records the source.
     ``prior`` is the binary run a cascade format (``infnet-multiclass``) reads its map from;
     ``text_encoder`` the local Hugging Face folder a text-guided format (``lvit``: BERT-base) reads captions with.
+    Format ``clip`` writes a CLIP model folder for ``cris`` instead (``tokenizer``: OpenAI's
+    ``bpe_simple_vocab_16e6.txt.gz`` or a CLIP tokenizer folder; see docs/weights.md).
     """
     from covseg.runs.importers import import_weights as run_import
 
-    return run_import(format, file, output, prior, text_encoder)
+    return run_import(format, file, output, prior, text_encoder=text_encoder, tokenizer=tokenizer)

@@ -25,7 +25,7 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
         "covseg.data.layouts.dicom",
         "covseg.data.layouts.folder",
     ),
-    "encoder": ("covseg.models.encoders", "covseg.models.clip_encoder", "covseg.models.res2net", "covseg.models.resnet50", "covseg.models.vgg16"),
+    "encoder": ("covseg.models.encoders", "covseg.models.clip_encoder", "covseg.models.clip_resnet", "covseg.models.res2net", "covseg.models.resnet50", "covseg.models.vgg16"),
     "model": (
         "covseg.models.unet",
         "covseg.models.resunet",
@@ -51,7 +51,7 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
     "inferer": ("covseg.engine.inferers",),
     "input adapter": ("covseg.engine.adapters",),
     "sampler": ("covseg.training.sampling",),
-    "checkpoint format": ("covseg.runs.importers", "covseg.runs.formats_lvit"),
+    "checkpoint format": ("covseg.runs.importers", "covseg.runs.formats_lvit", "covseg.runs.formats_clip"),
     "optimiser": ("covseg.training.optim",),
     "schedule": ("covseg.training.schedule",),
     "file format": ("covseg.data.imageio",),

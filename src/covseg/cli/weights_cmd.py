@@ -18,15 +18,25 @@ def import_(
     text_encoder: Path | None = typer.Option(
         None, "--text-encoder", metavar="DIR", help="Local Hugging Face text encoder folder a text-guided format reads captions with (lvit: BERT-base, 768-d)."
     ),
+    tokenizer: Path | None = typer.Option(
+        None, "--tokenizer", metavar="BPE", help="clip format: OpenAI's bpe_simple_vocab_16e6.txt.gz or a CLIP tokenizer folder (for the text tower)."
+    ),
 ) -> None:
-    """Turn an author's checkpoint into a run folder for predict, evaluate, explain and export."""
+    """Turn an author's checkpoint into a run folder for predict, evaluate, explain and export (clip: a CLIP folder for cris)."""
     from rich.console import Console
     from rich.markup import escape
 
     from covseg.api import import_weights
+    from covseg.runs.importers import get_format
 
-    path = import_weights(format, file, output, prior, text_encoder)
+    path = import_weights(format, file, output, prior, text_encoder=text_encoder, tokenizer=tokenizer)
     console = Console(stderr=True, highlight=False)
+    usage = getattr(get_format(format), "usage", None)
+    if usage is not None:
+        console.print(f"[bold green]imported[/] {escape(str(file))} → model folder {escape(str(path))}", soft_wrap=True)
+        for line in usage(path):
+            console.print(f"  {escape(line)}", soft_wrap=True)
+        return
     console.print(f"[bold green]imported[/] {escape(str(file))} → run folder {escape(str(path))}", soft_wrap=True)
     from covseg.runs.folder import RunFolder
 

@@ -7,7 +7,9 @@ decoding: a prompt-conditioned decoder over frozen vision-language features.
 
 The weights come from a **local directory** only (``pretrained_dir``): ``config.json``,
 ``model.safetensors`` and the CLIP tokenizer files, as ``save_pretrained`` writes them, e.g.
-a copy of ``CIDAS/clipseg-rd64-refined``. Nothing is downloaded. The model owns its tokenizer, so
+a copy of ``CIDAS/clipseg-rd64-refined``. Nothing is downloaded. A plain CLIP ViT folder
+(``covseg weights import --format clip --tokenizer ...``) works too: CLIP is then that folder's and
+the decoder starts at random, to be trained (``clipseg_on_clip``). The model owns its tokenizer, so
 its text input is token ids (``text_input = "ids"``): ``forward(x, input_ids, attention_mask)``,
 with :meth:`CLIPSeg.tokenize` making them from strings.
 
@@ -36,6 +38,40 @@ from covseg.utils.paths import expand
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _model_type(path) -> str:
+    import json
+
+    try:
+        return str(json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def clipseg_on_clip(path) -> Any:
+    """A CLIPSeg whose frozen CLIP is a plain CLIP folder (``covseg weights import --format clip``) and
+    whose decoder starts at random (it trains, as CLIPSeg's did on frozen CLIP): CLIPSeg's default
+    reduce width 64 and activations at a quarter, half and three quarters of the ViT's depth (3, 6, 9
+    of ViT-B/16's 12 layers, as CLIPSeg reads them)."""
+    from transformers import CLIPModel, CLIPSegConfig, CLIPSegForImageSegmentation
+
+    from covseg.utils.hf import load_hf_pretrained
+
+    clip = load_hf_pretrained(CLIPModel, path)
+    depth = int(clip.config.vision_config.num_hidden_layers)
+    config = CLIPSegConfig(
+        text_config=clip.config.text_config.to_dict(),
+        vision_config=clip.config.vision_config.to_dict(),
+        projection_dim=int(clip.config.projection_dim),
+        extract_layers=[min(depth - 1, depth * k // 4) for k in (1, 2, 3)],
+    )
+    net = CLIPSegForImageSegmentation(config)
+    result = net.clip.load_state_dict(clip.state_dict(), strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
+    if missing or result.unexpected_keys:
+        raise CovsegError(f"CLIP folder does not fit CLIPSeg's CLIP: missing {missing[:3]}, unknown {result.unexpected_keys[:3]}", path)
+    return net
 
 
 class CLIPSeg(TextSegmentationModel):
@@ -76,7 +112,7 @@ class CLIPSeg(TextSegmentationModel):
                 "save_pretrained, e.g. a copy of CIDAS/clipseg-rd64-refined, and give that folder)",
                 path,
             )
-        self.net = load_hf_pretrained(CLIPSegForImageSegmentation, path)
+        self.net = clipseg_on_clip(path) if _model_type(path) == "clip" else load_hf_pretrained(CLIPSegForImageSegmentation, path)
         self.tokenizer = load_hf_pretrained(AutoTokenizer, path)
         self.image_size = int(image_size or self.net.config.vision_config.image_size)
         self.max_length = int(min(max_length, self.net.config.text_config.max_position_embeddings))

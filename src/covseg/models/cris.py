@@ -16,10 +16,12 @@ CRIS segments what a sentence refers to in three steps, all kept here:
 
 ``forward_train`` returns ``logits`` (the scores upsampled to the input) and ``t2p`` (the stride-4
 scores); the shipped config trains ``logits`` with Dice and ``t2p`` with that contrastive BCE
-(``loss.terms``). Changes from the paper, for a CPU and for covseg's offline encoders: the
-image encoder is a registered CNN (``efficientnet-lite0`` with ImageNet weights, or ``resnet``)
-instead of CLIP's ResNet/ViT, the text encoder is the offline MiniLM (or any local Hugging Face
-encoder folder, e.g. a CLIP text tower: ``extra.text.encoder``), the text kernel is 1×1 after a
+(``loss.terms``). CRIS's encoders are CLIP's: ``encoder: clip-resnet`` (RN50/RN101) or
+``clip-vision`` (ViT) with CLIP's text tower as ``extra.text.encoder``, from a folder that
+``covseg weights import --format clip`` makes of a CLIP state dict (config ``cris_clip_qata``).
+Changes from the paper, for a CPU and for covseg's offline encoders: ``cris_qata``'s image
+encoder is a registered CNN (``efficientnet-lite0`` with ImageNet weights, or ``resnet``) and its
+text encoder the offline MiniLM (no CLIP weights ship with covseg), the text kernel is 1×1 after a
 3×3 convolution of the pixel features (CRIS generates a 3×3 kernel), and the projector fuses the
 stride-4 encoder features on its way up. A learned null token and null sentence make a missing
 text well defined, as in the other text models.

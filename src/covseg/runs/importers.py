@@ -177,7 +177,12 @@ def _text_spec(fmt: CheckpointFormat, text_encoder: str | Path | None) -> dict[s
 
 
 def import_weights(
-    format: str, file: str | Path, output: str | Path, prior: str | Path | None = None, text_encoder: str | Path | None = None
+    format: str,
+    file: str | Path,
+    output: str | Path,
+    prior: str | Path | None = None,
+    text_encoder: str | Path | None = None,
+    tokenizer: str | Path | None = None,
 ) -> Path:
     """Turn a released checkpoint ``file`` of ``format`` into the run folder ``output``; returns its path.
 
@@ -185,6 +190,7 @@ def import_weights(
     ``provenance``: file name, SHA-256, format, the authors' code it matches). A cascade format
     (``infnet-multiclass``) needs ``prior``, the binary run whose infection map it reads; a
     text-guided format (``lvit``) reads captions with ``text_encoder``, a local Hugging Face folder.
+    An encoder format (``clip``) writes its own model folder (``import_folder``), with ``tokenizer``.
     """
     import torch
 
@@ -195,6 +201,14 @@ def import_weights(
     from covseg.utils.outputs import OutputFolder
 
     fmt = get_format(format)
+    if hasattr(fmt, "import_folder"):  # an encoder, not a segmentation model (covseg.runs.formats_clip)
+        if prior is not None:
+            raise CovsegError(f"format {format} takes no prior run (--prior is for a cascade format)")
+        if text_encoder is not None:
+            raise CovsegError(f"format {format} takes no text encoder (--text-encoder is for a text-guided format)")
+        return fmt.import_folder(file, output, tokenizer=tokenizer)
+    if tokenizer is not None:
+        raise CovsegError(f"format {fmt.name} takes no tokenizer (--tokenizer is for the clip format)")
     file = Path(file)
     prior_spec = _prior_spec(fmt, prior)
     text_spec = _text_spec(fmt, text_encoder)

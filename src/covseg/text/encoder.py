@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import zlib
 from collections.abc import Sequence
@@ -116,7 +115,9 @@ def resolve_name(name: str) -> str:
         return MINILM if minilm_available() else EMBEDDING
     if name in (MINILM, EMBEDDING):
         return name
-    path = Path(os.path.expanduser(name))
+    from covseg.utils.paths import expand
+
+    path = expand(name)  # ~ and environment variables (a config's ``encoder: ${CLIP_WEIGHTS}``)
     if not path.is_dir():
         raise TextEncoderUnavailable(
             "text encoder folder not found (nothing is downloaded: give a local folder holding a Hugging Face "

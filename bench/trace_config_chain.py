@@ -2,7 +2,7 @@
 
 Runs ``covseg train`` (1 epoch, a tiny U-Net on 16 phantom images of 32², in a temporary folder) under
 ``sys.setprofile`` and records every covseg function that is handed the training config: an
-argument that is a config section (a pydantic model of :mod:`covseg.training.config`) or holds one
+argument that is a config section (a pydantic model of :mod:`covseg.training.config` or its ``config_*`` section modules) or holds one
 as ``.cfg`` (the trainer, a source context), the ``covseg train`` command and ``load_config``. The "current module"
 follows calls and returns among those frames, counting each function's first call only (a loop
 over cases counts once); consecutive repeats are merged. Tracing stops at the
@@ -45,7 +45,8 @@ def main() -> None:
     done = [False]
 
     def is_config(v: object) -> bool:
-        return isinstance(v, BaseModel) and type(v).__module__ == "covseg.training.config"
+        # the sections live in covseg.training.config and its config_* neighbours
+        return isinstance(v, BaseModel) and type(v).__module__.startswith("covseg.training.config")
 
     def carries_config(frame) -> bool:
         name = frame.f_globals.get("__name__", "")

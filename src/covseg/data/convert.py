@@ -31,19 +31,23 @@ from covseg.data.imageio import (
     write_mask,
 )
 from covseg.data.index import DatasetIndex
-from covseg.data.intensity import HU, LUNG_WINDOW, space_of, to_unit
+from covseg.data.intensity import HU, space_of, to_unit
 from covseg.data.layouts import INFNET_MASK_DIRS, list_splits, open_dataset
 from covseg.data.sample import CaseRecord
+from covseg.data.slicing import WINDOWS, apply_window, axial_slices, parse_window
 from covseg.errors import CovsegError, DataError, OutputError
 from covseg.utils.atomic import write_bytes, write_json
 from covseg.utils.outputs import OutputFolder, write_csv
 
-WINDOWS: dict[str, tuple[float, float]] = {
-    "lung": LUNG_WINDOW,  # W1500 L-500
-    "mediastinum": (-160.0, 240.0),  # W400 L40
-    "abdomen": (-150.0, 250.0),  # W400 L50
-    "display": (0.0, 255.0),  # volumes already stored as 0..255 grey values (stacked 8-bit slices): unchanged
-}
+__all__ = [
+    "TARGETS",
+    "WINDOWS",
+    "ConvertReport",
+    "apply_window",
+    "axial_slices",
+    "convert_dataset",
+    "parse_window",
+]
 
 TARGETS: dict[str, dict[str, str]] = {
     "folder": {"image": "images", "mask": "masks", "edge": "edges"},
@@ -80,59 +84,6 @@ class ConvertReport:
             "failed": [{"case": c, "problem": p} for c, p in self.failed],
             "notes": self.notes,
         }
-
-
-def parse_window(text: str | tuple[float, float] | None) -> tuple[float, float] | None:
-    """``"lung"`` or ``"-1250,250"`` → ``(low, high)`` in HU; None stays None."""
-    if text is None or isinstance(text, tuple):
-        return text
-    key = text.strip().lower()
-    if key in WINDOWS:
-        return WINDOWS[key]
-    try:
-        low, high = (float(v) for v in key.replace(":", ",").split(","))
-    except ValueError:
-        raise DataError(f"bad window {text!r}: give 'low,high' in HU or one of {', '.join(WINDOWS)}") from None
-    if not high > low:
-        raise DataError(f"bad window {text!r}: high must exceed low")
-    return low, high
-
-
-def apply_window(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """Map HU to 0..255: ``round(clip((v - low) / (high - low), 0, 1) * 255)`` as uint8."""
-    low, high = window
-    scaled = np.clip((np.asarray(values, dtype=np.float64) - low) / (high - low), 0.0, 1.0) * 255.0
-    return np.rint(scaled).astype(np.uint8)
-
-
-def axial_slices(
-    volume: np.ndarray, affine: np.ndarray, orientation: str = "radiological"
-) -> tuple[np.ndarray, tuple[float, float], np.ndarray]:
-    """Cut a volume into axial slices for display: ``(slices (Z, rows, cols), (row_mm, col_mm), z_mm)``.
-
-    The volume is reoriented (nibabel ``io_orientation``) so that its axes run patient
-    left, posterior, superior (LPS); slice ``k`` is then ``vol[:, :, k].T``: rows run anterior
-    → posterior (anterior at the top), columns patient right → left (the patient's right on
-    the viewer's left: radiological). ``neurological`` mirrors the columns (patient's right on
-    the right). Slices go inferior → superior; ``z_mm`` is each slice's superior coordinate.
-    """
-    import nibabel.orientations as nio
-
-    if orientation not in ("radiological", "neurological"):
-        raise ValueError(f"orientation must be 'radiological' or 'neurological', got {orientation!r}")
-    target = ("L", "P", "S") if orientation == "radiological" else ("R", "P", "S")
-    ornt = nio.ornt_transform(nio.io_orientation(affine), nio.axcodes2ornt(target))
-    oriented = nio.apply_orientation(np.asarray(volume), ornt)
-    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
-    spacing = [0.0, 0.0, 0.0]
-    for axis_in, (axis_out, _) in enumerate(ornt):
-        spacing[int(axis_out)] = float(zooms[axis_in])
-    new_affine = np.asarray(affine) @ nio.inv_ornt_aff(ornt, np.asarray(volume).shape[:3])
-    z_mm = np.array([(new_affine @ np.array([0.0, 0.0, k, 1.0]))[2] for k in range(oriented.shape[2])])
-    slices = np.ascontiguousarray(np.transpose(oriented, (2, 1, 0, *range(3, oriented.ndim))))
-    return slices, (spacing[1], spacing[0]), z_mm
-
-
 def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
     s, d = src.resolve(), dst.resolve()
     if s == d or s in d.parents or d in s.parents:
@@ -408,6 +359,3 @@ def _input_files(rec: CaseRecord) -> list[Path]:
     files = [Path(rec.image), *(Path(p) for p in rec.meta.get("channels", []))]
     files += [Path(p) for p in (rec.mask, rec.edge) if p is not None]
     return files + [Path(p) for p in rec.masks.values()]
-
-
-

@@ -69,7 +69,9 @@ def main() -> None:
         if done[0]:
             return
         if event == "call":
-            if frame.f_code.co_name == "step" and "torch/optim" in frame.f_code.co_filename.replace("\\", "/"):
+            if frame.f_code.co_name == "step" and "torch/optim" in frame.f_code.co_filename.replace(
+                "\\", "/"
+            ):
                 done[0] = True
                 return
             name = frame.f_globals.get("__name__", "")
@@ -98,8 +100,10 @@ def main() -> None:
         left.add(prev)
         back += cur in left
     print(" -> ".join(short))
-    print(f"steps {len(short)}, distinct modules {len(set(short))}, trainer.py entered {short.count('training.trainer')} times, "
-          f"entries back to a module already left {back}")
+    print(
+        f"steps {len(short)}, distinct modules {len(set(short))}, trainer.py entered {short.count('training.trainer')} times, "
+        f"entries back to a module already left {back}"
+    )
 
 
 if __name__ == "__main__":

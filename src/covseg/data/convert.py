@@ -40,7 +40,9 @@ __all__ = [
 def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
     s, d = src.resolve(), dst.resolve()
     if s == d or s in d.parents or d in s.parents:
-        raise DataError(f"destination must lie outside the source (source: {src}) so inputs are never modified", dst)
+        raise DataError(
+            f"destination must lie outside the source (source: {src}) so inputs are never modified", dst
+        )
     if d.exists() and not d.is_dir():
         raise DataError("destination exists and is not a folder", dst)
     if d.exists() and any(d.iterdir()) and not overwrite:
@@ -92,7 +94,9 @@ def convert_dataset(
             index.records[0].mask = Path(mask)
         jobs = [(index, dst)]
     # a pair list may name files anywhere, the destination included: no output may replace one of them
-    options.guard = OutputFolder(dst, "data convert", [p for index, _ in jobs for rec in index.records for p in _input_files(rec)])
+    options.guard = OutputFolder(
+        dst, "data convert", [p for index, _ in jobs for rec in index.records for p in _input_files(rec)]
+    )
     total = sum(len(index.records) for index, _ in jobs)
     done = 0
     for index, out in jobs:
@@ -128,9 +132,13 @@ def convert_dataset(
             reread = " (the folder layout reads it back)" if to == "folder" else ""
             report.notes.append(f"{len(texts)} texts written to {out / 'texts.json'}{reread}")
     if options.uncarried:
-        report.notes.append(f"not carried to {to}: " + ", ".join(f"{k} ({v})" for k, v in sorted(options.uncarried.items())))
+        report.notes.append(
+            f"not carried to {to}: " + ", ".join(f"{k} ({v})" for k, v in sorted(options.uncarried.items()))
+        )
     if options.reencoded:
-        report.notes.append(f"{options.reencoded} masks re-encoded as PNG (0/255 for binary; the source stored them differently)")
+        report.notes.append(
+            f"{options.reencoded} masks re-encoded as PNG (0/255 for binary; the source stored them differently)"
+        )
     return report
 
 

@@ -107,7 +107,9 @@ def _copy(src: Path, dst: Path, options: _Options, report: ConvertReport) -> Non
     options.put(report, dst, lambda p: write_bytes(p, data))
 
 
-def _write_binary_like(src: Path, dst_dir: Path, name: str, options: _Options, report: ConvertReport, role: str = "mask") -> None:
+def _write_binary_like(
+    src: Path, dst_dir: Path, name: str, options: _Options, report: ConvertReport, role: str = "mask"
+) -> None:
     """Copy a mask when the target reads it as it is, else re-encode it as a 0/255 (or index) PNG.
 
     Binary masks and edges must be grey 0/255 (Inf-Net's loader converts to grey and divides
@@ -122,7 +124,9 @@ def _write_binary_like(src: Path, dst_dir: Path, name: str, options: _Options, r
         _copy(src, dst_dir / f"{name}.png", options, report)
         return
     labels = info.labels if keep_labels else (info.labels > 0).astype(np.uint8)
-    options.put(report, dst_dir / f"{name}.png", lambda p: write_mask(p, labels, scale_binary=not keep_labels))
+    options.put(
+        report, dst_dir / f"{name}.png", lambda p: write_mask(p, labels, scale_binary=not keep_labels)
+    )
     options.reencoded += 1
 
 
@@ -154,7 +158,15 @@ def _image_suffix(path: Path) -> str:
     return ".jpg" if suf == ".jpeg" else suf
 
 
-def _write_cosup(rec: CaseRecord, name: str, image_dir: Path, mask_dir: Path, edge_dir: Path, options: _Options, report: ConvertReport) -> None:
+def _write_cosup(
+    rec: CaseRecord,
+    name: str,
+    image_dir: Path,
+    mask_dir: Path,
+    edge_dir: Path,
+    options: _Options,
+    report: ConvertReport,
+) -> None:
     """Co-supervision files share one name in all three folders: PNG image, mask 0/1, edge 0/255
     (its loader divides image and edge by 255 but uses the mask as read)."""
     if suffix_of(rec.image) == ".png":
@@ -165,7 +177,11 @@ def _write_cosup(rec: CaseRecord, name: str, image_dir: Path, mask_dir: Path, ed
     if rec.mask is None:
         return
     mask = read_mask(rec.mask)
-    options.put(report, mask_dir / f"{name}.png", lambda p: write_mask(p, (mask > 0).astype(np.uint8), scale_binary=False))
+    options.put(
+        report,
+        mask_dir / f"{name}.png",
+        lambda p: write_mask(p, (mask > 0).astype(np.uint8), scale_binary=False),
+    )
     if rec.edge is not None:
         edge = read_mask(rec.edge) > 0
     elif options.derive_edges:
@@ -180,11 +196,17 @@ def _write_cosup(rec: CaseRecord, name: str, image_dir: Path, mask_dir: Path, ed
         options.uncarried[f"{extra} masks"] = options.uncarried.get(f"{extra} masks", 0) + 1
 
 
-def _convert_volume(rec: CaseRecord, name: str, out: Path, options: _Options, report: ConvertReport) -> list[dict[str, Any]]:
+def _convert_volume(
+    rec: CaseRecord, name: str, out: Path, options: _Options, report: ConvertReport
+) -> list[dict[str, Any]]:
     if len(rec.meta.get("channels", [])) > 1:
-        options.uncarried["channels after the first"] = options.uncarried.get("channels after the first", 0) + 1
+        options.uncarried["channels after the first"] = (
+            options.uncarried.get("channels after the first", 0) + 1
+        )
     volume, _, affine = read_volume(rec.image)
-    space = space_of(rec.image, volume)  # the window is for HU; display or 0..1 volumes are never windowed again
+    space = space_of(
+        rec.image, volume
+    )  # the window is for HU; display or 0..1 volumes are never windowed again
     if space == HU and options.window is None:
         raise DataError("volumes in HU need a window (--window lung or --window low,high)", rec.image)
     slices, spacing, z_mm = axial_slices(volume, affine, options.orientation)
@@ -192,14 +214,19 @@ def _convert_volume(rec: CaseRecord, name: str, out: Path, options: _Options, re
     if rec.mask is not None:
         labels, _, mask_affine = read_label_volume(rec.mask)
         if labels.shape != volume.shape:
-            raise DataError(f"mask size {labels.shape} differs from volume {rec.image} ({volume.shape})", rec.mask)
+            raise DataError(
+                f"mask size {labels.shape} differs from volume {rec.image} ({volume.shape})", rec.mask
+            )
         if not np.allclose(mask_affine, affine, atol=1e-3):
             raise DataError(f"mask affine differs from volume {rec.image}'s", rec.mask)
         if options.labels:
             present = np.unique(labels)
             if not np.isin(options.labels, present).any():
                 shown = ", ".join(str(int(v)) for v in present[:20]) + (", ..." if present.size > 20 else "")
-                raise DataError(f"none of --labels {','.join(str(v) for v in options.labels)} occurs in this mask (it holds {shown})", rec.mask)
+                raise DataError(
+                    f"none of --labels {','.join(str(v) for v in options.labels)} occurs in this mask (it holds {shown})",
+                    rec.mask,
+                )
             labels = np.isin(labels, options.labels).astype(np.uint8)
         mask_slices = axial_slices(labels, affine, options.orientation)[0]
     # One encoding per volume: binary volumes as 0/255 (0/1 for cosup), label volumes as indices.
@@ -214,17 +241,26 @@ def _convert_volume(rec: CaseRecord, name: str, out: Path, options: _Options, re
             pixels = apply_window(slices[k], options.window)
         else:
             pixels = np.rint(to_unit(slices[k], space) * 255.0).astype(np.uint8)
-        options.put(report, options.dir("image", out) / f"{slice_name}.png", lambda p, a=pixels: write_image(p, a, spacing=spacing))
+        options.put(
+            report,
+            options.dir("image", out) / f"{slice_name}.png",
+            lambda p, a=pixels: write_image(p, a, spacing=spacing),
+        )
         if slice_mask is not None:
             options.put(
-                report, options.dir("mask", out) / f"{slice_name}.png",
+                report,
+                options.dir("mask", out) / f"{slice_name}.png",
                 lambda p, m=slice_mask: write_mask(p, m, scale_binary=scale, spacing=spacing),
             )
             if options.derive_edges:
                 from covseg.transforms.edges import mask_to_edge
 
                 edge = mask_to_edge(slice_mask)
-                options.put(report, options.dir("edge", out) / f"{slice_name}.png", lambda p, e=edge: write_mask(p, e, spacing=spacing))
+                options.put(
+                    report,
+                    options.dir("edge", out) / f"{slice_name}.png",
+                    lambda p, e=edge: write_mask(p, e, spacing=spacing),
+                )
         report.slices += 1
         rows.append(
             {
@@ -236,7 +272,9 @@ def _convert_volume(rec: CaseRecord, name: str, out: Path, options: _Options, re
                 "row_mm": spacing[0],
                 "col_mm": spacing[1],
                 "orientation": options.orientation,
-                "window": f"{options.window[0]:g},{options.window[1]:g}" if space == HU and options.window else f"none ({space})",
+                "window": f"{options.window[0]:g},{options.window[1]:g}"
+                if space == HU and options.window
+                else f"none ({space})",
             }
         )
     return rows

@@ -37,13 +37,17 @@ def _open_pil(path: Path, load: bool = True):
         im = Image.open(path)
         frames = int(getattr(im, "n_frames", 1) or 1)
         if frames > 1:
-            raise DataError(f"holds {frames} frames or pages; covseg reads single 2D images (split it first)", path)
+            raise DataError(
+                f"holds {frames} frames or pages; covseg reads single 2D images (split it first)", path
+            )
         if load:
             im.load()
             if exif_rotation(im):
                 from PIL import ImageOps
 
-                im = ImageOps.exif_transpose(im)  # as viewers show it: a phone photo stored sideways is upright
+                im = ImageOps.exif_transpose(
+                    im
+                )  # as viewers show it: a phone photo stored sideways is upright
     except Image.DecompressionBombError as exc:
         raise DataError(f"image too large to decode safely ({str(exc).split(',')[0]})", path) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
@@ -128,7 +132,11 @@ def _to_channels(arr: np.ndarray, channels: int | None, path: Path) -> np.ndarra
         return arr
     if channels == 1:
         if arr.ndim == 3:
-            arr = arr[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32) if arr.shape[-1] >= 3 else arr[..., 0]
+            arr = (
+                arr[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+                if arr.shape[-1] >= 3
+                else arr[..., 0]
+            )
         return arr.astype(np.float32)
     if channels == 3:
         if arr.ndim == 2:
@@ -185,7 +193,9 @@ def _read_dicom_2d(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
         if arr.shape[0] != 1:
             raise DataError(f"DICOM file holds {arr.shape[0]} frames; give a series folder for volumes", path)
         arr = arr[0]
-    arr = arr * float(getattr(ds, "RescaleSlope", 1.0) or 1.0) + float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    arr = arr * float(getattr(ds, "RescaleSlope", 1.0) or 1.0) + float(
+        getattr(ds, "RescaleIntercept", 0.0) or 0.0
+    )
     if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
         arr = arr.max() + arr.min() - arr
     spacing = None
@@ -252,7 +262,11 @@ def _png_info(spacing: tuple[float, float] | None):
 
 
 def write_mask(
-    path: str | Path, mask: np.ndarray, scale_binary: bool = True, *, spacing: tuple[float, float] | None = None
+    path: str | Path,
+    mask: np.ndarray,
+    scale_binary: bool = True,
+    *,
+    spacing: tuple[float, float] | None = None,
 ) -> Path:
     """Write a 2D label map as PNG atomically; binary masks as 0/255 when ``scale_binary``.
 
@@ -282,6 +296,8 @@ def write_image(path: str | Path, image: np.ndarray, *, spacing: tuple[float, fl
     from PIL import Image
 
     arr = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(suffix_of(path), "PNG")
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(
+        suffix_of(path), "PNG"
+    )
     extra = {"pnginfo": _png_info(spacing)} if fmt == "PNG" else {}
     return write_with(path, lambda p: Image.fromarray(arr).save(p, format=fmt, **extra))

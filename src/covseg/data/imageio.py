@@ -49,17 +49,65 @@ from covseg.data.volume_files import _read_nifti, read_label_volume, read_volume
 from covseg.registry import FILE_FORMATS
 
 # The built-in file formats (covseg.data.formats), in the order of the suffix lists derived below.
-register_format(FileFormat("png", (".png",), "image", lambda p: _read_pil_image(p), pillow=True,
-                           write=lambda p, a, **kw: write_image(p, a, **kw), description="PNG (Pillow)"))
-register_format(FileFormat("jpeg", (".jpg", ".jpeg"), "image", lambda p: _read_pil_image(p), pillow=True, description="JPEG (Pillow)"))
-register_format(FileFormat("tiff", (".tif", ".tiff"), "image", _read_tiff_image, lambda p: _read_tiff(p),
-                           description="TIFF, single page (tifffile; deeper than 8 bits scaled to 0..255)"))
-register_format(FileFormat("bmp", (".bmp",), "image", lambda p: _read_pil_image(p), pillow=True, description="BMP (Pillow)"))
-register_format(FileFormat("dicom", (".dcm",), "either", lambda p: _read_dicom_2d(p)[0], listed=False,
-                           description="DICOM: one frame as a 2D image; a folder of them is a series (pydicom)"))
-register_format(FileFormat("npy", (".npy",), "either", lambda p: _read_npy(p), description="NumPy array (no pickles)"))
-register_format(FileFormat("nifti", (".nii", ".nii.gz"), "volume", lambda p: _read_nifti(p),
-                           write=lambda p, v, a, **kw: write_volume(p, v, a, **kw), description="NIfTI volume (nibabel)"))
+register_format(
+    FileFormat(
+        "png",
+        (".png",),
+        "image",
+        lambda p: _read_pil_image(p),
+        pillow=True,
+        write=lambda p, a, **kw: write_image(p, a, **kw),
+        description="PNG (Pillow)",
+    )
+)
+register_format(
+    FileFormat(
+        "jpeg",
+        (".jpg", ".jpeg"),
+        "image",
+        lambda p: _read_pil_image(p),
+        pillow=True,
+        description="JPEG (Pillow)",
+    )
+)
+register_format(
+    FileFormat(
+        "tiff",
+        (".tif", ".tiff"),
+        "image",
+        _read_tiff_image,
+        lambda p: _read_tiff(p),
+        description="TIFF, single page (tifffile; deeper than 8 bits scaled to 0..255)",
+    )
+)
+register_format(
+    FileFormat(
+        "bmp", (".bmp",), "image", lambda p: _read_pil_image(p), pillow=True, description="BMP (Pillow)"
+    )
+)
+register_format(
+    FileFormat(
+        "dicom",
+        (".dcm",),
+        "either",
+        lambda p: _read_dicom_2d(p)[0],
+        listed=False,
+        description="DICOM: one frame as a 2D image; a folder of them is a series (pydicom)",
+    )
+)
+register_format(
+    FileFormat("npy", (".npy",), "either", lambda p: _read_npy(p), description="NumPy array (no pickles)")
+)
+register_format(
+    FileFormat(
+        "nifti",
+        (".nii", ".nii.gz"),
+        "volume",
+        lambda p: _read_nifti(p),
+        write=lambda p, v, a, **kw: write_volume(p, v, a, **kw),
+        description="NIfTI volume (nibabel)",
+    )
+)
 
 # Built-in suffix lists, derived from the FILE_FORMATS registry (covseg.data.formats) when this
 # module is imported; code that must also see formats registered later calls formats.suffixes().

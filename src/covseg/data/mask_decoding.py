@@ -68,7 +68,9 @@ def analyse_mask(path: str | Path) -> MaskInfo:
 
 
 def _from_colour(rgb: np.ndarray, mode: str, path: Path) -> MaskInfo:
-    if rgb.shape[-1] == 1 or (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+    if rgb.shape[-1] == 1 or (
+        np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
+    ):
         return _from_grey(rgb[..., 0], mode, path)
     rgb = rgb.astype(np.uint32) if rgb.dtype.itemsize <= 4 else rgb
     packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]  # 0xRRGGBB for 8-bit colour

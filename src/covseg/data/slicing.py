@@ -29,7 +29,9 @@ def parse_window(text: str | tuple[float, float] | None) -> tuple[float, float] 
     try:
         low, high = (float(v) for v in key.replace(":", ",").split(","))
     except ValueError:
-        raise DataError(f"bad window {text!r}: give 'low,high' in HU or one of {', '.join(WINDOWS)}") from None
+        raise DataError(
+            f"bad window {text!r}: give 'low,high' in HU or one of {', '.join(WINDOWS)}"
+        ) from None
     if not high > low:
         raise DataError(f"bad window {text!r}: high must exceed low")
     return low, high

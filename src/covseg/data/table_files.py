@@ -16,7 +16,9 @@ from covseg.errors import DataError
 from covseg.utils.outputs import from_spreadsheet_safe
 
 
-def _find_column(header: list[str], wanted: str | tuple[str, ...], source: Path, required: bool = True) -> int | None:
+def _find_column(
+    header: list[str], wanted: str | tuple[str, ...], source: Path, required: bool = True
+) -> int | None:
     names = (wanted,) if isinstance(wanted, str) else wanted
     lowered = [str(h).strip().lower() if h is not None else "" for h in header]
     for name in names:
@@ -66,7 +68,11 @@ def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
             if header is None:
                 raise DataError("CSV file is empty", path)
             # covseg's own CSVs (captions.csv, predictions.csv) read back as written: no formula guard apostrophe
-            rows = [(reader.line_num, [from_spreadsheet_safe(c) for c in row]) for row in reader if any(c.strip() for c in row)]
+            rows = [
+                (reader.line_num, [from_spreadsheet_safe(c) for c in row])
+                for row in reader
+                if any(c.strip() for c in row)
+            ]
     except UnicodeDecodeError as exc:
         raise DataError(f"CSV is not UTF-8 text ({exc.reason})", path) from None
     except csv.Error as exc:

@@ -57,6 +57,7 @@ def read_lvit_texts(
         _add(entries, name, TextEntry(text), path, offset, problems)
     return TextTable(entries, path, "lvit")
 
+
 # --- QaTa-COV19 (SGSeg / LViT captions) -------------------------------------------------------
 
 QATA_FIELDS = ("pulmonary_infection", "infected_area", "pseudo_label")
@@ -95,7 +96,10 @@ def read_qata_captions(path: str | Path, problems: list[RowProblem] | None = Non
     entries: dict[str, TextEntry] = {}
     for line, cells in rows:
         raw = {h: (cells[i] if i < len(cells) else None) for i, h in enumerate(header)}
-        name, caption = _clean(cells[ncol] if ncol < len(cells) else None), _clean(cells[ccol] if ccol < len(cells) else None)
+        name, caption = (
+            _clean(cells[ncol] if ncol < len(cells) else None),
+            _clean(cells[ccol] if ccol < len(cells) else None),
+        )
         if name is None:
             _problem(problems, path, line, f"empty {header[ncol]!r} cell")
             continue
@@ -137,7 +141,12 @@ def read_qata_annotation(
                 continue
             caption = _clean(item.get("caption"))
             if caption is None:
-                _problem(problems, path, None, f"{where}: empty 'caption' for {item['image_path']!r} (missing caption)")
+                _problem(
+                    problems,
+                    path,
+                    None,
+                    f"{where}: empty 'caption' for {item['image_path']!r} (missing caption)",
+                )
                 continue
             meta = _qata_meta(item, path, None, problems)
             if meta is None:
@@ -176,11 +185,21 @@ def read_cris_prompts(
             continue
         texts, choices = _cris_texts(item)
         if not texts:
-            _problem(problems, path, None, f"item {i}: no prompts or sentences for {item['mask_name']!r} (missing text)")
+            _problem(
+                problems,
+                path,
+                None,
+                f"item {i}: no prompts or sentences for {item['mask_name']!r} (missing text)",
+            )
             continue
         text = _pick_prompt(texts, prompt)
         if text is None:
-            _problem(problems, path, None, f"item {i}: no prompt {prompt!r} for {item['mask_name']!r} (has {', '.join(texts)})")
+            _problem(
+                problems,
+                path,
+                None,
+                f"item {i}: no prompt {prompt!r} for {item['mask_name']!r} (has {', '.join(texts)})",
+            )
             continue
         meta = {k: item[k] for k in ("img_name", "mask_name", "bbox", "cat", "segment_id") if k in item}
         if choices:
@@ -237,7 +256,9 @@ def read_csv_texts(
     path = Path(path)
     header, rows = _csv_rows(path)
     if key_column is None:
-        kcol = _find_column(header, ("mask", "mask_path", "label", "image", "image_path", "img", "name"), path)
+        kcol = _find_column(
+            header, ("mask", "mask_path", "label", "image", "image_path", "img", "name"), path
+        )
     else:
         kcol = _find_column(header, key_column, path)
     tcol = _find_column(header, text_column if text_column is not None else TEXT_COLUMNS, path)
@@ -256,6 +277,8 @@ def read_csv_texts(
         else:
             entries[key] = TextEntry(text, {f"row{line}": text})
     return TextTable(entries, path, "csv")
+
+
 # --- plain mappings ----------------------------------------------------------------------------
 
 

@@ -102,7 +102,9 @@ def load_texts(
         data = _json(path)
         if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
             return read_qata_annotation(path, split=split, problems=problems)
-        if isinstance(data, list) or (isinstance(data, dict) and any(isinstance(data.get(k), list) for k in ("annotations", "refs"))):
+        if isinstance(data, list) or (
+            isinstance(data, dict) and any(isinstance(data.get(k), list) for k in ("annotations", "refs"))
+        ):
             return read_cris_prompts(path, prompt=prompt, problems=problems)
         return read_text_mapping(path)
     if suffix in (".txt", ".tsv", ""):

@@ -64,7 +64,9 @@ class TextTable(Mapping[str, str]):
     path and try the name forms sources use.
     """
 
-    def __init__(self, entries: dict[str, TextEntry], source: Path | None = None, kind: str = "mapping") -> None:
+    def __init__(
+        self, entries: dict[str, TextEntry], source: Path | None = None, kind: str = "mapping"
+    ) -> None:
         self.entries = entries
         self.source = source
         self.kind = kind

@@ -45,7 +45,9 @@ def read_volume(
         arr, spacing, affine = read_dicom_series(path)
     else:
         fmt = format_of(suffix_of(path))
-        reader = fmt.read if fmt is not None and fmt.kind == "volume" and fmt.read is not None else _read_nifti
+        reader = (
+            fmt.read if fmt is not None and fmt.kind == "volume" and fmt.read is not None else _read_nifti
+        )
         arr, spacing, affine = reader(path)
     _check_geometry(path, spacing, affine)
     if check_finite and not np.isfinite(arr).all():
@@ -83,19 +85,26 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
 def _check_geometry(path: Path, spacing: tuple[float, ...], affine: np.ndarray) -> None:
     """Refuse a volume whose voxel size or voxel-to-world matrix cannot place it in space."""
     if len(spacing) < 3 or not all(np.isfinite(s) and s > 0 for s in spacing[:3]):
-        raise DataError(f"voxel size {list(spacing)} is not positive: volumes and distances would be wrong", path)
+        raise DataError(
+            f"voxel size {list(spacing)} is not positive: volumes and distances would be wrong", path
+        )
     a = np.asarray(affine, dtype=np.float64)
     if a.shape != (4, 4) or not np.all(np.isfinite(a)):
         raise DataError("the affine (voxel-to-world matrix) holds NaN or infinite values", path)
     if abs(float(np.linalg.det(a[:3, :3]))) < 1e-12 * max(1.0, float(np.abs(a[:3, :3]).max()) ** 3):
-        raise DataError("the affine (voxel-to-world matrix) is singular: the volume's axes cannot be placed", path)
+        raise DataError(
+            "the affine (voxel-to-world matrix) is singular: the volume's axes cannot be placed", path
+        )
 
 
 def _raw_pixdim(img, path: Path) -> np.ndarray | None:
     """The voxel size as stored in a NIfTI file's header (nibabel silently replaces zeros by 1 when loading)."""
     import nibabel as nib
 
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)) or suffix_of(path) not in FILE_FORMATS.get("nifti").suffixes:
+    if (
+        not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image))
+        or suffix_of(path) not in FILE_FORMATS.get("nifti").suffixes
+    ):
         return None
     with nib.openers.ImageOpener(str(path)) as f:
         raw = type(img.header).from_fileobj(f, check=False)
@@ -117,7 +126,12 @@ class _quiet_nibabel:
 
 
 def write_volume(
-    path: str | Path, volume: np.ndarray, affine: np.ndarray, dtype: str | None = None, *, descrip: bytes | None = None
+    path: str | Path,
+    volume: np.ndarray,
+    affine: np.ndarray,
+    dtype: str | None = None,
+    *,
+    descrip: bytes | None = None,
 ) -> Path:
     """Write a NIfTI volume atomically with the given affine.
 

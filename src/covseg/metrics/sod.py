@@ -102,6 +102,7 @@ SOD_METRICS: tuple[str, ...] = (
     "max_specificity",
 )
 
+
 def sod_metrics(
     pred: Any,
     gt: Any,
@@ -226,7 +227,9 @@ class SodMetrics(MetricAccumulator):
         scores["adaptive_e_measure"] = adaptive_e_measure(p, g)
         record = {"case_id": self._next_case_id(case_id), **{m: scores[m] for m in SOD_METRICS}}
         self._records.append(record)
-        self._curves.append({name: values[::-1] for name, values in curves.items()})  # ascending, as the default
+        self._curves.append(
+            {name: values[::-1] for name, values in curves.items()}
+        )  # ascending, as the default
         return dict(record)
 
     def reset(self) -> None:

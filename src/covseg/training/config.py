@@ -73,7 +73,9 @@ __all__ = [
 class TrainConfig(_Strict):
     """The whole run: data, preprocessing, augmentation, model, loss, optimiser, schedule."""
 
-    name: str = Field("run", description="The run's name: a file name (the default run folder is runs/<name>).")
+    name: str = Field(
+        "run", description="The run's name: a file name (the default run folder is runs/<name>)."
+    )
     trainer: str = "supervised"
     data: DataConfig
     preprocess: PreprocessConfig = PreprocessConfig()
@@ -92,7 +94,13 @@ class TrainConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _file_name(cls, v: str) -> str:
-        if not v or v in (".", "..") or any(c in v for c in "/\\") or any(ord(c) < 32 for c in v) or len(v) > 128:
+        if (
+            not v
+            or v in (".", "..")
+            or any(c in v for c in "/\\")
+            or any(ord(c) < 32 for c in v)
+            or len(v) > 128
+        ):
             raise ValueError(f"name must be a plain file name (no folders, not '.' or '..'), got {v!r}")
         return v
 
@@ -101,7 +109,9 @@ class TrainConfig(_Strict):
         if self.train.monitor.startswith("dice_c"):
             k = int(self.train.monitor[6:])
             if not 1 <= k < self.data.num_classes:
-                raise ValueError(f"train.monitor {self.train.monitor!r}: no class {k} with data.num_classes={self.data.num_classes}")
+                raise ValueError(
+                    f"train.monitor {self.train.monitor!r}: no class {k} with data.num_classes={self.data.num_classes}"
+                )
         return self
 
 
@@ -135,7 +145,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, raw: dict | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, raw: dict | None = None
+) -> TrainConfig:
     """Load and validate a YAML config (a name like ``unet_covid_semiseg`` finds a shipped one)."""
     if raw is None:
         if path is None:
@@ -152,7 +164,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except OSError as exc:
             raise ConfigError(f"cannot read config ({exc.strerror or type(exc).__name__})", p) from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"invalid YAML ({exc.__class__.__name__}: {str(exc).splitlines()[0]})", p) from None
+            raise ConfigError(
+                f"invalid YAML ({exc.__class__.__name__}: {str(exc).splitlines()[0]})", p
+            ) from None
         if not isinstance(raw, dict):
             raise ConfigError("config must be a mapping", p)
     else:

@@ -26,7 +26,9 @@ class ExtraSource(_Strict):
     layout: str = "auto"
     split: str | None = None
     label: int | None = Field(
-        None, ge=0, description="Class of every case of this source (0 = no infection); default: the labels rule."
+        None,
+        ge=0,
+        description="Class of every case of this source (0 = no infection); default: the labels rule.",
     )
     masks: Literal["files", "empty", "none"] = Field(
         "files",
@@ -59,21 +61,27 @@ class DataConfig(_Strict):
     folds: int = Field(5, ge=2)
     fold: int = Field(0, ge=0)
     inner_folds: int | None = Field(
-        None, ge=2, description="Nested CV: split the outer fold's training cases again; its held-out cases are never read."
+        None,
+        ge=2,
+        description="Nested CV: split the outer fold's training cases again; its held-out cases are never read.",
     )
     inner_fold: int = Field(0, ge=0)
     mask: Literal["mask", "multiclass"] = "mask"
-    num_classes: int = Field(1, ge=1, description="1 = binary (sigmoid); K >= 2 = K classes incl. background.")
+    num_classes: int = Field(
+        1, ge=1, description="1 = binary (sigmoid); K >= 2 = K classes incl. background."
+    )
     class_names: list[str] | None = None
     edges: bool = False
     limit: int | None = Field(None, ge=1, description="Use only this many training cases (label budget).")
     val_limit: int | None = Field(None, ge=1)
     prompt: str | None = None
     text: str | None = Field(
-        None, description="Text source replacing the dataset's own (captions.csv, CRIS prompts JSON, ...), for root and val_root."
+        None,
+        description="Text source replacing the dataset's own (captions.csv, CRIS prompts JSON, ...), for root and val_root.",
     )
     prior_run: str | None = Field(
-        None, description="Binary run folder whose infection map becomes an extra input channel ({fold} → data.fold)."
+        None,
+        description="Binary run folder whose infection map becomes an extra input channel ({fold} → data.fold).",
     )
     prior_oof_runs: list[str] | None = Field(
         None,
@@ -86,7 +94,8 @@ class DataConfig(_Strict):
         "(the dataset's own, e.g. JCS pair lists) or the path of a labels CSV (image,label). Default: masks.",
     )
     label_names: list[str] | None = Field(
-        None, description="Classification class names, the negative class first (default: negative, positive)."
+        None,
+        description="Classification class names, the negative class first (default: negative, positive).",
     )
     extra: list[ExtraSource] = Field(
         default_factory=list,
@@ -98,26 +107,37 @@ class VolumeConfig(_Strict):
     """How CT volumes are planned and preprocessed (``covseg.transforms.volume``); used when the data are volumes."""
 
     spacing: Literal["auto"] | tuple[float, float, float] | None = Field(
-        "auto", description="Target spacing in mm (RAS order); auto: the training set's median (nnU-Net's rule for "
-        "anisotropic sets); null: keep each volume's own."
+        "auto",
+        description="Target spacing in mm (RAS order); auto: the training set's median (nnU-Net's rule for "
+        "anisotropic sets); null: keep each volume's own.",
     )
-    spacing_scale: float = Field(1.0, gt=0, description="Multiplies the planned spacing (2: a coarse, low-resolution stage).")
+    spacing_scale: float = Field(
+        1.0, gt=0, description="Multiplies the planned spacing (2: a coarse, low-resolution stage)."
+    )
     window: Literal["auto"] | tuple[float, float] | None = Field(
-        "auto", description="HU window to 0..1 (auto: the lung window -1250,250); volumes stored as 0..255 are divided by 255 instead."
+        "auto",
+        description="HU window to 0..1 (auto: the lung window -1250,250); volumes stored as 0..255 are divided by 255 instead.",
     )
     normalise: Literal["zscore", "percentile", "none"] = "zscore"
-    crop: Literal["auto", "body", "none"] = Field("auto", description="auto: body crop for HU volumes, none for 0..255 volumes.")
+    crop: Literal["auto", "body", "none"] = Field(
+        "auto", description="auto: body crop for HU volumes, none for 0..255 volumes."
+    )
     crop_margin_mm: float = Field(10.0, ge=0)
     interpolation: Literal["linear", "bspline"] = "linear"
     patch_voxels: int = Field(
-        64 * 64 * 48, ge=4096, description="Voxel budget of an automatic patch size (sampler.patch_size unset)."
+        64 * 64 * 48,
+        ge=4096,
+        description="Voxel budget of an automatic patch size (sampler.patch_size unset).",
     )
     context_slices: int = Field(
-        0, ge=0, description="2D models on volumes (2.5D): this many neighbouring axial slices on each side as channels."
+        0,
+        ge=0,
+        description="2D models on volumes (2.5D): this many neighbouring axial slices on each side as channels.",
     )
     coarse_run: str | None = Field(
-        None, description="Coarse-to-fine cascade: a (low-resolution) volume run whose foreground, grown by coarse_margin_mm, "
-        "is the region this run trains and predicts in ({fold} → data.fold)."
+        None,
+        description="Coarse-to-fine cascade: a (low-resolution) volume run whose foreground, grown by coarse_margin_mm, "
+        "is the region this run trains and predicts in ({fold} → data.fold).",
     )
     coarse_margin_mm: float = Field(20.0, ge=0)
     coarse_checkpoint: Literal["best", "last"] = "best"
@@ -139,7 +159,8 @@ class PreprocessConfig(_Strict):
     std: list[float] = [0.25]
     window: tuple[float, float] | None = None
     volume: VolumeConfig = Field(
-        default_factory=VolumeConfig, description="Planning and preprocessing of 3D volumes (ignored for 2D images)."
+        default_factory=VolumeConfig,
+        description="Planning and preprocessing of 3D volumes (ignored for 2D images).",
     )
 
     @field_validator("size")
@@ -170,5 +191,7 @@ class PreprocessConfig(_Strict):
             values = getattr(self, name)
             if len(values) not in (1, self.channels):
                 one_each = f" or {self.channels}" if self.channels > 1 else ""
-                raise ValueError(f"{name} has {len(values)} values for {self.channels} channel(s); give 1{one_each}")
+                raise ValueError(
+                    f"{name} has {len(values)} values for {self.channels} channel(s); give 1{one_each}"
+                )
         return self

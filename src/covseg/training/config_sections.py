@@ -38,16 +38,24 @@ class ModelConfig(_Strict):
 class SamplerConfig(_Strict):
     """How an epoch's batches are drawn: whole images held in memory, or patches read lazily."""
 
-    name: str = Field("images", description="A registered sampler (covseg.registry.SAMPLERS): images, patches.")
+    name: str = Field(
+        "images", description="A registered sampler (covseg.registry.SAMPLERS): images, patches."
+    )
     patch_size: tuple[int, ...] | None = Field(
         None, description="Patch size (2 or 3 numbers) for name: patches; for volumes, unset means planned."
     )
     foreground_fraction: float = Field(
-        0.33, ge=0, le=1, description="Share of each batch forced to contain foreground (nnU-Net's oversampling)."
+        0.33,
+        ge=0,
+        le=1,
+        description="Share of each batch forced to contain foreground (nnU-Net's oversampling).",
     )
-    batches_per_epoch: int | None = Field(None, ge=1, description="Default: one pass over the training cases.")
+    batches_per_epoch: int | None = Field(
+        None, ge=1, description="Default: one pass over the training cases."
+    )
     cache_dir: str | None = Field(
-        None, description="Where preprocessed cases are cached for patches (default: $COVSEG_CACHE or ~/.cache/covseg)."
+        None,
+        description="Where preprocessed cases are cached for patches (default: $COVSEG_CACHE or ~/.cache/covseg).",
     )
 
     @field_validator("name")
@@ -57,7 +65,9 @@ class SamplerConfig(_Strict):
 
     @model_validator(mode="after")
     def _patch_size(self) -> SamplerConfig:
-        if self.patch_size is not None and (len(self.patch_size) not in (2, 3) or any(s < 1 for s in self.patch_size)):
+        if self.patch_size is not None and (
+            len(self.patch_size) not in (2, 3) or any(s < 1 for s in self.patch_size)
+        ):
             raise ValueError(f"patch_size must be 2 or 3 positive numbers, got {list(self.patch_size)}")
         return self
 
@@ -66,11 +76,17 @@ class RuntimeConfig(_Strict):
     """Where and how training runs (``--device`` on the command line sets ``device``)."""
 
     device: str = Field("auto", description="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")
-    amp: Literal["off", "bf16", "fp16"] = Field("off", description="Mixed precision; fp16 uses a gradient scaler.")
-    compile: bool = Field(False, description="torch.compile the model (first steps are slower while it compiles).")
+    amp: Literal["off", "bf16", "fp16"] = Field(
+        "off", description="Mixed precision; fp16 uses a gradient scaler."
+    )
+    compile: bool = Field(
+        False, description="torch.compile the model (first steps are slower while it compiles)."
+    )
     workers: int = Field(
-        0, ge=0, description="Data-loader worker processes preparing batches (0: in the main process); "
-        "the run does not depend on this number."
+        0,
+        ge=0,
+        description="Data-loader worker processes preparing batches (0: in the main process); "
+        "the run does not depend on this number.",
     )
     pin_memory: bool = Field(True, description="Pinned host memory for batches going to a CUDA device.")
 
@@ -104,7 +120,13 @@ class LossConfig(_Strict):
     @model_validator(mode="after")
     def _one_format(self) -> LossConfig:
         if self.terms is not None:
-            classic = {"main": "dice_bce", "aux_weight": 0.0, "edge_weight": 0.0, "edge_loss": "edge", "params": {}}
+            classic = {
+                "main": "dice_bce",
+                "aux_weight": 0.0,
+                "edge_weight": 0.0,
+                "edge_loss": "edge",
+                "params": {},
+            }
             changed = [k for k, default in classic.items() if getattr(self, k) != default]
             if changed:
                 raise ValueError(f"give either terms or {', '.join(changed)}, not both")
@@ -114,7 +136,9 @@ class LossConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    name: str = Field("adamw", description="A registered optimiser (covseg.registry.OPTIMISERS): adamw, adam, sgd.")
+    name: str = Field(
+        "adamw", description="A registered optimiser (covseg.registry.OPTIMISERS): adamw, adam, sgd."
+    )
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = 1e-4
     momentum: float = 0.9
@@ -127,7 +151,9 @@ class OptimConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    name: str = Field("poly", description="A registered schedule (covseg.registry.SCHEDULES): poly, cosine, constant.")
+    name: str = Field(
+        "poly", description="A registered schedule (covseg.registry.SCHEDULES): poly, cosine, constant."
+    )
     warmup_epochs: float = 0.0
     power: float = 0.9
     min_lr: float = 0.0
@@ -148,9 +174,14 @@ class TrainSettings(_Strict):
     monitor: str = Field("dice", description="dice, iou or dice_c<k> (class k): what picks best.pt.")
     threshold: float = Field(0.5, gt=0, lt=1)
     val_batch_size: int = Field(8, ge=1)
-    channels_last: bool = Field(True, description="NHWC tensors: about 2x faster depthwise convolutions on CPU.")
+    channels_last: bool = Field(
+        True, description="NHWC tensors: about 2x faster depthwise convolutions on CPU."
+    )
     ema_decay: float | None = Field(
-        None, gt=0, lt=1, description="Average the weights over steps (EMA, this decay per step); validation and checkpoints use the average."
+        None,
+        gt=0,
+        lt=1,
+        description="Average the weights over steps (EMA, this decay per step); validation and checkpoints use the average.",
     )
 
     @field_validator("threads")

@@ -98,7 +98,9 @@ class SemiInfNetConfig(_Strict):
     @model_validator(mode="after")
     def _labelled_start(self) -> SemiInfNetConfig:
         if self.initial_epochs == 0 and self.init_run is None:
-            raise ValueError("initial_epochs 0 needs init_run (pseudo labels from an untrained model are noise)")
+            raise ValueError(
+                "initial_epochs 0 needs init_run (pseudo labels from an untrained model are noise)"
+            )
         return self
 
 

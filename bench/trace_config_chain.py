@@ -2,7 +2,7 @@
 
 Runs ``covseg train`` (1 epoch, a tiny U-Net on 16 phantom images of 32², in a temporary folder) under
 ``sys.setprofile`` and records every covseg function that is handed the training config: an
-argument that is a config section (a pydantic model of :mod:`covseg.training.config`) or holds one
+argument that is a config section (a pydantic model of :mod:`covseg.training.config` or its ``config_*`` section modules) or holds one
 as ``.cfg`` (the trainer, a source context), the ``covseg train`` command and ``load_config``. The "current module"
 follows calls and returns among those frames, counting each function's first call only (a loop
 over cases counts once); consecutive repeats are merged. Tracing stops at the
@@ -45,7 +45,8 @@ def main() -> None:
     done = [False]
 
     def is_config(v: object) -> bool:
-        return isinstance(v, BaseModel) and type(v).__module__ == "covseg.training.config"
+        # the sections live in covseg.training.config and its config_* neighbours
+        return isinstance(v, BaseModel) and type(v).__module__.startswith("covseg.training.config")
 
     def carries_config(frame) -> bool:
         name = frame.f_globals.get("__name__", "")
@@ -68,7 +69,9 @@ def main() -> None:
         if done[0]:
             return
         if event == "call":
-            if frame.f_code.co_name == "step" and "torch/optim" in frame.f_code.co_filename.replace("\\", "/"):
+            if frame.f_code.co_name == "step" and "torch/optim" in frame.f_code.co_filename.replace(
+                "\\", "/"
+            ):
                 done[0] = True
                 return
             name = frame.f_globals.get("__name__", "")
@@ -97,8 +100,10 @@ def main() -> None:
         left.add(prev)
         back += cur in left
     print(" -> ".join(short))
-    print(f"steps {len(short)}, distinct modules {len(set(short))}, trainer.py entered {short.count('training.trainer')} times, "
-          f"entries back to a module already left {back}")
+    print(
+        f"steps {len(short)}, distinct modules {len(set(short))}, trainer.py entered {short.count('training.trainer')} times, "
+        f"entries back to a module already left {back}"
+    )
 
 
 if __name__ == "__main__":

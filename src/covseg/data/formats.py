@@ -3,8 +3,9 @@
 Every suffix list in covseg (images, volumes, the files ``predict`` and ``evaluate`` find in a
 folder) is derived from this registry, so a new format is one ``FILE_FORMATS.register`` call in
 one file: :mod:`covseg.data.imageio` dispatches its readers through the entry of a file's suffix.
-The built-in entries are registered by :mod:`covseg.data.imageio` beside their readers (listed
-in :mod:`covseg.builtins`); this module imports nothing heavy and nothing of covseg's but the registry.
+The built-in entries are registered by :mod:`covseg.data.imageio` (listed in :mod:`covseg.builtins`)
+with the readers of :mod:`covseg.data.image_files` and :mod:`covseg.data.volume_files`; this module
+imports nothing heavy and nothing of covseg's but the registry.
 """
 
 from __future__ import annotations

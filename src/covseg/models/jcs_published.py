@@ -124,7 +124,8 @@ class SEBlock(nn.Module):
         self.linear2 = nn.Linear(channels // reduction, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = torch.sigmoid(self.linear2(F.relu(self.linear1(x.mean(dim=(2, 3))))))
+        pooled = x.mean(dim=2).mean(dim=2)  # rows, then columns, as released (same rounding)
+        weights = torch.sigmoid(self.linear2(F.relu(self.linear1(pooled))))
         return x * weights[:, :, None, None]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,34 @@ def test_published_jcs_outputs_at_the_authors_strides():
     assert not any(n.startswith(("vgg16.conv1_1.bn", "res2net.bn1")) for n, _ in model.named_parameters())
     with pytest.raises(ValueError, match="out_channels must be 1"):
         build_model("jcs_published", out_channels=2)
+
+
+def test_published_jcs_pads_odd_sizes_and_trains_every_parameter():
+    """What tests/test_models.py checks of every small model, for this one's fixed size (118 M parameters)."""
+    torch.manual_seed(0)
+    model = build_model("jcs_published").train()
+    out = model.forward_train(torch.randn(1, 3, 67, 93))
+    assert out["logits"].shape == (1, 1, 67, 93) and all(a.shape == (1, 1, 67, 93) for a in out["aux"])
+    assert set(out) == set(model.train_outputs) == {"logits", "aux", "class_logits"}
+    loss = (
+        out["logits"].square().mean()
+        + sum(a.square().mean() for a in out["aux"])
+        + out["class_logits"].square().mean()
+    )
+    loss.backward()
+    silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    # the decoder's SE blocks squeeze to ONE hidden unit (reduction = width, as released): where its ReLU is
+    # off for this input, that unit's weights get no gradient; everything else must
+    one_unit = re.compile(r"fpn\.fuse\.\d\.se[12]\.linear(1\.weight|1\.bias|2\.weight)$")
+    assert model.fpn.fuse[1].se2.linear1.out_features == 1
+    assert not [n for n in silent if not one_unit.match(n)], silent
+    assert 117_000_000 < model.num_parameters() < 118_000_000
+    rebuilt = build_model("jcs_published", **json.loads(json.dumps(model.init_args)))
+    assert rebuilt.init_args == model.init_args
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), rebuilt.eval()(x))
 
 
 def test_import_keeps_every_tensor_and_records_provenance(author_file, imported):

@@ -17,8 +17,10 @@ submodule names, so their ``joint.pth`` loads key for key (``covseg weights impo
 - ``cls1``–``cls5``: 1×1 side outputs; ``cls1`` (stride 2) is the prediction, the other four are ``aux``.
 
 Their batch norms are ``FrozenBatchNorm2d`` (buffers only, ``x · w / √var + (b − mean · w / √var)``, no
-epsilon), reproduced here so the outputs agree to float rounding. Input: three channels, RGB, ImageNet
-mean / std, 512² in their test script.
+epsilon), reproduced here: on random weights the outputs agree with their code bit for bit
+(``bench/bench_weights_equivalence_jcs.py``). Input: three channels, RGB, ImageNet mean / std, 512² in
+their test script. ``res2net`` picks the Res2Net depth: 101 as released (50 builds the same design
+on Res2Net-50, which no released checkpoint has).
 
 The released checkpoint has no classifier (the authors' classification network is a separate model).
 ``class_logits`` here are derived from the segmentation, ``[0, max logit]``, so the image's infection

@@ -160,10 +160,12 @@ class Predictor(BasePredictor):
         self.description = segmenter.description
         self.run_dir = segmenter.run_dir
         spec = getattr(segmenter.description, "classification", None)
-        if segmenter.classifies:
+        if segmenter.classifies and spec is not None:  # the run names its classes (a derived score has no head args)
+            self.class_names = list(spec.class_names)
+        elif segmenter.classifies:
             init_args = getattr(segmenter.model, "init_args", None) or segmenter.description.init_args  # an export has only the card's
             classes = int(init_args["heads"]["classification"]["classes"])
-            self.class_names = list(spec.class_names) if spec is not None else [f"class{c}" for c in range(classes)]
+            self.class_names = [f"class{c}" for c in range(classes)]
 
     @classmethod
     def from_run(

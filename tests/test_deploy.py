@@ -297,12 +297,12 @@ def test_the_python_api_exports_in_one_call_as_the_cli_does(run2d, tmp_path):
     from covseg.inference.exported import load_exported
     from covseg.inference.predictor import Predictor
 
-    path = export(run2d, tmp_path / "api", "onnx")
+    path = export(run2d, tmp_path / "api", format="onnx")
     assert path == tmp_path / "api" / "model.onnx" and (tmp_path / "api" / "model_card.json").is_file()
     assert run_cli(["export", "-m", str(run2d), "-o", str(tmp_path / "cli")]) == 0
     assert sorted(p.name for p in (tmp_path / "api").iterdir()) == sorted(p.name for p in (tmp_path / "cli").iterdir())
     image = np.random.default_rng(3).integers(0, 255, size=(52, 61)).astype(np.float32)
     got = load_exported(tmp_path / "api", "onnx").predict_image(image).probs
     np.testing.assert_allclose(got, Predictor.from_run(run2d, device="cpu").predict_image(image).probs, atol=1e-4)
-    assert export(run2d, tmp_path / "bundle", "bundle") == tmp_path / "bundle"
+    assert export(run2d, tmp_path / "bundle", format="bundle") == tmp_path / "bundle"
     assert (tmp_path / "bundle" / "configs" / "metadata.json").is_file() and (tmp_path / "bundle" / "models" / "model.ts").is_file()

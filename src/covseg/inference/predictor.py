@@ -113,6 +113,7 @@ class BasePredictor:
 
     # -- the two input kinds, behind predict_array ----------------------------------------------------------
     def _predict_image(self, image: np.ndarray, tta_flip: bool | Sequence[int], post: PostprocessOptions | None, **extra: Any) -> Prediction:
+        """A 2D image's soft map, labels and class probabilities (a batch of one through ``_outputs``)."""
         if post is not None and post.lungs_only:
             from covseg.inference.postprocess import LUNGS_NEED_VOLUME
 
@@ -123,6 +124,7 @@ class BasePredictor:
         return Prediction(probs=probs, labels=self.to_labels(probs, post), class_probs=class_probs)
 
     def _predict_volume(self, volume: np.ndarray, affine: np.ndarray, options: Any, space: str | None = None, **extra: Any) -> Prediction:
+        """A volume's prediction in its own geometry; with ``lungs_only`` the lungs are found before the network runs."""
         post = options.post
         meta: dict[str, Any] = {}
         lungs = None

@@ -84,9 +84,13 @@ def run_prompt_evaluation(
             for m, mask in masks.items():
                 shown.setdefault("masks", {}).setdefault(m, {})[prompt_type] = mask
 
-    scores = evaluate_prompts(predictors, records, types, batch_size=options.batch_size, on_case=on_case, keep=keep)
+    scores = evaluate_prompts(
+        predictors, records, types, batch_size=options.batch_size, on_case=on_case, keep=keep
+    )
     if not scores.case_ids:
-        raise CovsegError(f"no case has all the prompt types {', '.join(types)}: {scores.skipped[0][1]}", data)
+        raise CovsegError(
+            f"no case has all the prompt types {', '.join(types)}: {scores.skipped[0][1]}", data
+        )
     examples = {t: scores.prompts[t][0] for t in types}
     result = summary(scores, sources, str(data))
     write_json(out / "summary.json", result)
@@ -96,7 +100,12 @@ def run_prompt_evaluation(
         [case, t, m, float(scores.dice[m][t][k]), float(scores.iou[m][t][k]), scores.prompts[t][k]]
         for k, case in enumerate(scores.case_ids) for t in types for m in scores.models
     ]  # fmt: skip
-    write_csv(out / "per_case.csv", rows, ["case", "prompt_type", "model", "dice", "iou", "prompt"], float_format=".5f")
+    write_csv(
+        out / "per_case.csv",
+        rows,
+        ["case", "prompt_type", "model", "dice", "iou", "prompt"],
+        float_format=".5f",
+    )
     if figure is not None and "image" in shown:
         from covseg.data import load_sample
 

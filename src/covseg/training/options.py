@@ -33,5 +33,7 @@ class TrainOptions:
             extra.append(f"data.prompt={self.prompt_type}")
         if self.fold is not None:
             extra.append(f"data.fold={self.fold}")
-        extra += [f"runtime.{k}={v}" for k, v in (("device", self.device), ("amp", self.amp)) if v is not None]
+        extra += [
+            f"runtime.{k}={v}" for k, v in (("device", self.device), ("amp", self.amp)) if v is not None
+        ]
         return extra

@@ -56,7 +56,7 @@ def real_ct(data: Path, rounds: int) -> dict:
     reference = np.isin(np.asarray(nib.load(str(case).replace("/images/", "/masks/")).dataobj), LOBES)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     predictor = load_predictor("covid-ct-infection", runtime=Runtime.create("cpu", "off"))
-    probs = predictor.volume_probabilities(volume, affine)
+    probs = predictor.predict_array(volume, affine).probs
     lungs = lungs_of(volume, affine)
     plain = probs >= predictor.threshold
     from scipy import ndimage

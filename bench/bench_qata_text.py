@@ -99,7 +99,7 @@ def per_case_scores(trainer, texts: list[str | None] | None) -> dict[str, Any]:
 
     data = trainer.val_data
     contexts = None if texts is None and trainer.text_adapter is None else [{"text": t} for t in (texts or [None] * len(data))]
-    probs = trainer.segmenter().infer(trainer.val_inputs(), contexts, trainer.cfg.train.val_batch_size)
+    probs = trainer.segmenter().infer(trainer.val_inputs(), contexts, trainer.cfg.train.val_batch_size).probs
     dice, iou = [], []
     for p, gt in zip(probs, data.original_masks):
         pred, g = probs_to_labels(p, 0.5) > 0, gt > 0

@@ -234,7 +234,7 @@ def picture(run: Path, target: Path) -> dict:
     from covseg.viz.overlay import overlay
 
     ph = make_phantom_volume(777, (64, 64, 32), (5.0, 5.0, 8.0))  # seed outside every training set
-    pred = Predictor.from_run(run).predict_volume(ph.image, ph.affine)
+    pred = Predictor.from_run(run).predict_array(ph.image, ph.affine)
     ct = volume_to_slices(ph.image.astype(np.float32), ph.affine)
     gt = volume_to_slices(ph.infection, ph.affine)
     pr = volume_to_slices(pred.labels, ph.affine)
@@ -277,7 +277,7 @@ def real_ct_picture(run: Path, target: Path) -> dict | None:
     volume, spacing, affine = read_volume(src / "images" / "example_ct_sm.nii.gz")
     lobes = np.isin(read_label_volume(src / "masks" / "example_ct_sm.nii.gz")[0], [10, 11, 12, 13, 14])
     t0 = time.perf_counter()
-    pred = Predictor.from_run(run).predict_volume(volume, affine)
+    pred = Predictor.from_run(run).predict_array(volume, affine)
     seconds = time.perf_counter() - t0
     ct = volume_to_slices(volume.astype(np.float32), affine)
     lungs = volume_to_slices(lobes.astype(np.uint8), affine)

@@ -71,7 +71,7 @@ def false_positives(predictor: Any) -> dict[str, Any]:
     """Infected volume (ml) a predictor marks on the infection-free CT, with and without ``lungs_only``,
     in the held-out half, the trainable half and the whole crop."""
     from covseg.data.imageio import read_volume
-    from covseg.inference.predictor import PostprocessOptions
+    from covseg.inference.options import PredictOptions
 
     case = data_root() / CASE
     volume, spacing, affine = read_volume(case)
@@ -80,7 +80,7 @@ def false_positives(predictor: Any) -> dict[str, Any]:
     voxel_ml = float(np.prod(spacing)) / 1000.0
     out: dict[str, Any] = {"held_out_slices": held_out, "train_half_slices": train}
     for name, lungs_only in (("lungs_only", True), ("plain", False)):
-        labels = predictor.predict_volume(volume, affine, post=PostprocessOptions(lungs_only=lungs_only)).labels > 0
+        labels = predictor.predict_array(volume, affine, PredictOptions(lungs_only=lungs_only)).labels > 0
         out[name] = {
             "held_out_ml": round(float(labels[..., held_out].sum()) * voxel_ml, 3),
             "train_half_ml": round(float(labels[..., train].sum()) * voxel_ml, 3),

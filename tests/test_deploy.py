@@ -78,14 +78,14 @@ def test_a_text_guided_run_exports_with_its_prompts_and_the_onnx_engine_matches_
     rng = np.random.default_rng(3)
     images = [rng.integers(0, 255, size=s).astype(np.float32) for s in ((32, 32), (32, 32), (41, 37))]
     for tta in (False, True):
-        got = exported.predict_arrays(images, tta_flip=tta, texts=[prompts[0], prompts[1], None])
-        want = reference.predict_arrays(images, tta_flip=tta, texts=[prompts[0], prompts[1], None])
+        got = exported._outputs(images, tta_flip=tta, texts=[prompts[0], prompts[1], None]).probs
+        want = reference._outputs(images, tta_flip=tta, texts=[prompts[0], prompts[1], None]).probs
         for g, w in zip(got, want):
             np.testing.assert_allclose(g, w, atol=1e-4)
-    with_text, without = (exported.predict_arrays(images[:1], texts=[t])[0] for t in (prompts[0], None))
+    with_text, without = (exported._outputs(images[:1], texts=[t]).probs[0] for t in (prompts[0], None))
     assert not np.allclose(with_text, without, atol=1e-4)  # the text reaches the exported network
     with pytest.raises(CovsegError, match=r"not among the \d+ prompts this model was exported with"):
-        exported.predict_arrays(images[:1], texts=["a prompt never exported"])
+        exported._outputs(images[:1], texts=["a prompt never exported"])
 
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -254,8 +254,8 @@ def test_a_coarse_to_fine_run_exports_both_stages_and_the_onnx_engine_matches_to
     exported = load_exported(out, "onnx")
     assert exported.segmenter.cascade is not None
     ph = make_phantom_volume(11, SMALL, SMALL_SPACING)
-    got = exported.predict_volume(ph.image, ph.affine).probs
-    want = Predictor.from_run(tmp_path / "fine").predict_volume(ph.image, ph.affine).probs
+    got = exported.predict_array(ph.image, ph.affine).probs
+    want = Predictor.from_run(tmp_path / "fine").predict_array(ph.image, ph.affine).probs
     assert want.max() > 0 and (want == 0).any()  # the coarse stage found a region, and the fine one stayed inside it
     np.testing.assert_allclose(got, want, atol=1e-4)
 
@@ -297,12 +297,12 @@ def test_the_python_api_exports_in_one_call_as_the_cli_does(run2d, tmp_path):
     from covseg.inference.exported import load_exported
     from covseg.inference.predictor import Predictor
 
-    path = export(run2d, tmp_path / "api", "onnx")
+    path = export(run2d, tmp_path / "api", format="onnx")
     assert path == tmp_path / "api" / "model.onnx" and (tmp_path / "api" / "model_card.json").is_file()
     assert run_cli(["export", "-m", str(run2d), "-o", str(tmp_path / "cli")]) == 0
     assert sorted(p.name for p in (tmp_path / "api").iterdir()) == sorted(p.name for p in (tmp_path / "cli").iterdir())
     image = np.random.default_rng(3).integers(0, 255, size=(52, 61)).astype(np.float32)
     got = load_exported(tmp_path / "api", "onnx").predict_image(image).probs
     np.testing.assert_allclose(got, Predictor.from_run(run2d, device="cpu").predict_image(image).probs, atol=1e-4)
-    assert export(run2d, tmp_path / "bundle", "bundle") == tmp_path / "bundle"
+    assert export(run2d, tmp_path / "bundle", format="bundle") == tmp_path / "bundle"
     assert (tmp_path / "bundle" / "configs" / "metadata.json").is_file() and (tmp_path / "bundle" / "models" / "model.ts").is_file()

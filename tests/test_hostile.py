@@ -522,7 +522,7 @@ def wrong_batch_size_reaches_volumes(ctx: Ctx) -> Spec:
     from covseg.engine.segmenter import Segmenter
 
     seen: list[int] = []
-    real_infer = Segmenter.infer_outputs
+    real_infer = Segmenter.infer
 
     def spy(self, inputs, contexts=None, batch_size=8, tta_flip=False):
         seen.append(batch_size)
@@ -533,7 +533,7 @@ def wrong_batch_size_reaches_volumes(ctx: Ctx) -> Spec:
 
     return Spec(
         ["predict", "-m", ctx.base["run"], "-i", _nifti(ctx), "-o", ctx.tmp / "out", "-q", "--batch-size", "3"], 0, inputs=[ctx.tmp / "in"], check=used,
-        patch=lambda mp: mp.setattr(Segmenter, "infer_outputs", spy),
+        patch=lambda mp: mp.setattr(Segmenter, "infer", spy),
     )
 
 

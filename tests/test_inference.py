@@ -198,12 +198,12 @@ def test_cascade_with_out_of_fold_priors(trained_run, tmp_path):
     # Each training case's prior channel is the prediction of the inner run that held it out.
     for i, rec in enumerate(trainer.train_records):
         owner = inner[0] if rec.case_id in splits[0]["val"] else inner[1]
-        probs = Predictor.from_run(owner, checkpoint="last").predict_arrays([load_sample(rec).image])[0]
+        probs = Predictor.from_run(owner, checkpoint="last").predict_array(load_sample(rec).image).probs
         expected = resize_tensor(torch.from_numpy(probs)[None, None], (64, 64))[0, 0]
         assert torch.allclose(trainer.train_data.images[i, -1], expected, atol=1e-5)
     # Validation cases use prior_run (as prediction does).
     rec = trainer.val_records[0]
-    probs = Predictor.from_run(trained_run, checkpoint="last").predict_arrays([load_sample(rec).image])[0]
+    probs = Predictor.from_run(trained_run, checkpoint="last").predict_array(load_sample(rec).image).probs
     assert torch.allclose(trainer.val_inputs()[0][-1], torch.from_numpy(probs), atol=1e-5)  # at the case's own size
 
     cfg["data"]["prior_oof_runs"] = [str(inner[0])]  # half the training cases have no out-of-fold prior
@@ -228,8 +228,8 @@ def test_ensemble_averages_members_of_different_sizes(trained_run, tmp_path):
     assert np.array_equal(got.labels, (got.probs > 0.5).astype(got.labels.dtype))
     volume = np.random.default_rng(2).uniform(-1000, 200, size=(40, 36, 5)).astype(np.float32)
     affine = np.diag([0.8, 0.8, 2.5, 1.0])
-    vol_probs = [m.predict_volume(volume, affine).probs for m in members]
-    got3d = ensemble.predict_volume(volume, affine)
+    vol_probs = [m.predict_array(volume, affine).probs for m in members]
+    got3d = ensemble.predict_array(volume, affine)
     assert got3d.probs.shape == volume.shape
     assert np.allclose(got3d.probs, (vol_probs[0] + vol_probs[1]) / 2, atol=1e-6)
     assert ensemble.run_dirs == [str(trained_run), str(other)]

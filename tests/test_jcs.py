@@ -129,14 +129,14 @@ def test_class_probabilities_of_windows_and_flips_follow_the_most_positive_part(
     model = build_model("jcs", in_channels=1, **SMALL).eval()
     pre = Preprocessing(size=(32, 32))
     images = [np.random.default_rng(i).integers(0, 255, (32 + 8 * i, 48)).astype(np.float32) for i in range(2)]
-    whole = Segmenter(model, pre, 1).outputs(images, batch_size=2)
+    whole = Segmenter(model, pre, 1).infer(images, batch_size=2)
     assert len(whole.class_probs) == 2 and all(p.shape == (2,) for p in whole.class_probs)
     for image, probs in zip(images, whole.class_probs):  # one image alone gives the same probabilities
-        alone = Segmenter(model, pre, 1).outputs([image]).class_probs[0]
+        alone = Segmenter(model, pre, 1).infer([image]).class_probs[0]
         np.testing.assert_allclose(alone, probs, atol=1e-5)
-    windows = Segmenter(model, pre, 1, inferer=SlidingWindowInferer((32, 32), overlap=0.5)).outputs(images)
+    windows = Segmenter(model, pre, 1, inferer=SlidingWindowInferer((32, 32), overlap=0.5)).infer(images)
     assert [p.shape for p in windows.probs] == [im.shape for im in images]
-    flipped = Segmenter(model, pre, 1).outputs(images, tta_flip=True)
+    flipped = Segmenter(model, pre, 1).infer(images, tta_flip=True)
     x = resize_tensor(torch.from_numpy(pre.normalise(images[0]))[None], (32, 32))
     with torch.no_grad():
         both = 0.5 * (model.forward_heads(x)["class_logits"] + model.forward_heads(torch.flip(x, dims=[-1]))["class_logits"])

@@ -19,6 +19,7 @@ from covseg.api import predict
 from covseg.cli.main import app, main
 from covseg.data.imageio import write_image, write_volume
 from covseg.errors import DataError
+from covseg.inference.options import PredictOptions
 from covseg.inference.postprocess import LUNG_MARGIN_MM
 from covseg.inference.predictor import PostprocessOptions, Predictor
 from covseg.models import build_model
@@ -92,7 +93,7 @@ def count(region) -> int:
 
 
 def test_the_marker_model_marks_the_lesion_and_the_dense_things_outside_the_body(run):
-    pred = Predictor.from_run(run).predict_volume(chest(), AFFINE)
+    pred = Predictor.from_run(run).predict_array(chest(), AFFINE)
     assert pred.labels.sum() == count(LESION) + count(TABLE) + count(BLOB) == 27 + 2400 + 60
     assert pred.labels[LESION].all() and pred.labels[BLOB].all() and pred.probs[BLOB].min() > 0.99
 
@@ -102,8 +103,8 @@ def test_lungs_only_keeps_the_lesion_and_drops_table_and_blob(run, margin):
     volume = chest()
     lungs = lung_mask(volume, AFFINE).astype(bool)
     assert lungs[LESION].all() and not lungs[BLOB].any() and 1500 < lungs.sum() < 3500  # two ellipsoids of ~1400 voxels
-    plain = Predictor.from_run(run).predict_volume(volume, AFFINE)
-    pred = Predictor.from_run(run).predict_volume(volume, AFFINE, post=PostprocessOptions(lungs_only=True, lung_margin_mm=margin))
+    plain = Predictor.from_run(run).predict_array(volume, AFFINE)
+    pred = Predictor.from_run(run).predict_array(volume, AFFINE, PredictOptions(lungs_only=True, lung_margin_mm=margin))
     assert pred.labels.sum() == 27 and pred.labels[LESION].all()
     region = dilate_mm(lungs, AFFINE, margin)
     assert region.sum() > lungs.sum() if margin else region.sum() == lungs.sum()
@@ -114,7 +115,7 @@ def test_lungs_only_keeps_the_lesion_and_drops_table_and_blob(run, margin):
 
 def test_multiclass_maps_outside_the_lungs_become_background_and_still_sum_to_one(tmp_path):
     predictor = Predictor.from_run(dense_marker_run(tmp_path / "run3", classes=3))
-    pred = predictor.predict_volume(chest(), AFFINE, post=PostprocessOptions(lungs_only=True))
+    pred = predictor.predict_array(chest(), AFFINE, PredictOptions(lungs_only=True))
     assert set(np.unique(pred.labels)) == {0, 2} and (pred.labels == 2).sum() == 27 and (pred.labels[LESION] == 2).all()
     outside = ~dilate_mm(pred.meta["lung_mask"], AFFINE, LUNG_MARGIN_MM)  # the default margin
     assert (pred.probs[0][outside] == 1).all() and not pred.probs[1:, outside].any()

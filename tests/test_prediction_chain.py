@@ -29,17 +29,17 @@ def test_an_ensemble_of_joint_runs_averages_class_probabilities_too():
     members = [_joint_predictor(0), _joint_predictor(1)]
     ensemble = EnsemblePredictor(members)
     images = [np.random.default_rng(i).integers(0, 255, (32 + 8 * i, 40)).astype(np.float32) for i in range(2)]
-    alone = [m.predict_outputs(images) for m in members]
+    alone = [m._outputs(images) for m in members]
     assert all(a.class_probs is not None for a in alone)
-    out = ensemble.predict_outputs(images)
+    out = ensemble._outputs(images)
     assert out.class_probs is not None and len(out.class_probs) == 2
     for i in range(2):
         expected = (alone[0].class_probs[i].astype(np.float64) + alone[1].class_probs[i]) / 2
         np.testing.assert_allclose(out.class_probs[i], expected, rtol=1e-6)
         np.testing.assert_array_equal(out.probs[i], ((alone[0].probs[i] + alone[1].probs[i]) / 2).astype(np.float32))
         assert not np.allclose(alone[0].class_probs[i], alone[1].class_probs[i])  # two different members
-    # the soft maps are what predict_arrays gave before: the members' maps summed, then divided
-    np.testing.assert_array_equal(ensemble.predict_arrays(images)[0], out.probs[0])
+    # the soft maps are the members' maps summed, then divided: the same bit for bit when asked again
+    np.testing.assert_array_equal(ensemble._outputs(images).probs[0], out.probs[0])
     pred = ensemble.predict_image(images[0])
     assert ensemble.class_names == ["class0", "class1"]
     np.testing.assert_allclose(pred.class_probs, out.class_probs[0], rtol=1e-6)
@@ -151,7 +151,7 @@ def test_api_evaluate_with_options_scores_the_dice_it_should(tmp_path):
 
 
 def test_a_2d_run_on_a_volume_goes_through_the_slices_inferer_and_matches_slice_by_slice(monkeypatch):
-    """Predictor.volume_probabilities of a 2D run = its slices predicted one by one as 2D images (the old path)."""
+    """Predictor._volume_probabilities of a 2D run = its slices predicted one by one as 2D images (the old path)."""
     from covseg.engine.inferers import SliceInferer
     from covseg.inference.predictor import Predictor
     from covseg.runs.packing import resolve_run_dir
@@ -165,8 +165,8 @@ def test_a_2d_run_on_a_volume_goes_through_the_slices_inferer_and_matches_slice_
     calls = []
     original = SliceInferer.__call__
     monkeypatch.setattr(SliceInferer, "__call__", lambda self, *a, **k: calls.append(self.inner) or original(self, *a, **k))
-    probs = predictor.volume_probabilities(volume, affine, tta_flip=True, batch_size=2, space="hu")
+    probs = predictor._volume_probabilities(volume, affine, tta_flip=True, batch_size=2, space="hu")
     assert calls == [predictor.segmenter.inferer]  # the registered inferer, around the run's own resize inferer
-    one_by_one = predictor.predict_arrays(list(volume_to_slices(volume, affine)), tta_flip=True, batch_size=2, space="hu")
+    one_by_one = predictor._outputs(list(volume_to_slices(volume, affine)), tta_flip=True, batch_size=2, space="hu").probs
     np.testing.assert_array_equal(probs, slices_to_volume(np.stack(one_by_one), affine))  # bit for bit
     assert probs.shape == volume.shape and probs.min() >= 0.0 and probs.max() <= 1.0

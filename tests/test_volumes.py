@@ -293,20 +293,21 @@ def test_an_exported_volume_run_replays_its_plan(run3d, tmp_path):
 
     export_run(run3d, "onnx", tmp_path / "onnx")
     ph = make_phantom_volume(8, SMALL, SMALL_SPACING)
-    torch_probs = Predictor.from_run(run3d).predict_volume(ph.image, ph.affine).probs
-    onnx_probs = load_exported(tmp_path / "onnx", "onnx").predict_volume(ph.image, ph.affine).probs
+    torch_probs = Predictor.from_run(run3d).predict_array(ph.image, ph.affine).probs
+    onnx_probs = load_exported(tmp_path / "onnx", "onnx").predict_array(ph.image, ph.affine).probs
     assert onnx_probs.shape == ph.image.shape
     np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-4)
 
 
 def test_flip_tta_over_chosen_axes_is_symmetric(run3d):
+    from covseg.inference.options import PredictOptions
     from covseg.inference.predictor import Predictor
 
     predictor = Predictor.from_run(run3d)
     ph = make_phantom_volume(7, SMALL, SMALL_SPACING)
-    tta = predictor.predict_volume(ph.image, ph.affine, tta_flip=(0, 1)).probs
+    tta = predictor.predict_array(ph.image, ph.affine, PredictOptions(tta_axes=(0, 1))).probs
     mirrored_affine = ph.affine @ np.array([[-1, 0, 0, SMALL[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
-    mirrored = predictor.predict_volume(ph.image[::-1].copy(), mirrored_affine, tta_flip=(0, 1)).probs
+    mirrored = predictor.predict_array(ph.image[::-1].copy(), mirrored_affine, PredictOptions(tta_axes=(0, 1))).probs
     np.testing.assert_allclose(mirrored[::-1], tta, atol=1e-4)  # same scan, stored mirrored: the same map
 
 
@@ -325,7 +326,7 @@ def test_training_on_volumes_with_a_2d_model_is_25d_and_bad_volumes_are_one_line
     ph = make_phantom_volume(9, SMALL, SMALL_SPACING)
     from covseg.inference.predictor import Predictor
 
-    pred = Predictor.from_run(tmp_path / "run").predict_volume(ph.image, ph.affine)
+    pred = Predictor.from_run(tmp_path / "run").predict_array(ph.image, ph.affine)
     assert pred.labels.shape == ph.image.shape
     # a broken volume among the training cases: one line naming it, no traceback
     bad = tmp_path / "bad"
@@ -415,7 +416,7 @@ def test_cascade_run_folder_predicts_on_its_own(run3d, phantoms, tmp_path):
     assert desc["cascade"]["run"] == "coarse" and (tmp_path / "fine" / "coarse" / "model.json").exists()
     shutil.rmtree(coarse)  # the fine run folder carries its coarse stage
     ph = make_phantom_volume(11, SMALL, SMALL_SPACING)
-    pred = Predictor.from_run(tmp_path / "fine").predict_volume(ph.image, ph.affine)
+    pred = Predictor.from_run(tmp_path / "fine").predict_array(ph.image, ph.affine)
     assert pred.labels.shape == ph.image.shape
 
 
@@ -471,7 +472,7 @@ def test_3d_unet_from_the_cli_reaches_dice_09_on_held_out_phantoms(tmp_path):
     for case in held_out:
         volume, _, affine = read_volume(data / "images" / f"{case}.nii.gz")
         gt = read_label_volume(data / "labels" / f"{case}.nii.gz")[0] > 0
-        pred = predictor.predict_volume(volume, affine).labels > 0
+        pred = predictor.predict_array(volume, affine).labels > 0
         tp, pred_sum, gt_sum = tp + int((pred & gt).sum()), pred_sum + int(pred.sum()), gt_sum + int(gt.sum())
         per_case.append(dice(pred, gt))
     pooled = 2 * tp / (pred_sum + gt_sum)

@@ -1,4 +1,4 @@
-"""The Python API in one call each (TotalSegmentator's ``python_api`` idea): train, predict, explain.
+"""The Python API in one call each (TotalSegmentator's ``python_api`` idea): train, predict, explain, evaluate, export.
 
 These are what the CLI runs: training draws its curves, prediction writes overlays. For finer
 control use :func:`covseg.training.trainer.build_trainer` and
@@ -43,37 +43,29 @@ def fit(cfg: Any, run_dir: str | Path, resume: bool = False, quiet: bool = False
         return summary
 
 
-def train(
-    config: str | Path,
-    output: str | Path | None = None,
-    overrides: Sequence[str] = (),
-    fold: int | None = None,
-    resume: bool = False,
-    quiet: bool = False,
-    device: str | None = None,
-    amp: str | None = None,
-) -> dict[str, Any]:
-    """Train from a YAML config (or a shipped config's name); returns the training summary.
+def train(config: str | Path, output: str | Path | None = None, options: Any = None, **settings: Any) -> dict[str, Any]:
+    """Train from a YAML config (or a shipped config's name) into ``output`` (default ``runs/<name>[_fold<k>]``);
+    returns the training summary. The settings are a :class:`covseg.training.options.TrainOptions`
+    (``options``), or its fields as keywords (``train(cfg, out, fold=1, overrides=["train.epochs=3"])``).
 
     With ``resume`` the run folder's own saved ``config.yaml`` is continued; a ``config``,
     ``fold`` or override that would change it is refused in one line (only ``train.threads``,
     ``sampler.cache_dir`` and the ``runtime`` section may differ: a resumed run may move devices),
-    rather than silently rewriting the run. ``device`` / ``amp`` set ``runtime.device`` /
-    ``runtime.amp``. Under ``torchrun`` every process runs this and trains its share (DDP).
+    rather than silently rewriting the run. Under ``torchrun`` every process runs this and trains its share (DDP).
     """
+    import dataclasses
+
     from covseg.errors import ConfigError
     from covseg.training.config import config_differences, load_config
+    from covseg.training.options import TrainOptions
 
-    extra = list(overrides or [])
-    if fold is not None:
-        extra.append(f"data.fold={fold}")
-    extra += [f"runtime.{k}={v}" for k, v in (("device", device), ("amp", amp)) if v is not None]
-    cfg = load_config(config, extra)
+    opts = dataclasses.replace(options or TrainOptions(), **settings)
+    cfg = load_config(config, opts.config_overrides())
     if output is None:
         suffix = f"_fold{cfg.data.fold}" if not cfg.data.val_root else ""
         output = Path("runs") / f"{cfg.name}{suffix}"
     saved = Path(output) / "config.yaml"
-    if resume and saved.is_file():
+    if opts.resume and saved.is_file():
         differences = config_differences(load_config(saved), cfg)
         if differences:
             shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
@@ -83,7 +75,7 @@ def train(
                 saved,
             )
     try:
-        return fit(cfg, output, resume=resume, quiet=quiet)
+        return fit(cfg, output, resume=opts.resume, quiet=opts.quiet)
     except ConfigError as exc:
         if exc.path is not None:
             raise
@@ -179,35 +171,30 @@ def predict(
 
 
 def explain(
-    model: str | Path,
-    input: str | Path,
-    output: str | Path,
-    gt: str | Path | None = None,
-    checkpoint: str = "best",
-    layer: str | None = None,
-    target_class: int | None = None,
-    tolerance: float = 0.0,
-    tta: bool = False,
-    panels: bool = True,
-    strict: bool = False,
-    on_done=None,
+    model: str | Path, input: str | Path, output: str | Path, options: Any = None, *, on_done: Callable[[], None] | None = None,
+    **settings: Any,
 ):
-    """Grad-CAM and attention maps of a joint run for a file or folder; returns ``(batch report, summary)``."""
+    """Grad-CAM and attention maps of a joint run for a file or folder; returns ``(batch report, summary)``.
+    The settings are a :class:`covseg.inference.options.ExplainOptions` (``options``), or its fields as keywords."""
+    import dataclasses
+
     from covseg.inference.explain import Explainer, explain_files
+    from covseg.inference.options import ExplainOptions
     from covseg.inference.predictor import list_inputs
     from covseg.viz.explanations import explanation_panel
 
-    explainer = Explainer.from_run(model, checkpoint, layer=layer, target_class=target_class)
+    opts = dataclasses.replace(options or ExplainOptions(), **settings).checked()
+    explainer = Explainer.from_run(model, opts.checkpoint, layer=opts.layer, target_class=opts.target_class)
     files = list_inputs(Path(input))
     return explain_files(
         explainer,
         files,
         Path(output),
-        gt_dir=None if gt is None else Path(gt),
-        tolerance=tolerance,
-        panels=explanation_panel if panels else None,
-        tta_flip=tta,
-        strict=strict,
+        gt_dir=None if opts.gt is None else Path(opts.gt),
+        tolerance=opts.tolerance,
+        panels=explanation_panel if opts.panels else None,
+        tta_flip=opts.tta,
+        strict=opts.strict,
         on_done=on_done,
     )
 
@@ -314,17 +301,43 @@ def evaluate(
     return EvaluateResult(run, accumulator.aggregate(opts.reduction), paths, out_dir)  # type: ignore[arg-type]
 
 
-def export(
-    model: str | Path, output: str | Path, format: str = "onnx", checkpoint: str = "best", prompts: Sequence[str] = ()
-) -> Path:
+def evaluate_prompts(
+    models: Sequence[str], data: str | Path, out: str | Path, options: Any = None, *,
+    on_start: Callable[[int], None] | None = None, on_case: Callable[[], None] | None = None, **settings: Any,
+):
+    """Dice and IoU of text-guided models (``[LABEL=]RUN_DIR`` or a CLIPSeg weights folder, zero-shot) under each
+    prompt type of ``data``, written into ``out`` with a figure of one case (``covseg evaluate-prompts``);
+    returns ``(scores, summary)``. The settings are a :class:`covseg.inference.options.PromptEvalOptions`
+    (``options``), or its fields as keywords (``evaluate_prompts(runs, data, out, prompt_types=["P0", "P1"])``)."""
+    import dataclasses
+
+    from covseg.inference.options import PromptEvalOptions
+    from covseg.inference.prompt_run import run_prompt_evaluation
+    from covseg.viz.prompts import prompt_figure
+
+    opts = dataclasses.replace(options or PromptEvalOptions(), **settings)
+    return run_prompt_evaluation(models, data, out, opts, figure=prompt_figure, on_start=on_start, on_case=on_case)
+
+
+def export(model: str | Path, output: str | Path, options: Any = None, **settings: Any) -> Path:
     """Export a run folder or a shipped model's name (``covseg export``): ``onnx`` or ``torchscript`` (one
     file + ``model_card.json``, run with ``covseg predict --engine``) or ``bundle`` (a MONAI bundle).
+    The settings are a :class:`covseg.inference.options.ExportOptions` (``options``), or its fields as
+    keywords (``export(run, "out/", format="bundle")``).
 
     Text-guided runs need ``prompts`` (their text features are computed now and written beside the
     model). Returns the model file, or the bundle folder."""
-    from covseg.inference.exported import export_run
+    import dataclasses
 
-    return export_run(model, format, output, checkpoint, prompts=list(prompts))
+    from covseg.inference.exported import export_run
+    from covseg.inference.options import ExportOptions
+
+    if isinstance(options, str):  # the format was once the third argument
+        from covseg.errors import ConfigError
+
+        raise ConfigError(f"export(model, output, options): give the format by name, format={options!r}")
+    opts = dataclasses.replace(options or ExportOptions(), **settings)
+    return export_run(model, opts.format, output, opts.checkpoint, prompts=list(opts.prompts))
 
 
 def import_weights(

@@ -54,7 +54,12 @@ def progress_bar(label: str, total: int, quiet: bool = False) -> Iterator[Callab
     columns = (TextColumn(user_text(label)), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=out, disable=quiet or not out.is_terminal) as prog:
         task = prog.add_task(label, total=total)
-        yield lambda: prog.advance(task)
+
+        def advance() -> None:
+            prog.advance(task)
+
+        advance.set_total = lambda n: prog.update(task, total=n)  # type: ignore[attr-defined]  # a total learnt later
+        yield advance
 
 
 def finish(report: Any, output: Path, done_message: str, quiet_rank: bool = False) -> None:

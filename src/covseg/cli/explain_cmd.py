@@ -24,25 +24,19 @@ def explain(
     """Explain a joint model's decisions: segmentation, Grad-CAM of the classifier and attention, per image."""
     from covseg.api import explain as run_explain
     from covseg.cli._batch import console, finish, progress_bar, say_models
-    from covseg.errors import ConfigError
+    from covseg.inference.options import ExplainOptions
     from covseg.inference.predictor import list_inputs
 
-    if not tolerance >= 0:  # NaN too
-        raise ConfigError(f"--tolerance: {tolerance} must be non-negative")
+    options = ExplainOptions(checkpoint=checkpoint, gt=gt, layer=layer, target_class=target_class, tolerance=tolerance, tta=tta,
+                             panels=not no_panels, strict=strict).checked()  # fmt: skip
     say_models(model, quiet)
-    total = len(list_inputs(input))
-    with progress_bar("explaining", total, quiet) as advance:
-        report, summary = run_explain(
-            model, input, output, gt=gt, checkpoint=checkpoint, layer=layer, target_class=target_class,
-            tolerance=tolerance, tta=tta, panels=not no_panels, strict=strict, on_done=advance,
-        )
-    out = console()
+    with progress_bar("explaining", len(list_inputs(input)), quiet) as advance:
+        report, summary = run_explain(model, input, output, options, on_done=advance)
     for kind, agg in summary.get("explanation", {}).items():
-        share = agg["metrics"]["inside_share"]["mean"]
-        chance = agg["metrics"]["mask_fraction"]["mean"]
-        out.print(
-            f"{kind}: share inside the lesion {share:.3f} (chance {chance:.3f}), pointing game {agg['pointing_game']:.3f} "
-            f"over {agg['metrics']['pointing_hit']['n']} images with a lesion",
+        metrics = agg["metrics"]
+        console().print(
+            f"{kind}: share inside the lesion {metrics['inside_share']['mean']:.3f} (chance {metrics['mask_fraction']['mean']:.3f}), "
+            f"pointing game {agg['pointing_game']:.3f} over {metrics['pointing_hit']['n']} images with a lesion",
             markup=False,
         )
     finish(report, output, f"{len(report.written)} explained into {output}")

@@ -18,7 +18,8 @@ def export(
     from rich.console import Console
 
     from covseg.api import export as export_run  # writes through the output guard
+    from covseg.inference.options import ExportOptions
 
-    path = export_run(model, output, format, checkpoint, prompts=prompt)
+    path = export_run(model, output, ExportOptions(format=format, checkpoint=checkpoint, prompts=prompt))
     what = "(a MONAI bundle)" if format == "bundle" else "(+ model_card.json)"
     Console(stderr=True, highlight=False).print(f"[bold green]exported[/] {path} {what}", soft_wrap=True)

@@ -1,4 +1,4 @@
-"""``covseg train`` and ``covseg models``."""
+"""``covseg train``: :func:`covseg.api.train` with the command line's :class:`~covseg.training.options.TrainOptions`."""
 
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ def train(
     from covseg.api import train as run_train
     from covseg.cli._batch import console, user_text
     from covseg.engine.runtime import torchrun_env
+    from covseg.training.options import TrainOptions
 
-    overrides = list(overrides or [])
-    if prompt_type:
-        overrides.append(f"data.prompt={prompt_type}")
-    summary = run_train(config, output, overrides, fold=fold, resume=resume, quiet=quiet, device=device, amp=amp)
+    options = TrainOptions(overrides=list(overrides or []), fold=fold, resume=resume, quiet=quiet, device=device, amp=amp,
+                           prompt_type=prompt_type)  # fmt: skip
+    summary = run_train(config, output, options)
     if torchrun_env()[0] > 0:
         return
     console().print(

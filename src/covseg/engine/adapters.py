@@ -109,7 +109,7 @@ class PriorAdapter(InputAdapter):
         self.checkpoint = checkpoint
 
     def channels_from(self, source: Any, image: np.ndarray) -> np.ndarray:
-        probs = source.probabilities([image])[0]
+        probs = source.infer([image]).probs[0]
         if probs.ndim != 2:  # a K-class run gives (K, H, W)
             raise CovsegError("the prior run must be binary (one infection map per image)", self.run)
         return probs.astype(np.float32)[None]

@@ -62,7 +62,7 @@ def probs_to_labels(prob: np.ndarray, threshold: float = 0.5, num_classes: int =
 
 
 class Segmenter:
-    """``probabilities(images, contexts)``: each image's soft map at its own size.
+    """``infer(inputs, contexts)``: each input's soft map at its own size.
 
     Binary models give ``(*spatial)`` maps, K-class models ``(K, *spatial)``. ``adapters`` add input
     channels and keyword inputs (cascade prior, text); ``inferer`` decides how an input meets
@@ -258,26 +258,23 @@ class Segmenter:
 
     def infer(
         self,
-        inputs: Sequence[torch.Tensor],
-        contexts: Sequence[dict[str, Any]] | None = None,
-        batch_size: int = 8,
-        tta_flip: bool | Sequence[int] = False,
-    ) -> list[np.ndarray]:
-        """Probabilities of prepared inputs, each at its own size (the path validation shares).
-
-        ``tta_flip``: True averages with a flip of the last axis; a sequence of spatial axes averages
-        over every combination of flips of those axes (nnU-Net's mirroring)."""
-        return self.infer_outputs(inputs, contexts, batch_size, tta_flip).probs
-
-    def infer_outputs(
-        self,
-        inputs: Sequence[torch.Tensor],
+        inputs: Sequence[np.ndarray | torch.Tensor],
         contexts: Sequence[dict[str, Any]] | None = None,
         batch_size: int = 8,
         tta_flip: bool | Sequence[int] = False,
     ) -> SegmenterOutput:
-        """Soft maps of prepared inputs and, for joint models, each input's class probabilities."""
+        """Soft maps of a batch, each at its input's own size (``(*spatial)`` binary, ``(K, *spatial)`` K-class),
+        and for joint models each input's class probabilities: the one path of validation, prediction and the inferers.
+
+        A numpy array is an image, prepared here (:meth:`prepare`); a tensor is an input already prepared
+        (validation's cached inputs, a volume on its plan's grid, stacked slices). ``tta_flip``: True averages
+        with a flip of the last axis; a sequence of spatial axes averages over every combination of flips
+        of those axes (nnU-Net's mirroring)."""
         contexts = list(contexts) if contexts is not None else [{} for _ in inputs]
+        if any(isinstance(x, np.ndarray) for x in inputs):
+            if self.volume_plan is not None:
+                raise CovsegError("this run segments volumes (NIfTI, a DICOM series, a folder of slices), not 2D images", self.run_dir)
+            inputs = [self.prepare(x, c) if isinstance(x, np.ndarray) else x for x, c in zip(inputs, contexts)]
         record: dict[int, list[torch.Tensor]] | None = None
         if self.classifies:  # joint models are 2D: any flip request is the left-right flip
             record = {}
@@ -301,30 +298,6 @@ class Segmenter:
                 out.append((p[0] if self.num_classes == 1 else p).float().cpu().numpy())
             class_probs = None if record is None else [most_positive(record[i]) for i in range(len(out))]
         return SegmenterOutput(out, class_probs)
-
-    def probabilities(
-        self,
-        images: Sequence[np.ndarray],
-        contexts: Sequence[dict[str, Any]] | None = None,
-        batch_size: int = 8,
-        tta_flip: bool = False,
-    ) -> list[np.ndarray]:
-        """Probabilities at each image's original size (``(H, W)`` or ``(K, H, W)``)."""
-        return self.outputs(images, contexts, batch_size, tta_flip).probs
-
-    def outputs(
-        self,
-        images: Sequence[np.ndarray],
-        contexts: Sequence[dict[str, Any]] | None = None,
-        batch_size: int = 8,
-        tta_flip: bool = False,
-    ) -> SegmenterOutput:
-        """Soft maps at each image's original size and, for joint models, class probabilities."""
-        if self.volume_plan is not None:
-            raise CovsegError("this run segments volumes (NIfTI, a DICOM series, a folder of slices), not 2D images", self.run_dir)
-        contexts = list(contexts) if contexts is not None else [{} for _ in images]
-        inputs = [self.prepare(img, ctx) for img, ctx in zip(images, contexts)]
-        return self.infer_outputs(inputs, contexts, batch_size, tta_flip)
 
     def volume_probabilities(
         self,
@@ -353,12 +326,9 @@ class Segmenter:
                     empty[0] = 1.0
                 return empty[0] if self.num_classes == 1 else empty
         axes = (0,) if tta_flip is True else tta_flip
-        probs = self.infer([torch.from_numpy(x)], [context or {}], batch_size, tta_flip=axes)[0]
+        probs = self.infer([torch.from_numpy(x)], [context or {}], batch_size, tta_flip=axes).probs[0]
         restored = restore_volume(probs[None] if self.num_classes == 1 else probs, geometry)
         return restored[0] if self.num_classes == 1 else restored
-
-    def to_labels(self, probs: np.ndarray) -> np.ndarray:
-        return probs_to_labels(probs, self.threshold, self.num_classes)
 
     @property
     def text_guided(self) -> bool:

@@ -78,14 +78,13 @@ def predict_case(predictor: Any, path: Path, options: PredictOptions | None = No
 
         volume, _, affine = read_volume(path)
         space = space_of(path, volume)
-        pred = predictor.predict_volume(volume, affine, tta_flip=options.tta_flip, post=options.post, window=options.window,
-                                        batch_size=options.batch_size, space=space, **extra)  # fmt: skip
+        pred = predictor.predict_array(volume, affine, options, space=space, **extra)
         return CaseResult(Path(path), volume, space, pred, affine)
     from covseg.data.imageio import read_image
 
     image = read_image(path)
     space = space_of(path, image)
-    pred = predictor.predict_image(image, tta_flip=options.tta_flip, post=options.post, space=space, **extra)
+    pred = predictor.predict_array(image, options=options, space=space, **extra)
     return CaseResult(Path(path), image, space, pred)
 
 

@@ -58,11 +58,7 @@ class EnsemblePredictor(BasePredictor):
     def segmenters(self):
         return [s for m in self.members for s in m.segmenters()]
 
-    def predict_arrays(self, images, tta_flip=False, batch_size=8, **extra):
-        """The members' probabilities at each image's original size, averaged."""
-        return self.predict_outputs(images, tta_flip=tta_flip, batch_size=batch_size, **extra).probs
-
-    def predict_outputs(self, images, tta_flip=False, batch_size=8, **extra):
+    def _outputs(self, images, tta_flip=False, batch_size=8, **extra):
         """The members' soft maps averaged and, where members classify (joint runs), their class
         probabilities averaged over those members: an ensemble of joint runs is a joint predictor."""
         from covseg.engine.segmenter import SegmenterOutput
@@ -71,7 +67,7 @@ class EnsemblePredictor(BasePredictor):
         class_total: list[np.ndarray] | None = None
         classifying = 0
         for member in self.members:
-            out = member.predict_outputs(images, tta_flip=tta_flip, batch_size=batch_size, **extra)
+            out = member._outputs(images, tta_flip=tta_flip, batch_size=batch_size, **extra)
             total = out.probs if total is None else [t + p for t, p in zip(total, out.probs)]
             if out.class_probs is not None:
                 classifying += 1
@@ -81,7 +77,7 @@ class EnsemblePredictor(BasePredictor):
         class_probs = None if class_total is None else [(t / classifying).astype(np.float32) for t in class_total]
         return SegmenterOutput(probs, class_probs)
 
-    def volume_probabilities(self, volume, affine, tta_flip=False, window=None, batch_size=8, **extra):
+    def _volume_probabilities(self, volume, affine, tta_flip=False, window=None, batch_size=8, **extra):
         """Each member predicts the volume in its own way (window, slicing); soft maps averaged."""
-        probs = [m.volume_probabilities(volume, affine, tta_flip=tta_flip, window=window, batch_size=batch_size, **extra) for m in self.members]
+        probs = [m._volume_probabilities(volume, affine, tta_flip=tta_flip, window=window, batch_size=batch_size, **extra) for m in self.members]
         return (np.sum(probs, axis=0) / len(probs)).astype(np.float32)

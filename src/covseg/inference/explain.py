@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from covseg.errors import CovsegError, DataError
+from covseg.inference.options import PredictOptions
 from covseg.inference.predictor import Prediction, Predictor
 
 DEFAULT_LAYER = None  # the model's own cam_layer
@@ -120,7 +121,7 @@ class Explainer:
         """Prediction, Grad-CAM and attention of one 2D image (``(H, W)`` or ``(H, W, C)``)."""
         if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 3, 4)):
             raise DataError(f"covseg explain takes 2D images, got an array of shape {image.shape}")
-        prediction = self.predictor.predict_image(image, tta_flip=tta_flip)
+        prediction = self.predictor.predict_array(image, options=PredictOptions(tta=tta_flip))
         probs = prediction.class_probs
         target = self.target_class
         if target is None:

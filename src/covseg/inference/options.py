@@ -1,4 +1,5 @@
-"""What a prediction is asked to do: :class:`PredictOptions`, one object from the CLI to the files.
+"""What a prediction is asked to do: :class:`PredictOptions`, one object from the CLI to the files
+(and :class:`ExplainOptions`, :class:`ExportOptions` for ``covseg explain`` and ``covseg export``).
 
 ``covseg predict`` fills it from its options, :func:`covseg.api.predict` loads the models it names
 and :func:`covseg.inference.batch.predict_files` writes what it asks for; the settings are no
@@ -86,3 +87,54 @@ class PredictOptions:
             if not ok:
                 raise ConfigError(f"--{name.replace('_', '-')}: {problem}")
         return self
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """Every setting of ``covseg explain`` (the names of :func:`covseg.api.explain`'s keywords).
+
+    ``gt`` holds ground-truth masks (a mask folder, or a dataset folder with ``masks/``) to score the
+    heatmaps against; ``layer`` and ``target_class`` None are the model's own Grad-CAM layer and the
+    most probable infection class; ``tolerance`` is the pointing game's distance in pixels."""
+
+    checkpoint: str = "best"
+    gt: str | Path | None = None
+    layer: str | None = None
+    target_class: int | None = None
+    tolerance: float = 0.0
+    tta: bool = False
+    panels: bool = True
+    strict: bool = False
+
+    def checked(self) -> ExplainOptions:
+        """These options, or a ``ConfigError`` naming the bad one as its CLI option."""
+        if not self.tolerance >= 0:  # NaN too
+            raise ConfigError(f"--tolerance: {self.tolerance} must be non-negative")
+        return self
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Every setting of ``covseg export``: ``format`` (``onnx``, ``torchscript`` or ``bundle``, a MONAI
+    bundle), the ``checkpoint``, and for text-guided runs the ``prompts`` whose text features are written."""
+
+    format: str = "onnx"
+    checkpoint: str = "best"
+    prompts: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class PromptEvalOptions:
+    """Every setting of ``covseg evaluate-prompts`` besides the models, the dataset and the output folder.
+
+    ``prompt_types`` (``P0``, ``P1``...) are scored on the cases that have them all; ``texts`` is a text
+    source replacing the dataset's own; ``limit`` > 0 scores that many cases spread evenly over the
+    dataset; ``figure_case`` is the case drawn under each prompt (default: the first scored)."""
+
+    prompt_types: Sequence[str] = ()
+    texts: str | Path | None = None
+    split: str | None = None
+    checkpoint: str = "best"
+    limit: int = 0
+    figure_case: str | None = None
+    batch_size: int = 8

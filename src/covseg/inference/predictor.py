@@ -16,7 +16,7 @@ import numpy as np
 
 from covseg.data.intensity import LUNG_WINDOW, intensity_space
 from covseg.engine.runtime import Runtime
-from covseg.engine.segmenter import SPACE_KEY, WINDOW_KEY, Segmenter, probs_to_labels
+from covseg.engine.segmenter import SPACE_KEY, WINDOW_KEY, Segmenter, SegmenterOutput, probs_to_labels
 from covseg.errors import CovsegError, DataError
 from covseg.inference.results import PostprocessOptions as PostprocessOptions
 from covseg.inference.results import Prediction as Prediction
@@ -51,25 +51,23 @@ def contexts_for(
 
 
 class BasePredictor:
-    """What every predictor offers from its ``predict_arrays`` and ``volume_probabilities``."""
+    """A predictor's input-level methods (:meth:`predict_array`, :meth:`predict_file`, :meth:`predict_folder`),
+    built on the two a subclass gives: ``_outputs`` (a batch of 2D images) and ``_volume_probabilities``."""
 
     num_classes: int
     threshold: float
     #: names of a joint model's image-level classes (negative first); None without a classifier
     class_names: list[str] | None = None
-
-    def predict_outputs(self, images: list[np.ndarray], tta_flip: bool = False, batch_size: int = 8, **extra: Any):
-        """Soft maps and (joint models) class probabilities: a :class:`~covseg.engine.segmenter.SegmenterOutput`."""
-        from covseg.engine.segmenter import SegmenterOutput
-
-        return SegmenterOutput(self.predict_arrays(images, tta_flip=tta_flip, batch_size=batch_size, **extra))
     #: True when the predictor segments whole volumes (3D or 2.5D runs): folders of slices are stacked
     volumetric: bool = False
 
-    def predict_arrays(self, images: list[np.ndarray], tta_flip: bool = False, batch_size: int = 8, **extra: Any) -> list[np.ndarray]:
+    def _outputs(self, images: Sequence[np.ndarray], tta_flip: bool | Sequence[int] = False, batch_size: int = 8, **extra: Any) -> SegmenterOutput:
+        """Soft maps of 2D images at their own sizes and, for joint models, class probabilities."""
         raise NotImplementedError
 
-    def volume_probabilities(self, volume: np.ndarray, affine: np.ndarray, tta_flip: bool = False, window=None, batch_size: int = 8, **extra: Any) -> np.ndarray:
+    def _volume_probabilities(self, volume: np.ndarray, affine: np.ndarray, tta_flip: bool | Sequence[int] = False, window=None,
+                              batch_size: int = 8, space: str | None = None, **extra: Any) -> np.ndarray:  # fmt: skip
+        """Soft maps of a volume in its own geometry."""
         raise NotImplementedError
 
     def to_labels(self, probs: np.ndarray, post: PostprocessOptions | None = None) -> np.ndarray:
@@ -77,59 +75,24 @@ class BasePredictor:
         labels = probs_to_labels(probs, self.threshold, self.num_classes)
         return post.apply(labels) if post else labels
 
-    def predict_image(self, image: np.ndarray, tta_flip: bool = False, post: PostprocessOptions | None = None, **extra: Any) -> Prediction:
-        """One 2D image (H×W or H×W×C) at its own size: soft map, labels and, for joint models, class probabilities."""
-        if post is not None and post.lungs_only:
-            from covseg.inference.postprocess import LUNGS_NEED_VOLUME
-
-            raise DataError(f"{LUNGS_NEED_VOLUME}; this is a 2D image")
-        out = self.predict_outputs([image], tta_flip=tta_flip, **extra)
-        probs = out.probs[0]
-        class_probs = None if out.class_probs is None else out.class_probs[0]
-        return Prediction(probs=probs, labels=self.to_labels(probs, post), class_probs=class_probs)
-
-    def predict_volume(
-        self,
-        volume: np.ndarray,
-        affine: np.ndarray,
-        tta_flip: bool = False,
-        post: PostprocessOptions | None = None,
-        window: tuple[float, float] | None = None,
-        batch_size: int = 8,
-        space: str | None = None,
-        **extra: Any,
-    ) -> Prediction:
-        """A volume's prediction in its own geometry (shape and axis order of ``volume``); with
-        ``post.lungs_only`` the lung mask used is in ``meta["lung_mask"]`` (uint8, without the margin).
-        ``space`` is the volume's intensity space (``hu``, ``display``, ``unit``; give
-        :func:`covseg.data.intensity.space_of` of its file, else its values decide); ``window`` applies to HU."""
-        meta: dict[str, Any] = {}
-        lungs = None
-        space = space or intensity_space(volume)
-        if post is not None and post.lungs_only:  # before the network: a volume without lungs costs no inference
-            from covseg.inference.postprocess import lungs_of
-
-            lungs = lungs_of(volume, affine, space)
-        probs = self.volume_probabilities(volume, affine, tta_flip=tta_flip, window=window, batch_size=batch_size, space=space, **extra)
-        if lungs is not None:
-            from covseg.inference.postprocess import zero_outside
-            from covseg.transforms.lungmask import dilate_mm
-
-            probs = zero_outside(probs, dilate_mm(lungs, affine, post.lung_margin_mm), self.num_classes)
-            meta["lung_mask"] = lungs.astype(np.uint8)
-        return Prediction(probs=probs.astype(np.float32), labels=self.to_labels(probs, post), meta=meta)
-
     # -- by input level (nnU-Net's predict_single_npy_array / predict_from_files) ------------------------
     def predict_array(self, array: np.ndarray, affine: np.ndarray | None = None, options: Any = None, **extra: Any) -> Prediction:
         """An array in memory: a 2D image (H×W or H×W×C), or with ``affine`` a volume in its own geometry;
-        ``options`` (:class:`covseg.inference.options.PredictOptions`) gives TTA, window, batch size and postprocessing."""
+        ``options`` (:class:`covseg.inference.options.PredictOptions`) gives TTA, window, batch size and postprocessing.
+        ``extra``: ``text=`` (text-guided runs) and ``space=`` (the array's intensity space: ``hu``, ``display``,
+        ``unit``; give :func:`covseg.data.intensity.space_of` of its file, else its values decide). For a volume
+        with ``lungs_only``, the lung mask used is in ``meta["lung_mask"]`` (uint8, without the margin)."""
         from covseg.inference.options import PredictOptions
 
         options = options or PredictOptions()
         if affine is None:
-            return self.predict_image(array, tta_flip=options.tta_flip, post=options.post, **extra)
-        return self.predict_volume(array, affine, tta_flip=options.tta_flip, post=options.post, window=options.window,
-                                   batch_size=options.batch_size, **extra)  # fmt: skip
+            return self._predict_image(array, options.tta_flip, options.post, **extra)
+        return self._predict_volume(array, affine, options, **extra)
+
+    def predict_image(self, image: np.ndarray, tta_flip: bool = False, post: PostprocessOptions | None = None, **extra: Any) -> Prediction:
+        """One 2D image (H×W or H×W×C) at its own size: :meth:`predict_array` of an image, with TTA and
+        postprocessing as keywords (kept for scripts and the speed benchmarks, which name it)."""
+        return self._predict_image(image, tta_flip, post, **extra)
 
     def predict_file(self, path: str | Path, options: Any = None, **extra: Any):
         """One file (image, NIfTI, DICOM series, stack of slices) read in its own intensity space:
@@ -147,6 +110,38 @@ class BasePredictor:
         options = options or PredictOptions()
         files = list_inputs(Path(input), volumes=self.volumetric or options.lungs_only, stack_spacing=options.stack_spacing, series_folders=True)
         return predict_files(self, files, Path(output), options, **kwargs)
+
+    # -- the two input kinds, behind predict_array ----------------------------------------------------------
+    def _predict_image(self, image: np.ndarray, tta_flip: bool | Sequence[int], post: PostprocessOptions | None, **extra: Any) -> Prediction:
+        """A 2D image's soft map, labels and class probabilities (a batch of one through ``_outputs``)."""
+        if post is not None and post.lungs_only:
+            from covseg.inference.postprocess import LUNGS_NEED_VOLUME
+
+            raise DataError(f"{LUNGS_NEED_VOLUME}; this is a 2D image")
+        out = self._outputs([image], tta_flip=tta_flip, **extra)
+        probs = out.probs[0]
+        class_probs = None if out.class_probs is None else out.class_probs[0]
+        return Prediction(probs=probs, labels=self.to_labels(probs, post), class_probs=class_probs)
+
+    def _predict_volume(self, volume: np.ndarray, affine: np.ndarray, options: Any, space: str | None = None, **extra: Any) -> Prediction:
+        """A volume's prediction in its own geometry; with ``lungs_only`` the lungs are found before the network runs."""
+        post = options.post
+        meta: dict[str, Any] = {}
+        lungs = None
+        space = space or intensity_space(volume)
+        if post.lungs_only:  # before the network: a volume without lungs costs no inference
+            from covseg.inference.postprocess import lungs_of
+
+            lungs = lungs_of(volume, affine, space)
+        probs = self._volume_probabilities(volume, affine, tta_flip=options.tta_flip, window=options.window,
+                                           batch_size=options.batch_size, space=space, **extra)  # fmt: skip
+        if lungs is not None:
+            from covseg.inference.postprocess import zero_outside
+            from covseg.transforms.lungmask import dilate_mm
+
+            probs = zero_outside(probs, dilate_mm(lungs, affine, post.lung_margin_mm), self.num_classes)
+            meta["lung_mask"] = lungs.astype(np.uint8)
+        return Prediction(probs=probs.astype(np.float32), labels=self.to_labels(probs, post), meta=meta)
 
 
 class Predictor(BasePredictor):
@@ -208,17 +203,13 @@ class Predictor(BasePredictor):
         adapter = self.segmenter.adapter("text")
         return None if adapter is None else adapter.encoder
 
-    def predict_arrays(self, images, tta_flip=False, batch_size=8, **extra):
-        """Probabilities at each image's original size (``(H, W)`` or ``(K, H, W)``); ``text=`` or ``texts=``."""
+    def _outputs(self, images, tta_flip=False, batch_size=8, **extra):
+        """Soft maps at each image's original size (``(H, W)`` or ``(K, H, W)``) and, for joint models,
+        class probabilities; ``text=`` or ``texts=`` reach the adapters."""
         contexts = contexts_for(len(images), **extra)
-        return self.segmenter.probabilities(images, contexts, batch_size=batch_size, tta_flip=tta_flip)
+        return self.segmenter.infer(images, contexts, batch_size=batch_size, tta_flip=tta_flip)
 
-    def predict_outputs(self, images, tta_flip=False, batch_size=8, **extra):
-        """Soft maps at each image's original size and, for joint models, class probabilities."""
-        contexts = contexts_for(len(images), **extra)
-        return self.segmenter.outputs(images, contexts, batch_size=batch_size, tta_flip=tta_flip)
-
-    def volume_probabilities(self, volume, affine, tta_flip=False, window=None, batch_size=8, space=None, **extra):
+    def _volume_probabilities(self, volume, affine, tta_flip=False, window=None, batch_size=8, space=None, **extra):
         """Probabilities of a volume in the volume's own geometry: a volume run (3D or 2.5D) through its
         volume plan (its own window; ``tta_flip`` True or spatial axes of the RAS grid), a 2D run slice by
         slice; both map intensities by the volume's ``space`` (None: decided from the whole volume's values)."""
@@ -251,7 +242,7 @@ class Predictor(BasePredictor):
         x = torch.stack([self.segmenter.prepare(s, context) for s in slices], dim=1)
         sliced = copy.copy(self.segmenter)  # the same model and adapters, the slices inferer around the run's own
         sliced.inferer = SliceInferer(self.segmenter.inferer, axis=0)
-        return sliced.infer([x], [context], batch_size=batch_size, tta_flip=tta_flip)[0]
+        return sliced.infer([x], [context], batch_size=batch_size, tta_flip=tta_flip).probs[0]
 
 
 def list_inputs(

@@ -25,6 +25,7 @@ from covseg.inference.batch import (
     run_dirs_of,
     write_index,
 )
+from covseg.inference.options import PredictOptions
 from covseg.inference.predictor import BasePredictor
 from covseg.utils.atomic import atomic_path
 from covseg.utils.outputs import OutputFolder
@@ -100,7 +101,7 @@ def _pseudo_label_all(
         stem = stem_of(path)
         targets = [folder.check(t) for t in (out_dir / "images" / path.name, out_dir / "masks" / f"{stem}.png", out_dir / "edges" / f"{stem}.png")]
         image = read_image(path)
-        pred = predictor.predict_image(image, tta_flip=tta_flip, **extra)
+        pred = predictor.predict_array(image, options=PredictOptions(tta=tta_flip), **extra)
         _link_or_copy(path, targets[0])
         write_mask(targets[1], pred.labels, scale_binary=predictor.num_classes == 1)
         binary = (pred.labels > 0).astype(np.uint8)

@@ -115,7 +115,7 @@ class TrainerValidation:
                 [segmenter.volume_probabilities(data.original_images[i], data.affines[i], batch_size=self.cfg.train.val_batch_size) for i in indices]
             )
         inputs, contexts = self.val_inputs(), self.val_contexts()
-        return self.segmenter(model).infer_outputs(
+        return self.segmenter(model).infer(
             [inputs[i] for i in indices], [contexts[i] for i in indices], self.cfg.train.val_batch_size
         )
 

@@ -146,7 +146,7 @@ class CPSTrainer(Trainer):
         scores = []
         for i in range(len(self.unlabeled)):
             x = self.unlabeled.volume(i)
-            pa, pb = (torch.from_numpy(s.infer([x], batch_size=batch)[0]) for s in (seg_a, seg_b))
+            pa, pb = (torch.from_numpy(s.infer([x], batch_size=batch).probs[0]) for s in (seg_a, seg_b))
             if self.num_classes == 1:
                 pa, pb = pa[None], pb[None]
             scores.append(image_uncertainty(pa[None], pb[None], self.cfg.semi.cps.uif.score).float())

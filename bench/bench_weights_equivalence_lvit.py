@@ -11,7 +11,7 @@ subprocess and compares on the same image and text tensor:
    model fed the same image (RGB; theirs gets it BGR, as OpenCV reads it) and the same 10 token
    features (covseg's after a leading [CLS] row it skips);
 2. predictor: a tiny random 768-d BERT folder (1 layer, a made-up vocabulary) as the run's text
-   encoder (``--text-encoder``), ``Predictor.predict_arrays`` on a 224² grey image and a caption
+   encoder (``--text-encoder``), ``Predictor.predict_array`` on a 224² grey image and a caption
    against their model fed the same image and that encoder's token features 1..10.
 
 Pass: max |diff| ≤ 1e-4. Two controls show the check can fail (no BGR reversal; text tokens
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         "bilateral infection in the lower left lung and the upper right lung, opacity in the middle zones"
     )
     predictor = Predictor.from_run(work / "run_text", device="cpu")
-    predicted = predictor.predict_arrays([image], text=caption)[0]
+    predicted = predictor.predict_array(image, text=caption).probs
     tokens = predictor.text_encoder.encode([caption]).tokens
     x = torch.from_numpy(image).float().div(255.0)[None, None].expand(1, 3, -1, -1)
     with torch.no_grad():

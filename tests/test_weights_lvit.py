@@ -187,7 +187,7 @@ def test_imported_run_predicts_with_text_as_the_model_does(checkpoint, bert, tmp
     predictor = Predictor.from_run(tmp_path / "run", device="cpu")
     assert predictor.text_encoder.dim == 768 and predictor.text_encoder.max_length == 25
     image = (np.random.default_rng(0).random((224, 224)) * 255).astype(np.uint8)
-    probs = predictor.predict_arrays([image], text=CAPTION)[0]
+    probs = predictor.predict_array(image, text=CAPTION).probs
     features = predictor.text_encoder.encode([CAPTION])
     assert int(features.mask.sum()) == 20  # [CLS], 17 words and a comma, [SEP]
     model = model_from_checkpoint(load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")).eval()
@@ -204,4 +204,4 @@ def test_imported_run_predicts_with_text_as_the_model_does(checkpoint, bert, tmp
     )  # random weights: a flat map; bench/ checks real outputs
     np.testing.assert_allclose(probs, direct, atol=1e-5)
     with pytest.raises(CovsegError, match="came without text"):
-        predictor.predict_arrays([image])  # the published LViT has no image-only mode
+        predictor.predict_array(image)  # the published LViT has no image-only mode

@@ -63,12 +63,17 @@ class FlareMetrics(MedicalMetrics):
         keep = ("num_classes", "threshold", "binarisation", "tolerance", "empty", "pred_type", "nsd")
         return {k: v for k, v in super().params.items() if k in keep}
 
-    def update(self, pred: Any, gt: Any, spacing: Any = None, case_id: str | None = None, voxel_ml: float | None = None) -> list[dict[str, Any]]:
-        """Score one case; its records keep DSC, NSD, voxel counts and spacing."""
-        start = len(self._records)
-        super().update(pred, gt, spacing, case_id, voxel_ml)
-        self._records[start:] = [{k: r[k] for k in _KEEP if k in r} for r in self._records[start:]]
-        return [dict(r) for r in self._records[start:]]
+    def case_records(
+        self,
+        pred: Any,
+        gt: Any,
+        spacing: Any = None,
+        case_id: str | None = None,
+        voxel_ml: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """One case's records, keeping DSC, NSD, voxel counts and spacing (``update`` records these)."""
+        records = super().case_records(pred, gt, spacing, case_id, voxel_ml=voxel_ml)
+        return [{k: r[k] for k in _KEEP if k in r} for r in records]
 
 
 def _case_keys(name: str) -> list[str]:

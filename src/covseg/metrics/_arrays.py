@@ -37,22 +37,22 @@ def _is_integral(arr: np.ndarray) -> bool:
     return bool(np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)))
 
 
-def soft_map(pred: Any) -> np.ndarray:
-    """A float64 probability map in ``[0, 1]``: integers are divided by 255 (or 65535), floats are checked.
+def soft_map_divisor(p: np.ndarray) -> int | None:
+    """What :func:`soft_map` divides an array by (255 or 65535; None for bool and float maps), after its checks.
 
-    Raises ``ValueError`` for floats outside ``[0, 1]`` (logits: apply a sigmoid first) or NaN.
+    Validates without building the float64 map: callers that only need to know the array is a
+    valid soft map (or want to threshold it through a lookup table) skip a full-size copy.
     """
-    p = to_numpy(pred)
     if p.dtype == bool:
-        return p.astype(np.float64)
+        return None
     if np.issubdtype(p.dtype, np.integer):
         if p.size and p.min() < 0:
             raise ValueError("integer soft map has negative values")
         top = int(p.max(initial=0))
         if p.dtype == np.uint8 or top <= 255:
-            return p / 255  # the same operation as MATLAB's im2double and pysodmetrics' prepare_data
+            return 255  # the same operation as MATLAB's im2double and pysodmetrics' prepare_data
         if p.dtype == np.uint16 or top <= 65535:
-            return p / 65535
+            return 65535
         raise ValueError(f"integer soft map with values up to {top}: expected 0..255 or 0..65535")
     p = p.astype(np.float64, copy=False)
     if not np.all(np.isfinite(p)):
@@ -62,7 +62,37 @@ def soft_map(pred: Any) -> np.ndarray:
             f"soft map values span [{p.min():.4g}, {p.max():.4g}], outside [0, 1] "
             "(logits? apply a sigmoid or softmax first)"
         )
-    return p
+    return None
+
+
+def soft_map(pred: Any) -> np.ndarray:
+    """A float64 probability map in ``[0, 1]``: integers are divided by 255 (or 65535), floats are checked.
+
+    Raises ``ValueError`` for floats outside ``[0, 1]`` (logits: apply a sigmoid first) or NaN.
+    """
+    p = to_numpy(pred)
+    divisor = soft_map_divisor(p)
+    if divisor is not None:
+        return p / divisor
+    return p.astype(np.float64, copy=False)
+
+
+def binarise_soft_map(pred: np.ndarray, threshold: float) -> np.ndarray:
+    """``(soft_map(pred) >= threshold)`` as ``uint8``; 8/16-bit maps by one integer comparison, no float copy.
+
+    ``value / divisor`` (the float64 operation :func:`soft_map` does per pixel) rises with the
+    stored value, so the pixels at or above the threshold are exactly those whose stored value is
+    at least the first value that passes: the same mask from the same comparisons.
+    """
+    p = to_numpy(pred)
+    divisor = soft_map_divisor(p)
+    if divisor is not None and p.dtype in (np.uint8, np.uint16):
+        passing = np.flatnonzero(np.arange(np.iinfo(p.dtype).max + 1) / divisor >= threshold)
+        if passing.size == 0:
+            return np.zeros(p.shape, dtype=np.uint8)
+        return (p >= passing[0]).view(np.uint8)
+    values = p / divisor if divisor is not None else p.astype(np.float64, copy=False)
+    return (values >= threshold).astype(np.uint8)
 
 
 def gt_labels(gt: Any, num_classes: int = 1) -> np.ndarray:
@@ -147,7 +177,7 @@ def prediction_labels(
             raise ValueError(
                 "multi-class soft maps need a channel axis: (C, *spatial) with C = num_classes + 1"
             )
-        return (soft_map(p) >= threshold).astype(np.uint8)
+        return binarise_soft_map(p, threshold)
     if not _is_integral(p):
         raise ValueError("prediction given as a mask has non-integer values")
     if p.size and p.min() < 0:

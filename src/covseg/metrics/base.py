@@ -86,6 +86,17 @@ class MetricAccumulator:
         """One dict per case (per case and class for multi-class protocols), copies of the records."""
         return [dict(r) for r in self._records]
 
+    def case_records(
+        self, pred: Any, gt: Any, spacing: Any = None, case_id: str | None = None, **kwargs: Any
+    ) -> list[dict[str, Any]] | None:
+        """One case's records as ``update`` would add them, recording nothing; None where the protocol
+        cannot score apart from recording (then call ``update``).
+
+        Pure and thread-safe where implemented: folder evaluation scores the next cases in threads
+        and adds their records in order with :meth:`add_records`.
+        """
+        return None
+
     def add_records(self, case_id: str, records: list[dict[str, Any]]) -> None:
         """Add one case's records scored elsewhere (another process: MONAI's ``Cumulative`` sync)."""
         self._case_ids.append(str(case_id))

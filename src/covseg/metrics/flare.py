@@ -168,7 +168,7 @@ class FlareMetrics(MedicalMetrics):
             )
         return out
 
-    def update(
+    def case_records(
         self,
         pred: Any,
         gt: Any,
@@ -176,12 +176,10 @@ class FlareMetrics(MedicalMetrics):
         case_id: str | None = None,
         voxel_ml: float | None = None,
     ) -> list[dict[str, Any]]:
-        """Score one case; its records keep DSC, NSD, voxel counts and spacing."""
+        """One case's records (DSC, NSD, voxel counts, spacing) without recording them (``update`` records them)."""
         if self.nsd == "voxel":
-            start = len(self._records)
-            super().update(pred, gt, spacing, case_id, voxel_ml)
-            self._records[start:] = [{k: r[k] for k in _KEEP if k in r} for r in self._records[start:]]
-            return [dict(r) for r in self._records[start:]]
+            records = super().case_records(pred, gt, spacing, case_id, voxel_ml=voxel_ml)
+            return [{k: r[k] for k in _KEEP if k in r} for r in records]
         g = gt_labels(gt, self.num_classes)
         p = prediction_labels(
             pred, g.shape, num_classes=self.num_classes, threshold=self.threshold, pred_type=self.pred_type
@@ -190,7 +188,7 @@ class FlareMetrics(MedicalMetrics):
         if self.num_classes == 1:
             g, p = (g > 0).astype(np.uint8), (p > 0).astype(np.uint8)
         boxes = zip(_class_boxes(p, self.num_classes), _class_boxes(g, self.num_classes))
-        cid = self._next_case_id(case_id)
+        cid = self._case_id_for(case_id)
         records = []
         for c, (box_p, box_g) in enumerate(boxes, 1):
             box = _union(box_p, box_g)
@@ -205,8 +203,7 @@ class FlareMetrics(MedicalMetrics):
             )
             records.append({"case_id": cid, "class": c, "dice": dsc, "nsd": nsd, "gt_voxels": int(gm.sum()),
                             "pred_voxels": int(pm.sum()), "spacing": sp})  # fmt: skip
-        self._records.extend(records)
-        return [dict(r) for r in records]
+        return records
 
 
 def _case_keys(name: str) -> list[str]:

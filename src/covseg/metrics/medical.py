@@ -184,6 +184,22 @@ class MedicalMetrics(MetricAccumulator):
     ) -> list[dict[str, Any]]:
         """Score one case (validated before anything is recorded) and return its records; ``voxel_ml`` as in
         :func:`medical_metrics`."""
+        records = self.case_records(pred, gt, spacing, case_id, voxel_ml=voxel_ml)
+        self.add_records(self._case_id_for(case_id), records)
+        return [dict(r) for r in records]
+
+    def _case_id_for(self, case_id: str | None) -> str:
+        return f"case{len(self._case_ids):05d}" if case_id is None else str(case_id)
+
+    def case_records(
+        self,
+        pred: Any,
+        gt: Any,
+        spacing: Any = None,
+        case_id: str | None = None,
+        voxel_ml: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """The case's records (``case_id``, class, metrics, voxel counts, spacing) without recording them."""
         rows = medical_metrics(
             pred,
             gt,
@@ -199,10 +215,8 @@ class MedicalMetrics(MetricAccumulator):
         )
         ndim = np.ndim(gt) if not hasattr(gt, "ndim") else gt.ndim
         sp = normalise_spacing(spacing, ndim)
-        cid = self._next_case_id(case_id)
-        records = [{"case_id": cid, **row, "spacing": sp} for row in rows]
-        self._records.extend(records)
-        return [dict(r) for r in records]
+        cid = self._case_id_for(case_id)
+        return [{"case_id": cid, **row, "spacing": sp} for row in rows]
 
     def aggregate(self, reduction: Reduction = "nanmean") -> dict[str, Any]:
         """Overall statistics (all case × class records) plus ``per_class`` statistics."""

@@ -22,19 +22,17 @@ from covseg.runs.packing import pack_run
 from covseg.training.config import load_config
 from covseg.training.trainer import build_trainer
 
-from tests.helpers import free_port, phantom_dataset, tiny_config, wait_for_server
+from tests.helpers import free_port, tiny_config, wait_for_server
 
 TINY = "tiny-app-model"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
-    root = tmp_path_factory.mktemp("app")
-    data = phantom_dataset(root / "data", n=16, size=64)
-    run = root / "run"
-    build_trainer(load_config(raw=tiny_config(data, epochs=2)), run, quiet=True).fit()
-    pack_run(run, root / "zoo" / TINY, {"name": TINY, "task": "phantom test model"}, checkpoint="last")
-    return run, root / "zoo", data
+def trained(phantom_run, tmp_path_factory) -> tuple[Path, Path, Path]:
+    data, run = phantom_run  # the session's shared run (conftest), packed here as a zoo model
+    zoo_dir = tmp_path_factory.mktemp("app") / "zoo"
+    pack_run(run, zoo_dir / TINY, {"name": TINY, "task": "phantom test model"}, checkpoint="last")
+    return run, zoo_dir, data
 
 
 @pytest.fixture

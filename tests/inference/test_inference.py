@@ -22,12 +22,8 @@ from tests.helpers import phantom_dataset, tiny_config
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("infer")
-    data = phantom_dataset(root / "data", n=16, size=64)
-    run = root / "run"
-    build_trainer(load_config(raw=tiny_config(data, epochs=2)), run, quiet=True).fit()
-    return run
+def trained_run(phantom_run) -> Path:
+    return phantom_run[1]  # the session's shared run (conftest)
 
 
 def _covseg(*args: str) -> subprocess.CompletedProcess:

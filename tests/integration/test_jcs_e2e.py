@@ -109,6 +109,7 @@ def test_gradcam_peak_lies_in_the_lesion_on_most_positives(joint_run):
     assert agg["metrics"]["inside_share"]["mean"] > 3 * agg["metrics"]["mask_fraction"]["mean"], agg
 
 
+@pytest.mark.slow  # trains jcs on 64 phantoms (module fixture joint_run)
 def test_predict_explain_evaluate_from_the_command_line(joint_run, tmp_path):
     run, fresh = joint_run["run"], joint_run["fresh"]
     assert run_cli(["predict", "-m", run, "-i", fresh / "images", "-o", tmp_path / "pred", "-q"]) == 0

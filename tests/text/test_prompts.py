@@ -126,6 +126,7 @@ def cris_run(tmp_path_factory):
     return {"root": root, "prompts": prompts, "run": base / "cris", "base": base}
 
 
+@pytest.mark.slow  # trains a text model 16 epochs on 128 images (module fixture cris_run)
 def test_trained_cris_reads_the_prompt_type(cris_run, tmp_path):
     run = cris_run["run"]
     model_json = json.loads((run / "model.json").read_text())
@@ -161,6 +162,7 @@ def test_trained_cris_reads_the_prompt_type(cris_run, tmp_path):
     assert d1 > 0.7 and not np.array_equal(masks["P0"], masks["P1"])
 
 
+@pytest.mark.slow  # trains a text model 16 epochs on 128 images (module fixture cris_run)
 def test_evaluate_prompts_lists_cases_without_a_type_and_refuses_image_only_runs(cris_run, tmp_path):
     prompts = json.loads(cris_run["prompts"].read_text())
     del prompts[0]["prompts"]["P1"]

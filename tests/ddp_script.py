@@ -1,4 +1,4 @@
-"""Run under ``torchrun --nproc_per_node 2`` by tests/test_runtime.py (gloo on CPU).
+"""Run under ``torchrun --nproc_per_node 2`` by tests/engine/test_runtime.py (gloo on CPU).
 
 ``python -m torch.distributed.run --nproc_per_node 2 tests/ddp_script.py CONFIG.json RUN_DIR OUT_DIR [stop_after]``
 trains the config into RUN_DIR; every rank saves its final weights to OUT_DIR/rank<r>.pt and the

@@ -24,7 +24,7 @@ by half a voxel, whose points are the corners of the voxels:
 Empty masks follow the library: one side empty → NSD 0, distances ``inf``; both empty → NaN (the
 FLARE table applies FLARE's own rules before this is called, see :mod:`covseg.metrics.flare`).
 Only the union bounding box of both masks (plus one corner) is processed; the result is the same
-as on the whole image. Agreement with the library: ``tests/test_metrics_surface_area.py`` (stored
+as on the whole image. Agreement with the library: ``tests/metrics/test_metrics_surface_area.py`` (stored
 reference values) and ``bench/bench_nsd_reference.py``.
 
 The 3D table: the area vectors of the marching-cubes triangles of each of the 256 neighbour codes,

@@ -31,6 +31,7 @@ from covseg.models.clip_encoder import CLIP_MEAN, CLIP_STD
 from covseg.models.encoders import Encoder
 from covseg.registry import ENCODERS
 from covseg.utils.paths import expand
+from covseg.utils.state_dicts import state_dict_problem
 
 VISUAL_FILE = "visual.safetensors"
 
@@ -152,18 +153,9 @@ class CLIPResNetEncoder(Encoder):
         """Load CLIP ``visual.*`` tensors (prefix dropped); the attention pool is skipped, anything else must match."""
         own = self.state_dict()
         state = {k: v for k, v in visual.items() if not k.startswith("attnpool.")}
-        missing = [k for k in own if k not in state]
-        stray = [k for k in state if k not in own]
-        if missing or stray:
-            raise CovsegError(
-                f"CLIP ResNet tensors do not match: missing {missing[:3]}, unknown {stray[:3]}", source
-            )
-        for key, value in state.items():
-            if tuple(value.shape) != tuple(own[key].shape):
-                raise CovsegError(
-                    f"CLIP ResNet tensor {key} has shape {list(value.shape)}, expected {list(own[key].shape)}",
-                    source,
-                )
+        problem = state_dict_problem(own, state)
+        if problem:
+            raise CovsegError(f"CLIP ResNet tensors do not match: {problem}", source)
         self.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
     def train(self, mode: bool = True) -> CLIPResNetEncoder:

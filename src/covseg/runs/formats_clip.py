@@ -35,6 +35,7 @@ from covseg.models.clip_weights import (
     vision_config,
 )
 from covseg.registry import CHECKPOINT_FORMATS
+from covseg.utils.state_dicts import state_dict_problem
 
 CLIP_FILES = (
     "config.json",
@@ -147,18 +148,9 @@ def hf_model(arch: ClipArchitecture, state: dict[str, Any], source: Path) -> Any
         ) from None
     mapped = openai_to_hf(state, towers, source)
     expected = model.state_dict()
-    missing = [k for k in expected if k not in mapped and not k.endswith("position_ids")]
-    stray = [k for k in mapped if k not in expected]
-    if missing or stray:
-        raise CovsegError(
-            f"not a complete OpenAI-CLIP state dict: missing {missing[:3]}, unknown {stray[:3]}", source
-        )
-    for key, value in mapped.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise CovsegError(
-                f"OpenAI-CLIP tensor for {key} has shape {list(value.shape)}, {arch.name} needs {list(expected[key].shape)}",
-                source,
-            )
+    problem = state_dict_problem(expected, mapped, optional=lambda key: key.endswith("position_ids"))
+    if problem:
+        raise CovsegError(f"not a complete OpenAI-CLIP state dict for {arch.name}: {problem}", source)
     model.load_state_dict(mapped, strict=False)
     return model.eval()
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from covseg.errors import CovsegError
 from covseg.registry import CHECKPOINT_FORMATS
+from covseg.utils.state_dicts import state_dict_problem
 
 IMPORT_FILES = ("model.json", "provenance.json", "checkpoints")
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -122,19 +123,14 @@ def convert_state(fmt: CheckpointFormat, state: dict[str, Any], source: str | Pa
             continue
         if target is not None:
             mapped[target] = value
-    missing = [k for k in expected if k not in mapped]
-    stray = [k for k in mapped if k not in expected]
     what = f"not a {fmt.name} checkpoint ({fmt.source or fmt.model})"
-    if unknown or stray:
+    stray = [k for k in mapped if k not in expected]
+    if unknown or stray:  # names the format cannot map count as unknown too
         bad = (unknown + stray)[:3]
         raise CovsegError(f"{what}: {len(unknown) + len(stray)} unknown tensor(s), e.g. {', '.join(bad)}", source)
-    if missing:
-        raise CovsegError(f"{what}: {len(missing)} tensor(s) missing, e.g. {', '.join(missing[:3])}", source)
-    for key, value in mapped.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise CovsegError(
-                f"{what}: {key} has shape {list(value.shape)}, the model needs {list(expected[key].shape)}", source
-            )
+    problem = state_dict_problem(expected, mapped)
+    if problem:
+        raise CovsegError(f"{what}: {problem}", source)
     mapped = {k: v.to(expected[k].dtype) for k, v in mapped.items()}
     model.load_state_dict(mapped, strict=True)
     model.eval()

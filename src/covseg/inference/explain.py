@@ -167,12 +167,8 @@ def explain_files(
     from covseg.data.formats import suffixes
     from covseg.data.imageio import is_volume, read_image, stem_of, write_image
     from covseg.inference.batch import class_columns, for_each_file, write_failures
-    from covseg.metrics.evaluation import (
-        _files_by_stem,
-        _finite_or_none,
-        read_ground_truth,
-        resolve_gt_folder,
-    )
+    from covseg.metrics.cases import _files_by_stem
+    from covseg.metrics.evaluation import _finite_or_none, read_ground_truth, resolve_gt_folder
     from covseg.metrics.explanation import ExplanationMetrics
     from covseg.utils.atomic import write_json, write_with
     from covseg.utils.outputs import OutputFolder

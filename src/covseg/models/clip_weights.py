@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from covseg.errors import CovsegError
+from covseg.utils.state_dicts import read_state_dict
 
 #: the names OpenAI gave its released architectures, by (kind, layers, width, patch or resolution)
 KNOWN_NAMES = {
@@ -92,44 +93,10 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     needs unpickling or anything that is not a name → tensor mapping is refused in one line.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CovsegError("CLIP checkpoint file not found", path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            raw: Any = load_file(str(path), device="cpu")
-        except Exception as exc:
-            raise CovsegError(f"unreadable safetensors file ({type(exc).__name__})", path) from None
-    else:
-        if _is_torchscript(path):
-            raise CovsegError(TORCHSCRIPT_HELP, path)
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            text = str(exc)
-            junk = "Unsupported operand" in text or "invalid load key" in text
-            if not junk and ("weights_only" in text or "Unsupported global" in text):
-                raise CovsegError(
-                    "checkpoint needs full unpickling, which could run code; covseg reads plain tensors only",
-                    path,
-                ) from None
-            raise CovsegError(
-                f"unreadable checkpoint ({type(exc).__name__}; not a PyTorch state dict)", path
-            ) from None
-    if isinstance(raw, dict):
-        for wrapper in ("state_dict", "model"):  # open_clip training checkpoints wrap theirs
-            if isinstance(raw.get(wrapper), dict):
-                raw = raw[wrapper]
-                break
-    if not isinstance(raw, dict) or not raw:
-        raise CovsegError("not a state dict (no name → tensor mapping)", path)
-    state: dict[str, torch.Tensor] = {}
-    for key, value in raw.items():
-        if not isinstance(key, str) or not torch.is_tensor(value):
-            raise CovsegError(f"not a state dict: entry {str(key)[:60]!r} is not a named tensor", path)
-        state[key.removeprefix("module.")] = value.float() if value.is_floating_point() else value
-    return state
+    if path.is_file() and path.suffix != ".safetensors" and _is_torchscript(path):
+        raise CovsegError(TORCHSCRIPT_HELP, path)
+    state = read_state_dict(path, "CLIP checkpoint")
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 def infer_architecture(state: dict[str, torch.Tensor], source: str | Path | None = None) -> ClipArchitecture:

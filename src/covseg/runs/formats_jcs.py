@@ -3,7 +3,7 @@
 Their ``tools/test_joint.py`` builds ``Models.joint_model.JCS()`` and calls ``load_state_dict`` on
 ``torch.load(joint.pth)`` directly, so the file is a plain state dict with the model's own names (a
 ``module.`` prefix of ``DataParallel`` or a ``{"state_dict": ...}`` wrapper of their training
-checkpoint is undone by :func:`covseg.runs.importers.read_state_dict`). covseg's ``jcs_published``
+checkpoint is undone by :func:`covseg.utils.state_dicts.read_state_dict`). covseg's ``jcs_published``
 has the same submodule names, so the key map is the identity and every key and shape is checked
 against it. Preprocessing as their test script: RGB, ÷255, ImageNet mean / std, 512² (they resize
 with OpenCV's bilinear ``cv2.resize``). The released network has no classifier: the run's class

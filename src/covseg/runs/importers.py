@@ -13,7 +13,6 @@ dropped), maps every key, checks every shape against the covseg model, and write
 from __future__ import annotations
 
 import hashlib
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 from covseg.errors import CovsegError
 from covseg.registry import CHECKPOINT_FORMATS
-from covseg.utils.state_dicts import state_dict_problem
+from covseg.utils.state_dicts import read_state_dict, state_dict_problem
 
 IMPORT_FILES = ("model.json", "provenance.json", "checkpoints")
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -74,37 +73,6 @@ def sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def read_state_dict(path: str | Path) -> dict[str, Any]:
-    """The tensors of a released checkpoint, loaded with ``weights_only=True``; one line if unsafe or not one."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise CovsegError("checkpoint file not found", path)
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        junk = "Unsupported operand" in str(exc) or "invalid load key" in str(exc)
-        if not junk and ("weights_only" in str(exc) or "Unsupported global" in str(exc)):
-            raise CovsegError("checkpoint needs full unpickling, which could run code; covseg imports plain tensors only", path) from None
-        raise CovsegError("unreadable checkpoint (not a PyTorch file)", path) from None
-    except Exception as exc:
-        raise CovsegError(f"unreadable checkpoint ({type(exc).__name__})", path) from None
-    if isinstance(raw, dict):
-        for wrapper in ("state_dict", "model_state_dict", "model", "net"):
-            if isinstance(raw.get(wrapper), dict):
-                raw = raw[wrapper]
-                break
-    if not isinstance(raw, dict) or not raw:
-        raise CovsegError("not a state dict (no name → tensor mapping)", path)
-    state = {}
-    for key, value in raw.items():
-        if not isinstance(key, str) or not torch.is_tensor(value):
-            raise CovsegError(f"not a state dict: entry {str(key)[:60]!r} is not a named tensor", path)
-        state[key.removeprefix("module.")] = value
-    return state
 
 
 def convert_state(fmt: CheckpointFormat, state: dict[str, Any], source: str | Path | None = None) -> tuple[Any, dict[str, Any]]:

@@ -47,6 +47,13 @@ CONFIG = "jcs_covid_ct"
 PHANTOM_SIZE = 128
 
 
+def use_config(name: str) -> None:
+    """Measure config ``name``: the shipped one writes where it always did, any other to its own subfolders."""
+    global CONFIG, OUT, RUNS
+    if name != CONFIG:
+        CONFIG, OUT, RUNS = name, OUT / name, RUNS / name
+
+
 def data_root() -> Path:
     from covseg.utils.paths import data_root as root
 
@@ -118,6 +125,8 @@ def score_cases(run_dir: Path, cases) -> dict[str, Any]:
             tolerance = 15.0 * max(gt.shape) / 224.0
             maps = {"gradcam": ex.gradcam, "attention": ex.attention, "gradcam_bottleneck": bottleneck.explain(image).gradcam}
             for kind, heat in maps.items():
+                if heat is None:  # no attention output (jcs_paper's decoder fuses by SE weights, it has no gates)
+                    continue
                 row[f"{kind}_inside"] = inside_share(heat, gt)
                 row[f"{kind}_pointing"] = pointing_hit(heat, gt)
                 row[f"{kind}_pointing_tol"] = pointing_hit(heat, gt, tolerance)
@@ -357,7 +366,9 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="only summarise finished results")
     ap.add_argument("--cli-report", action="store_true", help="redo fold 0's command-line run and HTML report")
     ap.add_argument("--rescore", action="store_true", help="score the finished runs again (no training)")
+    ap.add_argument("--config", default=CONFIG, help="jcs config to measure (results of another config go to a subfolder)")
     args = ap.parse_args()
+    use_config(args.config)
     if args.rescore:
         rescore()
     if args.cli_report:

@@ -288,16 +288,22 @@ def write_mask(
     return write_with(path, lambda p: Image.fromarray(m).save(p, format="PNG", pnginfo=info))
 
 
-def write_image(path: str | Path, image: np.ndarray, *, spacing: tuple[float, float] | None = None) -> Path:
+def write_image(
+    path: str | Path, image: np.ndarray, *, spacing: tuple[float, float] | None = None, compress_level: int = 6
+) -> Path:
     """Write an 8-bit grey or RGB image atomically (format from the suffix; PNG by default).
 
-    ``spacing`` is stored in PNG files only (see :func:`write_mask`).
+    ``spacing`` is stored in PNG files only (see :func:`write_mask`). ``compress_level`` is zlib's
+    (PNG only): prediction outputs use 1, which encodes a 512² RGB overlay about 4x faster than
+    the default 6 for files of about the same size (overlays and soft maps compress poorly anyway).
     """
     from PIL import Image
 
-    arr = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.rint(arr.astype(np.float64)), 0, 255).astype(np.uint8)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(
         suffix_of(path), "PNG"
     )
-    extra = {"pnginfo": _png_info(spacing)} if fmt == "PNG" else {}
+    extra = {"pnginfo": _png_info(spacing), "compress_level": compress_level} if fmt == "PNG" else {}
     return write_with(path, lambda p: Image.fromarray(arr).save(p, format=fmt, **extra))

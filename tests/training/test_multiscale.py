@@ -176,3 +176,22 @@ def test_volume_runs_are_refused(tmp_path):
     }
     with pytest.raises(ConfigError, match="volume patches"):
         build_trainer(load_config(raw=cfg), tmp_path / "run", quiet=True).setup()
+
+
+def test_a_text_model_gets_its_text_at_every_size(tmp_path, monkeypatch):
+    from covseg.models.lvit import LViT
+
+    from tests.text.test_text_sources import make_folder_json, text_config
+
+    root, _, _ = make_folder_json(tmp_path / "data")
+    seen: list[tuple[tuple[int, ...], bool]] = []
+    original = LViT.forward_train
+
+    def spy(self, x, **kwargs):
+        seen.append((tuple(x.shape[-2:]), kwargs.get("text_tokens") is not None))
+        return original(self, x, **kwargs)
+
+    monkeypatch.setattr(LViT, "forward_train", spy)
+    raw = text_config(root, multiscale_rates=[0.5, 1.0, 2.0], multiscale_multiple=16)
+    build_trainer(load_config(raw=raw), tmp_path / "run", quiet=True).fit()
+    assert seen == [((16, 16), True), ((32, 32), True), ((64, 64), True)]  # 4 training cases: one batch

@@ -38,6 +38,8 @@ class SegmentationModel(nn.Module):
     """Base class: padding to ``size_divisor``, the train/eval output contract, init arguments."""
 
     size_divisor: int = 32
+    #: True when the model takes one input size only (fixed position embeddings): no multi-scale training
+    fixed_input_size: bool = False
     #: keys ``forward_train`` returns, and how many ``"aux"`` maps (trainers use this to know
     #: whether edge ground truth is needed)
     train_outputs: tuple[str, ...] = ("logits",)

@@ -226,6 +226,7 @@ class LViTPublished(TextSegmentationModel):
     """LViT (Li et al., TMI 2023) with the authors' module names: their checkpoints load as saved."""
 
     size_divisor = 32
+    fixed_input_size = True  # position embeddings of a 224² grid
 
     def __init__(
         self,

@@ -110,6 +110,7 @@ class UNETRModel(SegmentationModel):
     """UNETR (MONAI): a ViT over 16-voxel patches of an ``img_size`` input, a convolutional decoder."""
 
     size_divisor = 16
+    fixed_input_size = True  # position embeddings of an img_size grid
 
     def __init__(
         self,

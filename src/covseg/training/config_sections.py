@@ -183,11 +183,30 @@ class TrainSettings(_Strict):
         lt=1,
         description="Average the weights over steps (EMA, this decay per step); validation and checkpoints use the average.",
     )
+    multiscale_rates: list[float] | None = Field(
+        None,
+        description="Inf-Net's multi-scale training: every batch is trained at each of these rates of the "
+        "network size (e.g. [0.75, 1.0, 1.25]), one optimiser step each (covseg.training.multiscale); 2D images only.",
+    )
+    multiscale_multiple: int = Field(32, ge=1, description="Multi-scale sizes are rounded to a multiple of this.")
 
     @field_validator("threads")
     @classmethod
     def _threads(cls, v: int | None) -> int | None:
         return bounded_parallel(v, "threads")
+
+    @field_validator("multiscale_rates")
+    @classmethod
+    def _rates(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return None
+        if not v:
+            raise ValueError("multiscale_rates must list at least one rate (or be null for off)")
+        if any(not 0 < r <= 4 for r in v):
+            raise ValueError(f"multiscale_rates must lie in (0, 4], got {v}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"multiscale_rates has a repeated rate: {v}")
+        return v
 
     @field_validator("monitor")
     @classmethod

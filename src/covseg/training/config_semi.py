@@ -105,6 +105,26 @@ class SemiInfNetConfig(_Strict):
     finetune_lr_scale: float = Field(0.1, gt=0)
     pseudo_weight: float = Field(1.0, ge=0)
     soft_labels: bool = Field(False, description="Pseudo labels are the model's probabilities instead of 0/1 masks (binary models).")
+    round_data: Literal["two_source", "hybrid"] = Field(
+        "two_source",
+        description="What a group's epochs train on: two_source = each labelled batch plus an equal batch drawn "
+        "from the pool, weighted by pseudo_weight; hybrid = labelled slices and pool as one training set, each "
+        "seen once an epoch (the published PseudoGenerator.py), so epochs grow with the pool.",
+    )
+    pretrain_data: Literal["pool", "hybrid"] = Field(
+        "pool",
+        description="What the fresh model pre-trains on: the pseudo-labelled pool, or pool plus labelled "
+        "slices (hybrid, as published: the Pseudo-label folder holds both).",
+    )
+    fresh_optimizer_per_group: bool = Field(
+        False, description="A new optimiser (no moment estimates) for each group, as published (Adam re-made every round)."
+    )
+    group_lr_scale: float = Field(
+        1.0, gt=0, description="Learning rate of the group epochs relative to optim.lr (published: 3e-4 against 1e-4)."
+    )
+    group_batch_size: int | None = Field(
+        None, ge=1, description="Batch size of the group epochs (published: 16 against 24); default train.batch_size."
+    )
 
     @model_validator(mode="after")
     def _labelled_start(self) -> SemiInfNetConfig:

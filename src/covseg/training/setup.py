@@ -38,6 +38,9 @@ class TrainerSetup:
             raise CovsegError("run folder already holds a run; use --resume or another --output", self.run.path)
         self.setup_data()
         self.setup_model()
+        from covseg.training.multiscale import multiscale_views
+
+        self.multiscale = multiscale_views(self)
         self.setup_optimisation()
         self.write_run_description()
         if self.resume:

@@ -86,6 +86,10 @@ class Trainer(TrainerSetup, TrainerValidation):
     ``"fit_end"`` (the CLI draws the training curves this way; training never imports ``viz``).
     """
 
+    #: whether ``train.multiscale_rates`` fits the method (every model input comes through ``step_views``
+    #: or ``secondary_batch``); methods drawing unlabelled images at the network size say False
+    supports_multiscale: bool = True
+
     def __init__(
         self,
         cfg: TrainConfig,
@@ -121,6 +125,7 @@ class Trainer(TrainerSetup, TrainerValidation):
         self.cascade_stage: Any = None
         self.in_channels = cfg.preprocess.channels
         self.data: Any = None  # the source's TrainingData (covseg.training.sources)
+        self.multiscale: Any = None  # BatchViews of train.multiscale_rates (covseg.training.multiscale)
 
     # ----------------------------------------------------------------- loop
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
@@ -225,7 +230,8 @@ class Trainer(TrainerSetup, TrainerValidation):
         as many cases as the current global batch, this process's share of them."""
         idx = torch.randint(len(sampler), (self.step_global_size,), generator=generator)
         job = self.plan_batch(sampler, idx, generator)
-        return self.runtime.to_device(self.apply_adapter_draws(sampler.load(job), job))
+        batch = self.runtime.to_device(self.apply_adapter_draws(sampler.load(job), job))
+        return batch if self.multiscale is None else self.multiscale.match(batch)
 
     def shard_rows(self, value: Any) -> Any:
         """This process's contiguous share of per-sample rows (a tensor, a list or a dict of them)."""
@@ -279,6 +285,10 @@ class Trainer(TrainerSetup, TrainerValidation):
         """Hook: ``(step, total)`` of the schedule at this step (``None``: the whole run)."""
         return epoch * self.steps_per_epoch + step, None
 
+    def step_views(self, batch: dict[str, Any]):
+        """Hook: what one planned batch is trained as, one optimiser step each (multi-scale: one per rate)."""
+        return (batch,) if self.multiscale is None else self.multiscale.views(batch)
+
     def training_step(self, batch: dict[str, Any], epoch: int, step: int, aux_generator) -> tuple[Any, dict[str, float]]:
         """Hook: the loss of one step (supervised: the criterion on the batch)."""
         out = self.forward_train(self.model, batch)
@@ -296,7 +306,8 @@ class Trainer(TrainerSetup, TrainerValidation):
         return {}
 
     def train_epoch(self, epoch: int, on_step) -> dict[str, float]:
-        """One epoch: the sampler's batches, each through the method's step and the one optimiser step.
+        """One epoch: the sampler's batches, each view of a batch (``step_views``) through the method's
+        step and the one optimiser step; the epoch's losses are means over optimiser steps.
 
         Every random number of the epoch's batches is drawn first, in a fixed order, from the
         epoch's generator (the sampler's plan, then each adapter's); data-loader workers only
@@ -316,11 +327,12 @@ class Trainer(TrainerSetup, TrainerValidation):
             self.step_global_size = job["global_size"]
             self.set_lr(*self.lr_position(epoch, i))
             batch = self.runtime.to_device(self.apply_adapter_draws(batch, job))
-            with self.runtime.autocast():
-                loss, parts = self.training_step(batch, epoch, i, aux_gen)
-            self.optimizer_step(loss)
-            n += 1
-            accumulate(sums, loss, parts)
+            for view in self.step_views(batch):
+                with self.runtime.autocast():
+                    loss, parts = self.training_step(view, epoch, i, aux_gen)
+                self.optimizer_step(loss)
+                n += 1
+                accumulate(sums, loss, parts)
             on_step(self.step_info(sums, n))
         result = {k: v / max(n, 1) for k, v in sums.items()}
         result.update(self.epoch_extras())

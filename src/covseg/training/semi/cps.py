@@ -78,6 +78,8 @@ def image_uncertainty(probs_a, probs_b, score: str = "disagreement"):
 class CPSTrainer(Trainer):
     """Cross pseudo supervision with optional uncertainty-based image filtering (UIF)."""
 
+    supports_multiscale = False  # unlabelled batches are drawn at the network size
+
     def setup_data(self) -> None:
         super().setup_data()
         load_unlabeled(self)

@@ -44,6 +44,8 @@ def input_noise(x, std: float, generator):
 class MeanTeacherTrainer(Trainer):
     """Student on labels + consistency with its EMA teacher on unlabelled images; the teacher is kept."""
 
+    supports_multiscale = False  # unlabelled batches are drawn at the network size
+
     def setup_data(self) -> None:
         super().setup_data()
         import torch

@@ -4,8 +4,13 @@ Train on the labelled set; split the unlabelled images into groups of K; for eac
 pseudo-label it with the current model, add it to the pool and fine-tune on labelled + pool; then
 pre-train a fresh model on the whole pseudo-labelled pool and fine-tune it on the labelled set.
 The run may start from a trained run's weights (``init_run``), as the published recipe starts
-from a converged labelled model. Pseudo labels are hard by default, as published; ``soft_labels``
-keeps the model's probabilities as targets instead (binary models).
+from a converged labelled model. Pseudo labels are hard by default; ``soft_labels`` keeps the
+model's probabilities as targets instead (binary models; the published ``PseudoGenerator.py``
+saves min-max normalised probability maps, so its labels are soft). A group's epochs train on
+the labelled batch plus a pool batch (``round_data: two_source``) or, as published, on labelled
+and pool slices as one set (``hybrid``); ``fresh_optimizer_per_group``, ``group_lr_scale`` and
+``group_batch_size`` give the published rounds' fresh Adam, 3e-4 and batch 16
+(``configs/semi_infnet_paper.yaml``).
 """
 
 from __future__ import annotations
@@ -130,6 +135,33 @@ class SemiInfNetTrainer(Trainer):
             texts=[None] * len(self.pool_index),
         )
 
+    def _hybrid_data(self, pool):
+        """The labelled training slices and the pseudo-labelled pool as one set (published Semi-Inf-Net)."""
+        import torch
+
+        from covseg.training.data import CaseTensors
+
+        lab = self.train_data
+        if pool is None:
+            return lab
+        if self.joint is not None:
+            raise ConfigError("semi.semi_infnet: hybrid training sets have no image-level classes for a classification head")
+        labels = None  # image-level classes (unused without a head): foreground or not
+        if lab.labels is not None:
+            found = (pool.masks >= 0.5) if pool.masks.is_floating_point() else (pool.masks > 0)
+            labels = torch.cat([lab.labels, found.flatten(1).any(1).long()])
+        edges = torch.cat([lab.edges, pool.edges]) if lab.edges is not None and pool.edges is not None else None
+        has_mask = None if lab.has_mask is None else torch.cat([lab.has_mask, torch.ones(len(pool), dtype=torch.bool)])
+        return CaseTensors(
+            ids=[*lab.ids, *pool.ids],
+            images=torch.cat([lab.images, pool.images]),
+            masks=torch.cat([lab.masks.to(pool.masks.dtype), pool.masks]),
+            edges=edges,
+            texts=[*(lab.texts or [None] * len(lab)), *pool.texts],
+            labels=labels,
+            has_mask=has_mask,
+        )
+
     # epoch hooks ----------------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int) -> None:
         """Pseudo-label the next group, or start the fresh model / the fine-tuning, as the plan says."""
@@ -144,6 +176,11 @@ class SemiInfNetTrainer(Trainer):
             labels = self.pseudo_label(idx)
             self.pool_index = torch.cat([self.pool_index, idx])
             self.pool_masks = labels if self.pool_masks is None else torch.cat([self.pool_masks, labels])
+            if s.fresh_optimizer_per_group:
+                self.optimizer = self.make_optimizer(self.model.parameters())
+        if phase == "group" and s.group_lr_scale != 1.0:  # every group epoch: a resumed optimiser has it too
+            for g in self.optimizer.param_groups:
+                g["lr_scale"] = s.group_lr_scale
         if phase == "pretrain" and e_in == 0:
             torch.manual_seed(self.cfg.train.seed + 2_024)
             self.model = self.new_model()
@@ -153,12 +190,19 @@ class SemiInfNetTrainer(Trainer):
             for g in self.optimizer.param_groups:
                 g["lr_scale"] = s.finetune_lr_scale
         pool = self._pool_data() if self.pool_masks is not None and phase in ("group", "pretrain") else None
-        primary = pool if phase == "pretrain" else self.train_data
+        hybrid = (phase == "group" and s.round_data == "hybrid") or (phase == "pretrain" and s.pretrain_data == "hybrid")
+        if hybrid:
+            primary = self._hybrid_data(pool)
+        else:
+            primary = pool if phase == "pretrain" else self.train_data
         self._phase = phase
         variants = (self.train_variants or None) if primary is self.train_data else None
         bs = self.global_batch_size
+        if phase == "group" and s.group_batch_size is not None:
+            bs = s.group_batch_size * self.runtime.world_size
         self._primary = ImageSampler(primary, bs, self.augment_cfg, variants, self.min_batch)
-        self._secondary = ImageSampler(pool, bs, self.augment_cfg) if phase == "group" and pool is not None else None
+        two_source = phase == "group" and pool is not None and not hybrid
+        self._secondary = ImageSampler(pool, bs, self.augment_cfg) if two_source else None
 
     def train_modules(self):
         return [self.model, *self.adapters]

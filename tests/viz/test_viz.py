@@ -83,6 +83,53 @@ def test_plots_are_png():
     assert Image.open(io.BytesIO(curves)).format == "PNG"
 
 
+def test_the_svg_histogram_has_numpys_counts_and_escaped_text():
+    import xml.etree.ElementTree as ET
+
+    from covseg.viz.svg_plots import histogram_svg
+
+    rng = np.random.default_rng(0)
+    values = [*rng.beta(5, 2, size=300).tolist(), float("nan"), None, float("inf")]
+    svg = histogram_svg(values, title="dice <per> case & more", xlabel="x<1", bins=20, value_range=(0, 1))
+    root = ET.fromstring(svg)  # well-formed XML
+    ns = "{http://www.w3.org/2000/svg}"
+    bars = [r for r in root.iter(f"{ns}rect") if r.get("class") == "bar"]
+    want, _ = np.histogram(np.random.default_rng(0).beta(5, 2, size=300), bins=20, range=(0, 1))
+    assert [int(b.get("data-count")) for b in bars] == [int(c) for c in want if c]
+    heights = [float(b.get("height")) for b in bars]
+    assert max(heights) == pytest.approx(300 - 30 - 44)  # the tallest bar fills the plot
+    assert "dice &lt;per&gt; case &amp; more (3 not finite, not shown)" in svg and "x&lt;1" in svg
+    assert "no finite values" in histogram_svg([float("nan")], title="none")
+    one = ET.fromstring(histogram_svg([0.7, 0.7], bins=5))  # one distinct value, no range: one bar of 2
+    assert [r.get("data-count") for r in one.iter(f"{ns}rect")] == ["2"]
+
+
+def test_the_evaluation_report_needs_no_matplotlib(tmp_path):
+    """The report's histogram is inline SVG: evaluating imports no matplotlib (it cost ~3 CPU s)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+import numpy as np
+from covseg.api import evaluate
+from covseg.data.image_files import write_image
+from covseg.metrics.options import EvaluateOptions
+root = {str(tmp_path)!r}
+for i in range(3):
+    gt = np.zeros((32, 32), np.uint8); gt[4:20 + i, 4:20] = 255
+    pred = np.zeros((32, 32), np.uint8); pred[6:22, 6:22 + i] = 255
+    write_image(root + f"/gt/c{{i}}.png", gt); write_image(root + f"/pred/c{{i}}.png", pred)
+evaluate(root + "/pred", root + "/gt", EvaluateOptions(out=root + "/out"))
+print("matplotlib" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+    html_text = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert html_text.count('class="bar"') >= 1 and "<svg" in html_text
+
+
 def test_report_embeds_images_and_escapes_text(tmp_path):
     gt, pred = _masks()
     rgb = overlay(None, gt, pred)
@@ -123,13 +170,18 @@ def test_the_evaluation_report_scrolls_a_predicted_volume_in_three_views(tmp_pat
     affine = np.diag([0.8, 0.8, 3.0, 1.0])
     write_volume(tmp_path / "gt" / "vol.nii.gz", gt, affine, dtype="uint8")
     write_volume(tmp_path / "pred" / "vol.nii.gz", pred, affine, dtype="float32")
-    assert run_cli(["evaluate", "--pred", tmp_path / "pred", "--gt", tmp_path / "gt", "--out", tmp_path / "out"]) == 0
+    assert (
+        run_cli(["evaluate", "--pred", tmp_path / "pred", "--gt", tmp_path / "gt", "--out", tmp_path / "out"])
+        == 0
+    )
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "Volumes: slice scroller" in page
     data = json.loads(re.search(r"const d=(\{.*?\});for", page).group(1))
     assert {v: len(d["uris"]) for v, d in data.items()} == {"axial": 10, "coronal": 22, "sagittal": 20}
     for view in ("axial", "coronal", "sagittal"):
-        assert re.search(rf'<input id="scroll-0-{view}" type="range" min="0" max="{len(data[view]["uris"]) - 1}"', page)
+        assert re.search(
+            rf'<input id="scroll-0-{view}" type="range" min="0" max="{len(data[view]["uris"]) - 1}"', page
+        )
 
     def colours(uri: str) -> set[tuple[int, int, int]]:
         rgb = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"))

@@ -8,8 +8,9 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from covseg.viz.overlay import GT_COLOUR, OVERLAP_COLOUR, PRED_COLOUR, overlay, thumbnail
-from covseg.viz.plots import curves_png, histogram_png
+from covseg.viz.plots import curves_png
 from covseg.viz.report import HtmlReport
+from covseg.viz.svg_plots import histogram_svg
 
 if TYPE_CHECKING:
     from covseg.metrics.evaluation import EvaluationRun
@@ -72,7 +73,9 @@ def _overlay_items(run: EvaluationRun, ranked: list[tuple[str, float]], metric: 
     return items
 
 
-def _volume_scrollers(report: HtmlReport, run: EvaluationRun, ranked: list[tuple[str, float]], metric: str) -> None:
+def _volume_scrollers(
+    report: HtmlReport, run: EvaluationRun, ranked: list[tuple[str, float]], metric: str
+) -> None:
     """The worst and the best volume case as slice scrollers with three views (axial, coronal, sagittal)."""
     from covseg.data.imageio import read_volume
     from covseg.errors import DataError
@@ -88,11 +91,21 @@ def _volume_scrollers(report: HtmlReport, run: EvaluationRun, ranked: list[tuple
             if gt.ndim != 3:
                 continue
             affine = read_volume(case.gt_path, check_finite=False)[2]
-            stacks = view_stacks(image if image is not None and image.shape == gt.shape else None, gt, pred, affine)
+            stacks = view_stacks(
+                image if image is not None and image.shape == gt.shape else None, gt, pred, affine
+            )
         except (DataError, ValueError) as exc:
-            blocks.append(f'<p class="note">{html.escape(cid)}: no slice scroller ({html.escape(str(exc))})</p>')
+            blocks.append(
+                f'<p class="note">{html.escape(cid)}: no slice scroller ({html.escape(str(exc))})</p>'
+            )
             continue
-        blocks.append(scroller_html(stacks, f"{cid}: {metric} {score:.4f}; drag a slider to scroll that view", f"scroll-{len(blocks)}"))
+        blocks.append(
+            scroller_html(
+                stacks,
+                f"{cid}: {metric} {score:.4f}; drag a slider to scroll that view",
+                f"scroll-{len(blocks)}",
+            )
+        )
     if blocks:
         report.heading("Volumes: slice scroller")
         report.raw_html(_legend())
@@ -152,8 +165,8 @@ def build_evaluation_report(run: EvaluationRun, summary: dict[str, Any], show: i
     scores = list(acc.case_scores().values())
     report.heading(f"Per-case {metric}")
     value_range = (0.0, 1.0) if acc.higher_is_better.get(metric, True) else None
-    report.image(
-        histogram_png(
+    report.svg(
+        histogram_svg(
             scores, title=f"{metric} per case (n = {len(scores)})", xlabel=metric, value_range=value_range
         ),
         caption=f"Histogram of per-case {metric}",

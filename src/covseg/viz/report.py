@@ -152,6 +152,12 @@ class HtmlReport:
         self._blocks.append(self._figure(image, caption, width))
         return self
 
+    def svg(self, markup: str, caption: str | None = None) -> HtmlReport:
+        """Embed an inline ``<svg>`` made by covseg (e.g. :mod:`covseg.viz.svg_plots`, which escapes its text)."""
+        cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+        self._blocks.append(f"<figure>{markup}{cap}</figure>")
+        return self
+
     def gallery(
         self, items: Sequence[tuple[np.ndarray | bytes, str]], width: int | None = None
     ) -> HtmlReport:

@@ -41,7 +41,9 @@ def import_(
     from covseg.runs.folder import RunFolder
 
     text = RunFolder(path).description().text
-    if text is not None and text_encoder is None:
+    if text is not None and text.input == "attributes":
+        console.print("[yellow]note[/] predicting reads a QaTa-style caption per image (--text-file captions.csv)", soft_wrap=True)
+    elif text is not None and text_encoder is None:
         console.print(f"[yellow]note[/] predicting needs the text encoder {escape(str((text.encoder or {}).get('name')))}", soft_wrap=True)
 
 

@@ -130,6 +130,10 @@ def _text_spec(fmt: CheckpointFormat, text_encoder: str | Path | None) -> dict[s
         if text_encoder is not None:
             raise CovsegError(f"format {fmt.name} reads no text (--text-encoder is for a text-guided format)")
         return {}
+    if text.get("input", "features") != "features":
+        if text_encoder is not None:
+            raise CovsegError(f"format {fmt.name} reads its caption without a text encoder (--text-encoder is for token features)")
+        return {}
     if text_encoder is None:
         return {}
     from covseg.text.encoder import build_text_encoder

@@ -347,6 +347,7 @@ def import_weights(
     prior: str | Path | None = None,
     text_encoder: str | Path | None = None,
     tokenizer: str | Path | None = None,
+    classifier: str | Path | None = None,
 ) -> Path:
     """Turn an author's released checkpoint into a covseg run folder (``covseg weights import``).
 
@@ -357,7 +358,10 @@ def import_weights(
     ``text_encoder`` the local Hugging Face folder a text-guided format (``lvit``: BERT-base) reads captions with.
     Format ``clip`` writes a CLIP model folder for ``cris`` instead (``tokenizer``: OpenAI's
     ``bpe_simple_vocab_16e6.txt.gz`` or a CLIP tokenizer folder; see docs/weights.md).
+    ``classifier`` is JCS's separate classification checkpoint (``res2net_cls.pth``) for format ``jcs``.
     """
     from covseg.runs.importers import import_weights as run_import
 
-    return run_import(format, file, output, prior, text_encoder=text_encoder, tokenizer=tokenizer)
+    return run_import(
+        format, file, output, prior, text_encoder=text_encoder, tokenizer=tokenizer, classifier=classifier
+    )

@@ -156,7 +156,10 @@ MODEL_CASES = [
 
 
 #: models of a fixed published size (far above these cases' 10 M parameters), tested in their own file
-COVERED_ELSEWHERE = {"jcs_published": "tests/runs/test_weights_import_jcs.py (118 M parameters, the authors' network)"}
+COVERED_ELSEWHERE = {
+    "jcs_published": "tests/runs/test_weights_import_jcs.py (118 M parameters, the authors' network)",
+    "c2fvl_published": "tests/runs/test_weights_c2fvl.py (40.5 M parameters, the authors' network; reads caption attributes)",
+}
 
 
 def make(case: ModelCase, seed: int = 0) -> torch.nn.Module:

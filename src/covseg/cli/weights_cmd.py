@@ -21,6 +21,12 @@ def import_(
     tokenizer: Path | None = typer.Option(
         None, "--tokenizer", metavar="BPE", help="clip format: OpenAI's bpe_simple_vocab_16e6.txt.gz or a CLIP tokenizer folder (for the text tower)."
     ),
+    classifier: Path | None = typer.Option(
+        None,
+        "--classifier",
+        metavar="FILE",
+        help="jcs format: the authors' classification checkpoint (res2net_cls.pth) for the class probability.",
+    ),
 ) -> None:
     """Turn an author's checkpoint into a run folder for predict, evaluate, explain and export (clip: a CLIP folder for cris)."""
     from rich.console import Console
@@ -29,7 +35,9 @@ def import_(
     from covseg.api import import_weights
     from covseg.runs.importers import get_format
 
-    path = import_weights(format, file, output, prior, text_encoder=text_encoder, tokenizer=tokenizer)
+    path = import_weights(
+        format, file, output, prior, text_encoder=text_encoder, tokenizer=tokenizer, classifier=classifier
+    )
     console = Console(stderr=True, highlight=False)
     usage = getattr(get_format(format), "usage", None)
     if usage is not None:
@@ -41,7 +49,9 @@ def import_(
     from covseg.runs.folder import RunFolder
 
     text = RunFolder(path).description().text
-    if text is not None and text_encoder is None:
+    if text is not None and text.input == "attributes":
+        console.print("[yellow]note[/] predicting reads a QaTa-style caption per image (--text-file captions.csv)", soft_wrap=True)
+    elif text is not None and text_encoder is None:
         console.print(f"[yellow]note[/] predicting needs the text encoder {escape(str((text.encoder or {}).get('name')))}", soft_wrap=True)
 
 

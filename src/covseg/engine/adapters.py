@@ -197,11 +197,32 @@ def parse_text_settings(extra: dict[str, Any] | None) -> TextSettings:
         raise ConfigError(f"extra.text.{loc}: {err['msg']}") from None
 
 
+def caption_attribute_inputs(texts: Sequence[str | None]) -> dict[str, Any]:
+    """``{"attributes": (B, 8)}``: the published C2FVL's numbers read from QaTa-style captions
+    (laterality, infected zones, six zones; :func:`covseg.data.caption_fields.caption_attributes`)."""
+    from covseg.data.caption_fields import caption_attributes
+
+    rows = []
+    for text in texts:
+        values = caption_attributes(text)
+        if values is None:
+            what = "an image came without text" if not text else f"cannot read the caption {text[:60]!r}"
+            raise CovsegError(
+                f"C2FVL reads QaTa-style captions ('bilateral pulmonary infection, two infected areas, "
+                f"lower left lung and lower right lung.'): {what}"
+            )
+        rows.append(values)
+    return {"attributes": torch.tensor(rows, dtype=torch.float32).reshape(len(rows), -1)}
+
+
 def text_inputs(model, encoder, texts: Sequence[str | None]) -> dict[str, Any]:
-    """The keyword inputs a text model takes for ``texts`` (features, or its own token ids)."""
-    if getattr(model, "text_input", "features") == "ids":
+    """The keyword inputs a text model takes for ``texts`` (features, its own token ids, or caption attributes)."""
+    kind = getattr(model, "text_input", "features")
+    if kind == "ids":
         ids, mask = model.tokenize(list(texts))
         return {"input_ids": ids, "attention_mask": mask}
+    if kind == "attributes":
+        return caption_attribute_inputs(texts)
     feats = encoder.encode(list(texts))
     return {"text_tokens": feats.tokens, "text_mask": feats.mask}
 

@@ -26,6 +26,13 @@ The released checkpoint has no classifier (the authors' classification network i
 ``class_logits`` here are derived from the segmentation, ``[0, max logit]``, so the image's infection
 probability is the highest pixel probability of the map (``"lesion_score"``, no parameters): an image is
 called infected when any pixel is. Grad-CAM explains that score at ``res2net.layer2`` (stride 8).
+
+With ``classifier=True`` the class logits come from the authors' classification network instead
+(``tools/gen_results.py``: ``res2net101_v1b_26w_4s`` with its ``fc`` replaced by a 2048 → 2 linear
+layer without bias; their ``res2net_cls.pth``): ``classifier`` (Res2Net-101 v1b, frozen batch norms)
+and ``classifier_fc``, fed the input as their demo prepares it (shorter side resized to 256,
+bilinear with antialiasing as PIL does, the centre 224² cropped), global average pooling of
+``layer4``. Grad-CAM then explains it at ``classifier.layer4``, where their demo does.
 """
 
 from __future__ import annotations
@@ -236,6 +243,20 @@ class LesionScore(nn.Module):
         return torch.stack([torch.zeros_like(peak), peak], dim=1)
 
 
+CLASSIFIER_RESIZE, CLASSIFIER_CROP = 256, 224
+
+
+def classifier_view(x: torch.Tensor) -> torch.Tensor:
+    """Their classifier's input from the image: ``Resize(256)`` (shorter side, antialiased bilinear), ``CenterCrop(224)``."""
+    h, w = x.shape[-2:]
+    short, long = (h, w) if h <= w else (w, h)
+    size_long = int(CLASSIFIER_RESIZE * long / short)
+    size = (CLASSIFIER_RESIZE, size_long) if h <= w else (size_long, CLASSIFIER_RESIZE)
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    top, left = (round((s - CLASSIFIER_CROP) / 2.0) for s in size)
+    return x[..., top : top + CLASSIFIER_CROP, left : left + CLASSIFIER_CROP]
+
+
 class JCSPublished(SegmentationModel):
     """The released JCS network (``Models/joint_model.py``, ``JCS``), key for key; see the module docstring."""
 
@@ -243,7 +264,11 @@ class JCSPublished(SegmentationModel):
     num_aux = 4
 
     def __init__(
-        self, in_channels: int = 3, out_channels: int = 1, res2net: str = "res2net101_v1b_26w_4s"
+        self,
+        in_channels: int = 3,
+        out_channels: int = 1,
+        res2net: str = "res2net101_v1b_26w_4s",
+        classifier: bool = False,
     ) -> None:
         if out_channels != 1:
             raise ValueError(
@@ -251,7 +276,7 @@ class JCSPublished(SegmentationModel):
             )
         if res2net not in RES2NET_LAYERS:
             raise ValueError(f"res2net must be one of {', '.join(RES2NET_LAYERS)}, got {res2net!r}")
-        super().__init__(in_channels, out_channels, res2net=res2net)
+        super().__init__(in_channels, out_channels, res2net=res2net, classifier=bool(classifier))
         enc, dec = ENCODER_WIDTHS, ENCODER_WIDTHS
         self.vgg16 = VGG16BN(in_channels)
         self.res2net = freeze_batch_norms(Res2NetEncoder(in_channels, layers=RES2NET_LAYERS[res2net]))
@@ -263,23 +288,33 @@ class JCSPublished(SegmentationModel):
             setattr(self, f"cls{i + 1}", nn.Conv2d(dec[i], 1, 1))
         self.head_input = nn.Identity()
         self.heads["lesion_score"] = LesionScore()
+        if classifier:  # the authors' classification network (tools/gen_results.py)
+            self.classifier = freeze_batch_norms(Res2NetEncoder(in_channels, layers=RES2NET_LAYERS[res2net]))
+            self.classifier_fc = nn.Linear(self.classifier.out_channels[-1], 2, bias=False)
 
     @property
     def cam_layer(self) -> str:
-        """Grad-CAM of the lesion score at Res2Net's stride-8 stage."""
-        return "res2net.layer2"
+        """Grad-CAM of the class score: the classifier's ``layer4`` (their demo's), else Res2Net's stride-8 stage."""
+        return "classifier.layer4" if self.init_args["classifier"] else "res2net.layer2"
+
+    def class_logits(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``(B, 2)``: the authors' classifier on ``x`` when built with one, else the lesion score of ``logits``."""
+        if not self.init_args["classifier"]:
+            return self.heads["lesion_score"](self.head_input(logits))
+        features = self.classifier(classifier_view(x))[-1]
+        return self.classifier_fc(F.adaptive_avg_pool2d(features, 1).flatten(1))
 
     def _run_heads(self, out: dict[str, Any]) -> dict[str, Any]:
         return {}  # the lesion score reads the cropped logits (forward_train / forward_heads)
 
     def forward_train(self, x: torch.Tensor) -> dict[str, Any]:
         out = super().forward_train(x)
-        out["class_logits"] = self.heads["lesion_score"](self.head_input(out["logits"]))
+        out["class_logits"] = self.class_logits(x, out["logits"])
         return out
 
     def forward_heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = super().forward_heads(x)
-        out["class_logits"] = self.heads["lesion_score"](self.head_input(out["logits"]))
+        out["class_logits"] = self.class_logits(x, out["logits"])
         return out
 
     def _forward(self, x: torch.Tensor) -> dict[str, Any]:

@@ -120,7 +120,7 @@ class PriorSpec(_Described):
 class TextSpec(_Described):
     """How the text of an image reaches a text-guided model."""
 
-    input: Literal["features", "ids"] = "features"
+    input: Literal["features", "ids", "attributes"] = "features"
     encoder: dict[str, Any] | None = None
     max_length: int | None = None
     prompt: str | None = None

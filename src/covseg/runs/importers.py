@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,9 @@ class CheckpointFormat:
     extra: dict[str, Any] = field(default_factory=dict)
     #: the model reads a binary run's infection map (``--prior RUN_DIR``)
     needs_prior: bool = False
+    #: maps a key of the authors' separate classifier file (``--classifier FILE``) to the model's
+    #: (``None`` drops it, ``KeyError`` refuses it); the model is then built with ``classifier=True``
+    classifier_key: Callable[[str], str | None] | None = None
 
 
 def register_format(fmt: CheckpointFormat, help: str) -> CheckpointFormat:
@@ -130,6 +133,10 @@ def _text_spec(fmt: CheckpointFormat, text_encoder: str | Path | None) -> dict[s
         if text_encoder is not None:
             raise CovsegError(f"format {fmt.name} reads no text (--text-encoder is for a text-guided format)")
         return {}
+    if text.get("input", "features") != "features":
+        if text_encoder is not None:
+            raise CovsegError(f"format {fmt.name} reads its caption without a text encoder (--text-encoder is for token features)")
+        return {}
     if text_encoder is None:
         return {}
     from covseg.text.encoder import build_text_encoder
@@ -140,6 +147,42 @@ def _text_spec(fmt: CheckpointFormat, text_encoder: str | Path | None) -> dict[s
     return {"text": {**text, "encoder": encoder.spec.to_dict()}}
 
 
+def with_classifier_file(
+    fmt: CheckpointFormat, path: Path
+) -> tuple[CheckpointFormat, dict[str, Any], dict[str, Any]]:
+    """The format with its classifier built in, the classifier file's tensors under the model's names,
+    and their provenance; an unknown tensor is refused in one line naming the classifier file."""
+    if fmt.classifier_key is None:
+        raise CovsegError(f"format {fmt.name} takes no classifier file (--classifier is for jcs)")
+    mapped: dict[str, Any] = {}
+    unknown: list[str] = []
+    for key, value in read_state_dict(path).items():
+        try:
+            target = fmt.classifier_key(key)
+        except KeyError:
+            unknown.append(key)
+            continue
+        if target is not None:
+            mapped[target] = value
+    if unknown or not mapped:
+        found = (
+            f"{len(unknown)} unknown tensor(s), e.g. {', '.join(unknown[:3])}" if unknown else "no tensors"
+        )
+        raise CovsegError(f"not a {fmt.name} classifier checkpoint: {found}", path)
+    base, own = fmt.rename, frozenset(mapped)
+    with_classifier = replace(
+        fmt,
+        init_args={**fmt.init_args, "classifier": True},
+        rename=lambda key: key if key in own else base(key),
+    )
+    provenance = {
+        "classifier_file": path.name,
+        "classifier_sha256": sha256(path),
+        "classifier_tensors": len(mapped),
+    }
+    return with_classifier, mapped, provenance
+
+
 def import_weights(
     format: str,
     file: str | Path,
@@ -147,6 +190,7 @@ def import_weights(
     prior: str | Path | None = None,
     text_encoder: str | Path | None = None,
     tokenizer: str | Path | None = None,
+    classifier: str | Path | None = None,
 ) -> Path:
     """Turn a released checkpoint ``file`` of ``format`` into the run folder ``output``; returns its path.
 
@@ -155,6 +199,8 @@ def import_weights(
     (``infnet-multiclass``) needs ``prior``, the binary run whose infection map it reads; a
     text-guided format (``lvit``) reads captions with ``text_encoder``, a local Hugging Face folder.
     An encoder format (``clip``) writes its own model folder (``import_folder``), with ``tokenizer``.
+    ``classifier`` is the authors' separate classification checkpoint of a format that has one
+    (``jcs``: ``res2net_cls.pth``); the run's class probability then comes from it.
     """
     import torch
 
@@ -170,6 +216,8 @@ def import_weights(
             raise CovsegError(f"format {format} takes no prior run (--prior is for a cascade format)")
         if text_encoder is not None:
             raise CovsegError(f"format {format} takes no text encoder (--text-encoder is for a text-guided format)")
+        if classifier is not None:
+            raise CovsegError(f"format {format} takes no classifier file (--classifier is for jcs)")
         return fmt.import_folder(file, output, tokenizer=tokenizer)
     if tokenizer is not None:
         raise CovsegError(f"format {fmt.name} takes no tokenizer (--tokenizer is for the clip format)")
@@ -177,7 +225,12 @@ def import_weights(
     prior_spec = _prior_spec(fmt, prior)
     text_spec = _text_spec(fmt, text_encoder)
     state = read_state_dict(file)
-    folder = OutputFolder(output, "weights import", [file], owned=IMPORT_FILES)
+    classifier_provenance: dict[str, Any] = {}
+    if classifier is not None:
+        fmt, classifier_state, classifier_provenance = with_classifier_file(fmt, Path(classifier))
+        state = {**state, **classifier_state}
+    inputs = [file, *([Path(classifier)] if classifier is not None else [])]
+    folder = OutputFolder(output, "weights import", inputs, owned=IMPORT_FILES)
     folder.validate()
     model, mapped = convert_state(fmt, state, file)
     provenance = {
@@ -186,6 +239,7 @@ def import_weights(
         "format": fmt.name,
         "architecture": fmt.source,
         "tensors": len(state),
+        **classifier_provenance,
         "covseg_version": __version__,
     }
     spec = {"name": fmt.model, "init_args": model.init_args}

@@ -153,9 +153,10 @@ def test_everything_the_torch_free_path_does_not_cover_runs_the_normal_path(cach
     assert (
         torch_free_predictor([MODEL], tmp_path, PredictOptions(device="cpu")) is None
     )  # a volume among the inputs
-    monkeypatch.setenv("COVSEG_ENGINE", "torch")
-    assert torch_free_predictor([MODEL], image, PredictOptions(device="cpu")) is None
-    monkeypatch.delenv("COVSEG_ENGINE")
+    for name, value in (("COVSEG_ENGINE", "torch"), ("COVSEG_TORCH_FREE", "0")):
+        monkeypatch.setenv(name, value)
+        assert torch_free_predictor([MODEL], image, PredictOptions(device="cpu")) is None
+        monkeypatch.delenv(name)
     monkeypatch.setenv(
         "COVSEG_CACHE", str(tmp_path / "empty_cache")
     )  # no export yet: the torch path writes it

@@ -13,7 +13,7 @@ without torch; when it can, the predictor it gives reads nothing but numpy, PIL 
   ``predictions.csv`` rows are those of the torch path (timings and peak memory aside).
 
 Anything else runs the normal path: a run folder or an ensemble, ``--engine`` onnx/torchscript,
-``COVSEG_ENGINE=torch``, a model with text, prior, cascade, volume plan, classifier or several
+``COVSEG_ENGINE=torch`` or ``COVSEG_TORCH_FREE=0`` (this path off, e.g. to compare the two), a model with text, prior, cascade, volume plan, classifier or several
 classes, TTA, ``--lungs-only``, DICOM outputs, a GPU device (or ``auto`` where one may be), torchrun,
 any volume or DICOM series among the inputs, onnxruntime missing, or no cached export yet (the
 first run exports it through torch).
@@ -36,6 +36,8 @@ from covseg.transforms.network_io import probs_to_labels, resize_antialiased, re
 from covseg.transforms.preprocess import Preprocessing
 from covseg.utils.processes import peak_rss_mb, torchrun_env
 
+#: ``0`` turns the torch-free path off (the normal path runs, as before it existed)
+TORCH_FREE_ENV = "COVSEG_TORCH_FREE"
 #: what a shipped model's ``model.json`` must say (None: absent) for the torch-free path to cover it
 _COVERED = {
     "text": None,
@@ -156,6 +158,8 @@ def _description_covered(description: Any) -> bool:
 
 
 def _options_covered(options: PredictOptions) -> bool:
+    if os.environ.get(TORCH_FREE_ENV, "1").strip() == "0":
+        return False
     engine = (os.environ.get("COVSEG_ENGINE") or "auto").lower()
     device = (options.device or "auto").strip().lower()
     return (

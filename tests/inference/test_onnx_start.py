@@ -161,3 +161,24 @@ def test_everything_the_torch_free_path_does_not_cover_runs_the_normal_path(cach
         "COVSEG_CACHE", str(tmp_path / "empty_cache")
     )  # no export yet: the torch path writes it
     assert torch_free_predictor([MODEL], image, PredictOptions(device="cpu")) is None
+
+
+@pytest.mark.parametrize(
+    "threads_env",
+    [
+        {},
+        {"OMP_NUM_THREADS": "1"},
+        {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "2"},
+        {"OMP_NUM_THREADS": "64"},
+    ],
+)
+def test_the_torch_free_path_takes_torchs_thread_count(threads_env):
+    """onnxruntime's threads and the sigmoid's chunks follow torch's thread count, as on the torch path."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env.update(threads_env, PYTHONPATH=str(SRC))
+    code = "import torch\nfrom covseg.inference.ort_session import torch_threads\nprint(torch_threads(), torch.get_num_threads())\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    ours, torchs = done.stdout.split()
+    assert ours == torchs
+    if threads_env == {"OMP_NUM_THREADS": "1"}:
+        assert ours == "1"

@@ -25,7 +25,7 @@ class ExportedNetwork:
         #: ``("class_logits",)`` when the file has the joint model's second output (the segmenter then classifies)
         self.head_outputs: tuple[str, ...] = ()
         if engine == "onnx":
-            from covseg.inference.onnx_start import onnx_session
+            from covseg.inference.ort_session import onnx_session
 
             self.session = onnx_session(path, threads, cuda=runtime.device.type == "cuda")
             self.input_name = self.session.get_inputs()[0].name

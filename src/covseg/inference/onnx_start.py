@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from covseg.inference.options import PredictOptions
+from covseg.inference.ort_session import onnx_session, torch_threads
 from covseg.inference.results import Prediction
 from covseg.transforms.network_io import probs_to_labels, resize_antialiased, restore_bilinear, sigmoid
 from covseg.transforms.preprocess import Preprocessing
@@ -47,29 +48,6 @@ _COVERED = {
     "classification": None,
     "num_classes": 1,
 }
-
-
-def onnx_session(path: Path, threads: int | None, cuda: bool = False) -> Any:
-    """An onnxruntime session with covseg's settings (``threads`` intra-op threads, one inter-op; CPU
-    unless ``cuda``): shared by :class:`covseg.inference.network.ExportedNetwork` and the torch-free path."""
-    import onnxruntime as ort
-
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
-    available = set(ort.get_available_providers())
-    options = ort.SessionOptions()
-    if threads:  # as many threads as torch was given (ORT's default is every physical core)
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=[p for p in providers if p in available])
-
-
-def torch_threads() -> int:
-    """The thread count torch would take here (``OMP_NUM_THREADS``, else the CPUs this process may use)."""
-    text = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if text.isdigit() and int(text) > 0:
-        return int(text)
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 def _gpu_may_be_there() -> bool:

@@ -20,7 +20,8 @@ recorded: on a shared machine the ratios are what counts, absolute times are upp
   against a bare PyTorch + MONAI loop (``CacheDataset``, MONAI augmentation, ``DiceCELoss``,
   AdamW) on the same model (built from the run's ``model.json``) and images.
 - **start-up**: ``covseg --help``; a first prediction of ``covid-ct-infection`` on one slice
-  (process wall time, with the ONNX export cached and with an empty cache).
+  (process wall time, with the ONNX export cached, which runs without torch, checked by
+  ``-X importtime``; the same on the torch path, ``COVSEG_TORCH_FREE=0``; and with an empty cache).
 
     python bench/bench_speed.py                 # writes bench/results/speed/<date>.md and .json
     python bench/bench_speed.py --quick --out /tmp/speed   # tiny sizes: a smoke test
@@ -324,10 +325,11 @@ def startup(threads: int, slice_path: Path, work: Path) -> dict:
     help_cpu = cpu_of("-m covseg.cli.main --help")
     helps_entry = [child([str(Path(sys.executable).parent / "covseg"), "--help"], env_for(threads))[0] for _ in range(3)]
 
-    def first(cache: Path | None) -> float:
+    def first(cache: Path | None, env: dict[str, str] | None = None) -> float:
         out = work / "first"
         shutil.rmtree(out, ignore_errors=True)
         extra = {"COVSEG_CACHE": str(cache)} if cache else {}
+        extra.update(env or {})
         cmd = covseg_cmd("predict", "-m", "covid-ct-infection", "-i", str(slice_path), "-o", str(out), "-q", "--no-probs", "--no-overlays", "--device", "cpu")
         return child(cmd, env_for(threads, **extra))[0]
 
@@ -335,9 +337,22 @@ def startup(threads: int, slice_path: Path, work: Path) -> dict:
     CPU_TIMES.clear()
     warm = [first(None) for _ in range(3)]
     warm_cpu = cpu_of("-m covseg.cli.main predict")
+    CPU_TIMES.clear()  # the same command on the torch path (COVSEG_TORCH_FREE=0: the path before the torch-free one)
+    torch_path = [first(None, {"COVSEG_TORCH_FREE": "0"}) for _ in range(3)]
+    torch_path_cpu = cpu_of("-m covseg.cli.main predict")
     cold = first(work / "empty_cache")
     return {"help_s": statistics.median(helps), "help_cpu_s": help_cpu, "help_entry_point_s": statistics.median(helps_entry),
-            "first_prediction_s": statistics.median(warm), "first_prediction_cpu_s": warm_cpu, "first_prediction_cold_cache_s": cold}  # fmt: skip
+            "first_prediction_s": statistics.median(warm), "first_prediction_cpu_s": warm_cpu, "first_prediction_cold_cache_s": cold,
+            "first_prediction_torch_free": torch_free(slice_path, work, threads),
+            "first_prediction_torch_path_s": statistics.median(torch_path), "first_prediction_torch_path_cpu_s": torch_path_cpu}  # fmt: skip
+
+
+def torch_free(slice_path: Path, work: Path, threads: int) -> bool:
+    """Whether the cached-export first prediction ran without importing torch (``-X importtime`` lists every import)."""
+    cmd = [sys.executable, "-X", "importtime", "-m", "covseg.cli.main", "predict", "-m", "covid-ct-infection", "-i", str(slice_path),
+           "-o", str(work / "first_imports"), "-q", "--no-probs", "--no-overlays", "--device", "cpu"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env_for(threads), check=True)
+    return not any(line.rstrip().endswith("| torch") for line in done.stderr.splitlines())
 
 
 # ----------------------------------------------------------------------------- report
@@ -408,7 +423,9 @@ def markdown(res: dict) -> str:
     if "startup" in res:
         st = res["startup"]
         lines.append(f"Start-up: `python -m covseg.cli.main --help` {st['help_s']:.2f} s ({st['help_cpu_s']:.2f} CPU s), `covseg --help` "
-                     f"{st['help_entry_point_s']:.2f} s; first prediction {st['first_prediction_s']:.2f} s ({st['first_prediction_cpu_s']:.2f} CPU s; "
+                     f"{st['help_entry_point_s']:.2f} s; first prediction {st['first_prediction_s']:.2f} s ({st['first_prediction_cpu_s']:.2f} CPU s, "
+                     f"{'without' if st.get('first_prediction_torch_free') else 'importing'} torch; on the torch path "
+                     f"{st.get('first_prediction_torch_path_s', float('nan')):.2f} s, {st.get('first_prediction_torch_path_cpu_s') or float('nan'):.2f} CPU s; "
                      f"empty ONNX cache: {st['first_prediction_cold_cache_s']:.2f} s).")  # fmt: skip
     lines.append("")
     return "\n".join(lines)

@@ -125,19 +125,26 @@ def predict(
     """
     import dataclasses
 
-    from covseg.data.imageio import is_volume
-    from covseg.engine.runtime import Runtime
     from covseg.inference.batch import predict_files
     from covseg.inference.dicom_out import check_output_types
-    from covseg.inference.loading import load_predictors, text_resolver
+    from covseg.inference.onnx_start import torch_free_predictor
     from covseg.inference.options import PredictOptions
-    from covseg.inference.predictor import list_inputs
     from covseg.viz.callbacks import prediction_overlay
     from covseg.viz.preview import three_view_preview
 
     opts = dataclasses.replace(options or PredictOptions(), **settings)
     run_dirs = [models] if isinstance(models, (str, Path)) else list(models)
     check_output_types(opts.output_types)
+    light = torch_free_predictor(run_dirs, Path(input), opts)  # a shipped 2D model with its cached ONNX export: no torch
+    if light is not None:
+        return predict_files(light, light.files, Path(output), opts, runtime=light.runtime, on_done=on_done,
+                             overlays=prediction_overlay if opts.overlays else None)  # fmt: skip
+
+    from covseg.data.imageio import is_volume
+    from covseg.engine.runtime import Runtime
+    from covseg.inference.loading import load_predictors, text_resolver
+    from covseg.inference.predictor import list_inputs
+
     runtime = Runtime.create(opts.device, opts.amp)
     if opts.engine == "torch":
         predictor = load_predictors(run_dirs, opts.checkpoint, runtime)

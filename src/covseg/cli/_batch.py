@@ -48,11 +48,19 @@ def user_text(text: object) -> str:
 @contextlib.contextmanager
 def progress_bar(label: str, total: int, quiet: bool = False) -> Iterator[Callable[[], None]]:
     """A rich progress bar over ``total`` inputs (on terminals only); yields the function that advances it by one."""
+    out = console()
+    if quiet or not out.is_terminal:  # no bar: rich.progress is not even imported
+
+        def silent() -> None:
+            return None
+
+        silent.set_total = lambda n: None  # type: ignore[attr-defined]
+        yield silent
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    out = console()
     columns = (TextColumn(user_text(label)), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=out, disable=quiet or not out.is_terminal) as prog:
+    with Progress(*columns, console=out) as prog:
         task = prog.add_task(label, total=total)
 
         def advance() -> None:
@@ -91,7 +99,7 @@ def check_options(**checks: tuple[bool, str]) -> None:
 def say_models(models: list[str] | str, quiet: bool = False) -> None:
     """One line per model saying which one runs (a shipped model, or a run folder's absolute path);
     shown even when ``quiet`` if a shipped model's name hides a local folder of that name."""
-    from covseg.runs.packing import describe_model
+    from covseg.zoo import describe_model  # not via covseg.runs, whose package imports pydantic
 
     for given in [models] if isinstance(models, str) else models:
         text = describe_model(given)

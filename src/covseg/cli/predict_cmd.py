@@ -68,9 +68,9 @@ def predict(
     """Predict masks, soft maps and overlays at each input's original size."""
     from covseg.api import predict as run_predict
     from covseg.cli._batch import finish, progress_bar, say_models
-    from covseg.engine.runtime import torchrun_env
+    from covseg.inference.inputs import list_inputs
     from covseg.inference.options import PredictOptions
-    from covseg.inference.predictor import list_inputs
+    from covseg.utils.processes import torchrun_env
 
     options = PredictOptions(
         checkpoint=checkpoint, engine=engine, device=device, amp=amp, tta=tta, tta_axes=_numbers(tta_axes, "--tta-axes", kind=int),

@@ -23,6 +23,8 @@ import torch
 
 from covseg.engine.memory_format import to_channels_last
 from covseg.errors import ConfigError
+from covseg.utils.processes import peak_rss_mb as peak_rss_mb  # torch-free, re-exported
+from covseg.utils.processes import torchrun_env as torchrun_env
 
 AMP_MODES = ("off", "bf16", "fp16")
 
@@ -72,11 +74,6 @@ def amp_dtype(amp: str) -> torch.dtype | None:
     if amp not in AMP_MODES:
         raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
-def torchrun_env() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from torchrun's environment (``(0, 1, 0)`` when not under it)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
 @dataclass
@@ -242,12 +239,3 @@ class Runtime:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         return peak_rss_mb()
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MiB (``ru_maxrss``)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10

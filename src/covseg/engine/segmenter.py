@@ -22,6 +22,7 @@ from covseg.engine.model_call import as_input, call_model
 from covseg.engine.runtime import Runtime
 from covseg.errors import CovsegError
 from covseg.registry import INPUT_ADAPTERS
+from covseg.transforms.network_io import probs_to_labels as probs_to_labels  # torch-free, re-exported
 from covseg.transforms.preprocess import Preprocessing
 from covseg.transforms.volume import VolumePlan
 
@@ -52,13 +53,6 @@ def most_positive(class_logits: Sequence[torch.Tensor]) -> np.ndarray:
     the image positive. A whole image (one part) gives its own probabilities."""
     probs = torch.softmax(torch.stack(list(class_logits)).float(), dim=1)
     return probs[int(torch.argmax(1.0 - probs[:, 0]))].cpu().numpy()
-
-
-def probs_to_labels(prob: np.ndarray, threshold: float = 0.5, num_classes: int = 1) -> np.ndarray:
-    """Binary probabilities (any shape) → 0/1 at ``p >= threshold``; K-class ``(K, ...)`` → argmax labels."""
-    if num_classes == 1:
-        return (prob >= threshold).astype(np.uint8)
-    return prob.argmax(axis=0).astype(np.uint8)
 
 
 class Segmenter:

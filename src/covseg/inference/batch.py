@@ -14,11 +14,10 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from covseg.engine.runtime import Runtime
 from covseg.errors import CovsegError, DataError
 from covseg.inference.case import CaseResult, class_columns, lung_involvement_percent, predict_case
 from covseg.inference.files import (  # the batch machinery (its own module now): importable from here as before
@@ -38,6 +37,9 @@ from covseg.utils.outputs import OutputFolder, write_csv
 #: instead of 36 ms (level 6, PIL's default) with files no larger; at level 6 writing them took longer
 #: than the network on 50 CT slices (4.4 vs 3.9 CPU s, cProfile of `covseg predict`, 2026-12-07)
 FAST_PNG = 1
+
+if TYPE_CHECKING:  # torch-free at import: a torch-free prediction (covseg.inference.onnx_start) writes through here
+    from covseg.engine.runtime import Runtime
 
 __all__ = [
     "BatchReport", "EarlierIndex", "class_columns", "distinct_stems", "failure_line", "for_each_file", "gather_report",
@@ -131,7 +133,11 @@ def predict_files(
 
     options = options or PredictOptions()
     dicom_outputs = check_output_types(options.output_types)
-    runtime = runtime or getattr(predictor, "runtime", None) or Runtime()
+    if runtime is None and getattr(predictor, "runtime", None) is None:
+        from covseg.engine.runtime import Runtime
+
+        runtime = Runtime()
+    runtime = runtime or predictor.runtime
     folder = OutputFolder(
         out_dir, "predict", [*files, *run_dirs_of(predictor)],
         owned=("masks", "probs", "overlays", "predictions.csv", "failed.txt", *(("lungs",) if options.writes_lung_mask else ()),

@@ -31,10 +31,21 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "covseg"
 
 
+def torch_version() -> str:
+    """The installed torch's version, read from its package metadata (no torch import: a torch-free
+    prediction computes the same cache key), else from torch itself."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        import torch
+
+        return str(torch.__version__)
+
+
 def checkpoint_key(run_dir: Path) -> str:
     """A hash of what decides the exported network: weights, run description, torch and covseg versions."""
-    import torch
-
     from covseg import __version__
     from covseg.runs.packing import WEIGHTS
 
@@ -43,8 +54,13 @@ def checkpoint_key(run_dir: Path) -> str:
         with open(run_dir / name, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-    h.update(f"torch {torch.__version__} covseg {__version__}".encode())
+    h.update(f"torch {torch_version()} covseg {__version__}".encode())
     return h.hexdigest()[:16]
+
+
+def cached_onnx_path(run_dir: Path) -> Path:
+    """Where the ONNX export of the packed run ``run_dir`` is cached (whether or not it is there yet)."""
+    return cache_root() / "onnx" / f"{run_dir.name}-{checkpoint_key(run_dir)}.onnx"
 
 
 def onnx_file(run_dir: Path, model: Any) -> Path:
@@ -52,7 +68,7 @@ def onnx_file(run_dir: Path, model: Any) -> Path:
     from covseg.models.export import export_onnx
     from covseg.utils.atomic import write_with
 
-    path = cache_root() / "onnx" / f"{run_dir.name}-{checkpoint_key(run_dir)}.onnx"
+    path = cached_onnx_path(run_dir)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         was_training = model.training

@@ -13,11 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from covseg.engine.runtime import Runtime
 from covseg.errors import CovsegError, DataError, OutputError
 from covseg.utils.atomic import write_text
 from covseg.utils.outputs import one_line, read_csv, write_csv
+
+if TYPE_CHECKING:  # torch-free at import: a torch-free prediction writes through this module
+    from covseg.engine.runtime import Runtime
 
 
 @dataclass

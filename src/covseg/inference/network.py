@@ -25,15 +25,9 @@ class ExportedNetwork:
         #: ``("class_logits",)`` when the file has the joint model's second output (the segmenter then classifies)
         self.head_outputs: tuple[str, ...] = ()
         if engine == "onnx":
-            import onnxruntime as ort
+            from covseg.inference.ort_session import onnx_session
 
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if runtime.device.type == "cuda" else ["CPUExecutionProvider"]
-            available = set(ort.get_available_providers())
-            options = ort.SessionOptions()
-            if threads:  # as many threads as torch was given (ORT's default is every physical core)
-                options.intra_op_num_threads = int(threads)
-                options.inter_op_num_threads = 1
-            self.session = ort.InferenceSession(str(path), options, providers=[p for p in providers if p in available])
+            self.session = onnx_session(path, threads, cuda=runtime.device.type == "cuda")
             self.input_name = self.session.get_inputs()[0].name
             self.text_names = tuple(i.name for i in self.session.get_inputs()[1:])  # a text-guided export's text inputs
             if len(self.session.get_outputs()) == 2:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from covseg.errors import CovsegError
+from covseg.zoo import describe_model as describe_model  # re-exported
 
 WEIGHTS = "weights.safetensors"
 TEXT_PREFIX = "text_encoder."
@@ -28,20 +29,6 @@ def resolve_run_dir(run_dir: str | Path) -> Path:
 
     shipped = zoo.resolve(str(run_dir))
     return shipped if shipped is not None else Path(run_dir)
-
-
-def describe_model(run_dir: str | Path) -> str:
-    """Which model ``run_dir`` (as given) runs, for the console and the outputs: ``shipped model NAME``
-    (saying when a local folder of that name is not used) or ``run folder /absolute/path``."""
-    from covseg import zoo
-
-    shipped = zoo.resolve(str(run_dir))
-    if shipped is None:
-        return f"run folder {Path(run_dir).resolve()}"
-    text = f"shipped model {shipped.name}"
-    if Path(str(run_dir)).exists():
-        text += f" (not the local folder of that name: give ./{run_dir} for it)"
-    return text
 
 
 def is_packed(folder: Path) -> bool:

@@ -38,3 +38,15 @@ def card(name: str) -> dict[str, Any]:
     if folder is None:
         raise KeyError(name)
     return json.loads((folder / CARD).read_text(encoding="utf-8"))
+
+
+def describe_model(run_dir: str | Path) -> str:
+    """Which model ``run_dir`` (as given) runs, for the console and the outputs: ``shipped model NAME``
+    (saying when a local folder of that name is not used) or ``run folder /absolute/path``."""
+    shipped = resolve(str(run_dir))
+    if shipped is None:
+        return f"run folder {Path(run_dir).resolve()}"
+    text = f"shipped model {shipped.name}"
+    if Path(str(run_dir)).exists():
+        text += f" (not the local folder of that name: give ./{run_dir} for it)"
+    return text

@@ -201,6 +201,14 @@ def lung_masks(input: str | Path, output: str | Path, *, strict: bool = False, o
     return lung_mask_files(list_inputs(Path(input), series_folders=True), Path(output), strict=strict, on_done=on_done)
 
 
+def make_captions(masks: str | Path, out: str | Path, **settings: Any) -> tuple[list, list]:
+    """QaTa-style captions made from 2D masks (``covseg text make-captions``): ``out`` as ``captions.csv``, a
+    text source; keywords as :func:`covseg.data.captions.write_captions`. Returns the rows and the failures."""
+    from covseg.data.captions import write_captions
+
+    return write_captions(masks, out, **settings)
+
+
 def explain(
     model: str | Path, input: str | Path, output: str | Path, options: Any = None, *, on_done: Callable[[], None] | None = None,
     **settings: Any,

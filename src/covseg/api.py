@@ -177,6 +177,45 @@ def predict(
     return report
 
 
+def pseudo_label(
+    models: Sequence[str | Path] | str | Path, input: str | Path, output: str | Path, *, checkpoint: str = "best",
+    tta: bool = False, edge_width: int = 1, text: str | None = None, text_file: str | Path | None = None,
+    missing_text: str = "error", device: str = "auto", strict: bool = False, on_done: Callable[[], None] | None = None,
+):
+    """Pseudo-label a folder of unlabelled 2D images with one run folder or several averaged (``covseg
+    pseudo-label``): ``images/``, ``masks/``, ``edges/`` and ``confidence.csv`` in ``output``, a dataset a
+    trainer reads as its ``semi.pseudo`` source; returns the batch report (volumes are listed as failed)."""
+    from covseg.engine.runtime import Runtime
+    from covseg.inference.loading import load_predictors, text_resolver
+    from covseg.inference.predictor import list_inputs
+    from covseg.inference.pseudo import pseudo_label_files
+
+    run_dirs = [models] if isinstance(models, (str, Path)) else list(models)
+    predictor = load_predictors(run_dirs, checkpoint, Runtime.create(device, distributed=False))
+    files = list_inputs(Path(input))
+    extra_for = text_resolver(predictor, text, None if text_file is None else Path(text_file), missing_text)
+    return pseudo_label_files(
+        predictor, files, Path(output), tta_flip=tta, edge_width=edge_width, strict=strict, on_done=on_done, extra_for=extra_for
+    )
+
+
+def lung_masks(input: str | Path, output: str | Path, *, strict: bool = False, on_done: Callable[[], None] | None = None):
+    """Classical lung masks (threshold + morphology, no network) of a CT volume in HU or a folder of them
+    (``covseg lungmask``): ``<name>.nii.gz`` in each input's geometry and ``lungs.csv`` (ml); returns the batch report."""
+    from covseg.inference.lung_masks import lung_mask_files
+    from covseg.inference.predictor import list_inputs
+
+    return lung_mask_files(list_inputs(Path(input), series_folders=True), Path(output), strict=strict, on_done=on_done)
+
+
+def make_captions(masks: str | Path, out: str | Path, **settings: Any) -> tuple[list, list]:
+    """QaTa-style captions made from 2D masks (``covseg text make-captions``): ``out`` as ``captions.csv``, a
+    text source; keywords as :func:`covseg.data.captions.write_captions`. Returns the rows and the failures."""
+    from covseg.data.captions import write_captions
+
+    return write_captions(masks, out, **settings)
+
+
 def explain(
     model: str | Path, input: str | Path, output: str | Path, options: Any = None, *, on_done: Callable[[], None] | None = None,
     **settings: Any,

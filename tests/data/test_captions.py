@@ -124,6 +124,18 @@ def test_make_captions_cli_writes_a_text_source(tmp_path):
     cris = load_texts(prompts, prompt="P1")  # CRIS reader picks the type
     assert cris.lookup("a.png").text == "unilateral pulmonary infection in the lower right lung"
 
+    # covseg.api.make_captions is the call behind the command: the same file, the rows and the failure returned
+    from covseg.api import make_captions
+    from covseg.errors import CovsegError
+
+    started: list[int] = []
+    rows_api, failed = make_captions(tmp_path / "masks", tmp_path / "api.csv", captions=human, on_start=started.append)
+    assert (tmp_path / "api.csv").read_text() == out.read_text() and started == [3]
+    assert [r.caption for r in rows_api] == [rows["a"]["caption"], rows["b"]["caption"]]
+    assert [p.name for p, _ in failed] == ["broken.png"]
+    with pytest.raises(CovsegError, match=r"broken\.png"):
+        make_captions(tmp_path / "masks", tmp_path / "strict.csv", strict=True)
+
 
 @pytest.mark.data
 def test_qata_generated_captions_agree_with_the_human_zones(real_data):

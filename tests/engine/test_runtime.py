@@ -196,13 +196,21 @@ def test_distributed_predict_writes_every_case_once(data, tmp_path):
 # ------------------------------------------------------------------------------------------- export
 
 
-@pytest.mark.parametrize("engine", ["onnx", "torchscript"])
-def test_export_then_predict_with_the_engine_equals_torch(data, tmp_path, engine):
+@pytest.fixture(scope="module")
+def one_epoch_run(data, tmp_path_factory) -> Path:
+    """A run trained one epoch at 48², once for both engines (the tests only read it)."""
+    run = tmp_path_factory.mktemp("rt_run") / "run"
+    build_trainer(load_config(raw=tiny_config(data, size=48, epochs=1)), run, quiet=True).fit()
+    return run
+
+
+# torchscript is slow (13.2 CPU-s on 2026-12-07, four `covseg` subprocesses); onnx stays in the quick loop
+@pytest.mark.parametrize("engine", ["onnx", pytest.param("torchscript", marks=pytest.mark.slow)])
+def test_export_then_predict_with_the_engine_equals_torch(one_epoch_run, data, tmp_path, engine):
     from covseg.inference.exported import load_exported
     from covseg.inference.predictor import Predictor
 
-    run = tmp_path / "run"
-    build_trainer(load_config(raw=tiny_config(data, size=48, epochs=1)), run, quiet=True).fit()
+    run = one_epoch_run
     out = tmp_path / "export"
     proc = _covseg("export", "--model", run, "--format", engine, "--output", out)
     assert proc.returncode == 0, proc.stderr

@@ -185,6 +185,7 @@ def test_a_3d_run_exports_as_a_monai_bundle_whose_masks_agree_with_covseg_predic
 # ---------------------------------------------------------------------------------------------- cascades
 
 
+@pytest.mark.slow  # run2d (8 epochs) and a cascade run trained on its maps
 def test_a_cascade_run_exports_both_stages_and_the_onnx_engine_matches_torch(run2d, tmp_path):
     """A cascade (a multi-class U-Net taking a binary run's map as an extra channel) was refused. Its export
     now holds the prior run's export in ``prior/`` and ``--engine onnx`` runs both stages: torch's maps."""
@@ -254,6 +255,7 @@ def test_a_coarse_to_fine_run_exports_both_stages_and_the_onnx_engine_matches_to
 # ------------------------------------------------------------------------------------------------- docs
 
 
+@pytest.mark.slow  # run2d: 8 epochs, so the run marks foreground the snippet can be compared on
 def test_the_documented_onnxruntime_snippet_gives_covseg_predicts_mask(run2d, tmp_path, monkeypatch):
     """docs/deploy.md's plain-onnxruntime block, run as written on an export of a trained run (an image
     at the network size), gives the mask ``covseg predict`` writes."""
@@ -281,6 +283,7 @@ def test_the_documented_onnxruntime_snippet_gives_covseg_predicts_mask(run2d, tm
 # ------------------------------------------------------------------------------------ Python API
 
 
+@pytest.mark.slow  # run2d: 8 epochs
 def test_the_python_api_exports_in_one_call_as_the_cli_does(run2d, tmp_path):
     """``covseg.api.export`` is the call behind ``covseg export``: the same files, and an ONNX export
     that predicts as the run does."""

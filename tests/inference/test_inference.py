@@ -251,3 +251,40 @@ def test_ensemble_from_the_cli_and_mismatched_members(trained_run, tmp_path):
     bad = _covseg("predict", "-m", str(trained_run), "-m", str(multiclass), "--input", str(inputs), "--output", str(tmp_path / "o2"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert str(multiclass) in bad.stderr and "number of classes" in bad.stderr
+
+
+def test_the_python_api_pseudo_labels_and_masks_lungs_in_one_call_each(trained_run, tmp_path):
+    """``covseg.api.pseudo_label`` and ``covseg.api.lung_masks`` (what the CLI commands run) write the
+    predictor's own labels and the classical lung mask; ``predict_batch`` equals one image at a time."""
+    import csv
+    import shutil
+
+    from covseg.api import lung_masks, pseudo_label
+    from covseg.data.imageio import write_volume
+    from covseg.data.synthetic3d import make_phantom_volume
+    from covseg.transforms.lungmask import lung_mask
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for src in sorted((trained_run.parent / "data" / "images").iterdir())[:2]:
+        shutil.copy(src, inputs / src.name)
+    report = pseudo_label(trained_run, inputs, tmp_path / "pseudo", device="cpu")
+    assert len(report.written) == 2 and not report.failed
+    pred = Predictor.from_run(trained_run, device="cpu")
+    images = [read_image(p) for p in sorted(inputs.iterdir())]
+    for path, image in zip(sorted(inputs.iterdir()), images):
+        want = pred.predict_image(image).labels > 0
+        np.testing.assert_array_equal(read_mask(tmp_path / "pseudo" / "masks" / f"{path.stem}.png") > 0, want)
+    with open(tmp_path / "pseudo" / "confidence.csv") as f:
+        assert sorted(row["case_id"] for row in csv.DictReader(f)) == sorted(p.stem for p in inputs.iterdir())
+    batch = pred.predict_batch(images, batch_size=2).probs
+    for image, probs in zip(images, batch):
+        np.testing.assert_allclose(probs, pred.predict_image(image).probs, atol=1e-5)
+
+    ph = make_phantom_volume(1)
+    write_volume(tmp_path / "ct" / "case.nii.gz", ph.image, ph.affine)
+    report = lung_masks(tmp_path / "ct", tmp_path / "lungs")
+    assert len(report.written) == 1 and report.written[0]["lung_ml"] > 0
+    got = nib.load(tmp_path / "lungs" / "case.nii.gz")
+    np.testing.assert_array_equal(np.asarray(got.dataobj), lung_mask(ph.image, ph.affine))
+    assert np.allclose(got.affine, ph.affine) and (tmp_path / "lungs" / "lungs.csv").exists()

@@ -180,6 +180,7 @@ def test_patch_training_from_a_config_validates_with_a_sliding_window(tmp_path):
 # ------------------------------------------------------------------------------------ input adapters
 
 
+@pytest.mark.slow  # a text run, then three `covseg pseudo-label` subprocesses
 def test_pseudo_labelling_a_text_run_feeds_the_text(tmp_path):
     from tests.text.test_text_sources import make_folder_json, text_config
 

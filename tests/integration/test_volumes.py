@@ -245,6 +245,7 @@ def test_3d_augmentation_moves_image_and_labels_together():
 
 
 # --------------------------------------------------------------------------------- training, prediction
+@pytest.mark.slow  # trains run3d, then three `covseg predict` subprocesses: 26.6 CPU-s (2026-12-07)
 def test_volume_run_describes_its_plan_and_predicts_in_each_input_geometry(run3d, phantoms, tmp_path):
     from tests.data.test_imageio import write_dicom_series
 
@@ -281,12 +282,14 @@ def test_volume_run_describes_its_plan_and_predicts_in_each_input_geometry(run3d
     assert np.abs(c - b).mean() < 0.05  # the same scan as 0..255 slices: scaled, not windowed, close to the HU map
 
 
+@pytest.mark.slow  # needs run3d (trained for this file) and a `covseg predict` subprocess
 def test_volume_run_refuses_2d_images_in_one_line(run3d, tmp_path):
     write_image(tmp_path / "in" / "slice.png", np.zeros((20, 20)))
     proc = _covseg("predict", "-m", run3d, "-i", tmp_path / "in" / "slice.png", "-o", tmp_path / "out", "-q")
     assert proc.returncode == 1 and "segments volumes" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # needs run3d (trained for this file)
 def test_an_exported_volume_run_replays_its_plan(run3d, tmp_path):
     from covseg.inference.exported import export_run, load_exported
     from covseg.inference.predictor import Predictor
@@ -299,6 +302,7 @@ def test_an_exported_volume_run_replays_its_plan(run3d, tmp_path):
     np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-4)
 
 
+@pytest.mark.slow  # needs run3d (trained for this file)
 def test_flip_tta_over_chosen_axes_is_symmetric(run3d):
     from covseg.inference.options import PredictOptions
     from covseg.inference.predictor import Predictor
@@ -311,6 +315,7 @@ def test_flip_tta_over_chosen_axes_is_symmetric(run3d):
     np.testing.assert_allclose(mirrored[::-1], tta, atol=1e-4)  # same scan, stored mirrored: the same map
 
 
+@pytest.mark.slow  # three `covseg train` subprocesses, one of them a full 2.5D training
 def test_training_on_volumes_with_a_2d_model_is_25d_and_bad_volumes_are_one_line(phantoms, tmp_path):
     import yaml
 
@@ -401,6 +406,7 @@ def test_the_fine_stage_segments_only_inside_the_coarse_region():
     assert not fine.volume_probabilities(ph.image, ph.affine).any()  # nothing found coarsely: nothing to refine
 
 
+@pytest.mark.slow  # needs run3d and trains a second 3D run on top of it
 def test_cascade_run_folder_predicts_on_its_own(run3d, phantoms, tmp_path):
     import shutil
 

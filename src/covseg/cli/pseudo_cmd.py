@@ -22,20 +22,16 @@ def pseudo_label(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Pseudo-label unlabelled images so a trainer can use them as a second source."""
+    from covseg.api import pseudo_label as run_pseudo_label
     from covseg.cli._batch import check_options, finish, progress_bar, say_models
-    from covseg.engine.runtime import Runtime
-    from covseg.inference.loading import load_predictors, text_resolver
     from covseg.inference.predictor import list_inputs
-    from covseg.inference.pseudo import pseudo_label_files
 
     check_options(edge_width=(edge_width >= 1, f"{edge_width} must be at least 1"))
     say_models(model, quiet)
-    predictor = load_predictors(model, checkpoint, Runtime.create(device, distributed=False))
-    files = list_inputs(input)  # volumes are listed as failed, not skipped silently
-    extra_for = text_resolver(predictor, text, text_file, missing_text)
-    with progress_bar("pseudo-labelling", len(files), quiet) as advance:
-        report = pseudo_label_files(
-            predictor, files, output, tta_flip=tta, edge_width=edge_width, strict=strict, on_done=advance, extra_for=extra_for
-        )
+    with progress_bar("pseudo-labelling", len(list_inputs(input)), quiet) as advance:
+        report = run_pseudo_label(
+            model, input, output, checkpoint=checkpoint, tta=tta, edge_width=edge_width, text=text, text_file=text_file,
+            missing_text=missing_text, device=device, strict=strict, on_done=advance,
+        )  # fmt: skip
     conf = sum(r["confidence"] for r in report.written) / max(1, len(report.written))
     finish(report, output, f"{len(report.written)} pseudo-labelled into {output} (mean confidence {conf:.3f})")

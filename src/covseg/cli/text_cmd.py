@@ -27,39 +27,13 @@ def make_captions(
     Left/right are image sides and the lungs are cut into six zones, as in QaTa-COV19; without
     --lungs the lung frame is a fixed share of the image fitted to QaTa.
     """
-    from covseg.data.captions import caption_for_file, captions_csv, mask_files, prompts_json
-    from covseg.errors import CovsegError
-    from covseg.utils.atomic import write_json, write_text
-    from covseg.utils.outputs import real, report_file
+    from covseg.api import make_captions as write_captions
 
-    inputs = [masks, lungs, captions]
-    for target in (out, prompts):
-        if target is not None:
-            report_file(target, "text make-captions", inputs)
-    if prompts is not None and real(prompts) == real(out):
-        raise CovsegError("--prompts and --out name the same file; give two", prompts)
-    human = None
-    if captions is not None:
-        from covseg.data.text_sources import load_texts
-
-        human = load_texts(captions)
-    files = mask_files(masks)
-    rows, failed = [], []
-    with progress_bar("captioning", len(files), quiet) as advance:
-        for path in files:
-            try:
-                rows.append(caption_for_file(path, lungs, human, min_zone_fraction=min_zone_fraction))
-            except CovsegError as exc:
-                if strict:
-                    raise
-                failed.append((path, str(exc)))
-            advance()
-    if not rows:
-        why = f" ({failed[0][1]}{f'; and {len(failed) - 1} more' if len(failed) > 1 else ''})" if failed else ""
-        raise CovsegError(f"no mask could be captioned{why}", masks)
-    write_text(out, captions_csv(rows))
-    if prompts is not None:
-        write_json(prompts, prompts_json(rows))
+    with progress_bar("captioning", 0, quiet) as advance:
+        rows, failed = write_captions(
+            masks, out, lungs=lungs, prompts=prompts, captions=captions, min_zone_fraction=min_zone_fraction,
+            strict=strict, on_start=advance.set_total, on_done=advance,
+        )  # fmt: skip
     con = console()
     con.print(f"wrote {len(rows)} captions to {out}" + (f" and prompt types to {prompts}" if prompts else ""), markup=False)
     if failed:

@@ -23,7 +23,7 @@ lung area (of the image area without a lung mask) falls in it: QaTa's annotators
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -322,3 +322,54 @@ def prompts_json(rows: Sequence[CaptionRow]) -> list[dict[str, Any]]:
         {"img_name": row.mask.name, "mask_name": row.mask.name, "prompts": row.prompts, "facts": row.facts.to_dict()}
         for row in rows
     ]
+
+
+def write_captions(
+    masks: Any,
+    out: Any,
+    *,
+    lungs: Any = None,
+    prompts: Any = None,
+    captions: Any = None,
+    min_zone_fraction: float = 0.004,
+    strict: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    on_done: Callable[[], None] | None = None,
+) -> tuple[list[CaptionRow], list[tuple[Any, str]]]:
+    """Caption every mask of ``masks`` into ``out`` (``captions.csv`` columns) and, with ``prompts``, the
+    prompt types as JSON; ``captions``: human captions (any text source) that become P4. Returns the rows
+    and ``(path, reason)`` of each mask that could not be captioned (``strict``: raise at the first)."""
+    from covseg.errors import CovsegError
+    from covseg.utils.atomic import write_json, write_text
+    from covseg.utils.outputs import real, report_file
+
+    for target in (out, prompts):
+        if target is not None:
+            report_file(target, "text make-captions", [masks, lungs, captions])
+    if prompts is not None and real(prompts) == real(out):
+        raise CovsegError("--prompts and --out name the same file; give two", prompts)
+    human = None
+    if captions is not None:
+        from covseg.data.text_sources import load_texts
+
+        human = load_texts(captions)
+    files = mask_files(masks)
+    if on_start is not None:
+        on_start(len(files))
+    rows, failed = [], []
+    for path in files:
+        try:
+            rows.append(caption_for_file(path, lungs, human, min_zone_fraction=min_zone_fraction))
+        except CovsegError as exc:
+            if strict:
+                raise
+            failed.append((path, str(exc)))
+        if on_done is not None:
+            on_done()
+    if not rows:
+        why = f" ({failed[0][1]}{f'; and {len(failed) - 1} more' if len(failed) > 1 else ''})" if failed else ""
+        raise CovsegError(f"no mask could be captioned{why}", masks)
+    write_text(out, captions_csv(rows))
+    if prompts is not None:
+        write_json(prompts, prompts_json(rows))
+    return rows, failed

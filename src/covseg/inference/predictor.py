@@ -90,6 +90,11 @@ class BasePredictor:
             return self._predict_image(array, options.tta_flip, options.post, **extra)
         return self._predict_volume(array, affine, options, **extra)
 
+    def predict_batch(self, images: Sequence[np.ndarray], tta_flip: bool = False, batch_size: int = 8, **extra: Any) -> SegmenterOutput:
+        """Soft maps (and a joint model's class probabilities) of several 2D images at their own sizes, in
+        forward passes of ``batch_size``; ``extra``: ``texts=`` (one prompt per image, text-guided runs)."""
+        return self._outputs(images, tta_flip=tta_flip, batch_size=batch_size, **extra)
+
     def predict_image(self, image: np.ndarray, tta_flip: bool = False, post: PostprocessOptions | None = None, **extra: Any) -> Prediction:
         """One 2D image (H×W or H×W×C) at its own size: :meth:`predict_array` of an image, with TTA and
         postprocessing as keywords (kept for scripts and the speed benchmarks, which name it)."""

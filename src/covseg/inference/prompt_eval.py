@@ -157,7 +157,7 @@ def evaluate_prompts(
             texts_t = [texts[t] for _, texts, _ in samples]
             masks: dict[str, list[np.ndarray]] = {}
             for m, predictor in predictors.items():
-                probs = predictor._outputs(images, batch_size=batch_size, texts=texts_t).probs  # the batch, as one call
+                probs = predictor.predict_batch(images, batch_size=batch_size, texts=texts_t).probs  # the batch, as one call
                 masks[m] = [predictor.to_labels(p) > 0 for p in probs]
             for k, (rec, _, sample) in enumerate(samples):
                 gt = np.asarray(sample.mask) > 0

@@ -205,6 +205,13 @@ def work(variant: str, fold: int, _spec) -> None:
     print(f"[{variant} fold {fold}] done in {wall:.0f}s", flush=True)
 
 
+def _pooled_on(row: dict, folds: list[int], protocol: str, metric: str) -> float:
+    """A variant's pooled metric over the held-out cases of ``folds`` only (deltas are paired by fold)."""
+    variant = f"{row['method']}_{row['budget']}"
+    records = [r for f in folds for r in json.loads((OUT / variant / f"fold{f}.json").read_text())[protocol]]
+    return pooled(records, metric)[0]
+
+
 def report() -> None:
     rows = []
     for budget in BUDGETS:
@@ -217,26 +224,35 @@ def report() -> None:
             med = [r for res in results for r in res["medical_records"]]
             sod = [r for res in results for r in res["sod_records"]]
             d, dstd = pooled(med, "dice")
+            cpu = [r["train_cpu_seconds"] for r in results if "train_cpu_seconds" in r]
             rows.append({
                 "method": method, "budget": budget, "folds": len(results), "dice@0.5": d, "dice@0.5_std": dstd,
                 "sod_mean_dice": pooled(sod, "mean_dice")[0], "s_measure": pooled(sod, "s_measure")[0],
                 "train_min_per_fold": sum(r["train_seconds"] for r in results) / len(results) / 60,
+                "train_cpu_min_per_fold": sum(cpu) / len(cpu) / 60 if cpu else None,
+                "fold_ids": sorted(int(f.stem.removeprefix("fold")) for f in files),
             })
     summary = {"date": dt.date.today().isoformat(), "machine": machine(), "steps": STEPS, "unlabelled": UNLABELLED, "rows": rows}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
-    lines = ["| labels | method | steps | folds | medical Dice@0.5 | Δ vs sup | sod mean Dice | Δ vs sup | S-measure | train min/fold |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| labels | method | steps | folds | medical Dice@0.5 | Δ vs sup | sod mean Dice | Δ vs sup | S-measure | train min/fold (wall; CPU) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base_method = "res_sup" if r["method"] in RESUNET else "sup2x" if r["method"] in LONG else "sup"
         base = next((b for b in rows if b["budget"] == r["budget"] and b["method"] == base_method), None)
-        dd = f"{100 * (r['dice@0.5'] - base['dice@0.5']):+.1f}" if base else "–"
-        ds = f"{100 * (r['sod_mean_dice'] - base['sod_mean_dice']):+.1f}" if base else "–"
+        dd = ds = "–"
+        if base and base is not r:  # paired: only the folds both variants have
+            common = sorted(set(r["fold_ids"]) & set(base["fold_ids"]))
+            paired = f" ({len(common)} folds)" if len(common) < max(r["folds"], base["folds"]) else ""
+            dd = f"{100 * (_pooled_on(r, common, 'medical_records', 'dice') - _pooled_on(base, common, 'medical_records', 'dice')):+.1f}{paired}"
+            ds = f"{100 * (_pooled_on(r, common, 'sod_records', 'mean_dice') - _pooled_on(base, common, 'sod_records', 'mean_dice')):+.1f}{paired}"
+            r["delta_folds"] = common
         labels = "40 (all)" if r["budget"] == "all" else r["budget"]
         steps = f"{STEPS} + {STEPS}" if r["method"].startswith("pseudo_") else (2 * STEPS if r["method"] in LONG else STEPS)
         if r["method"] in RESUNET:
             semi_steps = f"{RES_STEPS} + {RES_PRETRAIN_PASSES * 200 + RES_FINETUNE_STEPS}"
             steps = {"res_semi_std": semi_steps, "res_semi_soft_std": semi_steps}.get(r["method"], RES_STEPS)
-        lines.append(f"| {labels} | {r['method']} | {steps} | {r['folds']} | {r['dice@0.5']:.3f} ± {r['dice@0.5_std']:.3f} | {dd} | {r['sod_mean_dice']:.3f} | {ds} | {r['s_measure']:.3f} | {r['train_min_per_fold']:.1f} |")
+        cpu_min = f"; {r['train_cpu_min_per_fold']:.1f}" if r.get("train_cpu_min_per_fold") else ""
+        lines.append(f"| {labels} | {r['method']} | {steps} | {r['folds']} | {r['dice@0.5']:.3f} ± {r['dice@0.5_std']:.3f} | {dd} | {r['sod_mean_dice']:.3f} | {ds} | {r['s_measure']:.3f} | {r['train_min_per_fold']:.1f}{cpu_min} |")
     (OUT / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _figure(rows)

@@ -17,9 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from covseg.utils.monai_import import import_monai
+
 
 def roi_box(mask: np.ndarray, spacing: tuple[float, ...], margin_mm: float) -> tuple[tuple[int, int], ...] | None:
     """Bounding box (start, end per axis) of ``mask`` grown by ``margin_mm``; None when it is empty."""
+    import_monai()
     from monai.transforms.utils import generate_spatial_bounding_box
 
     if not mask.any():

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from covseg.errors import ConfigError
 from covseg.registry import INFERERS
 from covseg.transforms.preprocess import resize_tensor
+from covseg.utils.monai_import import import_monai
 
 Forward = Callable[[torch.Tensor, list[dict[str, Any]]], torch.Tensor]
 
@@ -135,6 +136,7 @@ class SlidingWindowInferer(Inferer):
         }
 
     def __call__(self, forward, inputs, contexts=None, batch_size=8):
+        import_monai()
         from monai.inferers import sliding_window_inference
 
         ctx = _contexts(contexts, len(inputs))

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from covseg import __version__
 from covseg.errors import CovsegError
+from covseg.utils.monai_import import import_monai
 from covseg.utils.outputs import OutputFolder
 
 #: where verify_metadata's schema lives (a local copy can be passed as ``filepath``)
@@ -180,6 +181,7 @@ def inference_config(description: Any, dims: int) -> dict[str, Any]:
 
 def metadata(run: Any, description: Any, dims: int) -> dict[str, Any]:
     """``configs/metadata.json`` in the MONAI bundle schema (``meta_schema_20240725``)."""
+    import_monai()
     import monai
 
     pre = description.preprocessing

@@ -34,6 +34,7 @@ from torch import nn
 from covseg.errors import CovsegError, DataError
 from covseg.inference.options import PredictOptions
 from covseg.inference.predictor import Prediction, Predictor
+from covseg.utils.monai_import import import_monai
 
 DEFAULT_LAYER = None  # the model's own cam_layer
 
@@ -97,6 +98,7 @@ class Explainer:
         names = {name for name, _ in self.model.named_modules()}
         if layer not in names:
             raise CovsegError(f"no layer {layer!r} in the model (Grad-CAM layer; default {self.model.cam_layer})", predictor.run_dir)
+        import_monai()
         from monai.visualize import GradCAM
 
         # eval() first: MONAI puts the module back in training mode after each call if it found it so,

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from covseg.models.base import SegmentationModel
 from covseg.registry import MODELS
+from covseg.utils.monai_import import import_monai
 
 
 def _dims(spatial_dims: int) -> int:
@@ -48,6 +49,7 @@ class UNetPlusPlus(SegmentationModel):
         upsample: str = "deconv",
         spatial_dims: int = 2,
     ) -> None:
+        import_monai()
         from monai.networks.nets import BasicUNetPlusPlus
 
         features = [int(f) for f in features]
@@ -88,6 +90,7 @@ class AttentionUNet(SegmentationModel):
         dropout: float = 0.0,
         spatial_dims: int = 2,
     ) -> None:
+        import_monai()
         from monai.networks.nets import AttentionUnet
 
         channels, strides = [int(c) for c in channels], [int(s) for s in strides]
@@ -125,6 +128,7 @@ class UNETRModel(SegmentationModel):
         dropout: float = 0.0,
         spatial_dims: int = 3,
     ) -> None:
+        import_monai()
         from monai.networks.nets import UNETR
 
         spatial_dims = _dims(spatial_dims)
@@ -181,6 +185,7 @@ class SwinUNETRModel(SegmentationModel):
         use_v2: bool = False,
         spatial_dims: int = 3,
     ) -> None:
+        import_monai()
         from monai.networks.nets import SwinUNETR
 
         depths, num_heads = [int(d) for d in depths], [int(h) for h in num_heads]

@@ -15,6 +15,7 @@ import torch
 
 from covseg.models.base import SegmentationModel
 from covseg.registry import MODELS
+from covseg.utils.monai_import import import_monai
 
 
 @MODELS.register("monai_unet")
@@ -32,6 +33,7 @@ class MonaiUNet(SegmentationModel):
         dropout: float = 0.0,
         spatial_dims: int = 2,
     ) -> None:
+        import_monai()
         from monai.networks.nets import UNet
 
         if spatial_dims not in (2, 3):

@@ -14,6 +14,7 @@ import math
 import torch
 
 from covseg.transforms.augment import AugmentConfig
+from covseg.utils.monai_import import import_monai
 
 
 def _uniform(gen: torch.Generator, shape: tuple[int, ...], lo, hi) -> torch.Tensor:
@@ -46,6 +47,7 @@ def apply_augmentation_3d(
     image: torch.Tensor, labels: dict[str, torch.Tensor], cfg: AugmentConfig, draws: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Augment ``image`` (B, C, X, Y, Z) and label maps ((B, 1, X, Y, Z) or (B, X, Y, Z)) with drawn numbers."""
+    import_monai()
     from monai.transforms import Affine
 
     out_image = image.clone()

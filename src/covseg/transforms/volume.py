@@ -29,6 +29,7 @@ import numpy as np
 from covseg.transforms.intensity import DISPLAY_MAX as DISPLAY_MAX
 from covseg.transforms.intensity import LUNG_WINDOW as LUNG_WINDOW
 from covseg.transforms.orientation import voxel_volume_ml as voxel_volume_ml
+from covseg.utils.monai_import import import_monai
 
 
 @dataclass
@@ -151,6 +152,7 @@ def resample(array: np.ndarray, shape: tuple[int, ...], mode: str = "linear") ->
 
         factors = [n / s for n, s in zip(shape, array.shape[1:])]
         return np.stack([zoom(c, factors, order=3, mode="nearest", grid_mode=True) for c in array]).astype(np.float32)
+    import_monai()
     from monai.transforms import Resize
 
     interp = "nearest-exact" if mode == "nearest" else "trilinear"
@@ -177,6 +179,7 @@ def body_mask(scaled: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 
 def body_box(scaled: np.ndarray, plan: VolumePlan, spacing: tuple[float, ...]) -> tuple[tuple[int, int], ...]:
     """Bounding box (start, end per axis) of the body plus the plan's margin; the whole grid when none."""
+    import_monai()
     from monai.transforms.utils import generate_spatial_bounding_box
 
     whole = tuple((0, int(n)) for n in scaled.shape)
@@ -192,6 +195,7 @@ def body_box(scaled: np.ndarray, plan: VolumePlan, spacing: tuple[float, ...]) -
 
 def normalise(x: np.ndarray, plan: VolumePlan) -> np.ndarray:
     """Z-score with the plan's dataset statistics, or a per-case percentile range to 0..1 (MONAI)."""
+    import_monai()
     from monai.transforms import NormalizeIntensity, ScaleIntensityRangePercentiles
 
     if plan.normalise == "zscore":
@@ -246,6 +250,7 @@ def restore_volume(probs: Any, geometry: VolumeGeometry) -> np.ndarray:
     Outside the crop a binary map is 0 and a K-class map is background (channel 0 = 1).
     """
     import torch
+    import_monai()
     from monai.transforms import Resize
 
     p = torch.as_tensor(probs, dtype=torch.float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -42,3 +43,11 @@ def test_a_3d_monai_network_builds_without_importing_transformers():
 @pytest.mark.slow  # a second process importing transformers and MONAI: ~7 CPU s
 def test_transformers_imported_first_stays_as_it_is():
     assert _run(FIRST) == ["True", "transformers.models.bert.modeling_bert"]
+
+
+@pytest.mark.slow  # imports transformers with MONAI: ~7 CPU s
+def test_the_full_import_can_be_asked_for():
+    script = SCRIPT.split("import transformers")[0]
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env={**os.environ, "COVSEG_MONAI_FULL_IMPORT": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "True"]  # MONAI imported transformers for TransChex

@@ -7,10 +7,13 @@ every 3D prediction. covseg imports MONAI through :func:`import_monai`, which hi
 while MONAI's package import runs, so MONAI's optional import of it records "not installed" for
 TransChex (covseg has no TransChex model) and nothing else changes: transformers itself imports
 normally afterwards (the text models use it), and if it was imported first, nothing is hidden.
+A script that wants MONAI's TransChex in the same process imports transformers (or MONAI) before
+covseg's first MONAI use, or sets ``COVSEG_MONAI_FULL_IMPORT=1``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 
@@ -24,7 +27,7 @@ def import_monai() -> None:
     with _LOCK:
         if "monai" in sys.modules:
             return
-        hide = "transformers" not in sys.modules
+        hide = "transformers" not in sys.modules and os.environ.get("COVSEG_MONAI_FULL_IMPORT", "0") in ("", "0")
         if hide:
             sys.modules["transformers"] = None  # type: ignore[assignment]  # import transformers -> ImportError
         try:

@@ -14,17 +14,22 @@ What "as torch computes them" means (torch's CPU kernels, float32, compiled with
   the 4-way unrolled part of torch's loop by multiply-then-add, the rest by fused multiply-adds;
 * resize back: torch's generic kernel ``(t00·w0 + t01·w1)·h0 + (...)·h1`` by FMAs; outputs with
   ``rows + cols <= 128`` go through its channels-last kernel (four weights, three FMAs);
-* sigmoid: ``1 / (1 + exp(-x))`` with SLEEF's ``expf_u10`` (8 lanes, FMA) on blocks of 16, and
-  the C library's ``expf`` on each thread chunk's last ``n mod 16`` values.
+* sigmoid: ``1 / (1 + exp(-x))`` with SLEEF's ``expf_u10`` (FMA) on blocks of two vectors (16
+  values on AVX2, 32 where torch runs its AVX-512 kernels), and the C library's ``expf`` on each
+  thread chunk's last ``n mod block`` values.
 
 Everything is float32 numpy; float64 is used only to round a product-plus-sum once, which is
-what a fused multiply-add does. The rules were read off torch 2.13's x86-64 (AVX2) CPU build; a
-torch built otherwise may differ in the last bit, which the tests (against the installed torch) show.
+what a fused multiply-add does. The rules were read off torch 2.13's x86-64 CPU build (AVX2 and
+AVX-512 kernels); a torch built otherwise may differ in the last bit, which the tests (against the
+installed torch) show.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -155,16 +160,32 @@ def _sleef_expf(d: np.ndarray) -> np.ndarray:
     return np.where(d > F32(100.0), F32(np.inf), u).astype(F32)
 
 
+@functools.cache
+def torch_vector_isa() -> str:
+    """The vector kernels torch's CPU build dispatches to here (``torch.backends.cpu.get_cpu_capability()``),
+    found without importing torch: ``AVX512`` when the CPU has AVX-512 F/CD/DQ/BW/VL (ATen's test) unless
+    ``ATEN_CPU_CAPABILITY`` asks for less, else ``AVX2``."""
+    asked = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if asked in ("avx2", "default"):
+        return asked.upper()
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return "AVX512" if {"avx512f", "avx512cd", "avx512dq", "avx512bw", "avx512vl"} <= set(flags) else "AVX2"
+
+
 def sigmoid(x: np.ndarray, threads: int = 1) -> np.ndarray:
     """``torch.sigmoid`` of a contiguous float32 array on ``threads`` CPU threads, bit for bit."""
     flat = np.ascontiguousarray(x, F32).reshape(-1)
     out = np.empty_like(flat)
     n = flat.size
+    block = 32 if torch_vector_isa() == "AVX512" else 16  # two vectors of 16 or 8 floats
     chunk = n if n < _GRAIN else max(_GRAIN, -(-n // max(int(threads), 1)))
     with np.errstate(over="ignore"):
         for start in range(0, n, max(chunk, 1)):
             part = flat[start : start + chunk]
-            vector = part.size - part.size % 16
+            vector = part.size - part.size % block
             out[start : start + vector] = F32(1.0) / (_sleef_expf(-part[:vector]) + F32(1.0))
             tail = part[vector:].astype(np.float64)
             out[start + vector : start + part.size] = (

@@ -147,7 +147,7 @@ class BasePredictor:
 
             probs = zero_outside(probs, dilate_mm(lungs, affine, post.lung_margin_mm), self.num_classes)
             meta["lung_mask"] = lungs.astype(np.uint8)
-        return Prediction(probs=probs.astype(np.float32), labels=self.to_labels(probs, post), meta=meta)
+        return Prediction(probs=probs.astype(np.float32, copy=False), labels=self.to_labels(probs, post), meta=meta)
 
 
 class Predictor(BasePredictor):

@@ -40,12 +40,19 @@ def hu_window(window: tuple[float, float] | None = None) -> tuple[float, float]:
 
 def to_unit(values: np.ndarray, space: str, window: tuple[float, float] | None = None) -> np.ndarray:
     """``values`` of ``space`` mapped to 0..1 float32 (clipped); ``window`` (HU) applies to ``hu`` only."""
-    x = np.asarray(values, dtype=np.float32)
+    # one new float32 array, then in place: a 512x512x100 CT made five full-size copies before (0.85 CPU s);
+    # the arithmetic is the same float32 steps, so the values are bit for bit those of the plain expressions
     if space == HU:
         lo, hi = hu_window(window)
-        return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32)
-    if space == DISPLAY:
-        return np.clip(x / np.float32(DISPLAY_MAX), 0.0, 1.0).astype(np.float32)
-    if space == UNIT:
-        return np.clip(x, 0.0, 1.0).astype(np.float32)
+        x = np.subtract(values, np.float32(lo), dtype=np.float32)
+        x /= np.float32(hi - lo)
+    elif space == DISPLAY:
+        x = np.divide(values, np.float32(DISPLAY_MAX), dtype=np.float32)
+    elif space == UNIT:
+        x = np.array(values, dtype=np.float32)
+    else:
+        x = None
+    if x is not None:
+        x = np.asarray(x)  # a scalar input gives a NumPy scalar, which cannot be clipped in place
+        return np.clip(x, 0.0, 1.0, out=x)
     raise ValueError(f"unknown intensity space {space!r} (one of {', '.join(SPACES)})")

@@ -103,12 +103,14 @@ def oriented_spacing(affine: np.ndarray, ornt: np.ndarray) -> tuple[float, float
     return out[0], out[1], out[2]
 
 
-def to_ras(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``volume`` (``(X, Y, Z)`` or ``(X, Y, Z, C)``) reoriented to RAS, and the transform used."""
+def to_ras(volume: np.ndarray, affine: np.ndarray, contiguous: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``volume`` (``(X, Y, Z)`` or ``(X, Y, Z, C)``) reoriented to RAS, and the transform used; with
+    ``contiguous=False`` a view (flipped or permuted axes) where the next step makes a new array anyway."""
     import nibabel.orientations as nio
 
     ornt = ras_orientation(affine)
-    return np.ascontiguousarray(nio.apply_orientation(volume, ornt)), ornt
+    oriented = nio.apply_orientation(volume, ornt)
+    return (np.ascontiguousarray(oriented) if contiguous else oriented), ornt
 
 
 def from_ras(volume: np.ndarray, ornt: np.ndarray) -> np.ndarray:
@@ -219,10 +221,10 @@ def prepare_volume(volume: np.ndarray, affine: np.ndarray, plan: VolumePlan, spa
     if volume.ndim not in (3, 4):
         raise ValueError(f"a volume (X, Y, Z) or (X, Y, Z, C) is needed, got shape {volume.shape}")
     shape = tuple(int(s) for s in volume.shape[:3])
-    oriented, ornt = to_ras(volume, affine)
+    oriented, ornt = to_ras(volume, affine, contiguous=False)  # scaling writes the new array (no extra copy for flips)
     spacing = oriented_spacing(affine, ornt)
     scaled, display = scale_intensity(oriented, plan, space)
-    x = _channels_first(scaled)
+    x = _channels_first(np.ascontiguousarray(scaled))
     grid = grid_shape_for(x.shape[1:], spacing, plan.spacing)
     x = resample(x, grid, "bspline" if plan.interpolation == "bspline" else "linear")
     if plan.interpolation == "bspline":

@@ -54,7 +54,11 @@ def _fresh_cases(fresh: Path):
 
 @pytest.mark.slow
 def test_joint_training_on_phantoms_classifies_and_segments(joint_run):
-    """AUC > 0.95 and Dice > 0.8 on 40 new phantoms (half lesion-free).
+    """AUC > 0.9 and Dice > 0.8 on 40 new phantoms (half lesion-free).
+
+    AUC 0.967 where torch and oneDNN run AVX2 kernels, 0.935 with AVX-512 ones (same code, same seeds;
+    ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` reproduces the first on an AVX-512 CPU); an
+    untrained head scores about 0.5.
 
     Dice as validation scores it (medical protocol, ``empty="one"``: a lesion-free slice predicted
     empty scores 1); on the lesion slices alone it was 0.77–0.81 in our runs, asserted > 0.7.
@@ -76,7 +80,7 @@ def test_joint_training_on_phantoms_classifies_and_segments(joint_run):
             lesions.update(pred.probs, mask, case_id=case_id)
     scores = classification_metrics(labels, np.stack(probs))["metrics"]
     assert 15 <= sum(labels) <= 25
-    assert scores["auc"] > 0.95, scores
+    assert scores["auc"] > 0.9, scores
     assert every.aggregate()["metrics"]["dice"]["mean"] > 0.8
     assert lesions.aggregate()["metrics"]["dice"]["mean"] > 0.7
     history = joint_run["summary"]["best_row"]

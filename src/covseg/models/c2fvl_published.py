@@ -28,10 +28,8 @@ from covseg.errors import CovsegError
 from covseg.models.base import SegmentationModel
 from covseg.models.lvit_published import (
     IMAGE_SIZE,
-    ConvBatchNorm,
-    DownBlock,
     Reconstruct,
-    VisionTransformer,
+    add_lvit_trunk,
     two_convs,
 )
 from covseg.registry import MODELS
@@ -106,16 +104,7 @@ class C2FVLPublished(SegmentationModel):
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, bgr: bool = True) -> None:
         super().__init__(in_channels, out_channels, bgr=bool(bgr))
-        c = 64
-        self.inc = ConvBatchNorm(in_channels, c)
-        levels = [(IMAGE_SIZE >> i, c << i, 16 >> i) for i in range(4)]  # (grid size, width, patch size)
-        for name in ("downVit", "upVit"):
-            for i, (size, width, patch) in enumerate(levels):
-                setattr(self, name + (str(i) if i else ""), VisionTransformer(size, width, patch))
-        for i in range(1, 5):
-            setattr(self, f"down{i}", DownBlock(c << (i - 1), c << min(i, 3)))
-            setattr(self, f"up{i}", UpblockAlign(c << i, c << max(i - 2, 0)))
-        self.outc = nn.Conv2d(c, out_channels, kernel_size=1)
+        c = add_lvit_trunk(self, in_channels, out_channels, UpblockAlign)
         text_widths = [1, c, 2 * c, 4 * c, 8 * c]
         for i in range(4):
             setattr(self, f"reconstruct{i + 1}", Reconstruct(c << i, 16 >> i))

@@ -222,6 +222,23 @@ class VisionTransformer(nn.Module):
         return tokens + self.CTBN2(deeper.transpose(1, 2)).transpose(1, 2)
 
 
+def add_lvit_trunk(model: nn.Module, in_channels: int, out_channels: int, up_block: type[nn.Module]) -> int:
+    """LViT's image trunk under the authors' names, registered in their order (C2FVL reuses it with its
+    own up blocks): ``inc``, the ViT branches ``downVit*`` / ``upVit*``, ``down1..4``, ``up1..4``, ``outc``.
+    Returns the base width."""
+    c = 64
+    model.inc = ConvBatchNorm(in_channels, c)
+    levels = [(IMAGE_SIZE >> i, c << i, 16 >> i) for i in range(4)]  # (grid size, width, patch size)
+    for name in ("downVit", "upVit"):
+        for i, (size, width, patch) in enumerate(levels):
+            setattr(model, name + (str(i) if i else ""), VisionTransformer(size, width, patch))
+    for i in range(1, 5):
+        setattr(model, f"down{i}", DownBlock(c << (i - 1), c << min(i, 3)))
+        setattr(model, f"up{i}", up_block(c << i, c << max(i - 2, 0)))
+    model.outc = nn.Conv2d(c, out_channels, kernel_size=1)
+    return c
+
+
 class LViTPublished(TextSegmentationModel):
     """LViT (Li et al., TMI 2023) with the authors' module names: their checkpoints load as saved."""
 
@@ -239,16 +256,7 @@ class LViTPublished(TextSegmentationModel):
         super().__init__(
             in_channels, out_channels, text_dim=int(text_dim), skip_tokens=int(skip_tokens), bgr=bool(bgr)
         )
-        c = 64
-        self.inc = ConvBatchNorm(in_channels, c)
-        levels = [(IMAGE_SIZE >> i, c << i, 16 >> i) for i in range(4)]  # (grid size, width, patch size)
-        for name in ("downVit", "upVit"):
-            for i, (size, width, patch) in enumerate(levels):
-                setattr(self, name + (str(i) if i else ""), VisionTransformer(size, width, patch))
-        for i in range(1, 5):
-            setattr(self, f"down{i}", DownBlock(c << (i - 1), c << min(i, 3)))
-            setattr(self, f"up{i}", UpblockAttention(c << i, c << max(i - 2, 0)))
-        self.outc = nn.Conv2d(c, out_channels, kernel_size=1)
+        c = add_lvit_trunk(self, in_channels, out_channels, UpblockAttention)
         for i in range(4):
             setattr(self, f"reconstruct{i + 1}", Reconstruct(c << i, 16 >> i))
             setattr(self, f"pix_module{i + 1}", PixLevelModule(c << i))

@@ -120,3 +120,39 @@ def test_a_crashed_worker_fails_the_suite_instead_of_hanging_it(tmp_path):
         pytest.fail("pytest hung after a worker crashed")
     assert proc.returncode != 0
     assert "crashed while running" in proc.stdout and "test_b.py::test_crash" in proc.stdout
+
+
+def test_a_3d_run_predicts_in_ndhwc_on_the_cpu_with_the_contiguous_models_numbers(tmp_path):
+    """3D prediction stores the model and its patches NDHWC on the CPU (faster oneDNN kernels) and
+    gives the contiguous model's soft map to 1e-5 and its mask."""
+    import numpy as np
+
+    from covseg.engine.segmenter import Segmenter
+    from covseg.models import build_model
+    from covseg.runs.checkpoint import save_checkpoint
+    from covseg.runs.description import DESCRIPTION_FORMAT
+    from covseg.transforms.volume import VolumePlan
+    from covseg.utils.atomic import write_json
+
+    torch.manual_seed(0)
+    params = {"spatial_dims": 3, "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1, "norm": "batch"}
+    model = build_model("monai_unet", in_channels=1, out_channels=1, **params).eval()
+    plan = VolumePlan(spacing=(2.0, 2.0, 2.0), mean=0.4, std=0.3, patch_size=(32, 32, 16))
+    inferer = {"name": "sliding_window", "params": {"roi_size": [32, 32, 16], "overlap": 0.25, "mode": "gaussian", "sw_batch_size": 2}}
+    write_json(tmp_path / "model.json", {
+        "format": DESCRIPTION_FORMAT, "name": "monai_unet", "init_args": model.init_args, "preprocessing": {"channels": 1, "size": None},
+        "num_classes": 1, "class_names": ["infection"], "threshold": 0.5, "inferer": inferer, "volume": plan.to_dict(),
+    })  # fmt: skip
+    save_checkpoint(tmp_path / "checkpoints" / "best.pt", {"model_spec": {"name": "monai_unet", "init_args": model.init_args}, "model_state": model.state_dict()})
+    segmenter = Segmenter.from_run(tmp_path, runtime=Runtime.create("cpu", "off", distributed=False))
+    weight = next(p for p in segmenter.model.parameters() if p.ndim == 5 and p.shape[1] > 1 and p.shape[-1] > 1)
+    assert segmenter.volume_channels_last and weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
+
+    volume = np.random.default_rng(0).normal(-500.0, 400.0, (48, 40, 24)).astype(np.float32)
+    affine = np.diag([1.5, 1.5, 2.5, 1.0])
+    ndhwc = segmenter.volume_probabilities(volume, affine, space="hu")
+    segmenter.model = segmenter.model.to(memory_format=torch.contiguous_format)
+    segmenter.volume_channels_last = False
+    plain = segmenter.volume_probabilities(volume, affine, space="hu")
+    assert np.abs(ndhwc - plain).max() < 1e-5
+    assert np.array_equal(ndhwc > 0.5, plain > 0.5)

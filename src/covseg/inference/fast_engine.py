@@ -126,4 +126,5 @@ def choose_engine(segmenter: Any, engine: str | None = None) -> str:
     network.init_args = getattr(model, "init_args", None)  # type: ignore[attr-defined]
     segmenter.model = network
     segmenter.channels_last = False
+    segmenter.volume_channels_last = False
     return "onnx"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,10 +37,22 @@ def _covseg(*args, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "covseg", *map(str, args)], capture_output=True, text=True, env=env)
 
 
-def _torchrun(*args, env=None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 500), *map(str, args)]
+def _torchrun(*args, env=None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2 ARGS`` on a port nothing listens on (a fixed port per worker was reused
+    by consecutive runs; one of them hung until the 600 s limit in a loaded CI run); a run past ``timeout``
+    (about 25 s normally) is killed with its workers and fails the test with what it printed."""
+    from tests.helpers import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), *map(str, args)]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "COVSEG_THREADS": "1", **(env or {})}
-    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=600)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=ROOT, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun {args[0]} ran past {timeout:.0f} s and was killed; its output:\n{out[-2000:]}\n{err[-4000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 # ------------------------------------------------------------------------------------------- devices

@@ -30,8 +30,8 @@ print("monai" in sys.modules, transchex.BertEmbeddings.__module__)
 """
 
 
-def _run(script: str) -> list[str]:
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+def _run(script: str, **env: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env={**os.environ, **env})
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.split()
 
@@ -48,6 +48,4 @@ def test_transformers_imported_first_stays_as_it_is():
 @pytest.mark.slow  # imports transformers with MONAI: ~7 CPU s
 def test_the_full_import_can_be_asked_for():
     script = SCRIPT.split("import transformers")[0]
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env={**os.environ, "COVSEG_MONAI_FULL_IMPORT": "1"})
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["True", "True"]  # MONAI imported transformers for TransChex
+    assert _run(script, COVSEG_MONAI_FULL_IMPORT="1") == ["True", "True"]  # MONAI imported transformers for TransChex

@@ -80,6 +80,7 @@ class Segmenter:
         runtime: Runtime | None = None,
         volume_plan: VolumePlan | None = None,
         cascade: Any = None,
+        volume_channels_last: bool = False,
     ) -> None:
         self.model = model
         self.preprocessing = preprocessing
@@ -94,7 +95,7 @@ class Segmenter:
         self.volume_plan = volume_plan
         self.cascade = cascade
         #: a 3D model stored NDHWC (:meth:`from_run` on the CPU): its inputs are passed in that format too
-        self.volume_channels_last = False
+        self.volume_channels_last = volume_channels_last
 
     # -- loading --------------------------------------------------------------------------------------
     @classmethod
@@ -168,12 +169,10 @@ class Segmenter:
             from covseg.engine.cascade import CoarseStage
 
             cascade = CoarseStage.from_description(description.cascade, run.path, load_run)
-        segmenter = cls(
+        return cls(
             model, pre, description.num_classes, adapters, inferer, description.threshold, channels_last, description, run.path,
-            runtime, volume_plan, cascade,
+            runtime, volume_plan, cascade, volume_channels_last,
         )
-        segmenter.volume_channels_last = volume_channels_last
-        return segmenter
 
     # -- the forward pass -------------------------------------------------------------------------
     def as_input(self, x: torch.Tensor) -> torch.Tensor:

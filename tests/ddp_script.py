@@ -7,14 +7,17 @@ files it wrote (through covseg's atomic writers) to OUT_DIR/writes<r>.json.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 import torch
 
 torch.set_num_threads(1)
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # a test that kills a hung run sees where it hung
 
 
 def main() -> None:

@@ -55,6 +55,63 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children first), read from /proc; torchrun starts its workers in
+    sessions of their own, so killing its process group leaves them running and holding its pipes."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def run_with_deadline(
+    cmd: list[str], timeout: float, env: dict[str, str] | None = None, cwd: Path | None = None
+):
+    """Run ``cmd`` with its output in files (no pipe a stray grandchild can hold open); past ``timeout``
+    every process below it first gets SIGUSR1 (a script that registered ``faulthandler`` on it prints
+    its threads' stacks), then all are killed. Returns ``(returncode or None when killed, stdout, stderr)``."""
+    import signal
+    import subprocess
+    import tempfile
+    import time
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=err, text=True, env=env, cwd=cwd, start_new_session=True
+        )
+        try:
+            code: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+            tree = descendants(proc.pid)
+            for pid in tree:
+                _signal(pid, signal.SIGUSR1)
+            time.sleep(3)
+            for pid in [proc.pid, *tree]:
+                _signal(pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        out.seek(0)
+        err.seek(0)
+        return code, out.read(), err.read()
+
+
+def _signal(pid: int, sig: int) -> None:
+    import contextlib
+    import os
+
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
 def wait_for_server(server, port: int, timeout: float = 90.0) -> None:
     """Wait until the ``covseg app`` process ``server`` accepts connections on ``port``; fail the test,
     with the process's output, when it exits first or the time runs out."""

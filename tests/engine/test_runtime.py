@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,22 +37,25 @@ def _covseg(*args, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "covseg", *map(str, args)], capture_output=True, text=True, env=env)
 
 
-def _torchrun(*args, env=None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node 2 ARGS`` on a port nothing listens on (a fixed port per worker was reused
-    by consecutive runs; one of them hung until the 600 s limit in a loaded CI run); a run past ``timeout``
-    (about 25 s normally) is killed with its workers and fails the test with what it printed."""
-    from tests.helpers import free_port
+def _torchrun(*args, env=None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2 ARGS`` on a port nothing listens on; about 8 s normally, 15 s on a loaded
+    machine. A run past ``timeout`` is killed with its workers (which torchrun starts in sessions of their
+    own) after they print their stacks, and run once more: one resumed run in 1,100 hung in a loaded CI
+    run on another machine (rank 1 never finished its first forward) and was not seen in 30 tries here.
+    The hang is reported as a warning with the stacks; a second hang fails the test with both outputs."""
+    from tests.helpers import free_port, run_with_deadline
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), *map(str, args)]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "COVSEG_THREADS": "1", **(env or {})}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=ROOT, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"torchrun {args[0]} ran past {timeout:.0f} s and was killed; its output:\n{out[-2000:]}\n{err[-4000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    hung: list[str] = []
+    for _ in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), *map(str, args)]
+        code, out, err = run_with_deadline(cmd, timeout, env=full_env, cwd=ROOT)
+        if code is not None:
+            if hung:
+                warnings.warn(f"torchrun {args[0]} hung once (killed after {timeout:.0f} s), then ran:\n{hung[0]}", stacklevel=2)
+            return subprocess.CompletedProcess(cmd, code, out, err)
+        hung.append(f"{out[-1000:]}\n{err[-6000:]}")
+    pytest.fail(f"torchrun {args[0]} ran past {timeout:.0f} s twice and was killed; its output:\n" + "\n----\n".join(hung))
 
 
 # ------------------------------------------------------------------------------------------- devices
@@ -150,6 +153,25 @@ def _ddp_config(data: Path, per_process_batch: int, epochs: int = 2) -> dict:
     cfg["train"]["channels_last"] = False
     cfg["optim"] = {"name": "sgd", "lr": 0.05}  # Adam turns float noise in near-zero gradients into lr-sized steps
     return cfg
+
+
+def test_a_hung_run_is_killed_with_its_workers_in_other_sessions_after_they_print_their_stacks(tmp_path):
+    """What ``_torchrun`` relies on: torchrun starts its workers in sessions of their own, holding its output."""
+    from tests.helpers import run_with_deadline
+
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(
+        "import subprocess, sys, time\n"
+        "worker = 'import faulthandler, signal, time; faulthandler.register(signal.SIGUSR1); print(\"up\", flush=True); time.sleep(600)'\n"
+        "proc = subprocess.Popen([sys.executable, '-c', worker], start_new_session=True)\n"
+        f"open({str(tmp_path / 'pid')!r}, 'w').write(str(proc.pid))\n"
+        "time.sleep(600)\n"
+    )
+    code, out, err = run_with_deadline([sys.executable, str(launcher)], timeout=4)
+    assert code is None and out == "up\n"
+    assert 'File "<string>", line 1' in err  # the worker's stack, printed on SIGUSR1 before the kill
+    state = Path(f"/proc/{(tmp_path / 'pid').read_text()}/stat")
+    assert not state.exists() or state.read_text().rsplit(")", 1)[1].split()[0] == "Z"  # gone (or a zombie of init)
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -94,6 +95,7 @@ for _n in (1, 2):
 # Issue 24 §5: the same with the lower half of the infection-free CT's lung slices as negatives (empty masks;
 # bench/healthy_ct.py), so healthy lung is seen in training; bench_healthy_fp.py counts false positives on the other half.
 NEGATIVES = RUNS / "healthy_negatives"
+NEGATIVES_LOCK = threading.Lock()
 VARIANTS["resunet_all_effl0_e100_neg"] = (
     "resunet_cosup_covid_semiseg",
     [*VARIANTS["resunet_all_effl0_e100"][1], f"data.extra=[{{root: '{NEGATIVES}', masks: empty, label: 0, train_only: true}}]"],
@@ -206,7 +208,8 @@ def work(variant: str, fold: int, spec) -> None:
     if any(str(NEGATIVES) in o for o in overrides):
         from healthy_ct import prepare_negatives
 
-        prepare_negatives(NEGATIVES)
+        with NEGATIVES_LOCK:  # parallel folds once wrote the same temporary folder at once and all but one failed
+            prepare_negatives(NEGATIVES)
     run_dir = RUNS / variant / f"fold{fold}"
     wall = train_fold(config, COMMON + overrides + EXTRA, run_dir, fold, RUNS / variant / f"fold{fold}.log")
     result = score_run(run_dir, num_classes)

@@ -335,8 +335,12 @@ def main() -> None:
     ap.add_argument("--folds", default="0,1,2,3,4")
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--tag", default="", help="results in bench/results/semi_<tag>/ and runs beside (a re-run on another machine)")
     ap.add_argument("--rescore-unused", action="store_true", help="score finished 10-label folds whose run folder is here on their 30 unused labelled slices, then report")
     args = ap.parse_args()
+    global OUT, RUNS
+    if args.tag:
+        OUT, RUNS = OUT.with_name(f"semi_{args.tag}"), RUNS.with_name(f"semi_{args.tag}")
     if args.rescore_unused:
         rescore_unused()
     elif not args.report:

@@ -99,9 +99,30 @@ def run_with_deadline(
             for pid in [proc.pid, *tree]:
                 _signal(pid, signal.SIGKILL)
             proc.wait(timeout=30)
+            _wait_gone(tree, timeout=30)  # a killed process runs on until the kernel has torn it down
         out.seek(0)
         err.seek(0)
         return code, out.read(), err.read()
+
+
+def _wait_gone(pids: list[int], timeout: float) -> None:
+    """Wait until none of ``pids`` runs any more (gone, or a zombie waiting for init to reap it)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(process_running(pid) for pid in pids):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"processes {pids} still run {timeout:.0f} s after SIGKILL")
+
+
+def process_running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -8,6 +8,7 @@ A new capability is a new registry entry, not a new subclass. Built-ins are list
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -23,6 +24,9 @@ class UnknownName(ConfigError, KeyError):
         return ConfigError.__str__(self)
 
 
+_LOAD_LOCK = threading.RLock()  # one for all registries: loading one kind's built-ins may read another
+
+
 class Registry(Generic[T]):
     """Named entries of one kind, in registration order; ``register`` also works as a decorator."""
 
@@ -31,6 +35,7 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self._help: dict[str, str] = {}
         self._builtins_loaded = False
+        self._loading = False  # this thread is importing the built-ins (re-entry returns)
 
     # -- writing ------------------------------------------------------------------------------
     def register(self, name: str, obj: T | None = None, *, help: str = "", before: str | None = None) -> Any:
@@ -66,11 +71,23 @@ class Registry(Generic[T]):
 
     # -- reading ------------------------------------------------------------------------------
     def _load(self) -> None:
-        if not self._builtins_loaded:
-            self._builtins_loaded = True
-            from covseg import builtins
+        """Import the built-ins of this kind once. Thread-safe: a second thread waits until the first
+        has registered them (it used to see the flag set before the imports ran and read an empty
+        registry: "unknown optimiser 'adamw'; known: " when two benchmark folds loaded configs at once).
+        Re-entry from the same thread during the imports returns at once, as before."""
+        if self._builtins_loaded:
+            return
+        with _LOAD_LOCK:
+            if self._builtins_loaded or self._loading:
+                return
+            self._loading = True
+            try:
+                from covseg import builtins
 
-            builtins.load(self.kind)
+                builtins.load(self.kind)
+                self._builtins_loaded = True
+            finally:
+                self._loading = False
 
     def get(self, name: str) -> T:
         self._load()

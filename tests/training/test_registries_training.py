@@ -91,3 +91,30 @@ def test_an_unknown_name_is_one_line_naming_the_known_ones(tmp_path, section):
     assert "no_such_thing" in message and "known:" in message
     known = {"sampler": "patches", "optim": "sgd", "schedule": "cosine"}[section]
     assert known in message
+
+
+def test_a_registry_read_from_two_threads_at_once_sees_its_built_ins_in_both(monkeypatch):
+    """The second thread waits for the first one's imports instead of reading an empty registry (two
+    benchmark folds loading their configs at once failed with "unknown optimiser 'adamw'; known: ")."""
+    import threading
+    import time
+
+    from covseg import builtins
+    from covseg.registry import Registry
+
+    reg: Registry = Registry("toy")
+
+    def slow_load(kind: str) -> None:
+        time.sleep(0.3)  # the imports take a while; the other thread asks meanwhile
+        reg.register("a", object())
+        assert "a" in reg  # re-entry from the importing thread returns at once
+
+    monkeypatch.setattr(builtins, "load", slow_load)
+    seen: list[list[str]] = []
+    threads = [threading.Thread(target=lambda: seen.append(reg.names())) for _ in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    assert seen == [["a"], ["a"]]

@@ -41,7 +41,7 @@ def _torchrun(*args, env=None, timeout: float = 180) -> subprocess.CompletedProc
     """``torchrun --nproc_per_node 2 ARGS`` on a port nothing listens on; about 8 s normally, 15 s on a loaded
     machine. A run past ``timeout`` is killed with its workers (which torchrun starts in sessions of their
     own) after they print their stacks, and run once more: one resumed run in 1,100 hung in a loaded CI
-    run on another machine (rank 1 never finished its first forward) and was not seen in 30 tries here.
+    run on another machine, and one here at exit, after training, while the DDP and gloo objects were torn down.
     The hang is reported as a warning with the stacks; a second hang fails the test with both outputs."""
     from tests.helpers import free_port, run_with_deadline
 

@@ -233,6 +233,17 @@ def _pooled_on(row: dict, folds: list[int], protocol: str, metric: str) -> float
     return pooled(records, metric)[0]
 
 
+def _baseline(rows: list[dict], row: dict) -> dict | None:
+    """The supervised row a method is compared with at the same label budget."""
+    base_method = "res_sup" if row["method"] in RESUNET else "sup2x" if row["method"] in LONG else "sup"
+    return next((b for b in rows if b["budget"] == row["budget"] and b["method"] == base_method), None)
+
+
+def _paired_delta(row: dict, base: dict, folds: list[int], protocol: str, metric: str) -> str:
+    """``row`` minus ``base`` in points, pooled over the same ``folds``."""
+    return f"{100 * (_pooled_on(row, folds, protocol, metric) - _pooled_on(base, folds, protocol, metric)):+.1f}"
+
+
 def report() -> None:
     rows = []
     for budget in BUDGETS:
@@ -258,14 +269,13 @@ def report() -> None:
     (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
     lines = ["| labels | method | steps | folds | medical Dice@0.5 | Δ vs sup | sod mean Dice | Δ vs sup | S-measure | train min/fold (wall; CPU) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        base_method = "res_sup" if r["method"] in RESUNET else "sup2x" if r["method"] in LONG else "sup"
-        base = next((b for b in rows if b["budget"] == r["budget"] and b["method"] == base_method), None)
+        base = _baseline(rows, r)
         dd = ds = "–"
         if base and base is not r:  # paired: only the folds both variants have
             common = sorted(set(r["fold_ids"]) & set(base["fold_ids"]))
             paired = f" ({len(common)} folds)" if len(common) < max(r["folds"], base["folds"]) else ""
-            dd = f"{100 * (_pooled_on(r, common, 'medical_records', 'dice') - _pooled_on(base, common, 'medical_records', 'dice')):+.1f}{paired}"
-            ds = f"{100 * (_pooled_on(r, common, 'sod_records', 'mean_dice') - _pooled_on(base, common, 'sod_records', 'mean_dice')):+.1f}{paired}"
+            dd = f"{_paired_delta(r, base, common, 'medical_records', 'dice')}{paired}"
+            ds = f"{_paired_delta(r, base, common, 'sod_records', 'mean_dice')}{paired}"
             r["delta_folds"] = common
         labels = "40 (all)" if r["budget"] == "all" else r["budget"]
         steps = f"{STEPS} + {STEPS}" if r["method"].startswith("pseudo_") else (2 * STEPS if r["method"] in LONG else STEPS)
@@ -292,14 +302,13 @@ def _unused_table(rows) -> list[str]:
         have = folds_with(r)
         if r["budget"] == "all" or not have:
             continue
-        base_method = "res_sup" if r["method"] in RESUNET else "sup2x" if r["method"] in LONG else "sup"
-        base = next((b for b in rows if b["budget"] == r["budget"] and b["method"] == base_method), None)
+        base = _baseline(rows, r)
         dd = ds = "–"
         if base and base is not r:
             common = sorted(set(have) & set(folds_with(base)))
             if common:
-                dd = f"{100 * (_pooled_on(r, common, 'unused_medical_records', 'dice') - _pooled_on(base, common, 'unused_medical_records', 'dice')):+.1f} ({len(common)} folds)"
-                ds = f"{100 * (_pooled_on(r, common, 'unused_sod_records', 'mean_dice') - _pooled_on(base, common, 'unused_sod_records', 'mean_dice')):+.1f} ({len(common)} folds)"
+                dd = f"{_paired_delta(r, base, common, 'unused_medical_records', 'dice')} ({len(common)} folds)"
+                ds = f"{_paired_delta(r, base, common, 'unused_sod_records', 'mean_dice')} ({len(common)} folds)"
         out.append(f"| {r['method']} | {len(have)} | {_pooled_on(r, have, 'unused_medical_records', 'dice'):.3f} | {dd} | {_pooled_on(r, have, 'unused_sod_records', 'mean_dice'):.3f} | {ds} |")
     if not out:
         return []

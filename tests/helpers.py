@@ -59,12 +59,10 @@ def descendants(pid: int) -> list[int]:
     """Every live process below ``pid`` (children first), read from /proc; torchrun starts its workers in
     sessions of their own, so killing its process group leaves them running and holding its pipes."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        fields = _stat_fields(int(proc_dir.name))
+        if fields:
+            children.setdefault(int(fields[1]), []).append(int(proc_dir.name))
     out, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -119,10 +117,16 @@ def _wait_gone(pids: list[int], timeout: float) -> None:
 
 def process_running(pid: int) -> bool:
     """Whether ``pid`` is a live process (not gone, not a zombie)."""
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] != "Z"
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """``/proc/PID/stat`` after the command name (state, parent pid, ...); empty once the process is gone."""
     try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError, ValueError):
+        return []
 
 
 def _signal(pid: int, sig: int) -> None:

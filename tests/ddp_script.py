@@ -43,7 +43,7 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, out_dir / f"rank{rank}.pt")
     (out_dir / f"writes{rank}.json").write_text(json.dumps({"writes": written, "best": summary["best_metric"]}))
-    trainer.runtime.close()
+    trainer.close()
 
 
 if __name__ == "__main__":

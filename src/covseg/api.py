@@ -39,7 +39,7 @@ def fit(cfg: Any, run_dir: str | Path, resume: bool = False, quiet: bool = False
             folder.prepare()
         trainer = build_trainer(cfg, run_dir, resume=resume, quiet=quiet, callbacks=[training_curves_callback])
         summary = trainer.fit(stop_after=stop_after)
-        trainer.runtime.close()  # under torchrun: end the process group before exit
+        trainer.close()  # under torchrun: release DDP and end the process group before exit
         return summary
 
 

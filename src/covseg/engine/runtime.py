@@ -163,6 +163,7 @@ class Runtime:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                dist.barrier()  # no rank tears the group down while another still uses it
                 dist.destroy_process_group()
 
     # -- tensors ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ run files, checkpoint state) is :class:`covseg.training.setup.TrainerSetup`, val
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable
@@ -171,6 +172,13 @@ class Trainer(TrainerSetup, TrainerValidation):
         if self.runtime.is_main:
             self._notify("fit_end")
         return self.summary()
+
+    def close(self) -> None:
+        """End the run's process group, DDP wrappers first: they hold the group, and a group torn down
+        at exit under live wrappers hung about 1 in 100 resumed torchrun runs (docs/devices.md)."""
+        self._wrappers.clear()
+        gc.collect()
+        self.runtime.close()
 
     def _notify(self, event: str) -> None:
         for callback in self.callbacks:

@@ -8,6 +8,7 @@ files it wrote (through covseg's atomic writers) to OUT_DIR/writes<r>.json.
 from __future__ import annotations
 
 import faulthandler
+import gc
 import json
 import os
 import signal
@@ -42,8 +43,12 @@ def main() -> None:
     summary = trainer.fit(stop_after=stop_after)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, out_dir / f"rank{rank}.pt")
-    (out_dir / f"writes{rank}.json").write_text(json.dumps({"writes": written, "best": summary["best_metric"]}))
     trainer.close()
+    from torch.nn.parallel import DistributedDataParallel
+
+    ddp_alive = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())  # none may outlive the group
+    record = {"writes": written, "best": summary["best_metric"], "ddp_alive_after_close": ddp_alive}
+    (out_dir / f"writes{rank}.json").write_text(json.dumps(record))
 
 
 if __name__ == "__main__":

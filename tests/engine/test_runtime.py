@@ -191,6 +191,7 @@ def test_ddp_two_processes_match_one_process_with_the_global_batch(data, tmp_pat
     writes = [json.loads((tmp_path / "out" / f"writes{r}.json").read_text()) for r in (0, 1)]
     assert writes[1]["writes"] == [] and any(p.endswith("last.pt") for p in writes[0]["writes"])
     assert writes[0]["best"] == writes[1]["best"]  # validation reduced over both processes
+    assert [w["ddp_alive_after_close"] for w in writes] == [0, 0]  # Trainer.close() let go of DDP before the group ended
     rows = (tmp_path / "ddp_run" / "history.csv").read_text().splitlines()
     assert len(rows) == 3
 

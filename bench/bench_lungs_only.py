@@ -95,7 +95,10 @@ def real_ct(data: Path, rounds: int) -> dict:
         "model": "covid-ct-infection",
         "infected_ml_without_lungs_only": ml(plain),
         "infected_ml_without_lungs_only_inside_reference_lungs": ml(plain & reference),
-        "infected_outside_lung_mask_distance_mm_min_median": [round(float(removed_mm.min()), 1), round(float(np.median(removed_mm)), 1)],
+        # None when the model marks nothing outside the lung mask (nothing for the restriction to remove)
+        "infected_outside_lung_mask_distance_mm_min_median": (
+            [round(float(removed_mm.min()), 1), round(float(np.median(removed_mm)), 1)] if removed_mm.size else None
+        ),
         "lungs_only_by_margin_mm": by_margin,
         "lung_mask_ml": ml(lungs),
         "reference_lungs_ml": ml(reference),
